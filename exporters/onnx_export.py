@@ -1,0 +1,145 @@
+"""The deploy-form VanillaNet as an ONNX graph, emitted node by node from its state dict.
+
+The deployed net is a fixed chain (Conv → [pool] → Relu → depthwise Conv per layer, then GlobalAveragePool → Conv →
+Flatten), so it is written directly with ``onnx.helper`` rather than traced: no tracer, no exporter version quirks,
+initializers named after the state-dict keys, and ``AdaptiveMaxPool2d`` (which torch.onnx cannot export for 75 → 38)
+as the exact Gather/Gather/MaxPool chain of :mod:`models.pooling`. The graph is then checked numerically against the
+torch model in ONNX Runtime, so it is an independent second implementation rather than a trusted translation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from torch import Tensor
+
+from models.pooling import adaptive_gather_index, is_plain_max_pool
+from models.vanillanet import VariantSpec
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+MIN_OPSET = 17
+
+
+@dataclass
+class _Graph:
+    """Accumulates a single chain of nodes; ``x`` is the name of the current activation."""
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    x: str = INPUT_NAME
+
+    def add(self, op: str, name: str, extra_inputs: tuple[str, ...] = (), output: str | None = None, **attrs) -> None:
+        out = output or f"{name}_out"
+        self.nodes.append(helper.make_node(op, [self.x, *extra_inputs], [out], name=name, **attrs))
+        self.x = out
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    def conv(self, name: str, sd: Mapping[str, Tensor], key: str, *, stride: int = 1, pad: int = 0,
+             group: int = 1) -> None:
+        w = sd[f"{key}.weight"].detach().numpy()
+        inputs = (self.constant(f"{key}.weight", w), self.constant(f"{key}.bias", sd[f"{key}.bias"].detach().numpy()))
+        self.add("Conv", name, inputs, kernel_shape=list(w.shape[2:]), strides=[stride, stride], pads=[pad] * 4,
+                 group=group)
+
+    def activation(self, name: str, sd: Mapping[str, Tensor], key: str, act_num: int) -> None:
+        self.add("Relu", f"{name}/relu")
+        self.conv(f"{name}/act", sd, key, pad=act_num, group=sd[f"{key}.weight"].shape[0])
+
+    def adaptive_max_pool(self, name: str, size_in: int, size_out: int) -> None:
+        index, k = adaptive_gather_index(size_in, size_out)
+        index_name = self.constant(f"{name}.index", np.asarray(index, dtype=np.int64))
+        self.add("Gather", f"{name}/gather_h", (index_name,), axis=2)
+        self.add("Gather", f"{name}/gather_w", (index_name,), axis=3)
+        self.add("MaxPool", f"{name}/max", kernel_shape=[k, k], strides=[k, k])
+
+
+def feature_sizes(spec: VariantSpec, img_size: int) -> list[int]:
+    """Spatial size after the stem and after each stage for a square ``img_size`` input."""
+    stride, pad = spec.stem_stride_padding
+    sizes = [(img_size + 2 * pad - 4) // stride + 1]
+    for i, s in enumerate(spec.strides):
+        ada = spec.ada_pool[i] if spec.ada_pool else 0
+        sizes.append(sizes[-1] if s == 1 else ada or sizes[-1] // s)
+    return sizes
+
+
+def build_onnx(
+    state_dict: Mapping[str, Tensor],
+    spec: VariantSpec,
+    *,
+    act_num: int,
+    img_size: int,
+    opset: int = MIN_OPSET,
+    batch: int | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> onnx.ModelProto:
+    """The deploy net as ONNX: input ``input`` (batch, 3, img, img) float32, output ``logits`` (batch, classes).
+
+    ``batch=None`` leaves the batch dimension dynamic (``"batch"``). Raises ValueError for an opset below 17 or an
+    image too small for the variant's downsampling.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is below the minimum {MIN_OPSET}")
+    sizes = feature_sizes(spec, img_size)
+    if min(sizes) < 1:
+        raise ValueError(f"img_size {img_size} is too small for {spec.name}: the feature map shrinks to nothing")
+    g = _Graph()
+    stride, pad = spec.stem_stride_padding
+    g.conv("stem/conv", state_dict, "stem.0", stride=stride, pad=pad)
+    g.activation("stem", state_dict, "stem.1", act_num)
+    for i, s in enumerate(spec.strides):
+        name = f"stages.{i}"
+        g.conv(f"{name}/conv", state_dict, f"{name}.conv")
+        if s != 1:
+            n_in, n_out = sizes[i], sizes[i + 1]
+            if spec.ada_pool and not is_plain_max_pool(n_in, n_out):
+                g.adaptive_max_pool(f"{name}/pool", n_in, n_out)
+            else:
+                k = n_in // n_out if spec.ada_pool else s
+                g.add("MaxPool", f"{name}/pool", kernel_shape=[k, k], strides=[k, k])
+        g.activation(name, state_dict, f"{name}.act", act_num)
+    g.add("GlobalAveragePool", "cls/pool")
+    g.conv("cls/conv", state_dict, "cls.2")
+    g.add("Flatten", "cls/flatten", output=OUTPUT_NAME, axis=1)
+    return _make_model(g, spec, state_dict, img_size=img_size, batch=batch, opset=opset, metadata=metadata or {})
+
+
+def _make_model(g: _Graph, spec: VariantSpec, sd: Mapping[str, Tensor], *, img_size: int, batch: int | None,
+                opset: int, metadata: Mapping[str, str]) -> onnx.ModelProto:
+    n = batch if batch is not None else "batch"
+    num_classes = sd["cls.2.weight"].shape[0]
+    graph = helper.make_graph(
+        g.nodes, spec.name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [n, 3, img_size, img_size])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [n, num_classes])],
+        g.initializers,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="vanilladeploy",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    set_metadata(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def set_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
+    """Replace ``metadata_props`` with ``metadata`` (provenance: variant, source sha256, λ, tool version …)."""
+    del model.metadata_props[:]
+    helper.set_model_props(model, {k: str(v) for k, v in metadata.items()})
+
+
+def simplify_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run onnx-simplifier; its own check failing is an error, never ignored."""
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise RuntimeError("onnx-simplifier reports that the simplified graph differs from the original")
+    return simplified

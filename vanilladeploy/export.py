@@ -1,0 +1,238 @@
+"""``vanilladeploy export``: checkpoint → exact fused model → verified, simplified ONNX, with a report.
+
+Steps: load safely → detect the variant → check λ → re-parameterize (float64) → prove the fused torch model equals
+the training-form reference → emit + simplify ONNX → check the graph contract → run it in ONNX Runtime against the
+same reference → write ``<name>.onnx``, ``<name>_deploy.pth`` and ``<name>.report.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from exporters.contract import check_graph_contract
+from exporters.onnx_export import MIN_OPSET, build_onnx, feature_sizes, simplify_onnx
+from exporters.runners import OnnxRuntimeRunner, TorchRunner
+from models.vanillanet import VARIANTS, VanillaNet, create_vanillanet, get_variant, randomize_
+from vanilladeploy import __version__
+from vanilladeploy.arch import Architecture, check_keys_and_shapes, detect_architecture, load_model
+from vanilladeploy.atomic import ArtifactWriter
+from vanilladeploy.checkpoint import Checkpoint, LambdaInfo, lambda_of, load_checkpoint, sha256_of
+from vanilladeploy.errors import CheckpointError, InexactMergeError, UsageError, VerificationError
+from vanilladeploy.reparam import ReparamResult, reparameterize_state_dict
+from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, first_divergent_layer, random_inputs, verify_outputs
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExportOptions:
+    """What ``vanilladeploy export`` was asked for; ``None`` means the default."""
+
+    out_dir: Path | None = None
+    arch: str | None = None
+    key: str | None = None
+    img_size: int = 224
+    opset: int = MIN_OPSET
+    static_batch: int | None = None
+    simplify: bool = True
+    allow_inexact: bool = False
+    num_inputs: int = 3
+    seed: int = 0
+
+
+@dataclass
+class ExportResult:
+    """The artifacts written and the report (the same dict as ``<name>.report.json``)."""
+
+    out_dir: Path
+    artifacts: dict[str, Path]
+    report: dict[str, Any]
+
+
+@dataclass
+class _Timer:
+    progress: Progress
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str, message: str) -> Iterator[None]:
+        self.progress(message)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 3)
+
+
+def random_checkpoint(variant: str, *, seed: int = 0, num_classes: int = 1000) -> Checkpoint:
+    """An untrained training-form checkpoint: seeded random weights and randomized BatchNorm statistics."""
+    with torch.device("meta"):
+        model = create_vanillanet(variant, num_classes=num_classes)
+    model = randomize_(model.to_empty(device="cpu"), seed=seed)
+    return Checkpoint(state_dict=model.state_dict(), source=f"{variant} (untrained: random weights, seed {seed})",
+                      form="train", args={"model": variant}, untrained=True)
+
+
+def resolve_source(source: str, *, key: str | None = None, seed: int = 0) -> Checkpoint:
+    """A checkpoint file, or — when ``source`` names a variant and no such file exists — a random one."""
+    path = Path(source)
+    if not path.exists() and source in VARIANTS:
+        return random_checkpoint(source, seed=seed)
+    if not path.exists() and not path.suffix and "/" not in source:
+        try:
+            get_variant(source)
+        except ValueError as e:
+            raise CheckpointError(f"{source}: no such file, and {e}") from None
+    return load_checkpoint(path, key=key)
+
+
+def detect(checkpoint: Checkpoint, *, arch: str | None = None) -> Architecture:
+    """Variant, act_num and classes of ``checkpoint``, with every key and shape checked against it."""
+    args_model = checkpoint.args.get("model")
+    detected = detect_architecture(checkpoint.state_dict, checkpoint.form, arch=arch,
+                                   args_model=args_model if isinstance(args_model, str) else None)
+    check_keys_and_shapes(checkpoint.state_dict, detected, checkpoint.form)
+    return detected
+
+
+def require_exact(info: LambdaInfo, *, allow_inexact: bool) -> None:
+    if info.exact or allow_inexact:
+        return
+    raise InexactMergeError(
+        f"this checkpoint was trained with λ = {info.value:.4g} (epoch {info.epoch} of {info.decay_epochs} decay "
+        "epochs): its two 1x1 convs per layer are not linear yet, so merging them changes the network. Export the "
+        f"checkpoint of an epoch ≥ {info.decay_epochs}, or pass --allow-inexact to merge anyway (the report then "
+        "states the error against the trained network)."
+    )
+
+
+def _check_img_size(arch: Architecture, img_size: int) -> None:
+    if min(feature_sizes(arch.spec, img_size)) < 1:
+        smallest = next(s for s in range(1, 4096) if min(feature_sizes(arch.spec, s)) >= 1)
+        raise UsageError(f"--img-size {img_size} is too small for {arch.name}: use at least {smallest}.")
+
+
+def _infer(model: VanillaNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    with TorchRunner(model) as runner:
+        return [runner.infer(x) for x in inputs]
+
+
+def _fuse_and_verify(ckpt: Checkpoint, arch: Architecture, lam: LambdaInfo, inputs: list[np.ndarray],
+                     timer: _Timer, report: dict[str, Any]) -> tuple[VanillaNet, list[np.ndarray]]:
+    """Deploy model and reference outputs; for a training-form input, proves the fusion first."""
+    if ckpt.form == "deploy":
+        deploy = load_model(ckpt.state_dict, arch, deploy=True)
+        report["reparameterization"] = {"skipped": "the checkpoint is already in deploy form"}
+        return deploy, _infer(deploy, inputs)
+    train = load_model(ckpt.state_dict, arch, deploy=False)
+    with timer.step("reparameterize_s", "Re-parameterizing in float64"):
+        fused: ReparamResult = reparameterize_state_dict(ckpt.state_dict)
+        deploy = load_model(fused.state_dict, arch, deploy=True)
+    report["reparameterization"] = {"certificates": [c.as_dict() for c in fused.certificates]}
+    with timer.step("verify_torch_s", "Verifying the fused model against the training form (λ = 1)"):
+        train.set_lambda(1.0)
+        references = _infer(train, inputs)
+        result = verify_outputs("torch", _infer(deploy, inputs), references)
+    report["verification"]["torch"] = result.as_dict()
+    if not result:
+        layer = first_divergent_layer(train, deploy, inputs[0])
+        raise VerificationError(f"the fused model differs from the training form: {result.summary()}; first "
+                                f"divergent layer: {layer}. This is a bug; please report it with the report JSON.")
+    if not lam.exact:
+        train.set_lambda(lam.value)
+        inexact = verify_outputs("trained λ", _infer(deploy, inputs), _infer(train, inputs), tolerance=np.inf)
+        report["verification"]["against_trained_lambda"] = {**inexact.as_dict(), "lambda": lam.value}
+    return deploy, references
+
+
+def _export_onnx(deploy: VanillaNet, arch: Architecture, opts: ExportOptions, metadata: dict[str, str],
+                 inputs: list[np.ndarray], references: list[np.ndarray], onnx_path: Path, timer: _Timer,
+                 report: dict[str, Any]) -> None:
+    with timer.step("onnx_build_s", "Emitting the ONNX graph"):
+        model = build_onnx(deploy.state_dict(), arch.spec, act_num=arch.act_num, img_size=opts.img_size,
+                           opset=opts.opset, batch=opts.static_batch, metadata=metadata)
+    nodes_before = len(model.graph.node)
+    if opts.simplify:
+        with timer.step("onnx_simplify_s", "Simplifying with onnx-simplifier"):
+            try:
+                model = simplify_onnx(model)
+            except Exception as e:
+                raise VerificationError(f"onnx-simplifier failed: {e}. Re-run with --no-simplify.") from None
+    contract = check_graph_contract(model, arch.spec)
+    report["onnx"] = {"opset": opts.opset, "nodes_emitted": nodes_before, "simplified": opts.simplify,
+                      "contract": contract.as_dict()}
+    if not contract:
+        raise VerificationError(f"the ONNX graph breaks the contract: {'; '.join(contract.problems)}")
+    onnx.save(model, onnx_path)
+    with timer.step("verify_onnxruntime_s", "Running the ONNX graph in ONNX Runtime"):
+        with OnnxRuntimeRunner(onnx_path) as runner:
+            result: VerifyResult = verify_outputs("onnxruntime", [runner.infer(x) for x in inputs], references)
+    report["verification"]["onnxruntime"] = result.as_dict()
+    if not result:
+        raise VerificationError(f"ONNX Runtime output differs from the reference: {result.summary()}")
+
+
+def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = lambda _: None) -> ExportResult:
+    """Run the whole export; raises a :class:`~vanilladeploy.errors.VanillaDeployError` on any failure, in which
+    case nothing is written (earlier artifacts in the output directory stay as they were)."""
+    timer = _Timer(progress)
+    with timer.step("load_s", f"Loading {source}"):
+        ckpt = resolve_source(source, key=opts.key, seed=opts.seed)
+        arch = detect(ckpt, arch=opts.arch)
+    lam = lambda_of(ckpt)
+    require_exact(lam, allow_inexact=opts.allow_inexact)
+    _check_img_size(arch, opts.img_size)
+    if opts.opset < MIN_OPSET:
+        raise UsageError(f"--opset {opts.opset} is too old: use {MIN_OPSET} or newer.")
+    report = describe(ckpt, arch, lam)
+    report["verification"] = {"inputs": {"count": opts.num_inputs, "batch": opts.static_batch or 2,
+                                         "img_size": opts.img_size, "seed": opts.seed, "distribution": "N(0,1)"}}
+    inputs = random_inputs(opts.num_inputs, batch=opts.static_batch or 2, img_size=opts.img_size, seed=opts.seed)
+    deploy, references = _fuse_and_verify(ckpt, arch, lam, inputs, timer, report)
+    out_dir = opts.out_dir or Path("export") / arch.name
+    metadata = {"vanilladeploy_version": __version__, "variant": arch.name, "act_num": str(arch.act_num),
+                "num_classes": str(arch.num_classes), "source_sha256": ckpt.sha256 or "untrained",
+                "lambda": repr(lam.value), "img_size": str(opts.img_size), "precision": "fp32"}
+    with ArtifactWriter(out_dir) as writer:
+        onnx_tmp = writer.stage(f"{arch.name}.onnx")
+        _export_onnx(deploy, arch, opts, metadata, inputs, references, onnx_tmp, timer, report)
+        pth_tmp = writer.stage(f"{arch.name}_deploy.pth")
+        torch.save({"model": deploy.state_dict()}, pth_tmp)
+        report_tmp = writer.stage(f"{arch.name}.report.json")
+        report["artifacts"] = {
+            f"{arch.name}.onnx": {"sha256": sha256_of(onnx_tmp), "bytes": onnx_tmp.stat().st_size},
+            f"{arch.name}_deploy.pth": {"sha256": sha256_of(pth_tmp), "bytes": pth_tmp.stat().st_size},
+        }
+        report["timings_s"] = timer.timings
+        report_tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        finals = writer.commit()
+    return ExportResult(out_dir, {p.name: p for p in finals}, report)
+
+
+def describe(ckpt: Checkpoint, arch: Architecture, lam: LambdaInfo) -> dict[str, Any]:
+    """What was read and detected: the first sections of the report (and of ``vanilladeploy inspect``)."""
+    return {
+        "tool": {"name": "vanilladeploy", "version": __version__, "torch": torch.__version__,
+                 "onnx": onnx.__version__, "python": platform.python_version()},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"path": ckpt.source, "sha256": ckpt.sha256, "untrained": ckpt.untrained,
+                   "container_key": ckpt.container_key, "form": ckpt.form},
+        "architecture": {"variant": arch.name, "depth": arch.spec.depth, "act_num": arch.act_num,
+                         "num_classes": arch.num_classes, "detected_from": arch.detected_from},
+        "lambda": {"value": lam.value, "exact": lam.exact, "epoch": lam.epoch, "decay_epochs": lam.decay_epochs,
+                   "decay_linear": lam.decay_linear, "assumed": lam.assumed, "note": lam.describe()},
+    }
+
+
+__all__ = ["ExportOptions", "ExportResult", "export_checkpoint", "random_checkpoint", "resolve_source", "detect",
+           "describe", "require_exact", "TOLERANCE_FP32"]
