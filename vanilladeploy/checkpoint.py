@@ -115,7 +115,7 @@ def _read_torch(path: Path) -> Any:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f"'{found.group(1)}'" if found else "an object that is not a tensor or plain container"
         raise CheckpointError(
             f"{path}: refused to load: the pickle asks for {what}, which is not allow-listed, and vanilladeploy "

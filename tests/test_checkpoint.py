@@ -1,0 +1,155 @@
+"""vanilladeploy/checkpoint.py and arch.py: containers, safe loading, the λ rule, variant detection."""
+
+import argparse
+import datetime
+import os
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import ALL_VARIANTS, official_checkpoint, random_model
+from models.vanillanet import create_vanillanet
+from vanilladeploy.arch import check_keys_and_shapes, detect_architecture
+from vanilladeploy.checkpoint import lambda_of, load_checkpoint, trained_lambda
+from vanilladeploy.errors import ArchitectureError, CheckpointError
+
+
+@pytest.fixture(scope="module")
+def sd() -> dict:
+    return random_model("vanillanet_5", seed=2).state_dict()
+
+
+def _save(obj: object, path: Path) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def test_official_container_prefers_model_ema(tmp_path: Path, sd: dict) -> None:
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
+    path = _save(official_checkpoint(sd, variant="vanillanet_5", ema=ema, epoch=299), tmp_path / "c.pth")
+    ckpt = load_checkpoint(path)
+    assert ckpt.container_key == "model_ema" and ckpt.form == "train"
+    assert torch.equal(ckpt.state_dict["stem1.0.weight"], ema["stem1.0.weight"])
+    assert ckpt.epoch == 299 and ckpt.args["model"] == "vanillanet_5" and ckpt.args["decay_epochs"] == 100
+    assert len(ckpt.sha256) == 64
+    assert torch.equal(load_checkpoint(path, key="model").state_dict["stem1.0.weight"], sd["stem1.0.weight"])
+
+
+@pytest.mark.parametrize("wrap,key", [
+    (lambda sd: sd, None),
+    (lambda sd: {"model": sd}, "model"),
+    (lambda sd: {"state_dict": sd, "meta": {"note": "x"}}, "state_dict"),
+    (lambda sd: {f"module.{k}": v for k, v in sd.items()}, None),
+    (lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}}, "model"),
+])
+def test_containers_and_ddp_prefix(tmp_path: Path, sd: dict, wrap, key) -> None:
+    ckpt = load_checkpoint(_save(wrap(sd), tmp_path / "c.pt"))
+    assert ckpt.container_key == key
+    assert set(ckpt.state_dict) == set(sd)
+    assert ckpt.epoch is None and lambda_of(ckpt).assumed
+
+
+def test_safetensors(tmp_path: Path, sd: dict) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file(sd, str(path))
+    ckpt = load_checkpoint(path)
+    assert ckpt.form == "train" and torch.equal(ckpt.state_dict["cls2.0.weight"], sd["cls2.0.weight"])
+
+
+def test_deploy_form_detected(tmp_path: Path) -> None:
+    deploy = random_model("vanillanet_6", deploy=True).state_dict()
+    ckpt = load_checkpoint(_save({"model": deploy}, tmp_path / "d.pth"))
+    assert ckpt.form == "deploy"
+    assert detect_architecture(ckpt.state_dict, "deploy").name == "vanillanet_6"
+
+
+def test_unsafe_pickle_is_refused_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    with path.open("wb") as f:
+        pickle.dump({"model": Payload()}, f, protocol=2)
+    with pytest.raises(CheckpointError, match="refused to load.*system.*not allow-listed"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("epoch,decay_epochs,linear,expected", [
+    (0, 100, True, 0.0), (50, 100, True, 0.5), (99, 100, True, 0.99), (100, 100, True, 1.0), (299, 100, True, 1.0),
+    (50, 100, False, 0.5), (25, 100, False, 0.5 * (1 - math.cos(math.pi / 4))), (120, 100, False, 1.0),
+    (5, 0, True, 1.0), (5, -1, True, 1.0),
+])
+def test_trained_lambda(epoch: int, decay_epochs: int, linear: bool, expected: float) -> None:
+    assert trained_lambda(epoch, decay_epochs, linear) == pytest.approx(expected, abs=1e-12)
+
+
+def test_lambda_read_from_checkpoint(tmp_path: Path, sd: dict) -> None:
+    early = load_checkpoint(_save(official_checkpoint(sd, variant="vanillanet_5", epoch=40, decay_linear=False),
+                                  tmp_path / "e.pth"))
+    info = lambda_of(early)
+    assert not info.exact and info.epoch == 40 and info.decay_linear is False
+    assert info.value == pytest.approx(0.5 * (1 - math.cos(math.pi * 0.4)))
+    done = load_checkpoint(_save(official_checkpoint(sd, variant="vanillanet_5", epoch=100), tmp_path / "d.pth"))
+    assert lambda_of(done).exact and not lambda_of(done).assumed
+
+
+def _meta_state_dict(variant: str, *, deploy: bool, act_num: int = 3, num_classes: int = 1000) -> dict:
+    with torch.device("meta"):
+        return create_vanillanet(variant, deploy=deploy, act_num=act_num, num_classes=num_classes).state_dict()
+
+
+@pytest.mark.parametrize("variant", [v for v in ALL_VARIANTS if "x1_5" not in v])
+@pytest.mark.parametrize("deploy", [False, True])
+def test_detect_every_variant_from_shapes(variant: str, deploy: bool) -> None:
+    sd = _meta_state_dict(variant, deploy=deploy, act_num=2, num_classes=37)
+    form = "deploy" if deploy else "train"
+    arch = detect_architecture(sd, form)
+    assert (arch.name, arch.act_num, arch.num_classes) == (variant, 2, 37)
+    check_keys_and_shapes(sd, arch, form)
+
+
+@pytest.mark.parametrize("form", ["train", "deploy"])
+def test_x1_5_twins_are_ambiguous_without_args_model(form: str) -> None:
+    sd = _meta_state_dict("vanillanet_13_x1_5_ada_pool", deploy=form == "deploy")
+    with pytest.raises(ArchitectureError, match="fit vanillanet_13_x1_5 and vanillanet_13_x1_5_ada_pool.*--arch"):
+        detect_architecture(sd, form)
+    assert detect_architecture(sd, form, args_model="vanillanet_13_x1_5").name == "vanillanet_13_x1_5"
+
+
+def test_ada_pool_resolved_by_args_model_or_arch() -> None:
+    sd = _meta_state_dict("vanillanet_13_x1_5_ada_pool", deploy=False)
+    assert detect_architecture(sd, "train", args_model="vanillanet_13_x1_5_ada_pool").spec.ada_pool
+    assert detect_architecture(sd, "train", arch="vanillanet_13_x1_5_ada_pool").detected_from == "--arch"
+
+
+def test_arch_that_contradicts_the_tensors_is_refused() -> None:
+    with pytest.raises(ArchitectureError, match="vanillanet_7 has widths.*which is vanillanet_6"):
+        detect_architecture(_meta_state_dict("vanillanet_6", deploy=True), "deploy", arch="vanillanet_7")
+
+
+def test_key_and_shape_problems_are_named() -> None:
+    sd = _meta_state_dict("vanillanet_5", deploy=False)
+    arch = detect_architecture(sd, "train")
+    missing = {k: v for k, v in sd.items() if k != "stages.1.act.bn.running_var"}
+    with pytest.raises(ArchitectureError, match="missing key 'stages.1.act.bn.running_var'"):
+        check_keys_and_shapes(missing, arch, "train")
+    with pytest.raises(ArchitectureError, match="unexpected key 'extra.weight'"):
+        check_keys_and_shapes({**sd, "extra.weight": torch.zeros(1)}, arch, "train")
+    bad = {**sd, "stages.0.conv1.0.bias": torch.zeros(3)}
+    with pytest.raises(ArchitectureError, match="'stages.0.conv1.0.bias' has shape \\[3\\]"):
+        check_keys_and_shapes(bad, arch, "train")
+
+
+def test_namespace_is_the_only_extra_type_allowed(tmp_path: Path, sd: dict) -> None:
+    path = _save({"model": sd, "args": argparse.Namespace(model="vanillanet_5"), "epoch": 300}, tmp_path / "a.pth")
+    assert load_checkpoint(path).args == {"model": "vanillanet_5"}
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(_save({"model": sd, "args": datetime.datetime.now()}, tmp_path / "b.pth"))
