@@ -199,3 +199,11 @@ def test_help_documents_exit_codes() -> None:
     for args in (["--help"], ["export", "--help"]):
         result = run(*args)
         assert result.exit_code == 0 and "Exit codes" in result.output and "130" in result.output
+
+
+def test_out_path_that_is_a_file_is_refused(official_ckpt_path: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = export(official_ckpt_path, blocker)
+    assert result.exit_code == 2 and "is a file, not a directory" in result.output
+    assert blocker.read_text() == "x"

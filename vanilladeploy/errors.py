@@ -37,6 +37,10 @@ class UsageError(VanillaDeployError):
     """An option value that cannot work (e.g. an image size too small for the variant)."""
 
 
+class OutputError(VanillaDeployError):
+    """The output directory cannot be created or written (a file in the way, permissions, disk full)."""
+
+
 class VerificationError(VanillaDeployError):
     """An artifact does not reproduce the reference within tolerance, or breaks the graph contract."""
 

@@ -29,7 +29,7 @@ from vanilladeploy import __version__
 from vanilladeploy.arch import Architecture, check_keys_and_shapes, detect_architecture, load_model
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import Checkpoint, LambdaInfo, lambda_of, load_checkpoint, sha256_of
-from vanilladeploy.errors import CheckpointError, InexactMergeError, UsageError, VerificationError
+from vanilladeploy.errors import CheckpointError, InexactMergeError, OutputError, UsageError, VerificationError
 from vanilladeploy.reparam import ReparamResult, reparameterize_state_dict
 from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, first_divergent_layer, random_inputs, verify_outputs
 
@@ -194,15 +194,26 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
     _check_img_size(arch, opts.img_size)
     if opts.opset < MIN_OPSET:
         raise UsageError(f"--opset {opts.opset} is too old: use {MIN_OPSET} or newer.")
+    out_dir = opts.out_dir or Path("export") / arch.name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir} is a file, not a directory.")
     report = describe(ckpt, arch, lam)
     report["verification"] = {"inputs": {"count": opts.num_inputs, "batch": opts.static_batch or 2,
                                          "img_size": opts.img_size, "seed": opts.seed, "distribution": "N(0,1)"}}
     inputs = random_inputs(opts.num_inputs, batch=opts.static_batch or 2, img_size=opts.img_size, seed=opts.seed)
     deploy, references = _fuse_and_verify(ckpt, arch, lam, inputs, timer, report)
-    out_dir = opts.out_dir or Path("export") / arch.name
     metadata = {"vanilladeploy_version": __version__, "variant": arch.name, "act_num": str(arch.act_num),
                 "num_classes": str(arch.num_classes), "source_sha256": ckpt.sha256 or "untrained",
                 "lambda": repr(lam.value), "img_size": str(opts.img_size), "precision": "fp32"}
+    try:
+        return _write_artifacts(out_dir, deploy, arch, opts, metadata, inputs, references, timer, report)
+    except OSError as e:
+        raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}. Choose another --out.") from None
+
+
+def _write_artifacts(out_dir: Path, deploy: VanillaNet, arch: Architecture, opts: ExportOptions,
+                     metadata: dict[str, str], inputs: list[np.ndarray], references: list[np.ndarray], timer: _Timer,
+                     report: dict[str, Any]) -> ExportResult:
     with ArtifactWriter(out_dir) as writer:
         onnx_tmp = writer.stage(f"{arch.name}.onnx")
         _export_onnx(deploy, arch, opts, metadata, inputs, references, onnx_tmp, timer, report)
@@ -214,7 +225,8 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
             f"{arch.name}_deploy.pth": {"sha256": sha256_of(pth_tmp), "bytes": pth_tmp.stat().st_size},
         }
         report["timings_s"] = timer.timings
-        report_tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        report_tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+                              encoding="utf-8")
         finals = writer.commit()
     return ExportResult(out_dir, {p.name: p for p in finals}, report)
 

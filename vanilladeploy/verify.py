@@ -63,7 +63,8 @@ class VerifyResult:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "passed": bool(self), "tolerance": self.tolerance, "inputs": len(self.comparisons),
+            "passed": bool(self), "tolerance": self.tolerance if math.isfinite(self.tolerance) else None,
+            "inputs": len(self.comparisons),
             "rel_l2": _json_float(self.rel_l2), "max_abs": _json_float(self.max_abs),
             "rel_l2_per_input": [_json_float(c.rel_l2) for c in self.comparisons],
         }
