@@ -12,6 +12,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from click.testing import Result
 from typer.testing import CliRunner
 
 from conftest import SMALL_IMG, official_checkpoint, random_model
@@ -21,7 +22,7 @@ from vanilladeploy.cli import app
 runner = CliRunner()
 
 
-def run(*args: str) -> "Result":  # noqa: F821
+def run(*args: object) -> Result:
     return runner.invoke(app, [str(a) for a in args])
 
 

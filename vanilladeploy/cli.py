@@ -102,16 +102,39 @@ def export(
     Writes <variant>.onnx, <variant>_deploy.pth ({"model": deploy state dict}) and <variant>.report.json;
     on any failure nothing is written.
     """
-    from vanilladeploy.export import ExportOptions, export_checkpoint
+    from vanilladeploy.export import ExportOptions, ExportResult, export_checkpoint
 
     opts = ExportOptions(out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset,
                          static_batch=static_batch, simplify=not no_simplify, allow_inexact=allow_inexact)
-    result = _run(verbose, lambda: export_checkpoint(source, opts, progress=_progress))
+
+    def run() -> ExportResult:
+        with _Progress() as progress:  # the spinner stops before an error line is printed
+            return export_checkpoint(source, opts, progress=progress)
+
+    result = _run(verbose, run)
     _render_export(result.report, result.artifacts)
 
 
-def _progress(message: str) -> None:
-    err.print(f"[dim]•[/] {message} …")
+class _Progress:
+    """A spinner while a step runs (on a terminal), then a ✓ line with its duration."""
+
+    def __init__(self) -> None:
+        self.status = err.status("") if err.is_terminal else None
+
+    def __enter__(self) -> _Progress:
+        if self.status is not None:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+    def __call__(self, message: str, seconds: float | None) -> None:
+        if seconds is not None:
+            err.print(f"[green]✓[/] {message} [dim]({seconds:.1f} s)[/]")
+        elif self.status is not None:
+            self.status.update(f"{message} …")
 
 
 def _fmt(x: Any) -> str:

@@ -33,7 +33,8 @@ from vanilladeploy.errors import CheckpointError, InexactMergeError, OutputError
 from vanilladeploy.reparam import ReparamResult, reparameterize_state_dict
 from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, first_divergent_layer, random_inputs, verify_outputs
 
-Progress = Callable[[str], None]
+Progress = Callable[[str, "float | None"], None]
+"""Called with ``(message, None)`` when a step starts and ``(message, seconds)`` when it ends."""
 
 
 @dataclass
@@ -68,10 +69,11 @@ class _Timer:
 
     @contextmanager
     def step(self, name: str, message: str) -> Iterator[None]:
-        self.progress(message)
+        self.progress(message, None)
         start = time.perf_counter()
         yield
         self.timings[name] = round(time.perf_counter() - start, 3)
+        self.progress(message, self.timings[name])
 
 
 def random_checkpoint(variant: str, *, seed: int = 0, num_classes: int = 1000) -> Checkpoint:
@@ -127,62 +129,76 @@ def _infer(model: VanillaNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return [runner.infer(x) for x in inputs]
 
 
-def _fuse_and_verify(ckpt: Checkpoint, arch: Architecture, lam: LambdaInfo, inputs: list[np.ndarray],
-                     timer: _Timer, report: dict[str, Any]) -> tuple[VanillaNet, list[np.ndarray]]:
-    """Deploy model and reference outputs; for a training-form input, proves the fusion first."""
+@dataclass
+class _Run:
+    """State shared by the steps of one export: what was asked, what was found, what was measured."""
+
+    opts: ExportOptions
+    arch: Architecture
+    timer: _Timer
+    report: dict[str, Any]
+    inputs: list[np.ndarray]
+    references: list[np.ndarray] = field(default_factory=list)
+
+
+def _fuse_and_verify(run: _Run, ckpt: Checkpoint, lam: LambdaInfo) -> VanillaNet:
+    """The deploy model; sets the reference outputs. For a training-form input, proves the fusion first."""
+    ver = run.report["verification"]
     if ckpt.form == "deploy":
-        deploy = load_model(ckpt.state_dict, arch, deploy=True)
-        report["reparameterization"] = {"skipped": "the checkpoint is already in deploy form"}
-        return deploy, _infer(deploy, inputs)
-    train = load_model(ckpt.state_dict, arch, deploy=False)
-    with timer.step("reparameterize_s", "Re-parameterizing in float64"):
+        deploy = load_model(ckpt.state_dict, run.arch, deploy=True)
+        run.report["reparameterization"] = {"skipped": "the checkpoint is already in deploy form"}
+        run.references = _infer(deploy, run.inputs)
+        return deploy
+    train = load_model(ckpt.state_dict, run.arch, deploy=False)
+    with run.timer.step("reparameterize_s", "Re-parameterizing in float64"):
         fused: ReparamResult = reparameterize_state_dict(ckpt.state_dict)
-        deploy = load_model(fused.state_dict, arch, deploy=True)
-    report["reparameterization"] = {"certificates": [c.as_dict() for c in fused.certificates]}
-    with timer.step("verify_torch_s", "Verifying the fused model against the training form (λ = 1)"):
+        deploy = load_model(fused.state_dict, run.arch, deploy=True)
+    run.report["reparameterization"] = {"certificates": [c.as_dict() for c in fused.certificates]}
+    with run.timer.step("verify_torch_s", "Verifying the fused model against the training form (λ = 1)"):
         train.set_lambda(1.0)
-        references = _infer(train, inputs)
-        result = verify_outputs("torch", _infer(deploy, inputs), references)
-    report["verification"]["torch"] = result.as_dict()
+        run.references = _infer(train, run.inputs)
+        result = verify_outputs("torch", _infer(deploy, run.inputs), run.references)
+    ver["torch"] = result.as_dict()
     if not result:
-        layer = first_divergent_layer(train, deploy, inputs[0])
+        layer = first_divergent_layer(train, deploy, run.inputs[0])
         raise VerificationError(f"the fused model differs from the training form: {result.summary()}; first "
                                 f"divergent layer: {layer}. This is a bug; please report it with the report JSON.")
     if not lam.exact:
         train.set_lambda(lam.value)
-        inexact = verify_outputs("trained λ", _infer(deploy, inputs), _infer(train, inputs), tolerance=np.inf)
-        report["verification"]["against_trained_lambda"] = {**inexact.as_dict(), "lambda": lam.value}
-    return deploy, references
+        inexact = verify_outputs("trained λ", _infer(deploy, run.inputs), _infer(train, run.inputs),
+                                 tolerance=np.inf)
+        ver["against_trained_lambda"] = {**inexact.as_dict(), "lambda": lam.value}
+    return deploy
 
 
-def _export_onnx(deploy: VanillaNet, arch: Architecture, opts: ExportOptions, metadata: dict[str, str],
-                 inputs: list[np.ndarray], references: list[np.ndarray], onnx_path: Path, timer: _Timer,
-                 report: dict[str, Any]) -> None:
-    with timer.step("onnx_build_s", "Emitting the ONNX graph"):
+def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_path: Path) -> None:
+    opts, arch = run.opts, run.arch
+    with run.timer.step("onnx_build_s", "Emitting the ONNX graph"):
         model = build_onnx(deploy.state_dict(), arch.spec, act_num=arch.act_num, img_size=opts.img_size,
                            opset=opts.opset, batch=opts.static_batch, metadata=metadata)
     nodes_before = len(model.graph.node)
     if opts.simplify:
-        with timer.step("onnx_simplify_s", "Simplifying with onnx-simplifier"):
+        with run.timer.step("onnx_simplify_s", "Simplifying with onnx-simplifier"):
             try:
                 model = simplify_onnx(model)
             except Exception as e:
                 raise VerificationError(f"onnx-simplifier failed: {e}. Re-run with --no-simplify.") from None
     contract = check_graph_contract(model, arch.spec)
-    report["onnx"] = {"opset": opts.opset, "nodes_emitted": nodes_before, "simplified": opts.simplify,
-                      "contract": contract.as_dict()}
+    run.report["onnx"] = {"opset": opts.opset, "nodes_emitted": nodes_before, "simplified": opts.simplify,
+                          "contract": contract.as_dict()}
     if not contract:
         raise VerificationError(f"the ONNX graph breaks the contract: {'; '.join(contract.problems)}")
     onnx.save(model, onnx_path)
-    with timer.step("verify_onnxruntime_s", "Running the ONNX graph in ONNX Runtime"):
+    with run.timer.step("verify_onnxruntime_s", "Running the ONNX graph in ONNX Runtime"):
         with OnnxRuntimeRunner(onnx_path) as runner:
-            result: VerifyResult = verify_outputs("onnxruntime", [runner.infer(x) for x in inputs], references)
-    report["verification"]["onnxruntime"] = result.as_dict()
+            outputs = [runner.infer(x) for x in run.inputs]
+    result: VerifyResult = verify_outputs("onnxruntime", outputs, run.references)
+    run.report["verification"]["onnxruntime"] = result.as_dict()
     if not result:
         raise VerificationError(f"ONNX Runtime output differs from the reference: {result.summary()}")
 
 
-def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = lambda _: None) -> ExportResult:
+def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = lambda *_: None) -> ExportResult:
     """Run the whole export; raises a :class:`~vanilladeploy.errors.VanillaDeployError` on any failure, in which
     case nothing is written (earlier artifacts in the output directory stay as they were)."""
     timer = _Timer(progress)
@@ -197,34 +213,34 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
     out_dir = opts.out_dir or Path("export") / arch.name
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file, not a directory.")
+    batch = opts.static_batch or 2
     report = describe(ckpt, arch, lam)
-    report["verification"] = {"inputs": {"count": opts.num_inputs, "batch": opts.static_batch or 2,
-                                         "img_size": opts.img_size, "seed": opts.seed, "distribution": "N(0,1)"}}
-    inputs = random_inputs(opts.num_inputs, batch=opts.static_batch or 2, img_size=opts.img_size, seed=opts.seed)
-    deploy, references = _fuse_and_verify(ckpt, arch, lam, inputs, timer, report)
+    report["verification"] = {"inputs": {"count": opts.num_inputs, "batch": batch, "img_size": opts.img_size,
+                                         "seed": opts.seed, "distribution": "N(0,1)"}}
+    inputs = random_inputs(opts.num_inputs, batch=batch, img_size=opts.img_size, seed=opts.seed)
+    run = _Run(opts, arch, timer, report, inputs)
+    deploy = _fuse_and_verify(run, ckpt, lam)
     metadata = {"vanilladeploy_version": __version__, "variant": arch.name, "act_num": str(arch.act_num),
                 "num_classes": str(arch.num_classes), "source_sha256": ckpt.sha256 or "untrained",
                 "lambda": repr(lam.value), "img_size": str(opts.img_size), "precision": "fp32"}
     try:
-        return _write_artifacts(out_dir, deploy, arch, opts, metadata, inputs, references, timer, report)
+        return _write_artifacts(run, out_dir, deploy, metadata)
     except OSError as e:
         raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}. Choose another --out.") from None
 
 
-def _write_artifacts(out_dir: Path, deploy: VanillaNet, arch: Architecture, opts: ExportOptions,
-                     metadata: dict[str, str], inputs: list[np.ndarray], references: list[np.ndarray], timer: _Timer,
-                     report: dict[str, Any]) -> ExportResult:
+def _write_artifacts(run: _Run, out_dir: Path, deploy: VanillaNet, metadata: dict[str, str]) -> ExportResult:
+    """Stage the ONNX (verified in place), the deploy state dict and, last, the report; then commit all."""
+    name, report = run.arch.name, run.report
     with ArtifactWriter(out_dir) as writer:
-        onnx_tmp = writer.stage(f"{arch.name}.onnx")
-        _export_onnx(deploy, arch, opts, metadata, inputs, references, onnx_tmp, timer, report)
-        pth_tmp = writer.stage(f"{arch.name}_deploy.pth")
+        onnx_tmp = writer.stage(f"{name}.onnx")
+        _export_onnx(run, deploy, metadata, onnx_tmp)
+        pth_tmp = writer.stage(f"{name}_deploy.pth")
         torch.save({"model": deploy.state_dict()}, pth_tmp)
-        report_tmp = writer.stage(f"{arch.name}.report.json")
-        report["artifacts"] = {
-            f"{arch.name}.onnx": {"sha256": sha256_of(onnx_tmp), "bytes": onnx_tmp.stat().st_size},
-            f"{arch.name}_deploy.pth": {"sha256": sha256_of(pth_tmp), "bytes": pth_tmp.stat().st_size},
-        }
-        report["timings_s"] = timer.timings
+        report_tmp = writer.stage(f"{name}.report.json")
+        report["artifacts"] = {path_name: {"sha256": sha256_of(tmp), "bytes": tmp.stat().st_size}
+                               for path_name, tmp in ((f"{name}.onnx", onnx_tmp), (f"{name}_deploy.pth", pth_tmp))}
+        report["timings_s"] = run.timer.timings
         report_tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
                               encoding="utf-8")
         finals = writer.commit()
