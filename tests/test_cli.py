@@ -12,8 +12,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from conftest import SMALL_IMG, official_checkpoint, random_model
 from vanilladeploy.checkpoint import load_checkpoint, sha256_of
