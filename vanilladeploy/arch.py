@@ -34,9 +34,13 @@ class Architecture:
 
 
 def _shape(state_dict: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
+    """The shape of a conv weight, which must be 4-d (out, in, kh, kw)."""
     if key not in state_dict:
         raise ArchitectureError(f"missing key {key!r}: the state dict is incomplete or not a VanillaNet.")
-    return tuple(state_dict[key].shape)
+    shape = tuple(state_dict[key].shape)
+    if len(shape) != 4:
+        raise ArchitectureError(f"tensor {key!r} has shape {list(shape)}; a conv weight is 4-d.")
+    return shape
 
 
 def read_dims(state_dict: Mapping[str, Tensor], form: Form) -> tuple[tuple[int, ...], int, int]:
@@ -50,6 +54,9 @@ def read_dims(state_dict: Mapping[str, Tensor], form: Form) -> tuple[tuple[int, 
         _shape(state_dict, f"stages.{i}.{stage_conv}")[0] for i in range(n_stages)
     )
     kernel = _shape(state_dict, act)[-1]
+    if kernel % 2 == 0:
+        raise ArchitectureError(f"tensor {act!r} has an even kernel size {kernel}; the activation's depthwise conv "
+                                "is (2n+1)x(2n+1).")
     return dims, (kernel - 1) // 2, _shape(state_dict, cls)[0]
 
 

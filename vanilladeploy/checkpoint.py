@@ -13,6 +13,7 @@ import hashlib
 import math
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,10 @@ def _read_file(path: Path) -> Any:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or save was probably interrupted.")
     if _looks_like_safetensors(head):
         return _read_safetensors(path)
-    if head.startswith(b"PK") or head[:1] == b"\x80":
+    if head.startswith(b"PK"):
+        check_zip_container(path)
+        return _read_torch(path)
+    if head[:1] == b"\x80":
         return _read_torch(path)
     raise CheckpointError(
         f"{path} is not a checkpoint: expected a PyTorch file (zip or pickle) or .safetensors, "
@@ -108,6 +112,31 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own error types for every malformed header
         raise CheckpointError(f"{path}: not a valid safetensors file ({_first_line(e)}).") from None
+
+
+def check_zip_container(path: Path) -> None:
+    """Refuse a zip that ``torch.save`` would not write, before torch reads it.
+
+    torch stores every record uncompressed, so the records' total size cannot exceed the file's. A deflated record
+    could declare gigabytes in a small file (torch would inflate it: a zip bomb); a zip without ``data.pkl`` is some
+    other archive.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: cannot read this PyTorch file; it is truncated or corrupted "
+                              f"({_first_line(e)}). Download or save it again.") from None
+    if not any(i.filename.endswith("data.pkl") for i in infos):
+        raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint (it has no data.pkl).")
+    compressed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise CheckpointError(f"{path}: record {compressed[0]!r} is compressed, which torch.save never does; "
+                              "refusing it (a compressed record can expand far beyond the file's size).")
+    declared = sum(i.file_size for i in infos)
+    if declared > path.stat().st_size:
+        raise CheckpointError(f"{path}: its records declare {declared} bytes but the file has "
+                              f"{path.stat().st_size}; the archive is corrupted or crafted.")
 
 
 def _read_torch(path: Path) -> Any:
@@ -173,6 +202,9 @@ def check_finite(state_dict: Mapping[str, Tensor], *, source: object) -> None:
     for name, t in state_dict.items():
         if name.endswith("num_batches_tracked"):
             continue
+        if t.layout != torch.strided or t.device.type != "cpu" or t.is_quantized:
+            raise CheckpointError(f"{source}: tensor {name!r} is {t.layout}/{t.device.type}"
+                                  f"{'/quantized' if t.is_quantized else ''}; weights must be dense CPU tensors.")
         if not t.is_floating_point():
             raise CheckpointError(f"{source}: tensor {name!r} has dtype {t.dtype}; weights must be floating point.")
         if not bool(torch.isfinite(t).all()):
@@ -240,13 +272,17 @@ def lambda_of(checkpoint: Checkpoint) -> LambdaInfo:
     """Read ``epoch``, ``args.decay_epochs`` and ``args.decay_linear`` (official defaults 100 and true)."""
     if checkpoint.epoch is None or checkpoint.form == "deploy":
         return LambdaInfo(1.0, checkpoint.epoch, None, None, assumed=True)
-    decay_epochs = int(checkpoint.args.get("decay_epochs", DEFAULT_DECAY_EPOCHS))
+    decay_epochs = checkpoint.args.get("decay_epochs", DEFAULT_DECAY_EPOCHS)
+    if not isinstance(decay_epochs, int) or isinstance(decay_epochs, bool):
+        raise CheckpointError(f"{checkpoint.source}: args.decay_epochs is {decay_epochs!r}, not an integer, so the "
+                              "λ the checkpoint was trained with is unknown.")
     decay_linear = _as_bool(checkpoint.args.get("decay_linear", True))
     value = trained_lambda(checkpoint.epoch, decay_epochs, decay_linear)
     return LambdaInfo(value, checkpoint.epoch, decay_epochs, decay_linear, assumed=False)
 
 
 def _as_bool(value: Any) -> bool:
+    """``args.decay_linear`` as the official ``str2bool`` would read it; other types count as the default (true)."""
     if isinstance(value, str):
         return value.strip().lower() in {"1", "true", "yes", "y", "t"}
-    return bool(value)
+    return bool(value) if isinstance(value, (bool, int)) else True
