@@ -34,7 +34,7 @@ def test_export_official_checkpoint(official_ckpt_path: Path, tmp_path: Path) ->
     result = export(official_ckpt_path, tmp_path / "out")
     assert result.exit_code == 0, result.output
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["vanillanet_5.onnx", "vanillanet_5.report.json", "vanillanet_5_deploy.pth"]
+    assert files == [".vanilladeploy", "vanillanet_5.onnx", "vanillanet_5.report.json", "vanillanet_5_deploy.pth"]
     report = json.loads((tmp_path / "out" / "vanillanet_5.report.json").read_text())
     assert report["source"]["sha256"] == before == sha256_of(official_ckpt_path)  # input untouched
     assert report["source"]["container_key"] == "model_ema"
@@ -207,3 +207,10 @@ def test_out_path_that_is_a_file_is_refused(official_ckpt_path: Path, tmp_path: 
     result = export(official_ckpt_path, blocker)
     assert result.exit_code == 2 and "is a file, not a directory" in result.output
     assert blocker.read_text() == "x"
+
+
+def test_out_directory_with_foreign_files_is_refused(official_ckpt_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    result = export(official_ckpt_path, tmp_path)
+    assert result.exit_code == 2 and "did not write" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]

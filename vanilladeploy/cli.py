@@ -57,7 +57,7 @@ def _run(verbose: bool, fn: Callable[[], T]) -> T:
         err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(int(e.exit_code)) from None
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/]: nothing was written.")
+        err.print("[red]interrupted[/] (an export publishes all its files at once, or none of them).")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except (typer.Exit, typer.Abort):
         raise
@@ -102,17 +102,17 @@ def export(
     Writes <variant>.onnx, <variant>_deploy.pth ({"model": deploy state dict}) and <variant>.report.json;
     on any failure nothing is written.
     """
-    from vanilladeploy.export import ExportOptions, ExportResult, export_checkpoint
+    from vanilladeploy.export import ExportOptions, export_checkpoint
 
     opts = ExportOptions(out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset,
                          static_batch=static_batch, simplify=not no_simplify, allow_inexact=allow_inexact)
 
-    def run() -> ExportResult:
+    def run() -> None:
         with _Progress() as progress:  # the spinner stops before an error line is printed
-            return export_checkpoint(source, opts, progress=progress)
+            result = export_checkpoint(source, opts, progress=progress)
+        _render_export(result.report, result.artifacts)
 
-    result = _run(verbose, run)
-    _render_export(result.report, result.artifacts)
+    _run(verbose, run)
 
 
 class _Progress:
@@ -190,7 +190,10 @@ def inspect(
                                            if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
         return info
 
-    info = _run(verbose, run)
+    _run(verbose, lambda: _render_inspect(source, run(), as_json=as_json))
+
+
+def _render_inspect(source: str, info: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(info, ensure_ascii=False))
         return
@@ -204,7 +207,10 @@ def inspect(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # a Ctrl-C outside a command's own handling (start-up, shutdown)
+        raise SystemExit(int(ExitCode.INTERRUPTED)) from None
 
 
 if __name__ == "__main__":

@@ -211,8 +211,7 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
     if opts.opset < MIN_OPSET:
         raise UsageError(f"--opset {opts.opset} is too old: use {MIN_OPSET} or newer.")
     out_dir = opts.out_dir or Path("export") / arch.name
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out {out_dir} is a file, not a directory.")
+    writer = ArtifactWriter(out_dir)  # refuses an unusable --out now, before the expensive steps
     batch = opts.static_batch or 2
     report = describe(ckpt, arch, lam)
     report["verification"] = {"inputs": {"count": opts.num_inputs, "batch": batch, "img_size": opts.img_size,
@@ -224,15 +223,16 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
                 "num_classes": str(arch.num_classes), "source_sha256": ckpt.sha256 or "untrained",
                 "lambda": repr(lam.value), "img_size": str(opts.img_size), "precision": "fp32"}
     try:
-        return _write_artifacts(run, out_dir, deploy, metadata)
+        return _write_artifacts(run, writer, deploy, metadata)
     except OSError as e:
         raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}. Choose another --out.") from None
 
 
-def _write_artifacts(run: _Run, out_dir: Path, deploy: VanillaNet, metadata: dict[str, str]) -> ExportResult:
-    """Stage the ONNX (verified in place), the deploy state dict and, last, the report; then commit all."""
+def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, metadata: dict[str, str]
+                     ) -> ExportResult:
+    """Stage the ONNX (verified in place), the deploy state dict and the report; then publish them together."""
     name, report = run.arch.name, run.report
-    with ArtifactWriter(out_dir) as writer:
+    with writer:
         onnx_tmp = writer.stage(f"{name}.onnx")
         _export_onnx(run, deploy, metadata, onnx_tmp)
         pth_tmp = writer.stage(f"{name}_deploy.pth")
@@ -244,7 +244,7 @@ def _write_artifacts(run: _Run, out_dir: Path, deploy: VanillaNet, metadata: dic
         report_tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
                               encoding="utf-8")
         finals = writer.commit()
-    return ExportResult(out_dir, {p.name: p for p in finals}, report)
+    return ExportResult(writer.out_dir, {p.name: p for p in finals}, report)
 
 
 def describe(ckpt: Checkpoint, arch: Architecture, lam: LambdaInfo) -> dict[str, Any]:
