@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import ALL_VARIANTS, official_checkpoint, random_model
+from test_hostile import _in_torch_zip
 from models.vanillanet import create_vanillanet
 from vanilladeploy.arch import check_keys_and_shapes, detect_architecture
 from vanilladeploy.checkpoint import lambda_of, load_checkpoint, trained_lambda
@@ -74,12 +75,21 @@ def test_unsafe_pickle_is_refused_without_running(tmp_path: Path) -> None:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    path = tmp_path / "evil.pth"
-    with path.open("wb") as f:
-        pickle.dump({"model": Payload()}, f, protocol=2)
+    pickled = pickle.dumps({"model": Payload()}, protocol=2)
     with pytest.raises(CheckpointError, match="refused to load.*system.*not allow-listed"):
-        load_checkpoint(path)
+        load_checkpoint(_in_torch_zip(pickled, tmp_path / "evil.pth"))
+    bare = tmp_path / "evil.pkl"
+    bare.write_bytes(pickled)
+    with pytest.raises(CheckpointError, match="bare pickle"):
+        load_checkpoint(bare)
     assert not marker.exists()
+
+
+def test_legacy_torch_format_is_refused_with_a_conversion_hint(tmp_path: Path, sd: dict) -> None:
+    path = tmp_path / "legacy.pth"
+    torch.save({"model": sd}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="pre-1.6 format.*weights_only=True"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("epoch,decay_epochs,linear,expected", [

@@ -101,7 +101,7 @@ BAD_INPUTS = {
     "empty": (lambda p: _bytes(p / "e.pth", b""), "is empty"),
     "random bytes": (lambda p: _bytes(p / "r.pth", bytes(range(7, 256)) * 16), "not a checkpoint"),
     "text file": (lambda p: _bytes(p / "t.pth", b"hello, world"), "not a checkpoint"),
-    "unsafe pickle": (_evil, "refused to load"),
+    "unsafe pickle": (_evil, "bare pickle"),
     "resnet": (lambda p: _write(p / "rn.pth", {"conv1.weight": torch.zeros(64, 3, 7, 7),
                                                "bn1.weight": torch.ones(64)}), "not a VanillaNet state dict"),
     "missing key": (lambda p: _write(p / "mk.pth", {k: v for k, v in _sd().items() if k != "cls2.0.bias"}),

@@ -56,7 +56,7 @@ def sha256_of(path: Path) -> str:
 
 
 def load_checkpoint(path: Path, *, key: str | None = None) -> Checkpoint:
-    """Read ``path`` (torch zip/legacy pickle or safetensors) into a :class:`Checkpoint`; never executes code."""
+    """Read ``path`` (torch zip or safetensors) into a :class:`Checkpoint`; never executes code."""
     obj = _read_file(path)
     state_dict, used_key = unwrap_state_dict(obj, key=key, source=path)
     epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
@@ -94,7 +94,12 @@ def _read_file(path: Path) -> Any:
         check_zip_container(path)
         return _read_torch(path)
     if head[:1] == b"\x80":
-        return _read_torch(path)
+        raise CheckpointError(
+            f"{path} is a bare pickle (PyTorch's pre-1.6 format, or not a PyTorch file at all). vanilladeploy reads "
+            "the zip format torch.save has written since 2020 and .safetensors, whose tensor sizes can be checked "
+            "against the file before anything is allocated. Convert it with torch.save(torch.load(OLD, "
+            "weights_only=True), NEW) on a recent PyTorch."
+        )
     raise CheckpointError(
         f"{path} is not a checkpoint: expected a PyTorch file (zip or pickle) or .safetensors, "
         f"found bytes {head[:8]!r}."
