@@ -101,7 +101,7 @@ def _read_file(path: Path) -> Any:
             "weights_only=True), NEW) on a recent PyTorch."
         )
     raise CheckpointError(
-        f"{path} is not a checkpoint: expected a PyTorch file (zip or pickle) or .safetensors, "
+        f"{path} is not a checkpoint: expected a PyTorch (zip) file or .safetensors, "
         f"found bytes {head[:8]!r}."
     )
 
@@ -138,10 +138,10 @@ def check_zip_container(path: Path) -> None:
     if compressed:
         raise CheckpointError(f"{path}: record {compressed[0]!r} is compressed, which torch.save never does; "
                               "refusing it (a compressed record can expand far beyond the file's size).")
-    declared = sum(i.file_size for i in infos)
-    if declared > path.stat().st_size:
-        raise CheckpointError(f"{path}: its records declare {declared} bytes but the file has "
-                              f"{path.stat().st_size}; the archive is corrupted or crafted.")
+    declared, actual = sum(i.file_size for i in infos), path.stat().st_size
+    if declared > actual:
+        raise CheckpointError(f"{path}: its records declare {declared} bytes but the file has {actual}; "
+                              "the archive is corrupted or crafted.")
 
 
 def _read_torch(path: Path) -> Any:
