@@ -12,6 +12,7 @@ the marker file ``.vanilladeploy``); anything else is refused rather than moved.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -97,7 +98,10 @@ class ArtifactWriter:
             try:
                 os.rename(staging, self.out_dir)
                 break
-            except OSError:  # the target exists and is not empty: move it aside, then retry
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise  # a real failure (permissions, another filesystem): leave the old set where it is
+                # the target exists and is not empty: move it aside, then retry
                 aside = parent / f".{self.out_dir.name}.old-{os.getpid()}-{os.urandom(4).hex()}"
                 try:
                     os.rename(self.out_dir, aside)
