@@ -5,6 +5,7 @@ training-form reference. Weights are random with randomized BatchNorm statistics
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def test_official_checkpoint_exports_through_cli(variant: str, tmp_path: Path) -
     assert contract["passed"] and contract["op_counts"]["Conv"] == VARIANTS[variant].depth
     print(f"\n{variant}: torch rel {torch_check['rel_l2']:.2e}, ORT rel {ort_check['rel_l2']:.2e}, "
           f"{contract['nodes']} nodes, export {seconds:.1f} s")
+    path.unlink()  # up to 1.9 GB of checkpoint and 1 GB of artifacts per variant: pytest keeps tmp_path
+    shutil.rmtree(tmp_path / "out")
 
 
 def test_x1_5_twins_need_arch_without_args(tmp_path: Path) -> None:
