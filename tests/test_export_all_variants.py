@@ -1,7 +1,8 @@
 """Every variant, from an official-format training checkpoint, through the real CLI at 224x224 (slow).
 
 This is the issue's "done when": simplified ONNX, graph contract held, ONNX Runtime within 1e-5 of the
-training-form reference. Weights are random with randomized BatchNorm statistics (no trained weights here).
+training-form reference, and ``vanilladeploy check`` finds the simplified graph TensorRT-compatible. Weights are
+random with randomized BatchNorm statistics (no trained weights here).
 """
 
 import json
@@ -35,6 +36,8 @@ def test_official_checkpoint_exports_through_cli(variant: str, tmp_path: Path) -
     assert ort_check["passed"] and ort_check["rel_l2"] <= 1e-5
     contract = report["onnx"]["contract"]
     assert contract["passed"] and contract["op_counts"]["Conv"] == VARIANTS[variant].depth
+    check = run("check", tmp_path / "out" / f"{variant}.onnx", "--json")
+    assert check.exit_code == 0 and json.loads(check.output)["errors"] == [], check.output
     print(f"\n{variant}: torch rel {torch_check['rel_l2']:.2e}, ORT rel {ort_check['rel_l2']:.2e}, "
           f"{contract['nodes']} nodes, export {seconds:.1f} s")
     path.unlink()  # up to 1.9 GB of checkpoint and 1 GB of artifacts per variant: pytest keeps tmp_path

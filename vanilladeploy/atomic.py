@@ -86,6 +86,10 @@ class ArtifactWriter:
         self._names.append(name)
         return self._staging / name
 
+    def staged(self) -> list[Path]:
+        """The staged paths, in the order they were asked for."""
+        return [self._staging / name for name in self._names] if self._staging else []
+
     def commit(self) -> list[Path]:
         if self._staging is None:
             raise RuntimeError("nothing staged")

@@ -12,15 +12,17 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vanilladeploy import __version__
 from vanilladeploy.errors import ExitCode, VanillaDeployError
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 ok · 1 verification failed (an artifact does not match the reference) · "
-    "2 bad input or usage (unreadable, unsafe or inexact checkpoint, bad option) · "
-    "3 optional dependency missing · 4 internal error (a bug) · 130 interrupted."
+    "Exit codes: 0 ok · 1 verification failed (an artifact does not match the reference, or `check` found "
+    "problems) · 2 bad input or usage (unreadable, unsafe or inexact checkpoint, bad option) · "
+    "3 optional dependency or GPU missing (export --trt: the ONNX was still written and verified, no engine) · "
+    "4 internal error (a bug) · 130 interrupted."
 )
 INTERNAL_ERROR = 4
 
@@ -54,7 +56,7 @@ def _run(verbose: bool, fn: Callable[[], T]) -> T:
     except VanillaDeployError as e:
         if verbose:
             err.print_exception()
-        err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(int(e.exit_code)) from None
     except KeyboardInterrupt:
         err.print("[red]interrupted[/] (an export publishes all its files at once, or none of them).")
@@ -64,7 +66,7 @@ def _run(verbose: bool, fn: Callable[[], T]) -> T:
     except Exception as e:
         if verbose:
             err.print_exception()
-        err.print(f"[bold red]internal error:[/] {type(e).__name__}: {e}. Re-run with --verbose for the traceback "
+        err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}. Re-run with --verbose for the traceback "
                   "and report it.", soft_wrap=True)
         raise typer.Exit(INTERNAL_ERROR) from None
 
@@ -95,24 +97,59 @@ def export(
     no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnx-simplifier.")] = False,
     allow_inexact: Annotated[bool, typer.Option("--allow-inexact", help="Merge a checkpoint trained with λ < 1 "
                                                 "anyway; the report states the resulting error.")] = False,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine and verify it (needs TensorRT "
+                                      "and an NVIDIA GPU; without them the ONNX is still exported and verified, "
+                                      "then exit 3).", rich_help_panel="TensorRT")] = False,
+    precision: Annotated[str, typer.Option("--precision", help="Engine precision: fp32 (TF32 off) or fp16 (also "
+                                           "writes <variant>.fp16.onnx).", rich_help_panel="TensorRT")] = "fp32",
+    workspace: Annotated[str, typer.Option("--workspace", help="Builder workspace: bytes or 512MiB, 4GiB …",
+                                           rich_help_panel="TensorRT")] = "4GiB",
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch optimization profile MIN/OPT/MAX, or MAX "
+                                                 "(= 1/1/MAX) [default: 1/1/32, or the --static-batch].",
+                                                 show_default=False, rich_help_panel="TensorRT")] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file, read if "
+                                                         "present and updated after the build (faster rebuilds).",
+                                                         rich_help_panel="TensorRT")] = None,
+    opt_level: Annotated[int, typer.Option("--opt-level", min=0, max=5, help="Builder optimization level.",
+                                           rich_help_panel="TensorRT")] = 3,
     verbose: Verbose = False,
 ) -> None:
     """Re-parameterize a checkpoint, prove the fused model equal to the trained one, export a verified ONNX.
 
-    Writes <variant>.onnx, <variant>_deploy.pth ({"model": deploy state dict}) and <variant>.report.json;
-    on any failure nothing is written.
+    Writes <variant>.onnx, <variant>_deploy.pth ({"model": deploy state dict}) and <variant>.report.json; with
+    --trt also <variant>.<precision>.engine and its .json sidecar (and a .build.log with --verbose), and the
+    equivalent trtexec command in the report. On any failure before publishing nothing is written.
     """
     from vanilladeploy.export import ExportOptions, export_checkpoint
 
-    opts = ExportOptions(out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset,
-                         static_batch=static_batch, simplify=not no_simplify, allow_inexact=allow_inexact)
-
     def run() -> None:
+        trt_opts = _trt_options(precision, workspace, batch, timing_cache, opt_level, static_batch, verbose) \
+            if trt else None
+        opts = ExportOptions(out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset,
+                             static_batch=static_batch, simplify=not no_simplify, allow_inexact=allow_inexact,
+                             trt=trt_opts)
         with _Progress() as progress:  # the spinner stops before an error line is printed
             result = export_checkpoint(source, opts, progress=progress)
         _render_export(result.report, result.artifacts)
+        if result.error is not None:
+            raise result.error
 
     _run(verbose, run)
+
+
+def _trt_options(precision: str, workspace: str, batch: str | None, timing_cache: Path | None, opt_level: int,
+                 static_batch: int | None, verbose: bool) -> Any:
+    from exporters.trt_compat import BatchProfile
+    from exporters.trt_plan import TrtBuildOptions, parse_size
+    from vanilladeploy.errors import UsageError
+
+    try:
+        profile = BatchProfile.parse(batch) if batch else (
+            BatchProfile.fixed(static_batch) if static_batch else BatchProfile())
+        return TrtBuildOptions(precision=precision, profile=profile, workspace_bytes=parse_size(workspace),
+                               timing_cache=timing_cache, opt_level=opt_level, detailed_log=verbose)
+    except ValueError as e:
+        raise UsageError(f"{e}.") from None
 
 
 class _Progress:
@@ -132,9 +169,9 @@ class _Progress:
 
     def __call__(self, message: str, seconds: float | None) -> None:
         if seconds is not None:
-            err.print(f"[green]✓[/] {message} [dim]({seconds:.1f} s)[/]")
+            err.print(f"[green]✓[/] {escape(message)} [dim]({seconds:.1f} s)[/]")
         elif self.status is not None:
-            self.status.update(f"{message} …")
+            self.status.update(f"{escape(message)} …")
 
 
 def _fmt(x: Any) -> str:
@@ -150,24 +187,44 @@ def _render_export(report: dict[str, Any], artifacts: dict[str, Path]) -> None:
     if report["source"]["untrained"]:
         table.add_row("weights", "[yellow]untrained[/]", "seeded random weights and BN statistics (demo)")
     table.add_row("λ", "[green]exact[/]" if lam["exact"] else "[yellow]inexact[/]", lam["note"])
-    for name in ("torch", "onnxruntime"):
+    for name in ("torch", "onnxruntime", "onnxruntime_fp16"):
         if name in ver:
-            v = ver[name]
-            status = "[green]pass[/]" if v["passed"] else "[red]FAIL[/]"
-            table.add_row(f"{name} vs training form", status,
-                          f"rel L2 {_fmt(v['rel_l2'])}, max abs {_fmt(v['max_abs'])} (≤ {v['tolerance']:.0e})")
+            _verification_row(table, f"{name.replace('_', ' ')} vs training form", ver[name])
     if "against_trained_lambda" in ver:
         v = ver["against_trained_lambda"]
         table.add_row("vs trained λ network", "[yellow]inexact[/]", f"rel L2 {_fmt(v['rel_l2'])}")
     onnx_info = report["onnx"]
     table.add_row("graph contract", "[green]pass[/]", f"{onnx_info['contract']['nodes']} nodes, opset "
                   f"{onnx_info['opset']}")
+    trt = report.get("tensorrt")
+    if trt:
+        compat = trt["compatibility"]
+        table.add_row("TensorRT compatibility", "[green]pass[/]", f"{len(compat['warnings'])} warnings, profile "
+                      f"{compat['profile']}")
+        if trt.get("status") == "built":
+            _verification_row(table, f"TensorRT {trt['precision']} engine", trt["verification"])
+        else:
+            table.add_row(f"TensorRT {trt['precision']} engine", "[yellow]not built[/]", escape(trt.get("reason", "")))
     out.print(table)
     for path in artifacts.values():
-        out.print(f"  wrote {path}")
-    onnx_path = next(p for p in artifacts.values() if p.suffix == ".onnx")
-    out.print(f"\nNext: [bold]trtexec --onnx={onnx_path} --fp16[/] (TensorRT), or "
-              f"[bold]vanilladeploy inspect {onnx_path.parent / (arch['variant'] + '_deploy.pth')}[/]")
+        out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
+    onnx_path = next(p for p in artifacts.values() if p.name == f"{arch['variant']}.onnx")
+    if trt:
+        out.print("\nReproduce with TensorRT's own tools (TensorRT 10; the report also has the TensorRT 11 line):")
+        out.print(f"  {escape(trt['trtexec']['tensorrt10'])}", soft_wrap=True)
+    else:
+        out.print(f"\nNext: [bold]vanilladeploy check {escape(str(onnx_path))}[/] (TensorRT compatibility), then "
+                  "export again with --trt on a machine with TensorRT.", soft_wrap=True)
+
+
+def _verification_row(table: Table, label: str, v: dict[str, Any]) -> None:
+    if "error" in v:
+        table.add_row(label, "[red]FAIL[/]", escape(v["error"]))
+        return
+    detail = f"rel L2 {_fmt(v['rel_l2'])}, max abs {_fmt(v['max_abs'])} (≤ {v['tolerance']:.0e})"
+    if "top1" in v:
+        detail += f", top-1 {v['top1']['agree']}/{v['top1']['total']}"
+    table.add_row(label, "[green]pass[/]" if v["passed"] else "[red]FAIL[/]", detail)
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -195,7 +252,7 @@ def inspect(
 
 def _render_inspect(source: str, info: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps(info, ensure_ascii=False))
+        typer.echo(json.dumps(info, indent=2, ensure_ascii=False))  # plain: never wrapped
         return
     table = Table(title=f"{source}", show_header=False)
     for section in ("source", "architecture", "lambda"):
@@ -204,6 +261,40 @@ def _render_inspect(source: str, info: dict[str, Any], *, as_json: bool) -> None
     out.print(table)
     if not info["lambda"]["exact"]:
         out.print("[yellow]λ < 1: export refuses this checkpoint unless --allow-inexact is given.[/]")
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def check(
+    onnx_path: Annotated[Path, typer.Argument(help="The ONNX model to check.", show_default=False)],
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch optimization profile MIN/OPT/MAX or MAX "
+                                                 "(= 1/1/MAX) [default: 1/1/32].", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a list.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check an ONNX model against what TensorRT's ONNX parser accepts (ops, types, attributes, opset, input
+    shapes vs the batch profile) — no TensorRT or GPU needed. Exit 0 when compatible, 1 when not."""
+    from vanilladeploy.compat import check_onnx_file
+
+    def run() -> None:
+        result = check_onnx_file(onnx_path, batch=batch)
+        _render_check(onnx_path, result.as_dict(), as_json=as_json)
+        if not result:
+            raise typer.Exit(int(ExitCode.VERIFICATION_FAILED))
+
+    _run(verbose, run)
+
+
+def _render_check(path: Path, info: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, ensure_ascii=False))  # plain: never wrapped
+        return
+    for line in info["errors"]:
+        out.print(f"[red]error[/]   {escape(line)}", soft_wrap=True)
+    for line in info["warnings"]:
+        out.print(f"[yellow]warning[/] {escape(line)}", soft_wrap=True)
+    verdict = "[green]TensorRT-compatible[/]" if info["passed"] else "[red]not TensorRT-compatible[/]"
+    out.print(f"{escape(str(path))}: {verdict} ({info['nodes']} nodes, opset {info['opset']}, batch profile {info['profile']}, "
+              f"{len(info['errors'])} errors, {len(info['warnings'])} warnings)", soft_wrap=True)
 
 
 def main() -> None:

@@ -24,12 +24,15 @@ import torch
 from exporters.contract import check_graph_contract
 from exporters.onnx_export import MIN_OPSET, build_onnx, feature_sizes, simplify_onnx
 from exporters.runners import OnnxRuntimeRunner, TorchRunner
+from exporters.trt_plan import TrtBuildOptions
 from models.vanillanet import VARIANTS, VanillaNet, create_vanillanet, get_variant, randomize_
 from vanilladeploy import __version__
 from vanilladeploy.arch import Architecture, check_keys_and_shapes, detect_architecture, load_model
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import Checkpoint, LambdaInfo, lambda_of, load_checkpoint, sha256_of
-from vanilladeploy.errors import CheckpointError, InexactMergeError, OutputError, UsageError, VerificationError
+from vanilladeploy.engine import EngineJob, export_engine
+from vanilladeploy.errors import (CheckpointError, InexactMergeError, OutputError, UsageError, VanillaDeployError,
+                                  VerificationError)
 from vanilladeploy.reparam import ReparamResult, reparameterize_state_dict
 from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, first_divergent_layer, random_inputs, verify_outputs
 
@@ -51,6 +54,8 @@ class ExportOptions:
     allow_inexact: bool = False
     num_inputs: int = 3
     seed: int = 0
+    trt: TrtBuildOptions | None = None
+    """Also build and verify a TensorRT engine (``--trt``)."""
 
 
 @dataclass
@@ -60,6 +65,8 @@ class ExportResult:
     out_dir: Path
     artifacts: dict[str, Path]
     report: dict[str, Any]
+    error: VanillaDeployError | None = None
+    """A failure after the artifacts were published (``--trt`` without TensorRT, an unverified engine)."""
 
 
 @dataclass
@@ -171,7 +178,7 @@ def _fuse_and_verify(run: _Run, ckpt: Checkpoint, lam: LambdaInfo) -> VanillaNet
     return deploy
 
 
-def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_path: Path) -> None:
+def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_path: Path) -> onnx.ModelProto:
     opts, arch = run.opts, run.arch
     with run.timer.step("onnx_build_s", "Emitting the ONNX graph"):
         model = build_onnx(deploy.state_dict(), arch.spec, act_num=arch.act_num, img_size=opts.img_size,
@@ -196,6 +203,7 @@ def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_p
     run.report["verification"]["onnxruntime"] = result.as_dict()
     if not result:
         raise VerificationError(f"ONNX Runtime output differs from the reference: {result.summary()}")
+    return model
 
 
 def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = lambda *_: None) -> ExportResult:
@@ -210,9 +218,13 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
     _check_img_size(arch, opts.img_size)
     if opts.opset < MIN_OPSET:
         raise UsageError(f"--opset {opts.opset} is too old: use {MIN_OPSET} or newer.")
+    if opts.trt and opts.static_batch and (opts.trt.profile.min, opts.trt.profile.max) != (opts.static_batch,) * 2:
+        raise UsageError(f"--static-batch {opts.static_batch} fixes the batch, but --batch asks for "
+                         f"{opts.trt.profile}; drop --batch or pass --batch {opts.static_batch}/{opts.static_batch}/"
+                         f"{opts.static_batch}.")
     out_dir = opts.out_dir or Path("export") / arch.name
     writer = ArtifactWriter(out_dir)  # refuses an unusable --out now, before the expensive steps
-    batch = opts.static_batch or 2
+    batch = opts.static_batch or (min(max(2, opts.trt.profile.min), opts.trt.profile.max) if opts.trt else 2)
     report = describe(ckpt, arch, lam)
     report["verification"] = {"inputs": {"count": opts.num_inputs, "batch": batch, "img_size": opts.img_size,
                                          "seed": opts.seed, "distribution": "N(0,1)"}}
@@ -234,17 +246,22 @@ def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, meta
     name, report = run.arch.name, run.report
     with writer:
         onnx_tmp = writer.stage(f"{name}.onnx")
-        _export_onnx(run, deploy, metadata, onnx_tmp)
+        model = _export_onnx(run, deploy, metadata, onnx_tmp)
         pth_tmp = writer.stage(f"{name}_deploy.pth")
         torch.save({"model": deploy.state_dict()}, pth_tmp)
+        error = None
+        if run.opts.trt is not None:
+            job = EngineJob(name, onnx_tmp, model, writer.out_dir, run.opts.trt, run.inputs, run.references,
+                            run.opts.static_batch)
+            error = export_engine(job, writer, run.timer, report)
         report_tmp = writer.stage(f"{name}.report.json")
-        report["artifacts"] = {path_name: {"sha256": sha256_of(tmp), "bytes": tmp.stat().st_size}
-                               for path_name, tmp in ((f"{name}.onnx", onnx_tmp), (f"{name}_deploy.pth", pth_tmp))}
+        report["artifacts"] = {tmp.name: {"sha256": sha256_of(tmp), "bytes": tmp.stat().st_size}
+                               for tmp in writer.staged() if tmp != report_tmp}
         report["timings_s"] = run.timer.timings
         report_tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
                               encoding="utf-8")
         finals = writer.commit()
-    return ExportResult(writer.out_dir, {p.name: p for p in finals}, report)
+    return ExportResult(writer.out_dir, {p.name: p for p in finals}, report, error)
 
 
 def describe(ckpt: Checkpoint, arch: Architecture, lam: LambdaInfo) -> dict[str, Any]:

@@ -13,6 +13,10 @@ from models.vanillanet import VanillaNet
 
 TOLERANCE_FP32 = 1e-5
 """DESIGN §5: fused torch fp32 and ONNX Runtime fp32 against the training-form reference."""
+TOLERANCE_TRT_FP32 = 1e-4
+"""DESIGN §5: a TensorRT fp32 engine (TF32 off)."""
+TOLERANCE_FP16 = 1e-2
+"""DESIGN §5: anything computed in fp16 (TensorRT fp16 engine, the fp16-typed ONNX), plus top-1 agreement."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,38 @@ def verify_outputs(
 ) -> VerifyResult:
     return VerifyResult(name, tuple(compare(y, r, tolerance=tolerance) for y, r in zip(outputs, references)),
                         tolerance)
+
+
+@dataclass(frozen=True)
+class Top1Agreement:
+    """Samples whose arg-max matches the reference's. A sample is *decisive* when the reference's top-1/top-2 margin
+    exceeds ``tolerance`` × its largest |logit|: a flip there is an error beyond tolerance, not a near tie.
+    Truthy when every decisive sample agrees."""
+
+    agree: int
+    total: int
+    decisive: int
+    decisive_agree: int
+
+    def __bool__(self) -> bool:
+        return self.decisive_agree == self.decisive
+
+    def as_dict(self) -> dict[str, object]:
+        return {"passed": bool(self), "agree": self.agree, "total": self.total, "decisive": self.decisive,
+                "decisive_agree": self.decisive_agree}
+
+
+def top1_agreement(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray], *, tolerance: float
+                   ) -> Top1Agreement:
+    y = np.concatenate([np.asarray(o, dtype=np.float64).reshape(len(o), -1) for o in outputs])
+    ref = np.concatenate([np.asarray(r, dtype=np.float64).reshape(len(r), -1) for r in references])
+    same = y.argmax(axis=1) == ref.argmax(axis=1)
+    if ref.shape[1] > 1:
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) > tolerance * np.abs(ref).max(axis=1)
+    else:  # one class: the arg-max cannot differ
+        decisive = np.ones(len(ref), dtype=bool)
+    return Top1Agreement(int(same.sum()), len(same), int(decisive.sum()), int((same & decisive).sum()))
 
 
 def random_inputs(count: int, *, batch: int, img_size: int, seed: int = 0) -> list[np.ndarray]:

@@ -1,0 +1,27 @@
+"""``vanilladeploy check``: will TensorRT's ONNX parser take this file? (No TensorRT or GPU needed.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from exporters.trt_compat import BatchProfile, CompatResult, check_trt_compat
+from vanilladeploy.errors import CheckpointError, UsageError
+
+
+def check_onnx_file(path: Path, *, batch: str | None = None) -> CompatResult:
+    """Load ``path`` (with external data beside it, if any) and check it against ``batch`` (MIN/OPT/MAX or MAX)."""
+    try:
+        profile = BatchProfile.parse(batch) if batch else BatchProfile()
+    except ValueError as e:
+        raise UsageError(f"--batch: {e}.") from None
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file." if not path.exists() else f"{path} is not a file.")
+    try:
+        model = onnx.load(path)
+    except Exception as e:  # protobuf DecodeError, missing external data, permissions
+        raise CheckpointError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}).") from None
+    if not model.graph.node and not model.graph.output:
+        raise CheckpointError(f"{path} is not an ONNX model (no graph).")
+    return check_trt_compat(model, profile=profile)

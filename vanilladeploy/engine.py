@@ -1,0 +1,155 @@
+"""The ``--trt`` part of ``vanilladeploy export``: from the verified ONNX to a verified TensorRT engine.
+
+Steps: compatibility check (anywhere) → for fp16, the fp16-typed ONNX copy, verified in ONNX Runtime → the ``trtexec``
+lines for the report → (with TensorRT and a GPU) build, write ``<name>.<precision>.engine`` + its JSON sidecar, run
+the engine and verify it against the reference. Without TensorRT or a GPU every step that can run still runs, and the
+error returned says what is missing; the caller publishes the artifacts first and then reports it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from exporters.fp16 import convert_to_fp16
+from exporters.onnx_export import INPUT_NAME, set_metadata
+from exporters.runners import OnnxRuntimeRunner, Runner
+from exporters.trt_compat import check_trt_compat
+from exporters.trt_plan import (EngineBuildError, EngineMismatchError, TrtBuildOptions, engine_name, engine_sidecar,
+                                tensorrt_missing, trtexec_command)
+from vanilladeploy.atomic import ArtifactWriter
+from vanilladeploy.checkpoint import sha256_of
+from vanilladeploy.errors import MissingDependencyError, VanillaDeployError, VerificationError
+from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_TRT_FP32, top1_agreement, verify_outputs
+
+if TYPE_CHECKING:
+    from vanilladeploy.export import _Timer
+
+
+@dataclass
+class EngineJob:
+    """What the TensorRT step works on: the staged, verified fp32 ONNX and the reference outputs."""
+
+    name: str
+    onnx_path: Path  # staged
+    model: onnx.ModelProto
+    final_dir: Path
+    opts: TrtBuildOptions
+    inputs: Sequence[np.ndarray]
+    references: Sequence[np.ndarray]
+    static_batch: int | None
+
+
+def verify_against(name: str, runner: Runner, job: EngineJob, *, tolerance: float, max_batch: int
+                   ) -> dict[str, Any]:
+    """Run ``runner`` on the job's inputs (split to at most ``max_batch``); rel L2 and, for fp16, top-1 agreement."""
+    with runner:
+        outputs = [np.concatenate([runner.infer(x[i:i + max_batch]) for i in range(0, len(x), max_batch)])
+                   for x in job.inputs]
+    result = verify_outputs(name, outputs, job.references, tolerance=tolerance)
+    record = result.as_dict()
+    if tolerance >= TOLERANCE_FP16:
+        top1 = top1_agreement(outputs, job.references, tolerance=tolerance)
+        record["top1"] = top1.as_dict()
+        record["passed"] = bool(result) and bool(top1)
+    return record
+
+
+def export_engine(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]
+                  ) -> VanillaDeployError | None:
+    """Stage what ``--trt`` produces and fill ``report["tensorrt"]``; the returned error (TensorRT missing, engine
+    not verified) is for after publishing. Errors that make the ONNX itself unusable are raised."""
+    opts, section = job.opts, {"precision": job.opts.precision, "profile": str(job.opts.profile)}
+    report["tensorrt"] = section
+    with timer.step("tensorrt_check_s", "Checking TensorRT compatibility"):
+        compat = check_trt_compat(job.model, profile=opts.profile)
+    section["compatibility"] = compat.as_dict()
+    if not compat:
+        raise VerificationError(f"the ONNX graph is not TensorRT-compatible: {compat.errors[0]}")
+    fp16_path = _fp16_copy(job, writer, timer, report) if opts.precision == "fp16" else None
+    section["trtexec"] = _trtexec_lines(job, fp16_path)
+    missing = tensorrt_missing()
+    if missing:
+        section.update(status="not built", reason=missing)
+        return MissingDependencyError(f"{missing}. The ONNX was written and verified; no engine was built.")
+    return _build_and_verify(job, writer, timer, section, fp16_path)
+
+
+def _fp16_copy(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]) -> Path:
+    with timer.step("fp16_onnx_s", "Writing and verifying the fp16-typed ONNX"):
+        model16 = convert_to_fp16(job.model)
+        set_metadata(model16, {**{p.key: p.value for p in job.model.metadata_props}, "precision": "fp16"})
+        path = writer.stage(f"{job.name}.fp16.onnx")
+        onnx.save(model16, path)
+        record = verify_against("onnxruntime fp16", OnnxRuntimeRunner(path), job, tolerance=TOLERANCE_FP16,
+                                max_batch=max(len(x) for x in job.inputs))
+    report["verification"]["onnxruntime_fp16"] = record
+    if not record["passed"]:
+        raise VerificationError(f"the fp16-typed ONNX differs from the reference: rel L2 {record['rel_l2']} "
+                                f"(tolerance {TOLERANCE_FP16:.0e}), top-1 {record.get('top1')}")
+    return path
+
+
+def _trtexec_lines(job: EngineJob, fp16_path: Path | None) -> dict[str, str]:
+    """The equivalent trtexec builds, for TensorRT 10 and 11, with the published file names."""
+    final = job.final_dir
+    engine = final / engine_name(job.name, job.opts.precision)
+    shape = tuple(job.inputs[0].shape)
+    lines = {}
+    for major in (10, 11):
+        onnx_file = final / (fp16_path.name if fp16_path is not None and major >= 11 else job.onnx_path.name)
+        lines[f"tensorrt{major}"] = trtexec_command(onnx_file, engine, input_name=INPUT_NAME, input_shape=shape,
+                                                    dynamic_batch=job.static_batch is None, opts=job.opts,
+                                                    tensorrt_major=major)
+    return lines
+
+
+def _build_and_verify(job: EngineJob, writer: ArtifactWriter, timer: _Timer, section: dict[str, Any],
+                      fp16_path: Path | None) -> VanillaDeployError | None:
+    from exporters.tensorrt_engine import TensorRTRunner, build_engine, gpu_identity, tensorrt_major
+
+    import tensorrt
+
+    strongly_typed = tensorrt_major(tensorrt) >= 11
+    source = fp16_path if (fp16_path is not None and strongly_typed) else job.onnx_path
+    with timer.step("tensorrt_build_s", f"Building the TensorRT {job.opts.precision} engine (minutes)"):
+        try:
+            built = build_engine(source, job.opts)
+        except EngineBuildError as e:
+            raise VerificationError(str(e)) from None
+    gpu_name, cc = gpu_identity()
+    sidecar = engine_sidecar(trt_version=built.tensorrt_version, gpu_name=gpu_name, compute_capability=cc,
+                             opts=job.opts, onnx_sha256=sha256_of(source), onnx_name=source.name,
+                             input_shape=tuple(job.inputs[0].shape), build_s=built.build_s,
+                             strongly_typed=built.strongly_typed)
+    engine_file = engine_name(job.name, job.opts.precision)
+    writer.stage(engine_file).write_bytes(built.plan)
+    if built.layer_info is not None:
+        log = writer.stage(f"{engine_file}.build.log")
+        log.write_text("\n".join(built.log) + "\n\n# engine layers (JSON)\n" + built.layer_info + "\n",
+                       encoding="utf-8")
+    tolerance = TOLERANCE_TRT_FP32 if job.opts.precision == "fp32" else TOLERANCE_FP16
+    with timer.step("verify_tensorrt_s", "Running and verifying the engine"):
+        try:
+            record = verify_against("tensorrt", TensorRTRunner(built.plan, sidecar=sidecar), job,
+                                    tolerance=tolerance, max_batch=job.opts.profile.max)
+        except (EngineMismatchError, RuntimeError) as e:
+            record = {"passed": False, "error": str(e)}
+    sidecar["verified"] = bool(record["passed"])
+    sidecar["verification"] = record
+    writer.stage(f"{engine_file}.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    section.update(status="built", engine=engine_file, verified=sidecar["verified"], verification=record,
+                   tensorrt_version=built.tensorrt_version, gpu=sidecar["gpu"], build_s=sidecar["build_s"])
+    if not sidecar["verified"]:
+        return VerificationError(f"the TensorRT engine differs from the reference: {record}. It was written but is "
+                                 "marked unverified in the report.")
+    return None
+
+
+__all__ = ["EngineJob", "export_engine", "verify_against"]
