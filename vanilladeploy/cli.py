@@ -297,6 +297,138 @@ def _render_check(path: Path, info: dict[str, Any], *, as_json: bool) -> None:
               f"{len(info['errors'])} errors, {len(info['warnings'])} warnings)", soft_wrap=True)
 
 
+@app.command(epilog=EXIT_CODES_HELP)
+def bench(
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size.")] = 1,
+    models: Annotated[Optional[str], typer.Option("--models", help="Comma-separated: vanillanet_5 … "
+                                                  "vanillanet_13_x1_5_ada_pool (':train' for the training form), "
+                                                  "resnet18 … resnet152, swin_t/s/b; 'paper' = the official latency "
+                                                  "table's models; 'all'.", show_default="paper")] = None,
+    backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: torch, torch-cudagraph, "
+                                                    "onnxruntime, tensorrt. Unavailable ones are listed as skipped.",
+                                                    show_default="all")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda.",
+                                                  show_default="cuda if available")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="fp32 or fp16 (CUDA only).")] = "fp32",
+    img_size: Annotated[int, typer.Option("--img-size", min=1, help="Input height and width.")] = 224,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
+    iters: Annotated[int, typer.Option("--iters", min=1, help="Timed rounds (each times every model once).")] = 30,
+    budget: Annotated[Optional[float], typer.Option("--budget-s", help="Stop timing after this many seconds "
+                                                    "(at least 3 rounds).", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads, pinned to as many "
+                                                   "cores.", show_default="all")] = None,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="torch backends: NHWC memory "
+                                                "format.")] = False,
+    include_copies: Annotated[bool, typer.Option("--include-copies", help="Time host→device input and "
+                                                 "device→host output copies too.")] = False,
+    train_form: Annotated[bool, typer.Option("--train-form", help="Also time each VanillaNet's training form "
+                                             "(λ = 1), to show what re-parameterization buys.")] = False,
+    json_path: Annotated[Path, typer.Option("--json", help="Results JSON.")] = Path("bench/results.json"),
+    csv_path: Annotated[Path, typer.Option("--csv", help="Results CSV.")] = Path("bench/results.csv"),
+    plot_path: Annotated[Path, typer.Option("--plot", help="PNG: top-1 vs latency, depth vs latency.")]
+    = Path("bench/latency.png"),
+    verbose: Verbose = False,
+) -> None:
+    """Batch latency of deployed VanillaNets against ResNet and Swin on the same backends, in one run.
+
+    Models are timed in interleaved rounds; the table gives median/p90/p99, throughput, the physical floor
+    max(FLOPs/peak, weight bytes/bandwidth) from measured peaks, efficiency = floor/median, and the published A100
+    numbers beside ours.
+    """
+    from vanilladeploy.bench import BenchOptions, run_bench
+
+    opts = BenchOptions(models=models, backends=[b.strip() for b in backends.split(",") if b.strip()]
+                        if backends else None, device=device, precision=precision, batch=batch, img_size=img_size,
+                        warmup=warmup, iters=iters, budget_s=budget, threads=threads, channels_last=channels_last,
+                        include_copies=include_copies, train_form=train_form)
+
+    def run() -> None:
+        with _BenchProgress() as progress:
+            result = run_bench(opts, progress=progress)
+        _render_bench(result.records, result.machine, result.peak)
+        _write_bench(result, json_path, csv_path, plot_path)
+
+    _run(verbose, run)
+
+
+class _BenchProgress:
+    """A rich progress bar over the preparation and timing phases (on stderr)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=err, transient=True, disable=not err.is_terminal)
+        self.task = None
+
+    def __enter__(self) -> _BenchProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(escape(phase), total=total)
+        self.bar.update(self.task, description=escape(phase), completed=done, total=total)
+        if not err.is_terminal and phase.startswith(("Prepared", "Measuring")):
+            err.print(escape(phase))
+
+
+def _ms(x: Any) -> str:
+    return "—" if x is None else f"{x:.3g}" if x < 10 else f"{x:.1f}"
+
+
+def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peak: Any) -> None:
+    where = machine.get("gpu") or machine["cpu"]
+    out.print(f"[bold]{escape(where)}[/] · measured peak {peak.peak_flops / 1e9:.0f} GFLOP/s "
+              f"({peak.dtype}), bandwidth {peak.bandwidth_bytes_s / 1e9:.0f} GB/s", soft_wrap=True)
+    for backend in dict.fromkeys(r["backend"] for r in records):
+        rows = [r for r in records if r["backend"] == backend]
+        ok = [r for r in rows if r["status"] == "ok"]
+        if not ok:
+            out.print(f"[yellow]{backend}: skipped[/] — {escape(rows[0]['reason'] or '')}", soft_wrap=True)
+            continue
+        first = ok[0]
+        table = Table(title=f"{backend} · {first['device']} · {first['precision']} · batch {first['batch']} · "
+                      f"{first['img_size']}px · copies {'included' if first['copies_included'] else 'excluded'}",
+                      header_style="bold")
+        for col in ("model", "top-1", "GFLOPs", "depth", "median ms", "p90", "p99", "img/s", "floor ms", "eff.",
+                    "paper A100 ms (PyTorch / TRT32 / TRT16)"):
+            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+        for r in ok:
+            s, p = r["stats"], r["published"]
+            paper = " / ".join(_ms(p[k]) for k in ("pytorch_a100_ms", "trt_fp32_a100_ms", "trt_fp16_a100_ms"))
+            table.add_row(r["model"], _ms(p["top1"]), f"{r['gflops']:.1f}", str(r["depth"]), _ms(s["median_ms"]),
+                          _ms(s["p90_ms"]), _ms(s["p99_ms"]), f"{s['throughput_img_s']:.1f}", _ms(r["floor_ms"]),
+                          f"{r['efficiency']:.2f}", paper)
+        wide = out if out.is_terminal else Console(highlight=False, width=160)  # piped: no 80-column squeeze
+        wide.print(table)
+        for r in rows:
+            if r["status"] != "ok":
+                out.print(f"  [yellow]skipped[/] {r['model']}: {escape(r['reason'] or '')}", soft_wrap=True)
+
+
+def _write_bench(result: Any, json_path: Path, csv_path: Path, plot_path: Path) -> None:
+    from benchmarks.report import write_csv, write_json, write_plot
+    from vanilladeploy.errors import MissingDependencyError
+
+    written = [write_json(json_path, result.document()), write_csv(csv_path, result.records)]
+    where = result.machine.get("gpu") or result.machine["cpu"]
+    try:
+        first = result.records[0]
+        written.append(write_plot(plot_path, result.records, title=f"{where} · {first['precision']} · batch "
+                                  f"{first['batch']} · {first['img_size']}px"))
+    except ImportError:
+        for path in written:
+            out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
+        raise MissingDependencyError("the plot needs matplotlib: pip install 'vanilladeploy[bench]' (JSON and "
+                                     "CSV were written)") from None
+    for path in written:
+        out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
+
+
 def main() -> None:
     try:
         app()

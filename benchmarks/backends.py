@@ -1,0 +1,318 @@
+"""Backends behind one small interface: ``missing(cfg)`` says why a backend cannot run here (or None), ``prepare``
+turns a model into a timed *subject* (see :mod:`benchmarks.harness`).
+
+Inputs rotate among ``cfg.num_inputs`` random tensors. On CUDA every iteration is timed with CUDA events and
+synchronized; host↔device copies are outside the timed region unless ``cfg.include_copies``. CUDA-graph and
+TensorRT subjects rotate inputs by a device copy into their bound input buffer before the timed region.
+"""
+
+from __future__ import annotations
+
+import itertools
+import resource
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.harness import Subject, timed_on_clock
+from benchmarks.zoo import ModelEntry, onnx_path_for
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch: int = 1
+    img_size: int = 224
+    channels_last: bool = False
+    include_copies: bool = False
+    threads: int | None = None
+    num_inputs: int = 4
+    cache_dir: Path = Path(".vanilladeploy-cache")
+
+
+class SkipModel(Exception):
+    """This backend cannot run this model (the message says why); it is reported as skipped, never dropped."""
+
+
+@dataclass
+class Prepared:
+    subject: Subject
+    peak_memory_mb: float | None = None
+    memory_kind: str = ""
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+
+def _inputs(cfg: BenchConfig, *, device: str, dtype: torch.dtype) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(cfg.batch, 3, cfg.img_size, cfg.img_size, generator=g) for _ in range(cfg.num_inputs)]
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return [x.to(device=device, dtype=dtype).contiguous(memory_format=fmt) for x in xs]
+
+
+def cuda_subject(step: Callable[[], object], *, before: Callable[[], object] | None = None,
+                 stream: torch.cuda.Stream | None = None) -> Subject:
+    """Time ``step`` between two CUDA events on ``stream`` and wait for it; ``before`` runs untimed."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def subject() -> float:
+        if before is not None:
+            before()
+        start.record(stream)
+        step()
+        end.record(stream)
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    return subject
+
+
+def _dtype(precision: str) -> torch.dtype:
+    return torch.float16 if precision == "fp16" else torch.float32
+
+
+def _peak_memory(cfg: BenchConfig) -> tuple[float | None, str]:
+    if cfg.device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20, "torch CUDA allocator peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS so far"
+
+
+class Backend(ABC):
+    name: str = "backend"
+
+    def missing(self, cfg: BenchConfig) -> str | None:
+        """Why this backend cannot run with ``cfg`` on this machine, or None."""
+        if cfg.precision == "fp16" and cfg.device == "cpu":
+            return "fp16 is measured on CUDA only (CPU backends have no fast fp16 kernels)"
+        return None
+
+    @abstractmethod
+    def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
+        """A subject running ``model`` once per call; raises :class:`SkipModel` when this model cannot run here."""
+
+
+class TorchBackend(Backend):
+    """Eager PyTorch (inference mode), CPU or CUDA, fp32/fp16, optionally channels_last."""
+
+    name = "torch"
+
+    def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
+        dtype = _dtype(cfg.precision)
+        fmt = torch.channels_last if cfg.channels_last else torch.preserve_format
+        model = model.to(device=cfg.device, dtype=dtype, memory_format=fmt).eval()
+        host = _inputs(cfg, device="cpu", dtype=dtype)
+        device_inputs = itertools.cycle([x.to(cfg.device) for x in host])
+        host_inputs = itertools.cycle([x.pin_memory() if cfg.device == "cuda" else x for x in host])
+
+        @torch.inference_mode()
+        def step() -> None:
+            if cfg.include_copies:
+                model(next(host_inputs).to(cfg.device, non_blocking=True)).cpu()
+            else:
+                model(next(device_inputs))
+
+        if cfg.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            return Prepared(cuda_subject(step), *_peak_memory(cfg))
+        step()
+        return Prepared(timed_on_clock(step), *_peak_memory(cfg))
+
+
+class TorchCudaGraphBackend(TorchBackend):
+    """The same eager model captured once as a CUDA graph and replayed."""
+
+    name = "torch-cudagraph"
+
+    def missing(self, cfg: BenchConfig) -> str | None:
+        if cfg.device != "cuda":
+            return "CUDA graphs need --device cuda"
+        return super().missing(cfg)
+
+    def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
+        dtype = _dtype(cfg.precision)
+        fmt = torch.channels_last if cfg.channels_last else torch.preserve_format
+        model = model.to(device="cuda", dtype=dtype, memory_format=fmt).eval()
+        torch.cuda.reset_peak_memory_stats()
+        inputs = _inputs(cfg, device="cuda", dtype=dtype)
+        static = inputs[0].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(3):  # warm up cuDNN/cuBLAS choices outside the capture
+                model(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.inference_mode():
+            output = model(static)
+        rotation = itertools.cycle(inputs)
+        pinned = itertools.cycle([x.cpu().pin_memory() for x in inputs])
+
+        def step() -> None:
+            if cfg.include_copies:
+                static.copy_(next(pinned), non_blocking=True)
+            graph.replay()
+            if cfg.include_copies:
+                output.cpu()
+
+        before = None if cfg.include_copies else (lambda: static.copy_(next(rotation)))
+        return Prepared(cuda_subject(step, before=before), *_peak_memory(cfg))
+
+
+def export_onnx(entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Path:
+    """The model's fp32 ONNX with a dynamic batch, cached in ``cfg.cache_dir``: deployed VanillaNets through our
+    emitter, everything else through torch.onnx (opset 17: LayerNormalization stays one op)."""
+    path = onnx_path_for(entry, cfg.cache_dir, img_size=cfg.img_size)
+    if path.exists():
+        return path
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if entry.family == "vanillanet" and entry.form == "deploy":
+        from exporters.onnx_export import build_onnx
+        from models.vanillanet import get_variant
+
+        onnx.save(build_onnx(model.state_dict(), get_variant(entry.base), act_num=model.stem[1].act_num,
+                             img_size=cfg.img_size), tmp)
+    else:
+        x = torch.zeros(1, 3, cfg.img_size, cfg.img_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.float().cpu().eval(), (x,), str(tmp), opset_version=17, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              dynamo=False)
+    tmp.replace(path)
+    return path
+
+
+def _fp16_onnx(path: Path) -> Path:
+    import onnx
+
+    from exporters.fp16 import convert_to_fp16
+
+    target = path.with_name(path.stem + ".fp16.onnx")
+    if not target.exists():
+        try:
+            converted = convert_to_fp16(onnx.load(path))
+        except ValueError as e:
+            raise SkipModel(f"no fp16 ONNX: {e}") from None
+        onnx.save(converted, target)
+    return target
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime: the CPU execution provider, or CUDA's when onnxruntime-gpu is installed (I/O bound on device)."""
+
+    name = "onnxruntime"
+
+    def missing(self, cfg: BenchConfig) -> str | None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "onnxruntime is not installed"
+        if cfg.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "no CUDA execution provider: pip install onnxruntime-gpu"
+        return super().missing(cfg)
+
+    def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
+        import onnxruntime as ort
+
+        path = export_onnx(entry, model, cfg)
+        if cfg.precision == "fp16":
+            path = _fp16_onnx(path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if cfg.threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = cfg.threads, 1
+        provider = "CUDAExecutionProvider" if cfg.device == "cuda" else "CPUExecutionProvider"
+        session = ort.InferenceSession(str(path), options, providers=[provider])
+        host = itertools.cycle([x.numpy() for x in _inputs(cfg, device="cpu", dtype=torch.float32)])
+        if cfg.device == "cpu" or cfg.include_copies:
+            def step() -> None:
+                session.run(None, {"input": next(host)})
+        else:
+            step = _bound_cuda_step(session, cfg)
+        step()
+        subject = cuda_subject(step) if cfg.device == "cuda" else timed_on_clock(step)
+        return Prepared(subject, *(_peak_memory(cfg) if cfg.device == "cpu" else (None, "not tracked (ORT arena)")))
+
+
+def _bound_cuda_step(session: object, cfg: BenchConfig) -> Callable[[], None]:
+    """Inputs and outputs stay on the GPU (I/O binding to torch CUDA tensors): no host copies in the loop."""
+    inputs = itertools.cycle(_inputs(cfg, device="cuda", dtype=torch.float32))
+    binding = session.io_binding()
+
+    def step() -> None:
+        x = next(inputs)
+        binding.bind_input("input", "cuda", 0, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_output("logits", "cuda")
+        session.run_with_iobinding(binding)
+
+    return step
+
+
+class TensorRTBackend(Backend):
+    """A TensorRT engine (built here for the batch asked, fp32 with TF32 off or fp16), replayed as a CUDA graph."""
+
+    name = "tensorrt"
+
+    def missing(self, cfg: BenchConfig) -> str | None:
+        from exporters.trt_plan import tensorrt_missing
+
+        if cfg.device != "cuda":
+            return "TensorRT needs --device cuda"
+        return tensorrt_missing()
+
+    def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
+        import tensorrt
+
+        from exporters.tensorrt_engine import TensorRTRunner, build_engine, tensorrt_major
+        from exporters.trt_compat import BatchProfile
+        from exporters.trt_plan import EngineBuildError, TrtBuildOptions
+
+        path = export_onnx(entry, model, cfg)
+        if cfg.precision == "fp16" and tensorrt_major(tensorrt) >= 11:
+            path = _fp16_onnx(path)
+        opts = TrtBuildOptions(precision=cfg.precision, profile=BatchProfile.fixed(cfg.batch),
+                               timing_cache=cfg.cache_dir / "tensorrt.timing-cache")
+        try:
+            built = build_engine(path, opts)
+        except EngineBuildError as e:
+            raise SkipModel(str(e)) from None
+        runner = TensorRTRunner(built.plan, cuda_graph=not cfg.include_copies)
+        runner.activate()
+        buffer = runner.prepare((cfg.batch, 3, cfg.img_size, cfg.img_size))
+        inputs = itertools.cycle(_inputs(cfg, device="cuda", dtype=buffer.dtype))
+        pinned = itertools.cycle([x.cpu().pin_memory() for x in _inputs(cfg, device="cpu", dtype=buffer.dtype)])
+
+        def step() -> None:
+            if cfg.include_copies:
+                with torch.cuda.stream(runner.stream):
+                    buffer.copy_(next(pinned), non_blocking=True)
+            runner.launch()
+            if cfg.include_copies:
+                with torch.cuda.stream(runner.stream):
+                    runner.output.cpu()
+
+        def before() -> None:
+            if not cfg.include_copies:
+                with torch.cuda.stream(runner.stream):
+                    buffer.copy_(next(inputs))
+
+        return Prepared(cuda_subject(step, before=before, stream=runner.stream), None, "not tracked (TensorRT)",
+                        [runner.deactivate])
+
+
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, TorchCudaGraphBackend, OnnxRuntimeBackend,
+                                                          TensorRTBackend)}
+
+__all__ = ["BACKENDS", "Backend", "BenchConfig", "Prepared", "SkipModel", "cuda_subject", "export_onnx"]
