@@ -12,7 +12,8 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,15 +80,22 @@ def _backends(names: list[str] | None) -> list[Backend]:
     return [BACKENDS[n]() for n in dict.fromkeys(names)]
 
 
-def _pin_threads(threads: int | None) -> dict[str, Any]:
-    """Use ``threads`` intra-op threads, pinned to as many CPUs (Linux); returns what was set."""
-    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if threads:
-        if available and threads < len(available):
-            os.sched_setaffinity(0, available[:threads])
-        torch.set_num_threads(threads)
-    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"threads": torch.get_num_threads(), "affinity": affinity}
+@contextmanager
+def _pinned_threads(threads: int | None) -> Iterator[dict[str, Any]]:
+    """Use ``threads`` intra-op threads pinned to as many CPUs (Linux) for the run; restore both afterwards."""
+    can_pin = hasattr(os, "sched_getaffinity")
+    before_affinity, before_threads = (os.sched_getaffinity(0) if can_pin else None), torch.get_num_threads()
+    try:
+        if threads:
+            if can_pin and threads < len(before_affinity):
+                os.sched_setaffinity(0, sorted(before_affinity)[:threads])
+            torch.set_num_threads(threads)
+        yield {"threads": torch.get_num_threads(),
+               "affinity": sorted(os.sched_getaffinity(0)) if can_pin else None}
+    finally:
+        if can_pin:
+            os.sched_setaffinity(0, before_affinity)
+        torch.set_num_threads(before_threads)
 
 
 def run_bench(opts: BenchOptions, *, progress: Progress = lambda *_: None) -> BenchResult:
@@ -99,7 +107,12 @@ def run_bench(opts: BenchOptions, *, progress: Progress = lambda *_: None) -> Be
     except ValueError as e:
         raise UsageError(f"--models: {e}.") from None
     backends, device = _backends(opts.backends), _device(opts.device)
-    pinning = _pin_threads(opts.threads)
+    with _pinned_threads(opts.threads) as pinning:
+        return _run_pinned(opts, entries, backends, device, pinning, progress)
+
+
+def _run_pinned(opts: BenchOptions, entries: list[ModelEntry], backends: list[Backend], device: str,
+                pinning: dict[str, Any], progress: Progress) -> BenchResult:
     cfg = BenchConfig(device=device, precision=opts.precision, batch=opts.batch, img_size=opts.img_size,
                       channels_last=opts.channels_last, include_copies=opts.include_copies,
                       threads=pinning["threads"], cache_dir=opts.cache_dir / "bench")

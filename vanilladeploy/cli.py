@@ -327,6 +327,9 @@ def bench(
     csv_path: Annotated[Path, typer.Option("--csv", help="Results CSV.")] = Path("bench/results.csv"),
     plot_path: Annotated[Path, typer.Option("--plot", help="PNG: top-1 vs latency, depth vs latency.")]
     = Path("bench/latency.png"),
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where exported ONNX files, engines' "
+                                                      "timing cache and the measured device peaks are kept.",
+                                                      show_default="~/.cache/vanilladeploy")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Batch latency of deployed VanillaNets against ResNet and Swin on the same backends, in one run.
@@ -341,6 +344,8 @@ def bench(
                         if backends else None, device=device, precision=precision, batch=batch, img_size=img_size,
                         warmup=warmup, iters=iters, budget_s=budget, threads=threads, channels_last=channels_last,
                         include_copies=include_copies, train_form=train_form)
+    if cache_dir is not None:
+        opts.cache_dir = cache_dir
 
     def run() -> None:
         with _BenchProgress() as progress:
