@@ -41,7 +41,7 @@ class BenchOptions:
     batch: int = 1
     img_size: int = 224
     warmup: int = 3
-    iters: int = 30
+    iters: int | None = None  # None: 20 on CPU, 200 on CUDA
     budget_s: float | None = None
     threads: int | None = None
     channels_last: bool = False
@@ -122,7 +122,8 @@ def _run_pinned(opts: BenchOptions, entries: list[ModelEntry], backends: list[Ba
     machine = machine_info(device) | {"pinning": pinning}
     records, subjects, prepared = _prepare_all(entries, backends, cfg, peak, progress)
     try:
-        samples = measure_interleaved(subjects, warmup=opts.warmup, iters=opts.iters, budget_s=opts.budget_s,
+        iters = opts.iters or (200 if device == "cuda" else 20)
+        samples = measure_interleaved(subjects, warmup=opts.warmup, iters=iters, budget_s=opts.budget_s,
                                       on_round=lambda done, total: progress("Timing (interleaved rounds)", done,
                                                                             total))
     finally:

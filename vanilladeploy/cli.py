@@ -312,7 +312,8 @@ def bench(
     precision: Annotated[str, typer.Option("--precision", help="fp32 or fp16 (CUDA only).")] = "fp32",
     img_size: Annotated[int, typer.Option("--img-size", min=1, help="Input height and width.")] = 224,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
-    iters: Annotated[int, typer.Option("--iters", min=1, help="Timed rounds (each times every model once).")] = 30,
+    iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Timed rounds (each times every model "
+                                                 "once).", show_default="20 on cpu, 200 on cuda")] = None,
     budget: Annotated[Optional[float], typer.Option("--budget-s", help="Stop timing after this many seconds "
                                                     "(at least 3 rounds).", show_default=False)] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads, pinned to as many "
@@ -404,8 +405,9 @@ def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peak: 
             table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
         for r in ok:
             s, p = r["stats"], r["published"]
-            paper = " / ".join(_ms(p[k]) for k in ("pytorch_a100_ms", "trt_fp32_a100_ms", "trt_fp16_a100_ms"))
-            table.add_row(r["model"], _ms(p["top1"]), f"{r['gflops']:.1f}", str(r["depth"]), _ms(s["median_ms"]),
+            paper = " / ".join("—" if p[k] is None else str(p[k])
+                               for k in ("pytorch_a100_ms", "trt_fp32_a100_ms", "trt_fp16_a100_ms"))
+            table.add_row(r["model"], "—" if p["top1"] is None else str(p["top1"]), f"{r['gflops']:.1f}", str(r["depth"]), _ms(s["median_ms"]),
                           _ms(s["p90_ms"]), _ms(s["p99_ms"]), f"{s['throughput_img_s']:.1f}", _ms(r["floor_ms"]),
                           f"{r['efficiency']:.2f}", paper)
         wide = out if out.is_terminal else Console(highlight=False, width=160)  # piped: no 80-column squeeze
