@@ -11,6 +11,7 @@ comes from the fp16-typed ONNX copy (:func:`exporters.fp16.convert_to_fp16`).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -137,12 +138,15 @@ def gpu_identity() -> tuple[str, tuple[int, int]]:
 
 class TensorRTRunner(Runner):
     """Runs a serialized engine with torch CUDA tensors as buffers on a torch CUDA stream; optionally replays a
-    CUDA graph. With a ``sidecar`` (the engine's JSON), refuses an engine built for another GPU or TensorRT."""
+    CUDA graph. With a ``sidecar`` (the engine's JSON; for an engine file, ``<engine>.json`` is read when present),
+    refuses an engine built for another GPU or TensorRT version."""
 
     name = "tensorrt"
 
     def __init__(self, engine: Path | bytes, *, sidecar: dict[str, Any] | None = None, cuda_graph: bool = False
                  ) -> None:
+        if sidecar is None and isinstance(engine, Path) and engine.with_name(engine.name + ".json").is_file():
+            sidecar = json.loads(engine.with_name(engine.name + ".json").read_text(encoding="utf-8"))
         self.engine_source, self.sidecar, self.cuda_graph = engine, sidecar, cuda_graph
         self.context: Any = None
 

@@ -13,15 +13,16 @@ import torch
 
 from test_cli import export
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
-                                reason="TensorRT and a GPU are present: the engine is built (tests/test_tensorrt_"
-                                "engine.py)")
+without_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
+                                      reason="TensorRT and a GPU are present: the engine is built (tests/test_"
+                                      "tensorrt_engine.py)")
 
 
 def _report(out: Path) -> dict:
     return json.loads((out / "vanillanet_5.report.json").read_text())
 
 
+@without_tensorrt
 def test_trt_without_tensorrt_exports_verified_onnx_then_exits_3(official_ckpt_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = export(official_ckpt_path, out, "--trt", "--batch", "1/2/8", "--timing-cache", tmp_path / "t.cache")
@@ -43,6 +44,7 @@ def test_trt_without_tensorrt_exports_verified_onnx_then_exits_3(official_ckpt_p
     assert "trtexec --onnx=" in result.output  # printed for the user, too
 
 
+@without_tensorrt
 def test_trt_fp16_writes_a_verified_fp16_onnx(official_ckpt_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = export(official_ckpt_path, out, "--trt", "--precision", "fp16", "--static-batch", "1")

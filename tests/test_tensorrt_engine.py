@@ -110,3 +110,18 @@ def test_export_trt_through_the_cli(official_ckpt_path: Path, tmp_path: Path, pr
     assert (out / f"vanillanet_5.{precision}.engine.build.log").stat().st_size > 0
     plain = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.WARNING)).deserialize_cuda_engine(engine.read_bytes())
     assert plain is not None  # no custom header: any TensorRT loader (and trtexec --loadEngine) reads it
+
+
+def test_engine_file_is_checked_against_its_sidecar(onnx_paths: dict[str, Path], tmp_path: Path) -> None:
+    from exporters.tensorrt_engine import TensorRTRunner
+
+    built = _build(onnx_paths, "fp32")
+    engine = tmp_path / "m.fp32.engine"
+    engine.write_bytes(built.plan)
+    sidecar = engine_sidecar(trt_version="0.0.1", gpu_name="x", compute_capability=(1, 0), opts=TrtBuildOptions(),
+                             onnx_sha256="0" * 64, onnx_name="m.onnx", input_shape=(1, 3, SMALL_IMG, SMALL_IMG),
+                             build_s=1.0, strongly_typed=built.strongly_typed)
+    (tmp_path / "m.fp32.engine.json").write_text(json.dumps(sidecar))
+    with pytest.raises(EngineMismatchError, match="not portable across versions"):
+        with TensorRTRunner(engine):
+            pass
