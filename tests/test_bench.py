@@ -101,3 +101,13 @@ def test_cuda_without_a_gpu_exits_3(tmp_path: Path) -> None:
         pytest.skip("a CUDA GPU is present")
     result = run("bench", "--device", "cuda", "--json", tmp_path / "r.json", "--cache-dir", tmp_path)
     assert result.exit_code == 3 and "no CUDA GPU" in result.output
+
+
+def test_missing_matplotlib_is_reported_before_timing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    result = run("bench", "--models", "vanillanet_5", "--json", tmp_path / "r.json", "--cache-dir", tmp_path)
+    assert result.exit_code == 3 and "pip install 'vanilladeploy[bench]'" in result.output
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "device-peaks.json").exists()

@@ -349,6 +349,12 @@ def bench(
         opts.cache_dir = cache_dir
 
     def run() -> None:
+        import importlib.util
+
+        from vanilladeploy.errors import MissingDependencyError
+
+        if importlib.util.find_spec("matplotlib") is None:  # say so before minutes of timing, not after
+            raise MissingDependencyError("the plot needs matplotlib: pip install 'vanilladeploy[bench]'")
         with _BenchProgress() as progress:
             result = run_bench(opts, progress=progress)
         _render_bench(result.records, result.machine, result.peak)
