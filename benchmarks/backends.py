@@ -77,6 +77,12 @@ def _dtype(precision: str) -> torch.dtype:
     return torch.float16 if precision == "fp16" else torch.float32
 
 
+def _placed(model: nn.Module, cfg: BenchConfig, device: str) -> nn.Module:
+    """``model`` on ``device`` in the precision (and, if asked, the channels_last layout) of ``cfg``, in eval mode."""
+    fmt = torch.channels_last if cfg.channels_last else torch.preserve_format
+    return model.to(device=device, dtype=_dtype(cfg.precision), memory_format=fmt).eval()
+
+
 def _peak_memory(cfg: BenchConfig) -> tuple[float | None, str]:
     if cfg.device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20, "torch CUDA allocator peak"
@@ -104,8 +110,7 @@ class TorchBackend(Backend):
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
         dtype = _dtype(cfg.precision)
-        fmt = torch.channels_last if cfg.channels_last else torch.preserve_format
-        model = model.to(device=cfg.device, dtype=dtype, memory_format=fmt).eval()
+        model = _placed(model, cfg, cfg.device)
         host = _inputs(cfg, device="cpu", dtype=dtype)
         device_inputs = itertools.cycle([x.to(cfg.device) for x in host])
         host_inputs = itertools.cycle([x.pin_memory() if cfg.device == "cuda" else x for x in host])
@@ -137,8 +142,7 @@ class TorchCudaGraphBackend(TorchBackend):
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
         dtype = _dtype(cfg.precision)
-        fmt = torch.channels_last if cfg.channels_last else torch.preserve_format
-        model = model.to(device="cuda", dtype=dtype, memory_format=fmt).eval()
+        model = _placed(model, cfg, "cuda")
         torch.cuda.reset_peak_memory_stats()
         inputs = _inputs(cfg, device="cuda", dtype=dtype)
         static = inputs[0].clone()
@@ -273,14 +277,12 @@ class TensorRTBackend(Backend):
         return tensorrt_missing()
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
-        import tensorrt
-
-        from exporters.tensorrt_engine import TensorRTRunner, build_engine, tensorrt_major
+        from exporters.tensorrt_engine import TensorRTRunner, build_engine, strongly_typed_only
         from exporters.trt_compat import BatchProfile
         from exporters.trt_plan import EngineBuildError, TrtBuildOptions
 
         path = export_onnx(entry, model, cfg)
-        if cfg.precision == "fp16" and tensorrt_major(tensorrt) >= 11:
+        if cfg.precision == "fp16" and strongly_typed_only():
             path = _fp16_onnx(path)
         opts = TrtBuildOptions(precision=cfg.precision, profile=BatchProfile.fixed(cfg.batch),
                                timing_cache=cfg.cache_dir / "tensorrt.timing-cache")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.baselines import BASELINES, create_baseline, main_path_depth
@@ -119,20 +120,15 @@ class ModelCost:
 
 
 def model_cost(model: nn.Module, *, batch: int, img_size: int) -> ModelCost:
-    """FLOPs counted by torch's FlopCounterMode (2 per multiply-add of conv/matmul) on the meta device."""
-    meta = _to_meta(model)
+    """FLOPs counted by torch's FlopCounterMode (2 per multiply-add of conv/matmul), running ``model`` with meta
+    stand-ins for its weights and input: shapes only, no arithmetic and no copy of the weights."""
+    tensors = {name: torch.empty_like(t, device="meta")
+               for name, t in (*model.named_parameters(), *model.named_buffers())}
+    x = torch.empty(batch, 3, img_size, img_size, device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        meta(torch.empty(batch, 3, img_size, img_size, device="meta"))
+        functional_call(model.eval(), tensors, (x,))
     return ModelCost(int(counter.get_total_flops()), sum(p.numel() for p in model.parameters()),
                      main_path_depth(model))
-
-
-def _to_meta(model: nn.Module) -> nn.Module:
-    import copy
-
-    with torch.device("meta"):
-        clone = copy.deepcopy(model).to("meta")
-    return clone.eval()
 
 
 def onnx_path_for(entry: ModelEntry, cache_dir: Path, *, img_size: int) -> Path:

@@ -40,6 +40,12 @@ def tensorrt_major(trt: Any) -> int:
     return int(trt.__version__.split(".")[0])
 
 
+def strongly_typed_only() -> bool:
+    """True on TensorRT 11+, which builds only strongly typed networks: fp16 must come from the fp16-typed ONNX
+    (``BuilderFlag.FP16`` is gone); False on TensorRT 10, which takes the fp32 ONNX and the FP16 flag."""
+    return tensorrt_major(import_tensorrt()) >= 11
+
+
 def _logger(trt: Any, lines: list[str], verbose: bool) -> Any:
     """A logger that keeps TensorRT's messages (for errors and the build log) instead of printing them."""
     threshold = trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.WARNING
@@ -73,7 +79,7 @@ def build_engine(onnx_path: Path, opts: TrtBuildOptions) -> BuiltEngine:
     lines: list[str] = []
     logger = _logger(trt, lines, opts.detailed_log)
     builder = trt.Builder(logger)
-    strongly_typed = tensorrt_major(trt) >= 11
+    strongly_typed = strongly_typed_only()
     network = builder.create_network(0)  # explicit batch always (10.x); strongly typed always (11.x)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -225,4 +231,5 @@ def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
     return table[dtype]
 
 
-__all__ = ["BuiltEngine", "TensorRTRunner", "build_engine", "gpu_identity", "import_tensorrt", "tensorrt_major"]
+__all__ = ["BuiltEngine", "TensorRTRunner", "build_engine", "gpu_identity", "import_tensorrt",
+           "strongly_typed_only", "tensorrt_major"]

@@ -166,8 +166,7 @@ def _check_io(graph: onnx.GraphProto, profile: BatchProfile) -> Iterator[Finding
     inputs = [v for v in graph.input if v.name not in initializers]
     if not graph.output:
         yield Finding("error", "model", "the graph has no outputs")
-    for v in (*inputs, *graph.output):
-        kind = "input" if v in inputs else "output"
+    for kind, v in [*(("input", v) for v in inputs), *(("output", v) for v in graph.output)]:
         where = f"{kind} {v.name!r}"
         if not v.type.HasField("tensor_type"):
             yield Finding("error", where, "is not a tensor (sequences, maps and optionals are unsupported)")

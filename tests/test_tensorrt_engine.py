@@ -46,11 +46,9 @@ def _reference(path: Path, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _build(onnx_paths: dict[str, Path], precision: str, **kw: object):
-    import tensorrt
+    from exporters.tensorrt_engine import build_engine, strongly_typed_only
 
-    from exporters.tensorrt_engine import build_engine, tensorrt_major
-
-    source = onnx_paths["fp16" if precision == "fp16" and tensorrt_major(tensorrt) >= 11 else "fp32"]
+    source = onnx_paths["fp16" if precision == "fp16" and strongly_typed_only() else "fp32"]
     return build_engine(source, TrtBuildOptions(precision=precision, profile=BatchProfile(1, 2, 4), **kw))
 
 

@@ -434,12 +434,11 @@ def _write_bench(result: Any, json_path: Path, csv_path: Path, plot_path: Path) 
         written.append(write_plot(plot_path, result.records, title=f"{where} · {first['precision']} · batch "
                                   f"{first['batch']} · {first['img_size']}px"))
     except ImportError:
-        for path in written:
-            out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
         raise MissingDependencyError("the plot needs matplotlib: pip install 'vanilladeploy[bench]' (JSON and "
                                      "CSV were written)") from None
-    for path in written:
-        out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
+    finally:
+        for path in written:
+            out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
 
 
 def main() -> None:

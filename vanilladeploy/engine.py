@@ -46,18 +46,19 @@ class EngineJob:
     static_batch: int | None
 
 
-def verify_against(name: str, runner: Runner, job: EngineJob, *, tolerance: float, max_batch: int
+def verify_against(name: str, runner: Runner, job: EngineJob, *, tolerance: float, max_batch: int, top1: bool
                    ) -> dict[str, Any]:
-    """Run ``runner`` on the job's inputs (split to at most ``max_batch``); rel L2 and, for fp16, top-1 agreement."""
+    """Run ``runner`` on the job's inputs (split to at most ``max_batch``); rel L2 and, with ``top1`` (fp16), top-1
+    agreement, both required to pass."""
     with runner:
         outputs = [np.concatenate([runner.infer(x[i:i + max_batch]) for i in range(0, len(x), max_batch)])
                    for x in job.inputs]
     result = verify_outputs(name, outputs, job.references, tolerance=tolerance)
     record = result.as_dict()
-    if tolerance >= TOLERANCE_FP16:
-        top1 = top1_agreement(outputs, job.references, tolerance=tolerance)
-        record["top1"] = top1.as_dict()
-        record["passed"] = bool(result) and bool(top1)
+    if top1:
+        agreement = top1_agreement(outputs, job.references, tolerance=tolerance)
+        record["top1"] = agreement.as_dict()
+        record["passed"] = bool(result) and bool(agreement)
     return record
 
 
@@ -88,7 +89,7 @@ def _fp16_copy(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: di
         path = writer.stage(f"{job.name}.fp16.onnx")
         onnx.save(model16, path)
         record = verify_against("onnxruntime fp16", OnnxRuntimeRunner(path), job, tolerance=TOLERANCE_FP16,
-                                max_batch=max(len(x) for x in job.inputs))
+                                max_batch=max(len(x) for x in job.inputs), top1=True)
     report["verification"]["onnxruntime_fp16"] = record
     if not record["passed"]:
         raise VerificationError(f"the fp16-typed ONNX differs from the reference: rel L2 {record['rel_l2']} "
@@ -112,12 +113,9 @@ def _trtexec_lines(job: EngineJob, fp16_path: Path | None) -> dict[str, str]:
 
 def _build_and_verify(job: EngineJob, writer: ArtifactWriter, timer: _Timer, section: dict[str, Any],
                       fp16_path: Path | None) -> VanillaDeployError | None:
-    from exporters.tensorrt_engine import TensorRTRunner, build_engine, gpu_identity, tensorrt_major
+    from exporters.tensorrt_engine import TensorRTRunner, build_engine, gpu_identity, strongly_typed_only
 
-    import tensorrt
-
-    strongly_typed = tensorrt_major(tensorrt) >= 11
-    source = fp16_path if (fp16_path is not None and strongly_typed) else job.onnx_path
+    source = fp16_path if (fp16_path is not None and strongly_typed_only()) else job.onnx_path
     with timer.step("tensorrt_build_s", f"Building the TensorRT {job.opts.precision} engine (minutes)"):
         try:
             built = build_engine(source, job.opts)
@@ -134,11 +132,12 @@ def _build_and_verify(job: EngineJob, writer: ArtifactWriter, timer: _Timer, sec
         log = writer.stage(f"{engine_file}.build.log")
         log.write_text("\n".join(built.log) + "\n\n# engine layers (JSON)\n" + built.layer_info + "\n",
                        encoding="utf-8")
-    tolerance = TOLERANCE_TRT_FP32 if job.opts.precision == "fp32" else TOLERANCE_FP16
+    fp16 = job.opts.precision == "fp16"
+    tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_TRT_FP32
     with timer.step("verify_tensorrt_s", "Running and verifying the engine"):
         try:
             record = verify_against("tensorrt", TensorRTRunner(built.plan, sidecar=sidecar), job,
-                                    tolerance=tolerance, max_batch=job.opts.profile.max)
+                                    tolerance=tolerance, max_batch=job.opts.profile.max, top1=fp16)
         except (EngineMismatchError, RuntimeError) as e:
             record = {"passed": False, "error": str(e)}
     sidecar["verified"] = bool(record["passed"])
