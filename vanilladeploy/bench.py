@@ -7,6 +7,7 @@ that cannot run here becomes a ``skipped`` record with the reason.
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import platform
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from benchmarks.backends import BACKENDS, Backend, BenchConfig, Prepared, SkipModel
-from benchmarks.floor import DevicePeak, efficiency, floor_ms, load_or_measure
+from benchmarks.floor import DevicePeak, device_name, efficiency, floor_ms, load_or_measure
 from benchmarks.harness import measure_interleaved, summarize
 from benchmarks.zoo import ModelEntry, model_cost, resolve_models
 from vanilladeploy import __version__
@@ -162,8 +163,8 @@ def _prepare_all(entries: list[ModelEntry], backends: list[Backend], cfg: BenchC
             records[key] = _record(entry, backend.name, cfg, cost, peak)
             reason = missing[backend.name]
             if reason is None:
-                try:
-                    p = backend.prepare(entry, model, cfg)
+                try:  # its own copy: backends move and cast the module in place (Module.to)
+                    p = backend.prepare(entry, copy.deepcopy(model), cfg)
                     subjects[key] = p.subject
                     prepared.append(p)
                     records[key].update(peak_memory_mb=None if p.peak_memory_mb is None else
@@ -211,8 +212,6 @@ def gpu_state() -> dict[str, Any] | None:
 
 
 def machine_info(device: str) -> dict[str, Any]:
-    from benchmarks.floor import device_name
-
     versions = {"vanilladeploy": __version__, "python": platform.python_version(), "torch": torch.__version__}
     for module in ("onnxruntime", "onnx", "tensorrt", "torchvision"):
         try:
