@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
+import typer
 
 from conftest import SMALL_IMG, random_model
+from vanilladeploy import cli
 from vanilladeploy.atomic import MARKER
 from vanilladeploy.checkpoint import sha256_of
 
@@ -72,3 +75,32 @@ def test_two_concurrent_exports_do_not_mix(tmp_path: Path) -> None:
         assert proc.wait(timeout=300) == 0, proc.stdout.read().decode()
     assert _assert_complete_or_absent(out) in {"vanillanet_5 (untrained: random weights, seed 0)", str(ckpt)}
     assert _leftovers(tmp_path) == []
+
+
+def _interrupted_in_command() -> None:
+    def boom() -> None:
+        raise KeyboardInterrupt
+    try:
+        cli._run(False, boom)
+    except typer.Exit as e:  # what typer's standalone mode does with it
+        raise SystemExit(e.exit_code) from None
+
+
+def _interrupted_in_typer() -> None:
+    raise SystemExit(130)  # typer's own handling of a Ctrl-C outside the command body: silent
+
+
+def _interrupted_at_start() -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("app", [_interrupted_in_command, _interrupted_in_typer, _interrupted_at_start])
+def test_every_interrupt_exits_130_with_one_line(app, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(cli, "_interrupt_said", [])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert err.count("interrupted") == 1 and "Traceback" not in err

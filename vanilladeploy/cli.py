@@ -49,6 +49,16 @@ SourceArg = Annotated[str, typer.Argument(help="Checkpoint file (.pth/.pt/.safet
                                           show_default=False)]
 
 
+_interrupt_said: list[bool] = []
+
+
+def _say_interrupted() -> None:
+    """One line on stderr for a Ctrl-C, however many layers see it."""
+    if not _interrupt_said:
+        _interrupt_said.append(True)
+        err.print("[red]interrupted[/] (an export publishes all its files at once, or none of them).")
+
+
 def _run(verbose: bool, fn: Callable[[], T]) -> T:
     """Call ``fn``; turn our errors into one red line + exit code, anything else into exit 4."""
     try:
@@ -59,7 +69,7 @@ def _run(verbose: bool, fn: Callable[[], T]) -> T:
         err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(int(e.exit_code)) from None
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/] (an export publishes all its files at once, or none of them).")
+        _say_interrupted()
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except (typer.Exit, typer.Abort):
         raise
@@ -445,7 +455,12 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # a Ctrl-C outside a command's own handling (start-up, shutdown)
+        _say_interrupted()
         raise SystemExit(int(ExitCode.INTERRUPTED)) from None
+    except SystemExit as e:  # typer turns a Ctrl-C outside a command body into a silent exit 130
+        if e.code == ExitCode.INTERRUPTED:
+            _say_interrupted()
+        raise
 
 
 if __name__ == "__main__":
