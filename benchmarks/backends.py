@@ -22,6 +22,7 @@ from torch import nn
 
 from benchmarks.harness import Subject, timed_on_clock
 from benchmarks.zoo import ModelEntry, onnx_path_for
+from exporters.files import write_atomically
 
 
 @dataclass(frozen=True)
@@ -177,23 +178,23 @@ def export_onnx(entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Path:
         return path
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     if entry.family == "vanillanet" and entry.form == "deploy":
         from exporters.onnx_export import build_onnx
         from models.vanillanet import get_variant
 
-        onnx.save(build_onnx(model.state_dict(), get_variant(entry.base), act_num=model.stem[1].act_num,
-                             img_size=cfg.img_size), tmp)
-    else:
+        emitted = build_onnx(model.state_dict(), get_variant(entry.base), act_num=model.stem[1].act_num,
+                             img_size=cfg.img_size)
+        return write_atomically(path, lambda tmp: onnx.save(emitted, tmp))
+
+    def trace(tmp: Path) -> None:
         x = torch.zeros(1, 3, cfg.img_size, cfg.img_size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model.float().cpu().eval(), (x,), str(tmp), opset_version=17, input_names=["input"],
                               output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                               dynamo=False)
-    tmp.replace(path)
-    return path
+
+    return write_atomically(path, trace)
 
 
 def _fp16_onnx(path: Path) -> Path:
@@ -207,7 +208,7 @@ def _fp16_onnx(path: Path) -> Path:
             converted = convert_to_fp16(onnx.load(path))
         except ValueError as e:
             raise SkipModel(f"no fp16 ONNX: {e}") from None
-        onnx.save(converted, target)
+        write_atomically(target, lambda tmp: onnx.save(converted, tmp))
     return target
 
 

@@ -8,12 +8,13 @@ floor / median latency: 1.0 would be a perfect implementation; launch overheads 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from exporters.files import write_atomically
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,8 @@ def load_or_measure(cache: Path, device: str, dtype: torch.dtype) -> tuple[Devic
         return DevicePeak(**entries[key]), True
     peak = measure_peak(device, dtype)
     entries[key] = peak.as_dict()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(entries, indent=2) + "\n")
-    tmp.replace(cache)
+    text = json.dumps(entries, indent=2) + "\n"
+    write_atomically(cache, lambda tmp: tmp.write_text(text))
     return peak, False
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from exporters.files import write_atomically
 
 SCHEMA_VERSION = 1
 CSV_FIELDS = ("model", "family", "form", "backend", "device", "precision", "batch", "img_size", "status", "reason",
@@ -19,20 +19,9 @@ CSV_FIELDS = ("model", "family", "form", "backend", "device", "precision", "batc
               "published_pytorch_a100_ms", "published_trt_fp32_a100_ms", "published_trt_fp16_a100_ms")
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_json(path: Path, document: dict[str, Any]) -> Path:
     text = json.dumps({"schema_version": SCHEMA_VERSION, **document}, indent=2, allow_nan=False) + "\n"
-    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def flat_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +38,7 @@ def write_csv(path: Path, records: list[dict[str, Any]]) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(flat_record(r) for r in records)
-    return _atomic(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    return write_atomically(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
 
 
 def write_plot(path: Path, records: list[dict[str, Any]], *, title: str) -> Path:
@@ -87,7 +76,7 @@ def write_plot(path: Path, records: list[dict[str, Any]], *, title: str) -> Path
             ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
 

@@ -12,7 +12,6 @@ comes from the fp16-typed ONNX copy (:func:`exporters.fp16.convert_to_fp16`).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from exporters.files import write_atomically
 from exporters.runners import Runner
 from exporters.trt_plan import (EngineBuildError, EngineMismatchError, TensorRTUnavailable, TrtBuildOptions,
                                 check_engine_sidecar, tensorrt_missing)
@@ -93,7 +93,8 @@ def build_engine(onnx_path: Path, opts: TrtBuildOptions) -> BuiltEngine:
         errors = [line for line in lines if line.startswith(("[ERROR]", "[INTERNAL_ERROR]"))]
         raise EngineBuildError(f"TensorRT could not build {onnx_path.name}: {'; '.join(errors) or 'no details'}")
     if opts.timing_cache is not None:
-        _write_atomically(opts.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        cache = bytes(memoryview(config.get_timing_cache().serialize()))
+        write_atomically(opts.timing_cache, lambda tmp: tmp.write_bytes(cache))
     plan_bytes = bytes(memoryview(plan))
     return BuiltEngine(plan_bytes, trt.__version__, strongly_typed, build_s, lines,
                        _layer_info(trt, logger, plan_bytes) if opts.detailed_log else None)
@@ -128,12 +129,6 @@ def _layer_info(trt: Any, logger: Any, plan: bytes) -> str:
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     inspector = engine.create_engine_inspector()
     return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def gpu_identity() -> tuple[str, tuple[int, int]]:
