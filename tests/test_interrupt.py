@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 
 from conftest import SMALL_IMG, random_model
 from vanilladeploy import cli
@@ -77,28 +76,32 @@ def test_two_concurrent_exports_do_not_mix(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
 
 
-def _interrupted_in_command() -> None:
-    def boom() -> None:
+def _interrupted_in_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    def export_checkpoint(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
-    try:
-        cli._run(False, boom)
-    except typer.Exit as e:  # what typer's standalone mode does with it
-        raise SystemExit(e.exit_code) from None
+
+    monkeypatch.setattr("vanilladeploy.export.export_checkpoint", export_checkpoint)
+    monkeypatch.setattr(sys, "argv", ["vanilladeploy", "export", "vanillanet_5"])  # the real app from here
 
 
-def _interrupted_in_typer() -> None:
-    raise SystemExit(130)  # typer's own handling of a Ctrl-C outside the command body: silent
+def _interrupted_in_typer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def app() -> None:
+        raise SystemExit(130)  # typer's own handling of a Ctrl-C outside the command body: silent
 
-
-def _interrupted_at_start() -> None:
-    raise KeyboardInterrupt
-
-
-@pytest.mark.parametrize("app", [_interrupted_in_command, _interrupted_in_typer, _interrupted_at_start])
-def test_every_interrupt_exits_130_with_one_line(app, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(cli, "app", app)
-    monkeypatch.setattr(cli, "_interrupt_said", [])
+
+
+def _interrupted_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    def app() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", app)
+
+
+@pytest.mark.parametrize("where", [_interrupted_in_command, _interrupted_in_typer, _interrupted_at_start])
+def test_every_interrupt_exits_130_with_one_line(where, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    where(monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 130

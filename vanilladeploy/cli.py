@@ -49,18 +49,9 @@ SourceArg = Annotated[str, typer.Argument(help="Checkpoint file (.pth/.pt/.safet
                                           show_default=False)]
 
 
-_interrupt_said: list[bool] = []
-
-
-def _say_interrupted() -> None:
-    """One line on stderr for a Ctrl-C, however many layers see it."""
-    if not _interrupt_said:
-        _interrupt_said.append(True)
-        err.print("[red]interrupted[/] (an export publishes all its files at once, or none of them).")
-
-
 def _run(verbose: bool, fn: Callable[[], T]) -> T:
-    """Call ``fn``; turn our errors into one red line + exit code, anything else into exit 4."""
+    """Call ``fn``; turn our errors into one red line + exit code, anything else into exit 4. A Ctrl-C passes
+    through: typer makes it exit 130, which :func:`main` reports."""
     try:
         return fn()
     except VanillaDeployError as e:
@@ -68,9 +59,6 @@ def _run(verbose: bool, fn: Callable[[], T]) -> T:
             err.print_exception()
         err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(int(e.exit_code)) from None
-    except KeyboardInterrupt:
-        _say_interrupted()
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as e:
@@ -452,15 +440,15 @@ def _write_bench(result: Any, json_path: Path, csv_path: Path, plot_path: Path) 
 
 
 def main() -> None:
+    """The console script. Every Ctrl-C ends here, as typer's exit 130 or (before or after typer runs) as
+    ``KeyboardInterrupt``: this is the one place that says so."""
     try:
         app()
-    except KeyboardInterrupt:  # a Ctrl-C outside a command's own handling (start-up, shutdown)
-        _say_interrupted()
+    except (KeyboardInterrupt, SystemExit) as e:
+        if isinstance(e, SystemExit) and e.code != ExitCode.INTERRUPTED:
+            raise
+        err.print("[red]interrupted[/] (an export publishes all its files at once, or none of them).")
         raise SystemExit(int(ExitCode.INTERRUPTED)) from None
-    except SystemExit as e:  # typer turns a Ctrl-C outside a command body into a silent exit 130
-        if e.code == ExitCode.INTERRUPTED:
-            _say_interrupted()
-        raise
 
 
 if __name__ == "__main__":
