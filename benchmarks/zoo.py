@@ -45,7 +45,6 @@ PUBLISHED: dict[str, Published] = {
 }
 PAPER_SET = ("swin_t", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", *list(VARIANTS)[:9])
 """The models of the official batch-1 latency table (DESIGN §2)."""
-DEFAULT_SET = PAPER_SET
 
 
 @dataclass(frozen=True)
@@ -135,5 +134,5 @@ def onnx_path_for(entry: ModelEntry, cache_dir: Path, *, img_size: int) -> Path:
     return cache_dir / f"{entry.name.replace(':', '-')}-{img_size}.onnx"
 
 
-__all__ = ["DEFAULT_SET", "ModelCost", "ModelEntry", "PAPER_SET", "PUBLISHED", "Published", "get_entry",
+__all__ = ["ModelCost", "ModelEntry", "PAPER_SET", "PUBLISHED", "Published", "get_entry",
            "model_cost", "onnx_path_for", "resolve_models"]

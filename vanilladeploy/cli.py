@@ -248,9 +248,13 @@ def inspect(
     _run(verbose, lambda: _render_inspect(source, run(), as_json=as_json))
 
 
+def _print_json(info: dict[str, Any]) -> None:
+    typer.echo(json.dumps(info, indent=2, ensure_ascii=False))  # plain, not rich: never wrapped
+
+
 def _render_inspect(source: str, info: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(info, indent=2, ensure_ascii=False))  # plain: never wrapped
+        _print_json(info)
         return
     table = Table(title=f"{source}", show_header=False)
     for section in ("source", "architecture", "lambda"):
@@ -284,7 +288,7 @@ def check(
 
 def _render_check(path: Path, info: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(info, indent=2, ensure_ascii=False))  # plain: never wrapped
+        _print_json(info)
         return
     for line in info["errors"]:
         out.print(f"[red]error[/]   {escape(line)}", soft_wrap=True)
