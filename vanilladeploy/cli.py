@@ -6,9 +6,10 @@ Commands parse options, call the library and render; errors become one red line 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vanilladeploy import __version__
-from vanilladeploy.errors import ExitCode, VanillaDeployError
+from vanilladeploy.errors import ExitCode, UsageError, VanillaDeployError
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok · 1 verification failed (an artifact does not match the reference, or `check` found "
@@ -26,7 +27,39 @@ EXIT_CODES_HELP = (
 )
 INTERNAL_ERROR = 4
 
+try:  # typer ≥ 0.17 vendors click
+    from typer._click import exceptions as _click_exc
+except ImportError:  # pragma: no cover - older typer with click installed
+    from click import exceptions as _click_exc  # type: ignore[no-redef]
+from typer.core import TyperGroup
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """Usage errors (bad type, out-of-range value, unknown option) as ONE red line and exit 2, like every other
+    error of this CLI, instead of click's four-line usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click_exc.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except _click_exc.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            err.print(f"[bold red]error:[/] {escape(e.format_message())}{escape(where)}", soft_wrap=True)
+            sys.exit(e.exit_code)
+        except _click_exc.Abort:
+            err.print("[red]aborted[/]")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="vanilladeploy",
     help="Turn VanillaNet training checkpoints into verified deployable artifacts.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
@@ -81,6 +114,9 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """Turn VanillaNet training checkpoints into verified deployable artifacts."""
 
 
+Precision = Literal["fp32", "fp16", "int8"]
+
+
 @app.command(epilog=EXIT_CODES_HELP)
 def export(
     source: SourceArg,
@@ -89,43 +125,77 @@ def export(
     arch: ArchOpt = None,
     key: KeyOpt = None,
     img_size: Annotated[int, typer.Option("--img-size", min=1, help="Input height and width.")] = 224,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (17 or newer).")] = 17,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset: 17 up to the newest that the installed onnx "
+                                       "and onnxruntime both support.")] = 17,
     static_batch: Annotated[Optional[int], typer.Option("--static-batch", min=1, help="Fix the batch dimension "
                                                         "to N [default: dynamic].", show_default=False)] = None,
     no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnx-simplifier.")] = False,
     allow_inexact: Annotated[bool, typer.Option("--allow-inexact", help="Merge a checkpoint trained with λ < 1 "
                                                 "anyway; the report states the resulting error.")] = False,
+    precision: Annotated[Precision, typer.Option("--precision", help="fp32: the verified ONNX. fp16: also "
+                                                 "<variant>.fp16.onnx (verified ≤ 1e-2 + top-1). int8: also "
+                                                 "<variant>.int8.onnx (QDQ, calibrated on --calib images, verified "
+                                                 "on held-out ones). With --trt, the engine's precision.")] = "fp32",
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Image folder (ImageFolder tree or flat) to "
+                                                  "calibrate int8 on; the images after the calibration ones are "
+                                                  "held out to verify it. Required by --precision int8.",
+                                                  show_default=False, rich_help_panel="INT8")] = None,
+    calib_count: Annotated[Optional[int], typer.Option("--calib-count", min=1, help="Images used to calibrate.",
+                                                       show_default="256", rich_help_panel="INT8")] = None,
+    calib_method: Annotated[Optional[Literal["minmax", "entropy", "percentile"]], typer.Option(
+        "--calib-method", help="How activation ranges are chosen.", show_default="minmax",
+        rich_help_panel="INT8")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", min=0.0, max=100.0, help="Top-1 "
+                                                           "agreement (%) with the fp32 ONNX required on the "
+                                                           "held-out images.", show_default="99",
+                                                           rich_help_panel="INT8")] = None,
     trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine and verify it (needs TensorRT "
                                       "and an NVIDIA GPU; without them the ONNX is still exported and verified, "
                                       "then exit 3).", rich_help_panel="TensorRT")] = False,
-    precision: Annotated[str, typer.Option("--precision", help="Engine precision: fp32 (TF32 off) or fp16 (also "
-                                           "writes <variant>.fp16.onnx).", rich_help_panel="TensorRT")] = "fp32",
-    workspace: Annotated[str, typer.Option("--workspace", help="Builder workspace: bytes or 512MiB, 4GiB …",
-                                           rich_help_panel="TensorRT")] = "4GiB",
+    workspace: Annotated[Optional[str], typer.Option("--workspace", help="Builder workspace: bytes or 512MiB, "
+                                                     "4GiB …", show_default="4GiB", rich_help_panel="TensorRT")
+                         ] = None,
     batch: Annotated[Optional[str], typer.Option("--batch", help="Batch optimization profile MIN/OPT/MAX, or MAX "
                                                  "(= 1/1/MAX) [default: 1/1/32, or the --static-batch].",
                                                  show_default=False, rich_help_panel="TensorRT")] = None,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file, read if "
                                                          "present and updated after the build (faster rebuilds).",
                                                          rich_help_panel="TensorRT")] = None,
-    opt_level: Annotated[int, typer.Option("--opt-level", min=0, max=5, help="Builder optimization level.",
-                                           rich_help_panel="TensorRT")] = 3,
+    opt_level: Annotated[Optional[int], typer.Option("--opt-level", min=0, max=5, help="Builder optimization "
+                                                     "level.", show_default="3", rich_help_panel="TensorRT")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Re-parameterize a checkpoint, prove the fused model equal to the trained one, export a verified ONNX.
 
-    Writes <variant>.onnx, <variant>_deploy.pth ({"model": deploy state dict}) and <variant>.report.json; with
-    --trt also <variant>.<precision>.engine and its .json sidecar (and a .build.log with --verbose), and the
-    equivalent trtexec command in the report. On any failure before publishing nothing is written.
+    Writes <variant>.onnx, <variant>_deploy.pth ({"model": deploy state dict}) and <variant>.report.json (plus
+    <variant>.fp16.onnx or <variant>.int8.onnx for --precision fp16/int8); with --trt also
+    <variant>.<precision>.engine and its .json sidecar (and a .build.log with --verbose), and the equivalent trtexec
+    command in the report. On any failure before publishing nothing is written.
     """
     from vanilladeploy.export import ExportOptions, export_checkpoint
 
     def run() -> None:
-        trt_opts = _trt_options(precision, workspace, batch, timing_cache, opt_level, static_batch, verbose) \
-            if trt else None
+        _check_source_options(source, arch, key)
+        _needs("--trt", trt, {"--workspace": workspace, "--batch": batch, "--timing-cache": timing_cache,
+                              "--opt-level": opt_level})
+        _needs("--precision int8", precision == "int8", {"--calib": calib, "--calib-count": calib_count,
+                                                         "--calib-method": calib_method,
+                                                         "--min-agreement": min_agreement})
+        if precision == "int8" and calib is None:
+            raise UsageError("--precision int8 needs --calib DIR, a folder of images to calibrate on (an int8 model "
+                             "calibrated on noise is not deployable).")
+        _check_opset(opset)
+        _check_path_option("--out", out_dir, directory=True)
+        _check_path_option("--timing-cache", timing_cache, directory=False)
+        _check_path_option("--calib", calib, directory=True, must_exist=True)
+        trt_opts = _trt_options(precision, "4GiB" if workspace is None else workspace, batch, timing_cache,
+                                3 if opt_level is None else opt_level, static_batch, verbose) if trt else None
+        int8 = {} if precision != "int8" else {
+            k: v for k, v in {"calib": calib, "calib_count": calib_count, "calib_method": calib_method,
+                              "min_agreement": min_agreement}.items() if v is not None}
         opts = ExportOptions(out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset,
                              static_batch=static_batch, simplify=not no_simplify, allow_inexact=allow_inexact,
-                             trt=trt_opts)
+                             precision=precision, trt=trt_opts, **int8)
         with _Progress() as progress:  # the spinner stops before an error line is printed
             result = export_checkpoint(source, opts, progress=progress)
         _render_export(result.report, result.artifacts)
@@ -135,19 +205,78 @@ def export(
     _run(verbose, run)
 
 
+def _check_source_options(source: str, arch: str | None, key: str | None) -> None:
+    """``--arch`` must name a variant; ``--key`` selects an entry of a file, so a variant name cannot take it."""
+    from models.vanillanet import VARIANTS, get_variant
+
+    if arch is not None:
+        try:
+            get_variant(arch)
+        except ValueError as e:
+            raise UsageError(f"--arch: {e}") from None
+    if key is not None and source in VARIANTS and not Path(source).exists():
+        raise UsageError(f"--key has no effect for a variant name ({source} is not a file): drop --key.")
+
+
+def _needs(requirement: str, present: bool, options: dict[str, Any]) -> None:
+    """Refuse options given without the one they depend on: they would silently do nothing."""
+    given = [name for name, value in options.items() if value is not None]
+    if given and not present:
+        raise UsageError(f"{given[0]} has no effect without {requirement}: add {requirement}, or drop {given[0]}.")
+
+
+def _check_opset(opset: int) -> None:
+    from exporters.onnx_export import MIN_OPSET, max_supported_opset
+
+    newest = max_supported_opset()
+    if not MIN_OPSET <= opset <= newest:
+        import onnx
+        import onnxruntime
+
+        raise UsageError(f"--opset {opset}: choose {MIN_OPSET} … {newest} (what onnx {onnx.__version__} and "
+                         f"onnxruntime {onnxruntime.__version__} installed here both support).")
+
+
+def _check_path_option(option: str, path: Path | None, *, directory: bool, must_exist: bool = False) -> None:
+    """Refuse before any work a path that cannot be what ``option`` needs (an empty string is the working
+    directory; a file where a directory is needed, or the reverse; a missing input)."""
+    if path is None:
+        return
+    if str(path) in ("", "."):
+        raise UsageError(f"{option} is empty: give a {'directory' if directory else 'file'} path.")
+    if must_exist and not path.exists():
+        raise UsageError(f"{option} {path}: no such {'directory' if directory else 'file'}.")
+    if directory and path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file, not a directory.")
+    if not directory and path.is_dir():
+        raise UsageError(f"{option} {path} is a directory: give a file path.")
+
+
 def _trt_options(precision: str, workspace: str, batch: str | None, timing_cache: Path | None, opt_level: int,
                  static_batch: int | None, verbose: bool) -> Any:
     from exporters.trt_compat import BatchProfile
     from exporters.trt_plan import TrtBuildOptions, parse_size
-    from vanilladeploy.errors import UsageError
 
+    profile = _batch_profile(batch) if batch is not None else (
+        BatchProfile.fixed(static_batch) if static_batch else BatchProfile())
     try:
-        profile = BatchProfile.parse(batch) if batch else (
-            BatchProfile.fixed(static_batch) if static_batch else BatchProfile())
-        return TrtBuildOptions(precision=precision, profile=profile, workspace_bytes=parse_size(workspace),
+        workspace_bytes = parse_size(workspace)
+    except ValueError as e:
+        raise UsageError(f"--workspace: {e}.") from None
+    try:
+        return TrtBuildOptions(precision=precision, profile=profile, workspace_bytes=workspace_bytes,
                                timing_cache=timing_cache, opt_level=opt_level, detailed_log=verbose)
     except ValueError as e:
         raise UsageError(f"{e}.") from None
+
+
+def _batch_profile(batch: str) -> Any:
+    from exporters.trt_compat import BatchProfile
+
+    try:
+        return BatchProfile.parse(batch)
+    except ValueError as e:
+        raise UsageError(f"--batch: {e}.") from None
 
 
 class _Progress:
@@ -238,6 +367,7 @@ def inspect(
     from vanilladeploy.export import describe, detect, resolve_source
 
     def run() -> dict[str, Any]:
+        _check_source_options(source, arch, key)
         ckpt = resolve_source(source, key=key)
         info = describe(ckpt, detect(ckpt, arch=arch), lambda_of(ckpt))
         info["source"]["tensors"] = len(ckpt.state_dict)
@@ -278,6 +408,8 @@ def check(
     from vanilladeploy.compat import check_onnx_file
 
     def run() -> None:
+        if batch is not None:
+            _batch_profile(batch)
         result = check_onnx_file(onnx_path, batch=batch)
         _render_check(onnx_path, result.as_dict(), as_json=as_json)
         if not result:
@@ -355,6 +487,8 @@ def bench(
 
         from vanilladeploy.errors import MissingDependencyError
 
+        _check_bench_options(models, backends, budget, {"--json": json_path, "--csv": csv_path,
+                                                        "--plot": plot_path}, cache_dir)
         if importlib.util.find_spec("matplotlib") is None:  # say so before minutes of timing, not after
             raise MissingDependencyError("the plot needs matplotlib: pip install 'vanilladeploy[bench]'")
         with _BenchProgress() as progress:
@@ -363,6 +497,24 @@ def bench(
         _write_bench(result, json_path, csv_path, plot_path)
 
     _run(verbose, run)
+
+
+def _check_bench_options(models: str | None, backends: str | None, budget: float | None,
+                         outputs: dict[str, Path], cache_dir: Path | None) -> None:
+    """What ``bench`` would otherwise find out only after minutes of timing, or silently reinterpret."""
+    from benchmarks.backends import BACKENDS
+
+    for option, value in (("--models", models), ("--backends", backends)):
+        if value is not None and not [v for v in value.split(",") if v.strip()]:
+            raise UsageError(f"{option} is empty: give a comma-separated list, or drop {option} for the default.")
+    unknown = [b.strip() for b in (backends or "").split(",") if b.strip() and b.strip() not in BACKENDS]
+    if unknown:
+        raise UsageError(f"--backends: unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}.")
+    if budget is not None and not budget > 0:
+        raise UsageError(f"--budget-s {budget}: give a positive number of seconds.")
+    for option, path in outputs.items():
+        _check_path_option(option, path, directory=False)
+    _check_path_option("--cache-dir", cache_dir, directory=True)
 
 
 class _BenchProgress:

@@ -1,0 +1,112 @@
+"""Every option of every command, fed a wrong type, an out-of-range value and an empty string: exit 2, ONE
+``error:`` line that names the option, no traceback, nothing written — refused before any work starts.
+
+Table-driven: a new option joins by adding a row to ``CASES``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+from vanilladeploy.cli import app
+
+runner = CliRunner()
+
+EXPORT = ("export", "vanillanet_5")
+TRT = ("export", "vanillanet_5", "--trt")
+INT8 = ("export", "vanillanet_5", "--precision", "int8", "--calib", "{images}")
+BENCH = ("bench", "--models", "vanillanet_5", "--backends", "onnxruntime", "--cache-dir", "{tmp}/cache")
+
+CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
+    # (command and the arguments it needs, option, bad values: wrong type, out of range, empty …)
+    (EXPORT, "--img-size", ["abc", "0", ""]),
+    (EXPORT, "--opset", ["x", "99", "16", ""]),
+    (EXPORT, "--static-batch", ["x", "0", ""]),
+    (EXPORT, "--precision", ["int9", "FP32", ""]),
+    (EXPORT, "--arch", ["vanillanet_99", ""]),
+    (EXPORT, "--key", ["model"]),  # no effect for a variant name (no file)
+    (EXPORT, "--out", ["", "{file}"]),
+    (EXPORT, "--workspace", ["4GiB"]),  # no effect without --trt
+    (EXPORT, "--batch", ["1/1/8"]),
+    (EXPORT, "--opt-level", ["3"]),
+    (EXPORT, "--timing-cache", ["{tmp}/cache.bin"]),
+    (EXPORT, "--calib", ["{images}"]),  # no effect without --precision int8
+    (EXPORT, "--calib-count", ["8"]),
+    (EXPORT, "--calib-method", ["entropy"]),
+    (EXPORT, "--min-agreement", ["90"]),
+    (TRT, "--workspace", ["lots", "-1", ""]),
+    (TRT, "--batch", ["a/b/c", "0", "8/4/2", ""]),
+    (TRT, "--opt-level", ["x", "9", ""]),
+    (TRT, "--timing-cache", ["", "{tmp}"]),
+    (INT8, "--calib", ["", "{tmp}/missing", "{file}"]),
+    (INT8, "--calib-count", ["x", "0", ""]),
+    (INT8, "--calib-method", ["kl", ""]),
+    (INT8, "--min-agreement", ["x", "101", "-1", ""]),
+    (("inspect", "vanillanet_5"), "--arch", ["vanillanet_99", ""]),
+    (("inspect", "vanillanet_5"), "--key", ["model"]),
+    (("check", "{onnx}"), "--batch", ["a/b/c", "0", ""]),
+    (BENCH, "--batch", ["x", "0", ""]),
+    (BENCH, "--models", ["resnet9000", "", ","]),
+    (("bench", "--models", "vanillanet_5", "--cache-dir", "{tmp}/cache"), "--backends", ["tpu", "", ","]),
+    (BENCH, "--device", ["tpu", ""]),
+    (BENCH, "--precision", ["int9", ""]),
+    (BENCH, "--img-size", ["x", "0", ""]),
+    (BENCH, "--warmup", ["x", "-1", ""]),
+    (BENCH, "--iters", ["x", "0", ""]),
+    (BENCH, "--budget-s", ["x", "0", "-1", ""]),
+    (BENCH, "--threads", ["x", "0", ""]),
+    (BENCH, "--json", ["", "{tmp}"]),
+    (BENCH, "--csv", ["", "{tmp}"]),
+    (BENCH, "--plot", ["", "{tmp}"]),
+    (("bench", "--models", "vanillanet_5", "--backends", "onnxruntime"), "--cache-dir", ["", "{file}"]),
+]
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Paths the cases refer to: an ONNX file, a plain file, an image folder (they live outside the checked dir)."""
+    root = tmp_path_factory.mktemp("fixtures")
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, root / "relu.onnx")
+    (root / "file.txt").write_text("not a directory\n")
+    (root / "images").mkdir()
+    return {"onnx": str(root / "relu.onnx"), "file": str(root / "file.txt"), "images": str(root / "images")}
+
+
+def _case_ids() -> list[tuple[tuple[str, ...], str, str]]:
+    return [(cmd, option, value) for cmd, option, values in CASES for value in values]
+
+
+@pytest.mark.parametrize(("cmd", "option", "value"), _case_ids(),
+                         ids=[f"{c[0]}{' '.join(a for a in c[2:] if a.startswith('--'))} {o}={v!r}"
+                              for c, o, v in _case_ids()])
+def test_bad_option_is_refused_in_one_line(cmd: tuple[str, ...], option: str, value: str, places: dict[str, str],
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    fill = {**places, "tmp": str(work)}
+    args = [a.format(**fill) for a in cmd] + [option, value.format(**fill)]
+    result = runner.invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, (args, result.output)
+    assert len(lines) == 1 and lines[0].startswith("error:"), (args, result.output)
+    assert "Traceback" not in result.output
+    assert option in lines[0], lines[0]  # the line names the option it refuses
+    assert not os.listdir(work), "a refused command wrote files"
+
+
+def test_int8_without_calibration_images_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["export", "vanillanet_5", "--precision", "int8"])
+    assert result.exit_code == 2 and "--calib" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not os.listdir(tmp_path)
