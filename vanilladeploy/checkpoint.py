@@ -14,7 +14,7 @@ import math
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -89,10 +89,9 @@ def _read_file(path: Path) -> Any:
     if not head:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or save was probably interrupted.")
     if _looks_like_safetensors(head):
-        return _read_safetensors(path)
+        return _read_container(path, "safetensors", _read_safetensors)
     if head.startswith(b"PK"):
-        check_zip_container(path)
-        return _read_torch(path)
+        return _read_container(path, "zip", _read_zip)
     if head[:1] == b"\x80":
         raise CheckpointError(
             f"{path} is a bare pickle (PyTorch's pre-1.6 format, or not a PyTorch file at all). vanilladeploy reads "
@@ -104,6 +103,26 @@ def _read_file(path: Path) -> Any:
         f"{path} is not a checkpoint: expected a PyTorch (zip) file or .safetensors, "
         f"found bytes {head[:8]!r}."
     )
+
+
+def _read_container(path: Path, kind: str, read: Callable[[Path], Any]) -> Any:
+    """The boundary between the file's bytes and our code: whatever the zip reader, torch's unpickler or safetensors
+    raise while reading a damaged container becomes a :class:`CheckpointError` (exit 2), so "internal error" stays
+    reserved for our own bugs. Memory exhaustion and interrupts pass through."""
+    try:
+        return read(path)
+    except CheckpointError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read this {kind} container; it is damaged or truncated "
+                              f"({_first_line(e)}). Download or save it again.") from None
+
+
+def _read_zip(path: Path) -> Any:
+    check_zip_container(path)
+    return _read_torch(path)
 
 
 def _looks_like_safetensors(head: bytes) -> bool:
