@@ -74,6 +74,8 @@ def tensorrt_missing() -> str | None:
     """Why a TensorRT build cannot run here (with the fix), or None when TensorRT and a CUDA GPU are present."""
     try:
         trt = importlib.import_module("tensorrt")
+        if getattr(trt, "__file__", None) is None:  # a namespace package: only tensorrt-stubs' .pyi files
+            raise ModuleNotFoundError("only the type stubs are installed")
         getattr(trt, "Builder")
     except Exception as e:  # ImportError, or a stub package whose import fails or lacks the API
         detail = "is not installed" if isinstance(e, ModuleNotFoundError) else f"cannot be imported ({e})"
