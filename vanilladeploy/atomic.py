@@ -84,6 +84,7 @@ class ArtifactWriter:
             self._staging = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
             self._staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
         self._names.append(name)
+        (self._staging / name).parent.mkdir(parents=True, exist_ok=True)  # "1/model.onnx": a set with folders
         return self._staging / name
 
     def staged(self) -> list[Path]:
@@ -95,9 +96,10 @@ class ArtifactWriter:
             raise RuntimeError("nothing staged")
         staging, parent, asides = self._staging, self.out_dir.parent, []
         (staging / MARKER).write_text("artifacts written by vanilladeploy; the directory is replaced as a whole\n")
-        for path in staging.iterdir():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
+        for path in staging.rglob("*"):
+            if path.is_file():
+                with path.open("rb") as f:
+                    os.fsync(f.fileno())
         for _ in range(20):
             try:
                 os.rename(staging, self.out_dir)

@@ -114,7 +114,7 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """Turn VanillaNet training checkpoints into verified deployable artifacts."""
 
 
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp32", "fp16"]
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -593,6 +593,278 @@ def _write_bench(result: Any, json_path: Path, csv_path: Path, plot_path: Path) 
     finally:
         for path in written:
             out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def repo(
+    source: Annotated[Path, typer.Argument(help="An export directory (with its report), a .onnx, or a TensorRT "
+                                           ".engine with its .engine.json sidecar.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The Triton model repository (other models in it are "
+                                      "left alone).", show_default=False)],
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name.", show_default="the variant")] = None,
+    backend: Annotated[Optional[Literal["onnxruntime", "tensorrt", "python"]], typer.Option(
+        "--backend", help="Triton backend; python = ONNX Runtime inside Triton's Python backend.",
+        show_default="onnxruntime for ONNX, tensorrt for an engine")] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=0, help="max_batch_size (0: no batching).")] = 32,
+    instances: Annotated[int, typer.Option("--instances", min=1, help="Model instances.")] = 1,
+    kind: Annotated[Literal["cpu", "gpu"], typer.Option("--kind", help="Where instances run.")] = "cpu",
+    max_queue_delay_us: Annotated[int, typer.Option("--max-queue-delay-us", min=0, help="Dynamic batching: how "
+                                                    "long a request may wait for others.")] = 500,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Class names for the output (one per line), or "
+                                                  "'imagenet'.", show_default=False)] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Write a Triton Inference Server model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/<model>."""
+    from exporters.triton_repo import RepoOptions
+    from vanilladeploy.repo import write_repository
+
+    def run() -> None:
+        _check_path_option("--out", out, directory=True)
+        _check_labels(labels)
+        opts = RepoOptions(name=name, backend=backend, max_batch=max_batch, instances=instances, kind=kind,
+                           max_queue_delay_us=max_queue_delay_us, labels=labels)
+        result = write_repository(source, out, opts)
+        _render_repo(result)
+
+    _run(verbose, run)
+
+
+def _check_labels(labels: str | None) -> None:
+    if labels is None or labels == "imagenet":
+        return
+    _check_path_option("--labels", Path(labels), directory=False, must_exist=True)
+
+
+def _render_repo(result: Any) -> None:
+    out.print(escape(result.config_text), soft_wrap=True)
+    for path in result.files:
+        out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
+    out.print(f"\nServe it: [bold]tritonserver --model-repository {escape(str(result.repository))}[/] (a Triton "
+              f"with the {escape(result.backend)} backend), or here: [bold]vanilladeploy serve …[/]", soft_wrap=True)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def serve(
+    source: Annotated[Path, typer.Argument(help="An export directory or a .onnx file.", show_default=False)],
+    http_port: Annotated[int, typer.Option("--http-port", min=1, max=65535, help="HTTP/REST (KServe v2).")] = 8000,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", min=1, max=65535, help="gRPC (KServe v2).")] = 8001,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", min=1, max=65535, help="Prometheus metrics.")]
+    = 8002,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Largest batch Triton forms.")] = 32,
+    instances: Annotated[int, typer.Option("--instances", min=1, help="Model instances.")] = 1,
+    max_queue_delay_us: Annotated[int, typer.Option("--max-queue-delay-us", min=0, help="Dynamic batching: how "
+                                                    "long a request may wait for others.")] = 500,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Class names (one per line), or 'imagenet'.",
+                                                  show_default=False)] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Serve the model on a real Triton Inference Server (loopback) until Ctrl-C or SIGTERM.
+
+    Needs the serve extra (pip install 'vanilladeploy[serve]': the nvidia-pytriton wheel carries the tritonserver
+    binary). The model runs in ONNX Runtime inside Triton's Python backend. Exit 0 on SIGTERM, 130 on Ctrl-C.
+    """
+    from exporters.triton_repo import RepoOptions
+    from vanilladeploy.serve import TritonPorts, serve_forever
+
+    def run() -> None:
+        ports = TritonPorts(http=http_port, grpc=grpc_port, metrics=metrics_port)
+        if len({http_port, grpc_port, metrics_port}) < 3:
+            raise UsageError(f"--http-port, --grpc-port and --metrics-port must differ (got {http_port}, "
+                             f"{grpc_port}, {metrics_port}).")
+        _check_labels(labels)
+        opts = RepoOptions(backend="python", max_batch=max_batch, instances=instances, kind="cpu",
+                           max_queue_delay_us=max_queue_delay_us, labels=labels)
+        err.print("Starting Triton Inference Server (loopback) …")
+        serve_forever(source, ports, opts, on_ready=_render_serving)
+
+    _run(verbose, run)
+
+
+def _render_serving(info: Any) -> None:
+    out.print(f"[green]serving[/] model [bold]{escape(info.model)}[/] on Triton Inference Server "
+              f"{escape(info.server_version)} (python backend, ONNX Runtime)", soft_wrap=True)
+    out.print(f"  HTTP    {escape(info.http_url)}\n  gRPC    {escape(info.grpc_url)}\n  metrics "
+              f"{escape(info.metrics_url)}", soft_wrap=True)
+    out.print(f"Try: [bold]{escape(info.example_command)}[/]", soft_wrap=True)
+    out.print("Ctrl-C or SIGTERM stops the server.")
+
+
+@app.command("serve-bench", epilog=EXIT_CODES_HELP)
+def serve_bench(
+    source: Annotated[Path, typer.Argument(help="An export directory or a .onnx file.", show_default=False)],
+    concurrency: Annotated[str, typer.Option("--concurrency", help="Comma-separated client concurrencies.")]
+    = "1,4,16",
+    requests: Annotated[Optional[int], typer.Option("--requests", min=1, help="Requests per concurrency level "
+                                                    "and backend.", show_default="per level")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per request.")] = 1,
+    protocol: Annotated[Literal["http", "grpc", "both"], typer.Option("--protocol", help="Triton protocol(s).")]
+    = "both",
+    json_path: Annotated[Path, typer.Option("--json", help="Results JSON.")] = Path("bench/serve.json"),
+    verbose: Verbose = False,
+) -> None:
+    """Load-test a real Triton server (started here, on loopback) at several client concurrencies, beside
+    in-process ONNX Runtime on the same model: throughput, p50/p99 latency, errors."""
+    from vanilladeploy.serve_bench import run_serve_bench
+
+    def run() -> None:
+        levels = _int_list("--concurrency", concurrency)
+        _check_path_option("--json", json_path, directory=False)
+        with _Progress() as progress:
+            result = run_serve_bench(source, concurrency=levels, requests=requests, batch=batch,
+                                     protocol=protocol, progress=lambda m: progress(m, None))
+        _render_load(result.records)
+        _write_load(result, json_path)
+
+    _run(verbose, run)
+
+
+def _int_list(option: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: give comma-separated positive integers such as 1,4,16.") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"{option} {text!r}: give comma-separated positive integers such as 1,4,16.")
+    return values
+
+
+def _render_load(records: list[dict[str, Any]]) -> None:
+    table = Table(title="load: requests through Triton vs in-process ONNX Runtime", header_style="bold")
+    for col in ("model", "backend", "concurrency", "batch", "requests", "errors", "img/s", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col in ("model", "backend") else "right", no_wrap=True)
+    for r in records:
+        s = r["stats"] or {}
+        table.add_row(r["model"], r["backend"], str(r["concurrency"]), str(r["batch"]), str(r["requests"]),
+                      str(r["errors"]), f"{r['throughput_img_s']:.1f}", _ms(s.get("median_ms")),
+                      _ms(s.get("p99_ms")))
+    (out if out.is_terminal else Console(highlight=False, width=160)).print(table)
+
+
+def _write_load(result: Any, json_path: Path) -> None:
+    from exporters.files import write_atomically
+
+    text = json.dumps(result.document(), indent=2) + "\n"
+    write_atomically(json_path, lambda tmp: tmp.write_text(text))
+    out.print(f"  wrote {escape(str(json_path))}", soft_wrap=True)
+
+
+@app.command("eval", epilog=EXIT_CODES_HELP)
+def eval_(
+    artifacts: Annotated[list[str], typer.Argument(help="Checkpoints (training form, λ as trained), deploy .pth, "
+                                                   ".onnx (fp32/fp16/int8) or .engine files; the first is the "
+                                                   "reference for agreement.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Image folder: an ImageFolder tree (class/xxx.jpg, labels) "
+                                       "or a flat folder (no labels).", show_default=False)],
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most N images.",
+                                                 show_default="all")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per inference batch.")] = 32,
+    arch: ArchOpt = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON.",
+                                                      show_default=False)] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Accuracy (top-1/top-5 with labels) and agreement with the first artifact, on real images preprocessed as
+    the official evaluation does (resize, center crop, normalize; values from the checkpoint's args)."""
+    from vanilladeploy.evaluate import evaluate
+
+    def run() -> None:
+        _check_path_option("--data", data, directory=True, must_exist=True)
+        _check_path_option("--json", json_path, directory=False)
+        if arch is not None:
+            _check_source_options("", arch, None)
+        with _CountProgress("Evaluating") as progress:
+            result = evaluate(artifacts, data, limit=limit, batch=batch, arch=arch, progress=progress)
+        _render_eval(result.as_dict())
+        if json_path is not None:
+            from exporters.files import write_atomically
+
+            text = json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n"
+            write_atomically(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            out.print(f"  wrote {escape(str(json_path))}", soft_wrap=True)
+
+    _run(verbose, run)
+
+
+class _CountProgress:
+    """A progress bar over a known count (images), on stderr, only on a terminal."""
+
+    def __init__(self, description: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=err, transient=True, disable=not err.is_terminal)
+        self.task = self.bar.add_task(description, total=None)
+
+    def __enter__(self) -> _CountProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+
+def _pct(x: Any) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def _render_eval(info: dict[str, Any]) -> None:
+    table = Table(title=f"{info['images']} images from {escape(str(info['data']))}"
+                  f"{'' if info.get('labelled') else ' (no labels)'}", header_style="bold")
+    for col in ("artifact", "kind", "top-1 %", "top-5 %", "top-1 agree %", "mean rel L2", "worst image", "img/s"):
+        table.add_column(col, justify="left" if col in ("artifact", "kind", "worst image") else "right")
+    for r in info["artifacts"]:
+        worst = r.get("worst") or {}
+        table.add_row(escape(r["name"]), r["kind"], _pct(r.get("top1")), _pct(r.get("top5")),
+                      _pct(r.get("agreement_top1")), _fmt(r.get("mean_rel_l2")),
+                      escape(f"{Path(worst['path']).name} ({worst['rel_l2']:.2e})") if worst.get("path") else "—",
+                      f"{r['images_per_s']:.1f}")
+    (out if out.is_terminal else Console(highlight=False, width=160)).print(table)
+    skipped = info.get("skipped") or {}
+    if skipped.get("count"):
+        out.print(f"[yellow]skipped {skipped['count']} unreadable file(s)[/], e.g. "
+                  f"{escape(str(skipped['examples'][0]))}", soft_wrap=True)
+    pre = info.get("preprocessing") or {}
+    out.print(f"preprocessing: {escape(json.dumps(pre, ensure_ascii=False))}", soft_wrap=True)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """What this machine can do: versions of every part, and per command 'ready' or why not and the install
+    line. Exit 0 even when optional parts are missing."""
+    from vanilladeploy.doctor import diagnose
+
+    def run() -> None:
+        info = diagnose().as_dict()
+        if as_json:
+            _print_json(info)
+            return
+        _render_doctor(info)
+
+    _run(verbose, run)
+
+
+def _render_doctor(info: dict[str, Any]) -> None:
+    parts = Table(title="components", header_style="bold")
+    for col in ("component", "version", "status", "detail"):
+        parts.add_column(col)
+    for c in info["components"]:
+        parts.add_row(c["name"], c.get("version") or "—", "[green]ok[/]" if c["ok"] else "[yellow]missing[/]",
+                      escape(c.get("detail") or ""))
+    wide = out if out.is_terminal else Console(highlight=False, width=160)
+    wide.print(parts)
+    caps = Table(title="commands", header_style="bold")
+    for col in ("command", "status", "why not / fix"):
+        caps.add_column(col)
+    for c in info["capabilities"]:
+        why = "" if c["ready"] else f"{c.get('reason') or ''}" + (f" → {c['fix']}" if c.get("fix") else "")
+        caps.add_row(c["command"], "[green]ready[/]" if c["ready"] else "[yellow]not ready[/]", escape(why))
+    wide.print(caps)
 
 
 def main() -> None:

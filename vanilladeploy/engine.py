@@ -40,7 +40,7 @@ class EngineJob:
     onnx_path: Path  # staged
     model: onnx.ModelProto
     final_dir: Path
-    opts: TrtBuildOptions
+    opts: TrtBuildOptions | None  # None: only the fp16-typed ONNX is wanted (no --trt)
     inputs: Sequence[np.ndarray]
     references: Sequence[np.ndarray]
     static_batch: int | None
@@ -66,14 +66,16 @@ def export_engine(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report:
                   ) -> VanillaDeployError | None:
     """Stage what ``--trt`` produces and fill ``report["tensorrt"]``; the returned error (TensorRT missing, engine
     not verified) is for after publishing. Errors that make the ONNX itself unusable are raised."""
-    opts, section = job.opts, {"precision": job.opts.precision, "profile": str(job.opts.profile)}
+    opts = job.opts
+    assert opts is not None
+    section = {"precision": opts.precision, "profile": str(opts.profile)}
     report["tensorrt"] = section
     with timer.step("tensorrt_check_s", "Checking TensorRT compatibility"):
         compat = check_trt_compat(job.model, profile=opts.profile)
     section["compatibility"] = compat.as_dict()
     if not compat:
         raise VerificationError(f"the ONNX graph is not TensorRT-compatible: {compat.errors[0]}")
-    fp16_path = _fp16_copy(job, writer, timer, report) if opts.precision == "fp16" else None
+    fp16_path = fp16_copy(job, writer, timer, report) if opts.precision == "fp16" else None
     section["trtexec"] = _trtexec_lines(job, fp16_path)
     missing = tensorrt_missing()
     if missing:
@@ -82,7 +84,7 @@ def export_engine(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report:
     return _build_and_verify(job, writer, timer, section, fp16_path)
 
 
-def _fp16_copy(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]) -> Path:
+def fp16_copy(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]) -> Path:
     with timer.step("fp16_onnx_s", "Writing and verifying the fp16-typed ONNX"):
         model16 = convert_to_fp16(job.model)
         set_metadata(model16, {**{p.key: p.value for p in job.model.metadata_props}, "precision": "fp16"})
@@ -151,4 +153,4 @@ def _build_and_verify(job: EngineJob, writer: ArtifactWriter, timer: _Timer, sec
     return None
 
 
-__all__ = ["EngineJob", "export_engine", "verify_against"]
+__all__ = ["EngineJob", "export_engine", "fp16_copy", "verify_against"]

@@ -30,12 +30,13 @@ from vanilladeploy import __version__
 from vanilladeploy.arch import Architecture, check_keys_and_shapes, detect_architecture, load_model
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import Checkpoint, LambdaInfo, lambda_of, load_checkpoint, sha256_of
-from vanilladeploy.engine import EngineJob, export_engine
+from vanilladeploy.engine import EngineJob, export_engine, fp16_copy
 from vanilladeploy.errors import (CheckpointError, InexactMergeError, OutputError, UsageError, VanillaDeployError,
                                   VerificationError)
 from vanilladeploy.reparam import ReparamResult, reparameterize_state_dict
 from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, first_divergent_layer, random_inputs, verify_outputs
 
+EXPORT_PRECISIONS = ("fp32", "fp16")
 Progress = Callable[[str, "float | None"], None]
 """Called with ``(message, None)`` when a step starts and ``(message, seconds)`` when it ends."""
 
@@ -54,6 +55,8 @@ class ExportOptions:
     allow_inexact: bool = False
     num_inputs: int = 3
     seed: int = 0
+    precision: str = "fp32"
+    """fp32: the verified ONNX only; fp16: also ``<name>.fp16.onnx``, verified (with ``trt``: the engine's)."""
     trt: TrtBuildOptions | None = None
     """Also build and verify a TensorRT engine (``--trt``)."""
 
@@ -213,6 +216,8 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
     with timer.step("load_s", f"Loading {source}"):
         ckpt = resolve_source(source, key=opts.key, seed=opts.seed)
         arch = detect(ckpt, arch=opts.arch)
+    if opts.precision not in EXPORT_PRECISIONS:
+        raise UsageError(f"--precision {opts.precision}: choose one of {', '.join(EXPORT_PRECISIONS)}.")
     lam = lambda_of(ckpt)
     require_exact(lam, allow_inexact=opts.allow_inexact)
     _check_img_size(arch, opts.img_size)
@@ -254,6 +259,10 @@ def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, meta
             job = EngineJob(name, onnx_tmp, model, writer.out_dir, run.opts.trt, run.inputs, run.references,
                             run.opts.static_batch)
             error = export_engine(job, writer, run.timer, report)
+        elif run.opts.precision == "fp16":
+            job = EngineJob(name, onnx_tmp, model, writer.out_dir, None, run.inputs, run.references,
+                            run.opts.static_batch)
+            fp16_copy(job, writer, run.timer, report)
         report_tmp = writer.stage(f"{name}.report.json")
         report["artifacts"] = {tmp.name: {"sha256": sha256_of(tmp), "bytes": tmp.stat().st_size}
                                for tmp in writer.staged() if tmp != report_tmp}

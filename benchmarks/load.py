@@ -1,0 +1,145 @@
+"""Load generation: N client threads send requests as fast as their answers come back (closed loop), each request
+timed with ``perf_counter_ns``; throughput = images answered / wall time; latency statistics as in the harness.
+
+A *sender* maps an input batch to logits (a Triton client over HTTP or gRPC, or in-process ONNX Runtime shared by the
+threads as a server would share it). Every thread gets its own sender from the factory (tritonclient clients are
+not thread-safe). Answers can be checked, so a fast wrong answer counts as an error, not as throughput.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from benchmarks.harness import LatencyStats, summarize
+
+Send = Callable[[np.ndarray], np.ndarray]
+SenderFactory = Callable[[], Send]
+Check = Callable[[int, np.ndarray], str | None]
+"""(input index, logits) → None when right, else what is wrong."""
+
+
+@dataclass(frozen=True)
+class LoadStats:
+    concurrency: int
+    requests: int
+    errors: int
+    first_error: str | None
+    wall_s: float
+    throughput_img_s: float
+    latency: LatencyStats | None  # over the requests that succeeded
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"concurrency": self.concurrency, "requests": self.requests, "errors": self.errors,
+                "first_error": self.first_error, "wall_s": round(self.wall_s, 4),
+                "throughput_img_s": round(self.throughput_img_s, 3),
+                "stats": None if self.latency is None else self.latency.as_dict()}
+
+
+def measure_load(factory: SenderFactory, inputs: Sequence[np.ndarray], *, concurrency: int, requests: int,
+                 check: Check | None = None, warmup: int = 1) -> LoadStats:
+    """``requests`` requests over ``concurrency`` threads (inputs in rotation); each thread makes its own sender
+    (tritonclient's HTTP client cannot cross threads) and first sends ``warmup`` untimed requests; the clock starts
+    when every thread is ready. Errors (exceptions, failed checks) are counted, never raised."""
+    lock, next_index = threading.Lock(), iter(range(requests))
+    latencies: list[float] = []
+    errors: list[str] = []
+    ready = threading.Barrier(concurrency + 1)
+
+    def client() -> None:
+        try:
+            send = factory()
+            for _ in range(warmup):
+                send(inputs[0])
+        except Exception as e:  # a client that cannot even connect fails all of its share later
+            send = _failing(e)
+        ready.wait()
+        while True:
+            with lock:
+                i = next(next_index, None)
+            if i is None:
+                return
+            x = inputs[i % len(inputs)]
+            start = time.perf_counter_ns()
+            try:
+                y = send(x)
+                problem = check(i % len(inputs), y) if check else None
+            except Exception as e:  # a failed request is a result of the load test
+                problem = _describe(e)
+            elapsed_ms = (time.perf_counter_ns() - start) / 1e6
+            with lock:
+                (errors.append(problem) if problem else latencies.append(elapsed_ms))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    batch = len(inputs[0])
+    return LoadStats(concurrency, requests, len(errors), errors[0] if errors else None, wall,
+                     len(latencies) * batch / wall if wall > 0 else 0.0,
+                     summarize(latencies, batch=batch) if latencies else None)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}"
+
+
+def _failing(error: BaseException) -> Send:
+    def send(x: np.ndarray) -> np.ndarray:
+        raise RuntimeError(f"client set-up failed: {_describe(error)}")
+
+    return send
+
+
+def triton_sender_factory(url: str, protocol: str, model: str, *, timeout_s: float = 60.0) -> SenderFactory:
+    """A tritonclient client per thread (``protocol`` "http" or "grpc"), input ``input`` → output ``logits``."""
+
+    def factory() -> Send:
+        if protocol == "http":
+            import tritonclient.http as client_module
+
+            client = client_module.InferenceServerClient(url.removeprefix("http://"), network_timeout=timeout_s,
+                                                         connection_timeout=timeout_s)
+        else:
+            import tritonclient.grpc as client_module
+
+            client = client_module.InferenceServerClient(url)
+
+        def send(x: np.ndarray) -> np.ndarray:
+            tensor = client_module.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            kwargs = {"client_timeout": timeout_s} if protocol == "grpc" else {}
+            return client.infer(model, [tensor], **kwargs).as_numpy("logits")
+
+        return send
+
+    return factory
+
+
+def onnxruntime_sender_factory(onnx_path: str, *, threads: int | None = None) -> SenderFactory:
+    """One ONNX Runtime session shared by every thread (``run`` is thread-safe), as one server instance would."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def factory() -> Send:
+        return lambda x: session.run(None, {name: x})[0]
+
+    return factory
+
+
+__all__ = ["LoadStats", "measure_load", "onnxruntime_sender_factory", "triton_sender_factory"]

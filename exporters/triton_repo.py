@@ -1,0 +1,175 @@
+"""A Triton model configuration from the graph itself, with Triton's own schema (``model_config_pb2``).
+
+Pure: a :class:`ModelSignature` read from an ONNX file or an engine sidecar, plus :class:`RepoOptions`, give a
+``ModelConfig`` message and its ``config.pbtxt`` text; :func:`check_servable` refuses, before anything is written,
+what Triton would refuse at load time (a fixed batch under ``max_batch_size > 0``, an engine profile below
+``max_batch_size``, I/O that is not float32, the wrong backend for the file). ``dims`` exclude the batch dimension
+when ``max_batch_size > 0``. proto3 text output drops zero/default values (``KIND_AUTO``, a delay of 0), which
+Triton reads back as the same defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("onnxruntime", "tensorrt", "python")
+KINDS = ("cpu", "gpu")
+MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
+"""What Triton loads from ``<name>/1/`` per backend (the python backend's ``model.py`` runs ``model.onnx``)."""
+
+
+class RepoError(ValueError):
+    """Triton would refuse this model at load time (or the options contradict the file); says what to change."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # ONNX / TensorRT element type name, e.g. "float32"
+    shape: tuple[int, ...]  # -1 for a dynamic dimension (the batch)
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """Inputs and outputs of a model file, and what kind of file it is."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    kind: str  # "onnx" or "engine"
+    profile_max: int | None = None  # an engine's optimization-profile max batch
+    compute_capability: str | None = None  # an engine's GPU, "8.0"
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return all(t.shape and t.shape[0] == -1 for t in (*self.inputs, *self.outputs))
+
+
+@dataclass(frozen=True)
+class RepoOptions:
+    """What ``vanilladeploy repo`` was asked for; ``None`` means the default."""
+
+    name: str | None = None
+    backend: str | None = None  # None: onnxruntime for an ONNX file, tensorrt for an engine
+    max_batch: int = 32
+    instances: int = 1
+    kind: str = "cpu"
+    max_queue_delay_us: int = 500
+    dynamic_batching: bool = True
+    labels: str | None = None  # a file of class names, or "imagenet"
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def signature_from_onnx(path: Path) -> ModelSignature:
+    """The graph inputs/outputs of an ONNX file (no weights loaded)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return ModelSignature(tuple(_onnx_tensor(t) for t in model.graph.input),
+                          tuple(_onnx_tensor(t) for t in model.graph.output), "onnx")
+
+
+def _onnx_tensor(value: Any) -> TensorSpec:
+    import onnx
+
+    t = value.type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+    return TensorSpec(value.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, shape)
+
+
+def signature_from_sidecar(sidecar: dict[str, Any], onnx_signature: ModelSignature) -> ModelSignature:
+    """An engine's I/O: names and per-sample shapes from the ONNX it was built from, the batch from its profile
+    (the JSON sidecar written by ``exporters.trt_plan.engine_sidecar``)."""
+    profile = sidecar["profile"]
+    low, high = int(profile["min"][0]), int(profile["max"][0])
+    batch = -1 if low != high else high
+
+    def rebatched(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, t.dtype, (batch, *t.shape[1:]))
+                     for t in specs)
+
+    return ModelSignature(rebatched(onnx_signature.inputs), rebatched(onnx_signature.outputs), "engine", high,
+                          str(sidecar["gpu"]["compute_capability"]))
+
+
+def resolve_backend(signature: ModelSignature, opts: RepoOptions) -> str:
+    backend = opts.backend or ("tensorrt" if signature.kind == "engine" else "onnxruntime")
+    if backend not in BACKENDS:
+        raise RepoError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    if (backend == "tensorrt") != (signature.kind == "engine"):
+        wanted = "a TensorRT engine (.engine with its .engine.json)" if backend == "tensorrt" else "an ONNX file"
+        raise RepoError(f"--backend {backend} needs {wanted}; give that, or pick another --backend")
+    return backend
+
+
+def check_servable(signature: ModelSignature, opts: RepoOptions, backend: str) -> None:
+    """Raise :class:`RepoError` for what Triton would refuse at load time."""
+    if opts.max_batch < 0 or opts.instances < 1:
+        raise RepoError("--max-batch must be ≥ 0 and --instances ≥ 1")
+    if opts.kind not in KINDS:
+        raise RepoError(f"--kind {opts.kind}: choose cpu or gpu")
+    if backend == "tensorrt" and opts.kind != "gpu":
+        raise RepoError("--backend tensorrt runs on the GPU: pass --kind gpu")
+    if not signature.inputs or not signature.outputs:
+        raise RepoError("the model has no inputs or no outputs")
+    bad = [t for t in (*signature.inputs, *signature.outputs) if t.dtype != "float32"]
+    if bad:
+        raise RepoError(f"tensor {bad[0].name!r} is {bad[0].dtype}; vanilladeploy serves float32 I/O (an fp16/int8 "
+                        "ONNX from vanilladeploy keeps float32 I/O)")
+    if opts.max_batch > 0 and not signature.dynamic_batch:
+        fixed = signature.inputs[0].shape[0] if signature.inputs[0].shape else "none"
+        raise RepoError(f"the model's batch dimension is fixed ({fixed}), but --max-batch {opts.max_batch} makes "
+                        "Triton add its own batch dimension; export without --static-batch, or pass --max-batch 0")
+    if signature.profile_max is not None and opts.max_batch > signature.profile_max:
+        raise RepoError(f"the engine's optimization profile allows batches up to {signature.profile_max}, below "
+                        f"--max-batch {opts.max_batch} (Triton refuses it: \"model maximum is "
+                        f"{signature.profile_max}\"); pass --max-batch {signature.profile_max} or rebuild with "
+                        f"--batch 1/1/{opts.max_batch}")
+
+
+def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, backend: str,
+                 labels_file: str | None = None) -> Any:
+    """The ``ModelConfig`` message for ``signature`` served by ``backend``."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    cfg = mc.ModelConfig(name=name, max_batch_size=opts.max_batch)
+    if backend == "onnxruntime":
+        cfg.platform, cfg.backend = "onnxruntime_onnx", "onnxruntime"
+    elif backend == "tensorrt":
+        cfg.platform, cfg.backend = "tensorrt_plan", "tensorrt"
+        cfg.cc_model_filenames[signature.compute_capability or ""] = MODEL_FILES["tensorrt"]
+    else:
+        cfg.backend = "python"
+    for spec, container in ((signature.inputs, cfg.input), (signature.outputs, cfg.output)):
+        for t in spec:
+            entry = container.add(name=t.name, data_type=mc.TYPE_FP32)
+            entry.dims.extend(t.shape[1:] if opts.max_batch > 0 else t.shape)
+    if labels_file:
+        cfg.output[0].label_filename = labels_file
+    group = cfg.instance_group.add(count=opts.instances)
+    group.kind = mc.ModelInstanceGroup.KIND_GPU if opts.kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    if opts.dynamic_batching and opts.max_batch > 0:
+        cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    for key, value in opts.parameters.items():
+        cfg.parameters[key].string_value = value
+    return cfg
+
+
+def config_text(cfg: Any) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(cfg)
+
+
+def parse_config(text: str) -> Any:
+    """``config.pbtxt`` text → ``ModelConfig`` (what Triton does on load); raises on anything it would not parse."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+__all__ = ["BACKENDS", "MODEL_FILES", "ModelSignature", "RepoError", "RepoOptions", "TensorSpec", "build_config",
+           "check_servable", "config_text", "parse_config", "resolve_backend", "signature_from_onnx",
+           "signature_from_sidecar"]

@@ -1,0 +1,199 @@
+"""``vanilladeploy doctor``: what this machine can do, before a user waits on a long export.
+
+Every probe runs in its own ``try``: a missing or broken optional part is a finding, never a crash, and ``diagnose``
+never raises. Readiness reuses what the commands themselves check (``tensorrt_missing``, the bench backends'
+``missing``, ``find_tritonserver``), so doctor and the commands cannot disagree.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from exporters.trt_plan import INSTALL_HINT as TRT_INSTALL
+
+SERVE_INSTALL = "pip install 'vanilladeploy[serve]'"
+BENCH_INSTALL = "pip install 'vanilladeploy[bench]'"
+CORE_INSTALL = "pip install vanilladeploy"
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    version: str | None
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Capability:
+    command: str
+    ready: bool
+    reason: str = ""
+    fix: str = ""
+
+
+@dataclass
+class Diagnosis:
+    components: list[Component] = field(default_factory=list)
+    capabilities: list[Capability] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"components": [asdict(c) for c in self.components],
+                "capabilities": [asdict(c) for c in self.capabilities]}
+
+
+def _module(name: str) -> tuple[Any, str | None]:
+    """(module or None, why not): an import that fails for any reason is a finding."""
+    try:
+        return importlib.import_module(name), None
+    except Exception as e:  # ImportError, or a broken install raising anything on import
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+
+
+def _probe(name: str, detail: Callable[[Any], str] | None = None, *, module: str | None = None) -> Component:
+    mod, why = _module(module or name)
+    if mod is None:
+        return Component(name, None, False, why or "not installed")
+    try:
+        return Component(name, str(getattr(mod, "__version__", "?")), True, detail(mod) if detail else "")
+    except Exception as e:  # the module imports but a query of it fails: report, do not crash
+        return Component(name, str(getattr(mod, "__version__", "?")), False, f"{type(e).__name__}: {e}")
+
+
+def _cpu() -> Component:
+    text = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        pass
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    isa = [f for f in ISA_FLAGS if f in flags]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return Component("cpu", None, True, f"{model}, {cores} cores usable, ISA: {' '.join(isa) or 'baseline'}")
+
+
+def _torch_detail(torch: Any) -> str:
+    if torch.cuda.is_available():
+        name, cc = torch.cuda.get_device_name(), torch.cuda.get_device_capability()
+        return f"CUDA {torch.version.cuda}: {name} (compute capability {cc[0]}.{cc[1]})"
+    return "no CUDA GPU visible"
+
+
+def _tensorrt() -> Component:
+    mod, why = _module("tensorrt")
+    if mod is None or getattr(mod, "__file__", None) is None:
+        return Component("tensorrt", None, False, why or "not installed (only type stubs)")
+    try:
+        builder = mod.Builder(mod.Logger(mod.Logger.WARNING))  # the libraries really load
+        del builder
+        return Component("tensorrt", str(mod.__version__), True, "libraries load")
+    except Exception as e:
+        return Component("tensorrt", str(getattr(mod, "__version__", "?")), False,
+                         f"imports, but its libraries fail to load ({type(e).__name__}: {e})")
+
+
+def _tritonserver() -> Component:
+    try:
+        from vanilladeploy.serve import find_tritonserver, tritonserver_version
+
+        path = find_tritonserver()
+        return Component("tritonserver", tritonserver_version(path), True, str(path))
+    except Exception as e:  # MissingDependencyError (no nvidia-pytriton), or a broken wheel
+        return Component("tritonserver", None, False, str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def components() -> list[Component]:
+    return [
+        Component("python", platform.python_version(), True, platform.python_implementation()),
+        _cpu(),
+        _probe("torch", _torch_detail),
+        _probe("onnx"),
+        _probe("onnxruntime", lambda m: "providers: " + ", ".join(m.get_available_providers())),
+        _probe("onnxsim"),
+        _tensorrt(),
+        _tritonserver(),
+        _probe("tritonclient", lambda m: "http + grpc" if _module("tritonclient.grpc")[0] else "grpc missing",
+               module="tritonclient"),
+        _probe("torchvision"),
+        _probe("matplotlib"),
+    ]
+
+
+def capabilities(parts: list[Component]) -> list[Capability]:
+    ok = {c.name: c for c in parts}
+    caps = [_needs("export", ok, ["torch", "onnx", "onnxruntime", "onnxsim"], CORE_INSTALL)]
+    caps.append(_from_reason("export --trt", _trt_reason(), TRT_INSTALL))
+    caps += _bench(ok)
+    serve = _needs("serve, serve-bench", ok, ["onnxruntime", "tritonserver", "tritonclient"], SERVE_INSTALL)
+    caps.append(serve)
+    caps.append(_needs("repo", ok, ["onnx", "tritonclient"], SERVE_INSTALL))
+    return caps
+
+
+def _needs(command: str, ok: dict[str, Component], parts: list[str], fix: str) -> Capability:
+    bad = [ok[p] for p in parts if not ok[p].ok]
+    if not bad:
+        return Capability(command, True)
+    return Capability(command, False, f"{bad[0].name}: {bad[0].detail or 'not installed'}", fix)
+
+
+def _from_reason(command: str, reason: str | None, fix: str) -> Capability:
+    return Capability(command, reason is None, reason or "", "" if reason is None else fix)
+
+
+def _trt_reason() -> str | None:
+    try:
+        from exporters.trt_plan import tensorrt_missing
+
+        return tensorrt_missing()
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def _bench(ok: dict[str, Component]) -> list[Capability]:
+    caps = []
+    try:
+        import torch
+
+        from benchmarks.backends import BACKENDS, BenchConfig
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        for name, backend in BACKENDS.items():
+            reason = backend().missing(BenchConfig(device=device))
+            caps.append(_from_reason(f"bench: {name} ({device})", reason, _bench_fix(name, reason or "")))
+    except Exception as e:
+        caps.append(Capability("bench", False, f"{type(e).__name__}: {e}", BENCH_INSTALL))
+    caps.append(_needs("bench: baselines + plot", ok, ["torchvision", "matplotlib"], BENCH_INSTALL))
+    return caps
+
+
+def _bench_fix(backend: str, reason: str) -> str:
+    if backend == "tensorrt":
+        return TRT_INSTALL
+    if "onnxruntime-gpu" in reason:
+        return "pip install onnxruntime-gpu"
+    if "not installed" in reason:
+        return CORE_INSTALL
+    return "a machine with an NVIDIA GPU (--device cuda)"
+
+
+def diagnose() -> Diagnosis:
+    """Versions and readiness; never raises."""
+    parts = components()
+    try:
+        caps = capabilities(parts)
+    except Exception as e:  # a bug in a probe must not hide the versions
+        caps = [Capability("doctor", False, f"{type(e).__name__}: {e}", "report this")]
+    return Diagnosis(parts, caps)
+
+
+__all__ = ["Capability", "Component", "Diagnosis", "capabilities", "components", "diagnose"]

@@ -1,0 +1,183 @@
+"""``vanilladeploy repo``: an export (or an ONNX file, or an engine with its sidecar) → a Triton model repository.
+
+Writes ``REPO/<name>/config.pbtxt``, ``REPO/<name>/1/<model file>`` (and ``labels.txt``, ``vanilladeploy.json`` with
+the sha256 of every file and of the source) as ONE set: the model directory is swapped in whole
+(:class:`vanilladeploy.atomic.ArtifactWriter`), so a Triton reading the repository sees the old model, none, or the
+new one. Other models in ``REPO`` are left alone. What Triton would refuse at load time is refused here (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from exporters.triton_repo import (MODEL_FILES, ModelSignature, RepoError, RepoOptions, build_config, check_servable,
+                                   config_text, parse_config, resolve_backend, signature_from_onnx,
+                                   signature_from_sidecar)
+from vanilladeploy import __version__
+from vanilladeploy.atomic import ArtifactWriter
+from vanilladeploy.checkpoint import sha256_of
+from vanilladeploy.errors import CheckpointError, MissingDependencyError, UsageError
+
+PYTHON_MODEL = Path(__file__).resolve().parents[1] / "exporters" / "triton_python_model.py"
+SERVE_INSTALL = "pip install 'vanilladeploy[serve]'"
+
+
+@dataclass(frozen=True)
+class RepoSource:
+    """The file to serve, the ONNX it is (or was built from), what the export recorded about them."""
+
+    model_file: Path
+    onnx_file: Path
+    name: str
+    sidecar: dict[str, Any] | None = None
+    recorded_sha256: dict[str, str] | None = None  # file name → sha256, from the export report
+
+
+@dataclass(frozen=True)
+class RepoResult:
+    repository: Path
+    model_dir: Path
+    backend: str
+    config_text: str
+    files: tuple[Path, ...]
+    sha256: dict[str, str]
+
+
+def _require_serve_extra() -> None:
+    try:
+        import google.protobuf  # noqa: F401
+        from tritonclient.grpc import model_config_pb2  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(f"writing Triton configs needs tritonclient[grpc] ({e}): {SERVE_INSTALL}") \
+            from None
+
+
+def resolve_repo_source(source: Path, *, backend: str | None = None) -> RepoSource:
+    """An export directory (its report names the files), a ``.onnx``, or a ``.engine`` with ``.engine.json``."""
+    if source.is_dir():
+        return _from_export_dir(source, backend)
+    if not source.exists():
+        raise UsageError(f"{source}: no such file or directory (give an export directory, a .onnx or an .engine).")
+    if source.suffix == ".engine":
+        return _from_engine(source, recorded=None)
+    if source.suffix == ".onnx":
+        return RepoSource(source, source, _variant_of(source))
+    raise UsageError(f"{source}: not an export directory, .onnx or .engine file.")
+
+
+def _from_export_dir(directory: Path, backend: str | None) -> RepoSource:
+    reports = sorted(directory.glob("*.report.json"))
+    if not reports:
+        raise UsageError(f"{directory} holds no <variant>.report.json: give the directory `vanilladeploy export` "
+                         "wrote, or the .onnx file itself.")
+    report = json.loads(reports[0].read_text(encoding="utf-8"))
+    variant = report["architecture"]["variant"]
+    recorded = {name: info["sha256"] for name, info in (report.get("artifacts") or {}).items()}
+    if backend == "tensorrt":
+        engine = (report.get("tensorrt") or {}).get("engine")
+        if not engine:
+            raise UsageError(f"{directory}: this export has no TensorRT engine (export again with --trt on a machine "
+                             "with TensorRT), or choose --backend onnxruntime/python.")
+        return _from_engine(directory / engine, recorded=recorded)
+    onnx_file = directory / f"{variant}.onnx"
+    return RepoSource(onnx_file, onnx_file, variant, recorded_sha256=recorded)
+
+
+def _from_engine(engine: Path, *, recorded: dict[str, str] | None) -> RepoSource:
+    sidecar_path = engine.with_name(engine.name + ".json")
+    if not sidecar_path.is_file():
+        raise UsageError(f"{engine}: its sidecar {sidecar_path.name} is missing; without it the engine's batch "
+                         "profile and GPU are unknown. Use the directory `vanilladeploy export --trt` wrote.")
+    sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+    onnx_file = engine.with_name(sidecar["onnx"]["name"])
+    if not onnx_file.is_file():
+        raise UsageError(f"{engine}: the ONNX it was built from ({onnx_file.name}) is not beside it.")
+    return RepoSource(engine, onnx_file, _variant_of(onnx_file), sidecar, recorded)
+
+
+def _variant_of(onnx_file: Path) -> str:
+    import onnx
+
+    try:
+        model = onnx.load(onnx_file, load_external_data=False)
+    except Exception as e:
+        raise CheckpointError(f"{onnx_file}: not a readable ONNX file ({type(e).__name__}).") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    return meta.get("variant") or onnx_file.name.split(".")[0]
+
+
+def _signature(src: RepoSource) -> ModelSignature:
+    try:
+        onnx_signature = signature_from_onnx(src.onnx_file)
+    except Exception as e:
+        raise CheckpointError(f"{src.onnx_file}: not a readable ONNX file ({type(e).__name__}: {e}).") from None
+    return onnx_signature if src.sidecar is None else signature_from_sidecar(src.sidecar, onnx_signature)
+
+
+def _verify_recorded(src: RepoSource) -> str:
+    """The model file's sha256, checked against the export report's record when there is one."""
+    digest = sha256_of(src.model_file)
+    expected = (src.recorded_sha256 or {}).get(src.model_file.name)
+    if expected is not None and expected != digest:
+        raise CheckpointError(f"{src.model_file}: its sha256 differs from the export report's; the file changed after "
+                              "the export. Export again.")
+    return digest
+
+
+def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
+    """Check, then write ``out/<name>/`` as one set; returns what was written."""
+    _require_serve_extra()
+    src = resolve_repo_source(source, backend=opts.backend)
+    signature = _signature(src)
+    try:
+        backend = resolve_backend(signature, opts)
+        check_servable(signature, opts, backend)
+    except RepoError as e:
+        raise UsageError(f"{e}.") from None
+    name = opts.name or src.name
+    labels = _labels(opts.labels, classes=signature.outputs[0].shape[-1])
+    cfg = build_config(signature, opts, name=name, backend=backend, labels_file="labels.txt" if labels else None)
+    text = config_text(cfg)
+    parse_config(text)  # what Triton does first on load
+    digest = _verify_recorded(src)
+    with ArtifactWriter(out / name) as writer:
+        writer.stage("config.pbtxt").write_text(text, encoding="utf-8")
+        model_name = "model.plan" if backend == "tensorrt" else "model.onnx"
+        shutil.copyfile(src.model_file, writer.stage(f"1/{model_name}"))
+        if backend == "python":
+            shutil.copyfile(PYTHON_MODEL, writer.stage("1/model.py"))
+        if labels:
+            writer.stage("labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+        sums = {str(p.relative_to(writer.staged()[0].parent)): sha256_of(p) for p in writer.staged()}
+        manifest = {"tool": {"name": "vanilladeploy", "version": __version__}, "backend": backend,
+                    "source": {"path": str(src.model_file), "sha256": digest}, "files": sums,
+                    "options": {k: v for k, v in vars(replace(opts, name=name)).items()}}
+        writer.stage("vanilladeploy.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        files = writer.commit()
+    return RepoResult(out, out / name, backend, text, tuple(files), sums)
+
+
+def _labels(labels: str | None, *, classes: int) -> list[str] | None:
+    if labels is None:
+        return None
+    if labels == "imagenet":
+        try:
+            from torchvision.models._meta import _IMAGENET_CATEGORIES as names
+        except ImportError:
+            raise MissingDependencyError("--labels imagenet takes the class names from torchvision: "
+                                         "pip install torchvision, or pass a file with one name per line.") from None
+    else:
+        try:
+            names = [line.strip() for line in Path(labels).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--labels {labels}: cannot read it ({e}).") from None
+    if len(names) != classes:
+        raise UsageError(f"--labels: {len(names)} class names, but the model has {classes} classes.")
+    return list(names)
+
+
+__all__ = ["RepoResult", "RepoSource", "resolve_repo_source", "write_repository"]
