@@ -21,6 +21,9 @@ runner = CliRunner()
 EXPORT = ("export", "vanillanet_5")
 TRT = ("export", "vanillanet_5", "--trt")
 INT8 = ("export", "vanillanet_5", "--precision", "int8", "--calib", "{images}")
+REPO = ("repo", "{onnx}", "--out", "{tmp}/repo")
+SERVE = ("serve", "{onnx}")
+SERVE_BENCH = ("serve-bench", "{onnx}")
 BENCH = ("bench", "--models", "vanillanet_5", "--backends", "onnxruntime", "--cache-dir", "{tmp}/cache")
 
 CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
@@ -65,6 +68,25 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (BENCH, "--csv", ["", "{tmp}"]),
     (BENCH, "--plot", ["", "{tmp}"]),
     (("bench", "--models", "vanillanet_5", "--backends", "onnxruntime"), "--cache-dir", ["", "{file}"]),
+    (REPO, "--out", ["", "{file}"]),
+    (REPO, "--backend", ["tflite", ""]),
+    (REPO, "--max-batch", ["x", "-1", ""]),
+    (REPO, "--instances", ["x", "0", ""]),
+    (REPO, "--kind", ["tpu", ""]),
+    (REPO, "--max-queue-delay-us", ["x", "-5", ""]),
+    (REPO, "--labels", ["", "{tmp}/missing.txt", "{tmp}"]),
+    (SERVE, "--http-port", ["x", "0", "70000", ""]),
+    (SERVE, "--grpc-port", ["x", "0", "70000", ""]),
+    (SERVE, "--metrics-port", ["x", "0", "70000", ""]),
+    (SERVE, "--max-batch", ["x", "0", ""]),
+    (SERVE, "--instances", ["x", "0", ""]),
+    (SERVE, "--max-queue-delay-us", ["x", "-1", ""]),
+    (SERVE, "--labels", ["", "{tmp}/missing.txt"]),
+    (SERVE_BENCH, "--concurrency", ["x", "0", "", "1,,-4"]),
+    (SERVE_BENCH, "--requests", ["x", "0", ""]),
+    (SERVE_BENCH, "--batch", ["x", "0", ""]),
+    (SERVE_BENCH, "--protocol", ["udp", ""]),
+    (SERVE_BENCH, "--json", ["", "{tmp}"]),
 ]
 
 

@@ -664,7 +664,7 @@ def serve(
     binary). The model runs in ONNX Runtime inside Triton's Python backend. Exit 0 on SIGTERM, 130 on Ctrl-C.
     """
     from exporters.triton_repo import RepoOptions
-    from vanilladeploy.serve import TritonPorts, serve_forever
+    from vanilladeploy.serve import TritonPorts, check_ports_free, find_tritonserver, serve_forever
 
     def run() -> None:
         ports = TritonPorts(http=http_port, grpc=grpc_port, metrics=metrics_port)
@@ -674,6 +674,8 @@ def serve(
         _check_labels(labels)
         opts = RepoOptions(backend="python", max_batch=max_batch, instances=instances, kind="cpu",
                            max_queue_delay_us=max_queue_delay_us, labels=labels)
+        find_tritonserver()
+        check_ports_free(ports)
         err.print("Starting Triton Inference Server (loopback) …")
         serve_forever(source, ports, opts, on_ready=_render_serving)
 

@@ -61,9 +61,20 @@ def _probe(name: str, detail: Callable[[Any], str] | None = None, *, module: str
     if mod is None:
         return Component(name, None, False, why or "not installed")
     try:
-        return Component(name, str(getattr(mod, "__version__", "?")), True, detail(mod) if detail else "")
+        return Component(name, _version(mod), True, detail(mod) if detail else "")
     except Exception as e:  # the module imports but a query of it fails: report, do not crash
         return Component(name, str(getattr(mod, "__version__", "?")), False, f"{type(e).__name__}: {e}")
+
+
+def _version(mod: Any) -> str:
+    if hasattr(mod, "__version__"):
+        return str(mod.__version__)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(mod.__name__)
+    except PackageNotFoundError:
+        return "?"
 
 
 def _cpu() -> Component:
@@ -147,7 +158,8 @@ def _needs(command: str, ok: dict[str, Component], parts: list[str], fix: str) -
 
 
 def _from_reason(command: str, reason: str | None, fix: str) -> Capability:
-    return Capability(command, reason is None, reason or "", "" if reason is None else fix)
+    reason = (reason or "").removesuffix(f": {fix}")  # the reason may already end with the install line
+    return Capability(command, not reason, reason, fix if reason else "")
 
 
 def _trt_reason() -> str | None:

@@ -132,6 +132,7 @@ def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
     """Check, then write ``out/<name>/`` as one set; returns what was written."""
     _require_serve_extra()
     src = resolve_repo_source(source, backend=opts.backend)
+    digest = _verify_recorded(src)
     signature = _signature(src)
     try:
         backend = resolve_backend(signature, opts)
@@ -143,7 +144,6 @@ def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
     cfg = build_config(signature, opts, name=name, backend=backend, labels_file="labels.txt" if labels else None)
     text = config_text(cfg)
     parse_config(text)  # what Triton does first on load
-    digest = _verify_recorded(src)
     with ArtifactWriter(out / name) as writer:
         writer.stage("config.pbtxt").write_text(text, encoding="utf-8")
         model_name = "model.plan" if backend == "tensorrt" else "model.onnx"

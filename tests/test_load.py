@@ -1,0 +1,79 @@
+"""benchmarks/load.py on fake senders (no server): counts, checks, errors and real concurrency."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from benchmarks.load import measure_load
+
+
+def test_every_request_is_counted_and_timed() -> None:
+    inputs = [np.full((2, 3), i, np.float32) for i in range(3)]
+    seen: list[float] = []
+    lock = threading.Lock()
+
+    def factory():
+        def send(x: np.ndarray) -> np.ndarray:
+            with lock:
+                seen.append(float(x[0, 0]))
+            return x * 2
+        return send
+
+    stats = measure_load(factory, inputs, concurrency=3, requests=30, warmup=1,
+                         check=lambda i, y: None if np.array_equal(y, inputs[i] * 2) else "wrong")
+    assert stats.requests == 30 and stats.errors == 0 and stats.latency is not None
+    assert stats.latency.iterations == 30
+    assert len(seen) == 30 + 3  # 30 timed + one warm-up per thread
+    assert sorted(seen[3:]) == sorted([float(i % 3) for i in range(30)])  # inputs in rotation
+    assert stats.throughput_img_s == stats.latency.iterations * 2 / stats.wall_s
+
+
+def test_errors_and_wrong_answers_are_counted_not_raised() -> None:
+    calls = iter(range(1000))
+    lock = threading.Lock()
+
+    def factory():
+        def send(x: np.ndarray) -> np.ndarray:
+            with lock:
+                n = next(calls)
+            if n % 4 == 1:
+                raise ConnectionError("server went away")
+            return x if n % 4 != 2 else x + 1
+        return send
+
+    x = [np.zeros((1, 2), np.float32)]
+    stats = measure_load(factory, x, concurrency=1, requests=20, warmup=0,
+                         check=lambda i, y: None if not y.any() else "wrong logits")
+    assert stats.errors == 10 and stats.latency is not None and stats.latency.iterations == 10
+    assert stats.first_error in ("ConnectionError: server went away", "wrong logits")
+
+
+def test_clients_really_run_concurrently() -> None:
+    active, peak, lock = 0, 0, threading.Lock()
+
+    def factory():
+        def send(x: np.ndarray) -> np.ndarray:
+            nonlocal active, peak
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            time.sleep(0.02)
+            with lock:
+                active -= 1
+            return x
+        return send
+
+    stats = measure_load(factory, [np.zeros((1, 1), np.float32)], concurrency=4, requests=16, warmup=0)
+    assert stats.errors == 0 and peak == 4
+    assert stats.wall_s < 16 * 0.02 * 0.75  # 4 at a time, not one after the other
+
+
+def test_a_client_that_cannot_connect_fails_its_requests() -> None:
+    def factory():
+        raise OSError("connection refused")
+
+    stats = measure_load(factory, [np.zeros((1, 1), np.float32)], concurrency=2, requests=6)
+    assert stats.errors == 6 and stats.latency is None and "connection refused" in (stats.first_error or "")

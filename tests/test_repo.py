@@ -1,0 +1,156 @@
+"""exporters/triton_repo.py + vanilladeploy/repo.py: Triton model repositories from an export, checked against
+Triton's own config schema (``ModelConfig``) and refused where Triton would refuse them at load time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exporters.triton_repo import RepoOptions, parse_config
+from vanilladeploy.checkpoint import sha256_of
+from vanilladeploy.errors import CheckpointError, UsageError
+from vanilladeploy.export import ExportOptions, export_checkpoint
+from vanilladeploy.repo import write_repository
+
+pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient) is not installed")
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "v5"
+    export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def static_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "v5-static"
+    export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=32, static_batch=4))
+    return out
+
+
+def _config(model_dir: Path):
+    return parse_config((model_dir / "config.pbtxt").read_text())
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_config_parses_with_tritons_schema_and_matches_the_graph(export_dir: Path, tmp_path: Path,
+                                                                  backend: str) -> None:
+    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend=backend, max_batch=16, instances=2,
+                                                                         max_queue_delay_us=250))
+    cfg = _config(result.model_dir)
+    assert cfg.name == "vanillanet_5" and cfg.max_batch_size == 16
+    assert (cfg.platform, cfg.backend) == (("onnxruntime_onnx", "onnxruntime") if backend == "onnxruntime"
+                                           else ("", "python"))
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("input", [3, 32, 32])]  # no batch dimension
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("logits", [1000])]
+    assert cfg.input[0].data_type == cfg.output[0].data_type != 0  # TYPE_FP32
+    assert [(g.count, g.kind) for g in cfg.instance_group] == [(2, 2)]  # KIND_CPU
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
+    files = sorted(str(p.relative_to(result.model_dir)) for p in result.model_dir.rglob("*") if p.is_file())
+    expected = ["1/model.onnx", "config.pbtxt", "vanilladeploy.json", ".vanilladeploy"]
+    assert files == sorted(expected + (["1/model.py"] if backend == "python" else []))
+
+
+def test_model_file_matches_the_export_sha256(export_dir: Path, tmp_path: Path) -> None:
+    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend="python"))
+    report = json.loads((export_dir / "vanillanet_5.report.json").read_text())
+    manifest = json.loads((result.model_dir / "vanilladeploy.json").read_text())
+    exported = report["artifacts"]["vanillanet_5.onnx"]["sha256"]
+    assert sha256_of(result.model_dir / "1" / "model.onnx") == exported == manifest["files"]["1/model.onnx"]
+    assert manifest["source"]["sha256"] == exported
+    for name, digest in manifest["files"].items():
+        assert sha256_of(result.model_dir / name) == digest
+
+
+def test_zero_max_batch_keeps_the_batch_dimension(static_export: Path, tmp_path: Path) -> None:
+    result = write_repository(static_export, tmp_path / "repo", RepoOptions(max_batch=0))
+    cfg = _config(result.model_dir)
+    assert cfg.max_batch_size == 0 and list(cfg.input[0].dims) == [4, 3, 32, 32]
+    assert not cfg.HasField("dynamic_batching")  # Triton refuses dynamic batching without max_batch_size
+
+
+def test_labels_file(export_dir: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "classes.txt"
+    labels.write_text("\n".join(f"class {i}" for i in range(1000)) + "\n")
+    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(labels=str(labels)))
+    assert _config(result.model_dir).output[0].label_filename == "labels.txt"
+    assert (result.model_dir / "labels.txt").read_text().splitlines()[999] == "class 999"
+
+
+def _engine_beside(export_dir: Path, tmp_path: Path, profile_max: int) -> Path:
+    """An engine file with the sidecar `export --trt` writes (data, not a fake TensorRT: nothing runs it)."""
+    directory = tmp_path / "engine"
+    directory.mkdir()
+    (directory / "vanillanet_5.onnx").write_bytes((export_dir / "vanillanet_5.onnx").read_bytes())
+    engine = directory / "vanillanet_5.fp16.engine"
+    engine.write_bytes(b"serialized plan bytes")
+    sidecar = {"tensorrt_version": "10.13.0", "gpu": {"name": "NVIDIA H100", "compute_capability": "9.0"},
+               "precision": "fp16", "profile": {"min": [1, 3, 32, 32], "opt": [1, 3, 32, 32],
+                                                "max": [profile_max, 3, 32, 32]},
+               "onnx": {"name": "vanillanet_5.onnx", "sha256": "x"}}
+    (directory / "vanillanet_5.fp16.engine.json").write_text(json.dumps(sidecar))
+    return engine
+
+
+def test_engine_config_is_tied_to_its_gpu(export_dir: Path, tmp_path: Path) -> None:
+    engine = _engine_beside(export_dir, tmp_path, profile_max=32)
+    result = write_repository(engine, tmp_path / "repo", RepoOptions(kind="gpu", max_batch=32))
+    cfg = _config(result.model_dir)
+    assert (cfg.platform, cfg.backend, result.backend) == ("tensorrt_plan", "tensorrt", "tensorrt")
+    assert dict(cfg.cc_model_filenames) == {"9.0": "model.plan"}
+    assert (result.model_dir / "1" / "model.plan").read_bytes() == b"serialized plan bytes"
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("fixed batch", "batch dimension is fixed (4)"),
+    ("engine profile", "allows batches up to 8"),
+    ("tensorrt for onnx", "needs a TensorRT engine"),
+    ("tensorrt on cpu", "pass --kind gpu"),
+    ("label count", "3 class names, but the model has 1000"),
+    ("no report", "no <variant>.report.json"),
+])
+def test_what_triton_would_refuse_is_refused_and_nothing_written(case: str, message: str, export_dir: Path,
+                                                                  static_export: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "three.txt"
+    labels.write_text("a\nb\nc\n")
+    (tmp_path / "empty").mkdir()
+    source, opts = {
+        "fixed batch": (static_export, RepoOptions()),
+        "engine profile": (lambda: _engine_beside(export_dir, tmp_path, profile_max=8), RepoOptions(kind="gpu")),
+        "tensorrt for onnx": (export_dir / "vanillanet_5.onnx", RepoOptions(backend="tensorrt", kind="gpu")),
+        "tensorrt on cpu": (lambda: _engine_beside(export_dir, tmp_path, profile_max=32), RepoOptions()),
+        "label count": (export_dir, RepoOptions(labels=str(labels))),
+        "no report": (tmp_path / "empty", RepoOptions()),
+    }[case]
+    source = source() if callable(source) else source
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        write_repository(source, tmp_path / "repo", opts)
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
+
+
+def test_rewrite_replaces_the_model_and_leaves_siblings(export_dir: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    sibling = repo / "resnet50" / "config.pbtxt"
+    sibling.parent.mkdir(parents=True)
+    sibling.write_text('name: "resnet50"\n')
+    write_repository(export_dir, repo, RepoOptions(backend="python"))
+    write_repository(export_dir, repo, RepoOptions(backend="onnxruntime", max_batch=8))
+    assert not (repo / "vanillanet_5" / "1" / "model.py").exists()  # the whole model directory was replaced
+    assert _config(repo / "vanillanet_5").max_batch_size == 8
+    assert sibling.read_text() == 'name: "resnet50"\n'
+    assert sorted(p.name for p in repo.iterdir()) == ["resnet50", "vanillanet_5"]  # no staging leftovers
+
+
+def test_a_modified_model_file_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=32))
+    import onnx
+
+    model = onnx.load(out / "vanillanet_5.onnx")
+    model.doc_string = "edited after the export"
+    onnx.save(model, out / "vanillanet_5.onnx")
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        write_repository(out, tmp_path / "repo", RepoOptions())
