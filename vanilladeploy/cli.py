@@ -812,6 +812,13 @@ def _pct(x: Any) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
+def _relative(path: str, root: str) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return Path(path).name
+
+
 def _render_eval(info: dict[str, Any]) -> None:
     table = Table(title=f"{info['images']} images from {escape(str(info['data']))}"
                   f"{'' if info.get('labelled') else ' (no labels)'}", header_style="bold")
@@ -821,7 +828,8 @@ def _render_eval(info: dict[str, Any]) -> None:
         worst = r.get("worst") or {}
         table.add_row(escape(r["name"]), r["kind"], _pct(r.get("top1")), _pct(r.get("top5")),
                       _pct(r.get("agreement_top1")), _fmt(r.get("mean_rel_l2")),
-                      escape(f"{Path(worst['path']).name} ({worst['rel_l2']:.2e})") if worst.get("path") else "—",
+                      escape(f"{_relative(worst['path'], info['data'])} ({worst['rel_l2']:.2e})")
+                      if worst.get("path") else "—",
                       f"{r['images_per_s']:.1f}")
     (out if out.is_terminal else Console(highlight=False, width=160)).print(table)
     skipped = info.get("skipped") or {}

@@ -1,0 +1,186 @@
+"""``vanilladeploy eval``: accuracy and agreement of several artifacts on real images, in one pass.
+
+Every artifact sees the same preprocessed batch (:mod:`vanilladeploy.images`); the first artifact is the reference:
+each row reports top-1 agreement with it (%), the mean relative L2 of the logits per image, the worst image, and
+top-1/top-5 accuracy when the folder is labelled. A training checkpoint runs in training form with λ as trained; a
+deploy ``.pth`` in deploy form; an ``.onnx`` (fp32/fp16/int8) in ONNX Runtime; an ``.engine`` in TensorRT.
+Logits are compared batch by batch, never all kept, so a large folder needs little memory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import ExitStack
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters.runners import OnnxRuntimeRunner, Runner, TorchRunner
+from vanilladeploy.errors import MissingDependencyError, UsageError
+from vanilladeploy.images import Preprocess, iter_batches, scan_folder
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Artifact:
+    """One thing to evaluate: its runner, and what it says about preprocessing."""
+
+    name: str
+    kind: str
+    runner: Runner
+    img_size: int | None  # fixed by the graph (ONNX/engine), None for torch models
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def open_artifact(path: str, *, arch: str | None = None) -> Artifact:
+    """A runner for a checkpoint (training form, λ as trained), a deploy .pth, an .onnx or an .engine."""
+    file = Path(path)
+    if file.suffix == ".onnx":
+        return _onnx_artifact(file)
+    if file.suffix == ".engine":
+        from exporters.trt_plan import tensorrt_missing
+
+        missing = tensorrt_missing()
+        if missing:
+            raise MissingDependencyError(f"{file}: {missing}")
+        from exporters.tensorrt_engine import TensorRTRunner
+
+        sidecar = file.with_name(file.name + ".json")
+        size = json.loads(sidecar.read_text())["profile"]["max"][-1] if sidecar.is_file() else None
+        return Artifact(file.name, "tensorrt engine", TensorRTRunner(file), size)
+    return _torch_artifact(path, arch)
+
+
+def _onnx_artifact(file: Path) -> Artifact:
+    import onnx
+
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file.")
+    try:
+        model = onnx.load(file, load_external_data=False)
+    except Exception as e:
+        raise UsageError(f"{file}: not a readable ONNX file ({type(e).__name__}).") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    size = dims[-1].dim_value if len(dims) == 4 and dims[-1].HasField("dim_value") else None
+    return Artifact(file.name, f"onnx {meta.get('precision', 'fp32')}", OnnxRuntimeRunner(file), size)
+
+
+def _torch_artifact(path: str, arch: str | None) -> Artifact:
+    from vanilladeploy.arch import load_model
+    from vanilladeploy.checkpoint import lambda_of
+    from vanilladeploy.export import detect, resolve_source
+
+    ckpt = resolve_source(path)
+    found = detect(ckpt, arch=arch)
+    if ckpt.form == "deploy":
+        return Artifact(Path(path).name, "torch deploy", TorchRunner(load_model(ckpt.state_dict, found, deploy=True)),
+                        None, ckpt.args)
+    model = load_model(ckpt.state_dict, found, deploy=False)
+    lam = lambda_of(ckpt)
+    model.set_lambda(lam.value)
+    return Artifact(Path(path).name, f"torch train (λ={lam.value:.3g})", TorchRunner(model), None, ckpt.args)
+
+
+def choose_preprocess(artifacts: Sequence[Artifact]) -> Preprocess:
+    """The checkpoint's args when one gives them; a graph's fixed input size; all artifacts must agree."""
+    sizes = {a.img_size for a in artifacts if a.img_size is not None}
+    if len(sizes) > 1:
+        raise UsageError(f"the artifacts were exported for different image sizes ({sorted(sizes)}); evaluate "
+                         "artifacts of one export together.")
+    args = next((a.args for a in artifacts if a.args), {})
+    pre = Preprocess.from_args(args, img_size=next(iter(sizes)) if sizes else None)
+    if sizes:
+        pre = Preprocess(pre.img_size, pre.crop_pct, pre.mean, pre.std, {**pre.sources, "img_size": "ONNX graph input"})
+    return pre
+
+
+@dataclass
+class _Tally:
+    """Running figures of one artifact against the labels and the reference."""
+
+    name: str
+    kind: str
+    top1: int = 0
+    top5: int = 0
+    agree: int = 0
+    rel_l2_sum: float = 0.0
+    worst: tuple[float, str] = (-1.0, "")
+    seconds: float = 0.0
+
+    def add(self, logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, paths: list[str]) -> None:
+        if labels is not None:
+            top = np.argsort(-logits, axis=1)[:, :5]
+            self.top1 += int((top[:, 0] == labels).sum())
+            self.top5 += int((top == labels[:, None]).any(axis=1).sum())
+        self.agree += int((logits.argmax(1) == reference.argmax(1)).sum())
+        diff = np.linalg.norm((logits - reference).astype(np.float64), axis=1)
+        rel = diff / np.maximum(np.linalg.norm(reference.astype(np.float64), axis=1), 1e-30)
+        self.rel_l2_sum += float(rel.sum())
+        i = int(rel.argmax())
+        if rel[i] > self.worst[0]:
+            self.worst = (float(rel[i]), paths[i])
+
+    def as_dict(self, images: int, labelled: bool, classes: int) -> dict[str, Any]:
+        pct = (lambda n: round(100.0 * n / images, 3)) if images else (lambda n: None)
+        return {"name": self.name, "kind": self.kind, "top1": pct(self.top1) if labelled else None,
+                "top5": pct(self.top5) if labelled and classes >= 5 else None, "agreement_top1": pct(self.agree),
+                "mean_rel_l2": self.rel_l2_sum / images if images else None,
+                "worst": {"path": self.worst[1], "rel_l2": self.worst[0]} if images else None,
+                "images_per_s": round(images / self.seconds, 2) if self.seconds > 0 else None}
+
+
+@dataclass
+class EvalResult:
+    data: Path
+    images: int
+    labelled: bool
+    preprocessing: dict[str, Any]
+    skipped: list[tuple[Path, str]]
+    rows: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"data": str(self.data), "images": self.images, "labelled": self.labelled,
+                "preprocessing": self.preprocessing, "artifacts": self.rows,
+                "skipped": {"count": len(self.skipped), "examples": [f"{p.name}: {why}" for p, why in self.skipped[:5]]}}
+
+
+def evaluate(artifacts: Sequence[str], data: Path, *, limit: int | None = None, batch: int = 32,
+             arch: str | None = None, progress: Progress = lambda done, total: None,
+             indices: Sequence[int] | None = None) -> EvalResult:
+    """Run every artifact on the folder's images (the first ``limit``, or ``indices``), batch by batch."""
+    if not artifacts:
+        raise UsageError("give at least one artifact to evaluate.")
+    folder = scan_folder(data)
+    opened = [open_artifact(a, arch=arch) for a in artifacts]
+    pre = choose_preprocess(opened)
+    order = list(indices) if indices is not None else list(range(len(folder.files)))[:limit]
+    tallies = [_Tally(a.name, a.kind) for a in opened]
+    skipped: list[tuple[Path, str]] = []
+    images, classes = 0, 0
+    with ExitStack() as stack:
+        for artifact in opened:
+            stack.enter_context(artifact.runner)
+        for x, labels, kept in iter_batches(folder, pre, batch=batch, indices=order, skipped=skipped):
+            outputs = []
+            for tally, artifact in zip(tallies, opened):
+                start = time.perf_counter()
+                outputs.append(artifact.runner.infer(x))
+                tally.seconds += time.perf_counter() - start
+            paths = [str(folder.files[i]) for i in kept]
+            for tally, y in zip(tallies, outputs):
+                tally.add(y, outputs[0], labels, paths)
+            images, classes = images + len(x), outputs[0].shape[1]
+            progress(images, len(order))
+    skipped = [(p, "not an image file (by extension)") for p in folder.ignored] + skipped
+    labelled = folder.labels is not None
+    return EvalResult(data, images, labelled, pre.as_dict(), skipped,
+                      [t.as_dict(images, labelled, classes) for t in tallies])
+
+
+__all__ = ["Artifact", "EvalResult", "choose_preprocess", "evaluate", "open_artifact"]

@@ -1,0 +1,200 @@
+"""Images in, the official way: ONE preprocessing used by ``eval``, INT8 calibration and serving clients.
+
+:class:`Preprocess` is the official evaluation transform (``build_transform(is_train=False)`` of the VanillaNet
+repository, inherited from ConvNeXt) as data, computed with PIL and NumPy exactly as torchvision's PIL path does:
+
+- ``input_size > 32``: at 384 px and above, warp to ``input_size``×``input_size`` (bicubic, no crop); below, resize
+  the shorter side to ``int(input_size / crop_pct)`` (bicubic; crop_pct defaults to 224/256) and center-crop
+  ``input_size``. (``input_size ≤ 32``: no resize, no crop — the official code's CIFAR branch.)
+- ToTensor (÷255, CHW, float32), then Normalize with ImageNet's mean/std, or Inception's (0.5) when the checkpoint's
+  ``args.imagenet_default_mean_and_std`` is false.
+
+Folders: an ImageFolder tree (``class/xxx.jpg``; classes sorted = label index, as torchvision) or a flat folder (no
+labels). A file that is not an image, or an image that cannot be decoded, is skipped and counted, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vanilladeploy.errors import MissingDependencyError, UsageError
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
+IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
+DEFAULT_CROP_PCT = 224 / 256
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""torchvision's ``IMG_EXTENSIONS``."""
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise MissingDependencyError("reading images needs Pillow: pip install 'vanilladeploy[eval]'") from None
+    return Image
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The official eval transform as data; ``sources`` says where each value came from."""
+
+    img_size: int = 224
+    crop_pct: float = DEFAULT_CROP_PCT
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
+    sources: Mapping[str, str] = field(default_factory=lambda: {"img_size": "default", "crop_pct": "default",
+                                                                "mean_std": "default"})
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], *, img_size: int | None = None) -> Preprocess:
+        """Values from a checkpoint's ``args`` (``input_size``, ``crop_pct``, ``imagenet_default_mean_and_std``);
+        an explicit ``img_size`` (an option, or an ONNX graph's input) wins over ``args.input_size``."""
+        sources = {}
+        if img_size is not None:
+            size, sources["img_size"] = img_size, "option"
+        elif isinstance(args.get("input_size"), int):
+            size, sources["img_size"] = args["input_size"], "checkpoint args"
+        else:
+            size, sources["img_size"] = 224, "default"
+        crop = args.get("crop_pct")
+        crop_ok = isinstance(crop, (int, float)) and not isinstance(crop, bool) and 0 < crop
+        sources["crop_pct"] = "checkpoint args" if crop_ok else "default"
+        flag = args.get("imagenet_default_mean_and_std")
+        sources["mean_std"] = "checkpoint args" if isinstance(flag, bool) else "default"
+        inception = flag is False
+        return cls(size, float(crop) if crop_ok else DEFAULT_CROP_PCT,
+                   IMAGENET_INCEPTION_MEAN if inception else IMAGENET_DEFAULT_MEAN,
+                   IMAGENET_INCEPTION_STD if inception else IMAGENET_DEFAULT_STD, sources)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"img_size": self.img_size, "crop_pct": self.crop_pct, "mean": list(self.mean), "std": list(self.std),
+                "resize": self.resize_rule(), "interpolation": "bicubic", "sources": dict(self.sources)}
+
+    def resize_rule(self) -> str:
+        if self.img_size <= 32:
+            return "none (input_size <= 32)"
+        if self.img_size >= 384:
+            return f"warp to {self.img_size}x{self.img_size}"
+        return f"shorter side to {int(self.img_size / self.crop_pct)}, center crop {self.img_size}"
+
+    def __call__(self, image: Any) -> np.ndarray:
+        """A PIL image (any mode) → float32 (3, img_size, img_size)."""
+        Image = _pil()
+        image = image.convert("RGB")
+        if self.img_size > 32:
+            if self.img_size >= 384:
+                image = image.resize((self.img_size, self.img_size), Image.BICUBIC)
+            else:
+                image = _center_crop(_resize_shorter(image, int(self.img_size / self.crop_pct)), self.img_size)
+        x = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        x = x.transpose(2, 0, 1)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def _resize_shorter(image: Any, size: int) -> Any:
+    """torchvision ``Resize(size)`` on a PIL image: shorter side → ``size``, longer side scaled and truncated."""
+    Image = _pil()
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    return image.resize((new_w, new_h), Image.BICUBIC)
+
+
+def _center_crop(image: Any, size: int) -> Any:
+    """torchvision ``CenterCrop(size)``: zero padding first when the image is smaller, then the rounded center."""
+    w, h = image.size
+    if w < size or h < size:
+        from PIL import ImageOps
+
+        pad_l, pad_t = (size - w) // 2 if size > w else 0, (size - h) // 2 if size > h else 0
+        pad_r, pad_b = (size - w + 1) // 2 if size > w else 0, (size - h + 1) // 2 if size > h else 0
+        image = ImageOps.expand(image, border=(pad_l, pad_t, pad_r, pad_b), fill=0)
+        w, h = image.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """Image files under ``root``: an ImageFolder tree (``labels``, ``classes``) or a flat folder (both None).
+    ``ignored`` are files that are not images by extension (counted as skipped)."""
+
+    root: Path
+    files: tuple[Path, ...]
+    labels: tuple[int, ...] | None
+    classes: tuple[str, ...] | None
+    ignored: tuple[Path, ...] = ()
+
+
+def scan_folder(root: Path) -> ImageFolder:
+    """Sorted files; class folders sorted → label index (as torchvision's ``ImageFolder``)."""
+    if not root.is_dir():
+        raise UsageError(f"--data {root}: no such directory.")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes:
+        files, labels, ignored = [], [], []
+        for index, name in enumerate(classes):
+            for path in sorted(p for p in (root / name).rglob("*") if p.is_file()):
+                (files if path.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(path)
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    labels.append(index)
+        folder = ImageFolder(root, tuple(files), tuple(labels), tuple(classes), tuple(ignored))
+    else:
+        entries = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+        folder = ImageFolder(root, tuple(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS), None, None,
+                             tuple(p for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS))
+    if not folder.files:
+        raise UsageError(f"--data {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found.")
+    return folder
+
+
+def load_image(path: Path, preprocess: Preprocess) -> np.ndarray:
+    """Decode and preprocess one file; raises ``OSError``/``ValueError`` for a file PIL cannot decode."""
+    Image = _pil()
+    with Image.open(path) as image:
+        image.load()
+        return preprocess(image)
+
+
+def iter_batches(folder: ImageFolder, preprocess: Preprocess, *, batch: int, indices: Sequence[int] | None = None,
+                 skipped: list[tuple[Path, str]] | None = None
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray | None, list[int]]]:
+    """Yield ``(images N×3×S×S, labels or None, folder indices)``; unreadable files go to ``skipped`` with the
+    reason (non-image files of the folder included, once) and never interrupt the stream."""
+    if skipped is not None and indices is None:
+        skipped.extend((p, "not an image file (by extension)") for p in folder.ignored)
+    order = range(len(folder.files)) if indices is None else indices
+    images: list[np.ndarray] = []
+    kept: list[int] = []
+    for i in order:
+        try:
+            images.append(load_image(folder.files[i], preprocess))
+            kept.append(i)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated/corrupt/unknown files
+            if skipped is not None:
+                skipped.append((folder.files[i], f"{type(e).__name__}: {e}"))
+        if len(images) == batch:
+            yield _batch(folder, images, kept)
+            images, kept = [], []
+    if images:
+        yield _batch(folder, images, kept)
+
+
+def _batch(folder: ImageFolder, images: list[np.ndarray], kept: list[int]
+           ) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    labels = None if folder.labels is None else np.asarray([folder.labels[i] for i in kept], dtype=np.int64)
+    return np.stack(images), labels, list(kept)
+
+
+__all__ = ["IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "ImageFolder", "Preprocess", "iter_batches",
+           "load_image", "scan_folder"]
