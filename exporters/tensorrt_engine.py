@@ -108,6 +108,8 @@ def _builder_config(trt: Any, builder: Any, network: Any, opts: TrtBuildOptions,
         config.clear_flag(trt.BuilderFlag.TF32)
     if opts.precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+    if opts.precision == "int8" and not strongly_typed:  # explicit quantization: the Q/DQ of the int8 ONNX
+        config.set_flag(trt.BuilderFlag.INT8)
     if opts.detailed_log:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profile, p, dynamic = builder.create_optimization_profile(), opts.profile, False

@@ -15,7 +15,7 @@ from typing import Any
 
 from exporters.trt_compat import BatchProfile
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 DEFAULT_OPT_LEVEL = 3
 INSTALL_HINT = "pip install 'vanilladeploy[trt]' on a machine with an NVIDIA GPU and driver"
@@ -96,7 +96,7 @@ def trtexec_command(onnx_path: Path, engine_path: Path, *, input_name: str, inpu
     """The ``trtexec`` line that builds the same engine (and times it at the opt batch), for TensorRT 10 or 11.
 
     For fp16, TensorRT 10 takes the fp32 ONNX with ``--fp16``; TensorRT 11 (strongly typed only) takes the
-    fp16-typed ONNX copy, passed here as ``onnx_path``.
+    fp16-typed ONNX copy, passed here as ``onnx_path``. int8 is always the QDQ ONNX (``--int8`` on TensorRT 10).
     """
     args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     if dynamic_batch:
@@ -106,6 +106,8 @@ def trtexec_command(onnx_path: Path, engine_path: Path, *, input_name: str, inpu
         args.append(f"--shapes={input_name}:{_shape(p.opt, input_shape)}")
     if opts.precision == "fp16" and tensorrt_major < 11:
         args.append("--fp16")
+    if opts.precision == "int8" and tensorrt_major < 11:  # the QDQ ONNX: explicit quantization
+        args.append("--int8")
     if opts.precision == "fp32":
         args.append("--noTF32")
     workspace = opts.workspace_bytes

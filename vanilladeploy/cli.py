@@ -114,7 +114,7 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """Turn VanillaNet training checkpoints into verified deployable artifacts."""
 
 
-Precision = Literal["fp32", "fp16"]
+Precision = Literal["fp32", "fp16", "int8"]
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -317,6 +317,13 @@ def _render_export(report: dict[str, Any], artifacts: dict[str, Path]) -> None:
     for name in ("torch", "onnxruntime", "onnxruntime_fp16"):
         if name in ver:
             _verification_row(table, f"{name.replace('_', ' ')} vs training form", ver[name])
+    if "int8" in report:
+        v = report["int8"]["verification"]
+        table.add_row(f"int8 vs fp32 ({report['int8']['holdout']['images']} held-out images)",
+                      "[green]pass[/]" if v["passed"] else "[red]FAIL[/]",
+                      f"top-1 agreement {v['agreement_top1']}% (≥ {v['min_agreement']}%), mean rel L2 "
+                      f"{_fmt(v['mean_rel_l2'])}; calibrated on {report['int8']['calibration']['images']} images "
+                      f"({report['int8']['calibration']['method']})")
     if "against_trained_lambda" in ver:
         v = ver["against_trained_lambda"]
         table.add_row("vs trained λ network", "[yellow]inexact[/]", f"rel L2 {_fmt(v['rel_l2'])}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,9 @@ from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import MissingDependencyError, VanillaDeployError, VerificationError
 from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_TRT_FP32, top1_agreement, verify_outputs
+
+TOLERANCE_INT8_ENGINE = 5e-2
+"""A TensorRT int8 engine against the int8 QDQ ONNX in ONNX Runtime (two int8 kernels' rounding), plus top-1."""
 
 if TYPE_CHECKING:
     from vanilladeploy.export import _Timer
@@ -62,8 +65,8 @@ def verify_against(name: str, runner: Runner, job: EngineJob, *, tolerance: floa
     return record
 
 
-def export_engine(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]
-                  ) -> VanillaDeployError | None:
+def export_engine(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any], *,
+                  int8_onnx: Path | None = None) -> VanillaDeployError | None:
     """Stage what ``--trt`` produces and fill ``report["tensorrt"]``; the returned error (TensorRT missing, engine
     not verified) is for after publishing. Errors that make the ONNX itself unusable are raised."""
     opts = job.opts
@@ -75,13 +78,13 @@ def export_engine(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report:
     section["compatibility"] = compat.as_dict()
     if not compat:
         raise VerificationError(f"the ONNX graph is not TensorRT-compatible: {compat.errors[0]}")
-    fp16_path = fp16_copy(job, writer, timer, report) if opts.precision == "fp16" else None
-    section["trtexec"] = _trtexec_lines(job, fp16_path)
+    typed = fp16_copy(job, writer, timer, report) if opts.precision == "fp16" else int8_onnx
+    section["trtexec"] = _trtexec_lines(job, typed)
     missing = tensorrt_missing()
     if missing:
         section.update(status="not built", reason=missing)
         return MissingDependencyError(f"{missing}. The ONNX was written and verified; no engine was built.")
-    return _build_and_verify(job, writer, timer, section, fp16_path)
+    return _build_and_verify(job, writer, timer, section, typed)
 
 
 def fp16_copy(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]) -> Path:
@@ -99,14 +102,16 @@ def fp16_copy(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: dic
     return path
 
 
-def _trtexec_lines(job: EngineJob, fp16_path: Path | None) -> dict[str, str]:
-    """The equivalent trtexec builds, for TensorRT 10 and 11, with the published file names."""
+def _trtexec_lines(job: EngineJob, typed: Path | None) -> dict[str, str]:
+    """The equivalent trtexec builds, for TensorRT 10 and 11, with the published file names (``typed``: the fp16 or
+    int8 ONNX copy)."""
     final = job.final_dir
     engine = final / engine_name(job.name, job.opts.precision)
     shape = tuple(job.inputs[0].shape)
     lines = {}
     for major in (10, 11):
-        onnx_file = final / (fp16_path.name if fp16_path is not None and major >= 11 else job.onnx_path.name)
+        use_typed = typed is not None and (major >= 11 or job.opts.precision == "int8")
+        onnx_file = final / (typed.name if use_typed else job.onnx_path.name)
         lines[f"tensorrt{major}"] = trtexec_command(onnx_file, engine, input_name=INPUT_NAME, input_shape=shape,
                                                     dynamic_batch=job.static_batch is None, opts=job.opts,
                                                     tensorrt_major=major)
@@ -114,10 +119,11 @@ def _trtexec_lines(job: EngineJob, fp16_path: Path | None) -> dict[str, str]:
 
 
 def _build_and_verify(job: EngineJob, writer: ArtifactWriter, timer: _Timer, section: dict[str, Any],
-                      fp16_path: Path | None) -> VanillaDeployError | None:
+                      typed: Path | None) -> VanillaDeployError | None:
     from exporters.tensorrt_engine import TensorRTRunner, build_engine, gpu_identity, strongly_typed_only
 
-    source = fp16_path if (fp16_path is not None and strongly_typed_only()) else job.onnx_path
+    int8 = job.opts.precision == "int8"
+    source = typed if typed is not None and (int8 or strongly_typed_only()) else job.onnx_path
     with timer.step("tensorrt_build_s", f"Building the TensorRT {job.opts.precision} engine (minutes)"):
         try:
             built = build_engine(source, job.opts)
@@ -135,11 +141,14 @@ def _build_and_verify(job: EngineJob, writer: ArtifactWriter, timer: _Timer, sec
         log.write_text("\n".join(built.log) + "\n\n# engine layers (JSON)\n" + built.layer_info + "\n",
                        encoding="utf-8")
     fp16 = job.opts.precision == "fp16"
-    tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_TRT_FP32
+    tolerance = TOLERANCE_INT8_ENGINE if int8 else TOLERANCE_FP16 if fp16 else TOLERANCE_TRT_FP32
+    if int8 and typed is not None:  # an int8 engine answers for the int8 ONNX it was built from, not for fp32
+        with OnnxRuntimeRunner(typed) as runner:
+            job = replace(job, references=[runner.infer(x) for x in job.inputs])
     with timer.step("verify_tensorrt_s", "Running and verifying the engine"):
         try:
             record = verify_against("tensorrt", TensorRTRunner(built.plan, sidecar=sidecar), job,
-                                    tolerance=tolerance, max_batch=job.opts.profile.max, top1=fp16)
+                                    tolerance=tolerance, max_batch=job.opts.profile.max, top1=fp16 or int8)
         except (EngineMismatchError, RuntimeError) as e:
             record = {"passed": False, "error": str(e)}
     sidecar["verified"] = bool(record["passed"])

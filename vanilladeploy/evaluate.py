@@ -152,13 +152,14 @@ class EvalResult:
 
 def evaluate(artifacts: Sequence[str], data: Path, *, limit: int | None = None, batch: int = 32,
              arch: str | None = None, progress: Progress = lambda done, total: None,
-             indices: Sequence[int] | None = None) -> EvalResult:
-    """Run every artifact on the folder's images (the first ``limit``, or ``indices``), batch by batch."""
+             indices: Sequence[int] | None = None, preprocess: Preprocess | None = None) -> EvalResult:
+    """Run every artifact on the folder's images (the first ``limit``, or ``indices``), batch by batch, with
+    ``preprocess`` or the one the artifacts imply (:func:`choose_preprocess`)."""
     if not artifacts:
         raise UsageError("give at least one artifact to evaluate.")
     folder = scan_folder(data)
     opened = [open_artifact(a, arch=arch) for a in artifacts]
-    pre = choose_preprocess(opened)
+    pre = preprocess or choose_preprocess(opened)
     order = list(indices) if indices is not None else list(range(len(folder.files)))[:limit]
     tallies = [_Tally(a.name, a.kind) for a in opened]
     skipped: list[tuple[Path, str]] = []
@@ -177,7 +178,8 @@ def evaluate(artifacts: Sequence[str], data: Path, *, limit: int | None = None, 
                 tally.add(y, outputs[0], labels, paths)
             images, classes = images + len(x), outputs[0].shape[1]
             progress(images, len(order))
-    skipped = [(p, "not an image file (by extension)") for p in folder.ignored] + skipped
+    if indices is None:
+        skipped = [(p, "not an image file (by extension)") for p in folder.ignored] + skipped
     labelled = folder.labels is not None
     return EvalResult(data, images, labelled, pre.as_dict(), skipped,
                       [t.as_dict(images, labelled, classes) for t in tallies])

@@ -36,7 +36,7 @@ from vanilladeploy.errors import (CheckpointError, InexactMergeError, OutputErro
 from vanilladeploy.reparam import ReparamResult, reparameterize_state_dict
 from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, first_divergent_layer, random_inputs, verify_outputs
 
-EXPORT_PRECISIONS = ("fp32", "fp16")
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 Progress = Callable[[str, "float | None"], None]
 """Called with ``(message, None)`` when a step starts and ``(message, seconds)`` when it ends."""
 
@@ -56,7 +56,13 @@ class ExportOptions:
     num_inputs: int = 3
     seed: int = 0
     precision: str = "fp32"
-    """fp32: the verified ONNX only; fp16: also ``<name>.fp16.onnx``, verified (with ``trt``: the engine's)."""
+    """fp32: the verified ONNX only; fp16: also ``<name>.fp16.onnx``; int8: also ``<name>.int8.onnx`` (QDQ,
+    calibrated on ``calib``); each verified. With ``trt``: the engine's precision."""
+    calib: Path | None = None
+    calib_count: int = 256
+    calib_method: str = "minmax"
+    min_agreement: float = 99.0
+    holdout_count: int = 256
     trt: TrtBuildOptions | None = None
     """Also build and verify a TensorRT engine (``--trt``)."""
 
@@ -115,6 +121,28 @@ def detect(checkpoint: Checkpoint, *, arch: str | None = None) -> Architecture:
                                    args_model=args_model if isinstance(args_model, str) else None)
     check_keys_and_shapes(checkpoint.state_dict, detected, checkpoint.form)
     return detected
+
+
+def check_precision_options(opts: ExportOptions) -> None:
+    """``--precision`` and the INT8 options, before any work."""
+    from exporters.int8 import METHODS
+
+    if opts.precision not in EXPORT_PRECISIONS:
+        raise UsageError(f"--precision {opts.precision}: choose one of {', '.join(EXPORT_PRECISIONS)}.")
+    if opts.precision == "int8" and opts.calib is None:
+        raise UsageError("--precision int8 needs --calib DIR, a folder of images to calibrate on (an int8 model "
+                         "calibrated on noise is not deployable).")
+    if opts.precision != "int8" and opts.calib is not None:
+        raise UsageError("--calib has no effect without --precision int8: add it, or drop --calib.")
+    if opts.calib_method not in METHODS:
+        raise UsageError(f"--calib-method {opts.calib_method}: choose one of {', '.join(METHODS)}.")
+    if opts.calib_count < 1 or opts.holdout_count < 1 or not 0 <= opts.min_agreement <= 100:
+        raise UsageError("--calib-count must be ≥ 1 and --min-agreement between 0 and 100.")
+    if opts.calib is not None:  # the folder must hold images for calibration AND held-out ones: say so now
+        from vanilladeploy.images import scan_folder
+        from vanilladeploy.int8_export import split_folder
+
+        split_folder(scan_folder(opts.calib), calib_count=opts.calib_count, holdout_count=opts.holdout_count)
 
 
 def require_exact(info: LambdaInfo, *, allow_inexact: bool) -> None:
@@ -212,12 +240,11 @@ def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_p
 def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = lambda *_: None) -> ExportResult:
     """Run the whole export; raises a :class:`~vanilladeploy.errors.VanillaDeployError` on any failure, in which
     case nothing is written (earlier artifacts in the output directory stay as they were)."""
+    check_precision_options(opts)
     timer = _Timer(progress)
     with timer.step("load_s", f"Loading {source}"):
         ckpt = resolve_source(source, key=opts.key, seed=opts.seed)
         arch = detect(ckpt, arch=opts.arch)
-    if opts.precision not in EXPORT_PRECISIONS:
-        raise UsageError(f"--precision {opts.precision}: choose one of {', '.join(EXPORT_PRECISIONS)}.")
     lam = lambda_of(ckpt)
     require_exact(lam, allow_inexact=opts.allow_inexact)
     _check_img_size(arch, opts.img_size)
@@ -240,13 +267,23 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
                 "num_classes": str(arch.num_classes), "source_sha256": ckpt.sha256 or "untrained",
                 "lambda": repr(lam.value), "img_size": str(opts.img_size), "precision": "fp32"}
     try:
-        return _write_artifacts(run, writer, deploy, metadata)
+        return _write_artifacts(run, writer, deploy, metadata, ckpt.args)
     except OSError as e:
         raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}. Choose another --out.") from None
 
 
-def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, metadata: dict[str, str]
-                     ) -> ExportResult:
+def _int8(run: _Run, onnx_tmp: Path, model: onnx.ModelProto, writer: ArtifactWriter, args: dict[str, Any]
+          ) -> tuple[Path, VanillaDeployError | None]:
+    from vanilladeploy.int8_export import Int8Options, int8_copy
+
+    opts = run.opts
+    assert opts.calib is not None
+    int8 = Int8Options(opts.calib, opts.calib_count, opts.calib_method, opts.min_agreement, opts.holdout_count)
+    return int8_copy(run.arch.name, onnx_tmp, model, args, opts.img_size, int8, writer, run.timer, run.report)
+
+
+def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, metadata: dict[str, str],
+                     args: dict[str, Any]) -> ExportResult:
     """Stage the ONNX (verified in place), the deploy state dict and the report; then publish them together."""
     name, report = run.arch.name, run.report
     with writer:
@@ -254,11 +291,13 @@ def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, meta
         model = _export_onnx(run, deploy, metadata, onnx_tmp)
         pth_tmp = writer.stage(f"{name}_deploy.pth")
         torch.save({"model": deploy.state_dict()}, pth_tmp)
-        error = None
+        error, int8_path = None, None
+        if run.opts.precision == "int8":
+            int8_path, error = _int8(run, onnx_tmp, model, writer, args)
         if run.opts.trt is not None:
             job = EngineJob(name, onnx_tmp, model, writer.out_dir, run.opts.trt, run.inputs, run.references,
                             run.opts.static_batch)
-            error = export_engine(job, writer, run.timer, report)
+            error = export_engine(job, writer, run.timer, report, int8_onnx=int8_path) or error
         elif run.opts.precision == "fp16":
             job = EngineJob(name, onnx_tmp, model, writer.out_dir, None, run.inputs, run.references,
                             run.opts.static_batch)

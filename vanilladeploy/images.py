@@ -139,7 +139,7 @@ class ImageFolder:
 def scan_folder(root: Path) -> ImageFolder:
     """Sorted files; class folders sorted → label index (as torchvision's ``ImageFolder``)."""
     if not root.is_dir():
-        raise UsageError(f"--data {root}: no such directory.")
+        raise UsageError(f"{root}: no such directory (an image folder is needed).")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if classes:
         files, labels, ignored = [], [], []
@@ -154,7 +154,7 @@ def scan_folder(root: Path) -> ImageFolder:
         folder = ImageFolder(root, tuple(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS), None, None,
                              tuple(p for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS))
     if not folder.files:
-        raise UsageError(f"--data {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found.")
+        raise UsageError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found.")
     return folder
 
 

@@ -1,0 +1,113 @@
+"""The ``--precision int8`` part of ``vanilladeploy export``: calibrate on real images, verify on held-out ones.
+
+The ``--calib`` folder is scanned (sorted), shuffled with a fixed seed so classes mix, and split by position: the
+first ``calib_count`` images calibrate, the next ``holdout_count`` are held out — disjoint by construction. The
+int8 QDQ ONNX is then run beside the fp32 ONNX on the held-out images, preprocessed exactly as calibration was (the
+official eval transform with the checkpoint's args): top-1 agreement must reach ``min_agreement`` %. A failing int8
+model is still published, marked unverified in the report, and the export exits 1 (as for an fp16 engine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from exporters.int8 import quantize_qdq
+from exporters.onnx_export import set_metadata
+from vanilladeploy.atomic import ArtifactWriter
+from vanilladeploy.errors import UsageError, VanillaDeployError, VerificationError
+from vanilladeploy.evaluate import evaluate
+from vanilladeploy.images import ImageFolder, Preprocess, iter_batches, scan_folder
+
+if TYPE_CHECKING:
+    from vanilladeploy.export import _Timer
+
+SPLIT_SEED = 0
+CALIB_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    calib: Path
+    calib_count: int = 256
+    calib_method: str = "minmax"
+    min_agreement: float = 99.0
+    holdout_count: int = 256
+
+
+@dataclass(frozen=True)
+class Split:
+    calibration: tuple[int, ...]
+    holdout: tuple[int, ...]
+
+    def files_sha256(self, folder: ImageFolder) -> str:
+        names = "\n".join(str(folder.files[i].relative_to(folder.root)) for i in sorted(self.calibration))
+        return hashlib.sha256(names.encode()).hexdigest()
+
+
+def split_folder(folder: ImageFolder, *, calib_count: int, holdout_count: int, seed: int = SPLIT_SEED) -> Split:
+    """Seeded shuffle, then the first ``calib_count`` calibrate and the next ``holdout_count`` are held out."""
+    n = len(folder.files)
+    if n < calib_count + 1:
+        raise UsageError(f"--calib {folder.root}: {n} images, but --calib-count {calib_count} would leave none held "
+                         f"out to verify the int8 model; pass --calib-count {max(1, n * 3 // 4)} or add images.")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    return Split(tuple(order[:calib_count]), tuple(order[calib_count:calib_count + holdout_count]))
+
+
+def _calibration_batches(folder: ImageFolder, pre: Preprocess, split: Split,
+                         skipped: list[tuple[Path, str]]) -> Iterator[np.ndarray]:
+    for x, _, _ in iter_batches(folder, pre, batch=CALIB_BATCH, indices=split.calibration, skipped=skipped):
+        yield x
+
+
+def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, args: dict[str, Any], img_size: int,
+              opts: Int8Options, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]
+              ) -> tuple[Path, VanillaDeployError | None]:
+    """Stage ``<name>.int8.onnx`` and fill ``report["int8"]``; the error (agreement too low) is for after publishing."""
+    folder = scan_folder(opts.calib)
+    split = split_folder(folder, calib_count=opts.calib_count, holdout_count=opts.holdout_count)
+    pre = Preprocess.from_args(args, img_size=img_size)
+    pre = Preprocess(pre.img_size, pre.crop_pct, pre.mean, pre.std, {**pre.sources, "img_size": "export --img-size"})
+    path, skipped = writer.stage(f"{name}.int8.onnx"), []
+    with timer.step("int8_calibrate_s", f"Calibrating int8 on {len(split.calibration)} images ({opts.calib_method})"):
+        result = quantize_qdq(fp32_onnx, path, _calibration_batches(folder, pre, split, skipped),
+                              method=opts.calib_method)
+    if not result:
+        raise VerificationError(f"the int8 graph breaks the QDQ contract: {result.problems[0]}")
+    int8_model = onnx.load(path)
+    set_metadata(int8_model, {**{p.key: p.value for p in model.metadata_props}, "precision": "int8",
+                              "calibration_method": opts.calib_method,
+                              "calibration_images": str(len(split.calibration) - len(skipped))})
+    onnx.save(int8_model, path)
+    with timer.step("int8_verify_s", f"Verifying int8 against fp32 on {len(split.holdout)} held-out images"):
+        held = evaluate([str(fp32_onnx), str(path)], opts.calib, indices=split.holdout, preprocess=pre).as_dict()
+    row = held["artifacts"][1]
+    passed = row["agreement_top1"] is not None and row["agreement_top1"] >= opts.min_agreement
+    report["int8"] = {
+        "file": path.name, "verified": passed, "preprocessing": pre.as_dict(),
+        "calibration": {"method": opts.calib_method, "folder": str(opts.calib), "images": len(split.calibration)
+                        - len(skipped), "skipped": len(skipped), "split_seed": SPLIT_SEED,
+                        "files_sha256": split.files_sha256(folder), "quantized_convs": result.quantized_convs},
+        "holdout": {"images": held["images"], "skipped": held["skipped"]["count"]},
+        "verification": {"against": "fp32 ONNX (ONNX Runtime)", "agreement_top1": row["agreement_top1"],
+                         "mean_rel_l2": row["mean_rel_l2"], "worst": row["worst"],
+                         "min_agreement": opts.min_agreement, "passed": passed},
+    }
+    if held["images"] == 0:
+        raise UsageError(f"--calib {opts.calib}: none of the held-out images could be read.")
+    if not passed:
+        return path, VerificationError(
+            f"the int8 model agrees with fp32 on {row['agreement_top1']}% of {held['images']} held-out images, below "
+            f"--min-agreement {opts.min_agreement}%. It was written but is marked unverified in the report; try "
+            "--calib-method entropy or percentile, or more calibration images.")
+    return path, None
+
+
+__all__ = ["Int8Options", "Split", "int8_copy", "split_folder"]
