@@ -48,6 +48,7 @@ class Prepared:
     peak_memory_mb: float | None = None
     memory_kind: str = ""
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    calibration: str | None = None  # int8: what the scales were calibrated on
 
 
 def _inputs(cfg: BenchConfig, *, device: str, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -74,6 +75,35 @@ def cuda_subject(step: Callable[[], object], *, before: Callable[[], object] | N
     return subject
 
 
+INT8_BACKENDS = ("onnxruntime", "tensorrt")
+INT8_CALIBRATION = "seeded random inputs (timing only: the scales are not judged here; see vanilladeploy eval)"
+
+
+def _int8_onnx(path: Path, cfg: BenchConfig) -> Path:
+    """The QDQ int8 copy of ``path`` (cached beside it), calibrated on 8 seeded N(0,1) inputs: bench times, it does
+    not judge accuracy."""
+    import onnx
+
+    from exporters.int8 import quantize_qdq
+
+    target = path.with_name(path.stem + ".int8.onnx")
+    if not target.exists():
+        g = torch.Generator().manual_seed(0)
+        batches = [torch.randn(1, 3, cfg.img_size, cfg.img_size, generator=g).numpy() for _ in range(8)]
+
+        def write(tmp: Path) -> None:
+            try:
+                result = quantize_qdq(path, tmp, batches)
+            except Exception as e:  # a graph ORT's quantizer cannot handle is a skipped model, not a failed run
+                raise SkipModel(f"no int8 ONNX: {type(e).__name__}: {e}") from None
+            if not result:
+                raise SkipModel(f"int8 ONNX breaks the QDQ contract: {result.problems[0]}")
+            onnx.checker.check_model(str(tmp))
+
+        write_atomically(target, write)
+    return target
+
+
 def _dtype(precision: str) -> torch.dtype:
     return torch.float16 if precision == "fp16" else torch.float32
 
@@ -97,6 +127,8 @@ class Backend(ABC):
         """Why this backend cannot run with ``cfg`` on this machine, or None."""
         if cfg.precision == "fp16" and cfg.device == "cpu":
             return "fp16 is measured on CUDA only (CPU backends have no fast fp16 kernels)"
+        if cfg.precision == "int8" and self.name not in INT8_BACKENDS:
+            return "int8 runs as a QDQ graph in onnxruntime and tensorrt only"
         return None
 
     @abstractmethod
@@ -232,6 +264,8 @@ class OnnxRuntimeBackend(Backend):
         path = export_onnx(entry, model, cfg)
         if cfg.precision == "fp16":
             path = _fp16_onnx(path)
+        if cfg.precision == "int8":
+            path = _int8_onnx(path, cfg)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -248,7 +282,8 @@ class OnnxRuntimeBackend(Backend):
             step = _bound_cuda_step(session, cfg)
         step()
         subject = cuda_subject(step) if cfg.device == "cuda" else timed_on_clock(step)
-        return Prepared(subject, *(_peak_memory(cfg) if cfg.device == "cpu" else (None, "not tracked (ORT arena)")))
+        return Prepared(subject, *(_peak_memory(cfg) if cfg.device == "cpu" else (None, "not tracked (ORT arena)")),
+                        calibration=INT8_CALIBRATION if cfg.precision == "int8" else None)
 
 
 def _bound_cuda_step(session: object, cfg: BenchConfig) -> Callable[[], None]:
@@ -285,6 +320,8 @@ class TensorRTBackend(Backend):
         path = export_onnx(entry, model, cfg)
         if cfg.precision == "fp16" and strongly_typed_only():
             path = _fp16_onnx(path)
+        if cfg.precision == "int8":
+            path = _int8_onnx(path, cfg)
         opts = TrtBuildOptions(precision=cfg.precision, profile=BatchProfile.fixed(cfg.batch),
                                timing_cache=cfg.cache_dir / "tensorrt.timing-cache")
         try:

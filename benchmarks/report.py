@@ -12,10 +12,11 @@ from typing import Any
 
 from exporters.files import write_atomically
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CSV_FIELDS = ("model", "family", "form", "backend", "device", "precision", "batch", "img_size", "status", "reason",
               "iterations", "median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "std_ms", "throughput_img_s",
-              "peak_memory_mb", "gflops", "params_m", "depth", "floor_ms", "efficiency", "top1",
+              "peak_memory_mb", "gflops", "params_m", "depth", "floor_ms", "efficiency", "floor_exceeded",
+              "speedup_vs_fp32", "peak_used", "calibration", "top1",
               "published_pytorch_a100_ms", "published_trt_fp32_a100_ms", "published_trt_fp16_a100_ms")
 
 
@@ -70,6 +71,14 @@ def write_plot(path: Path, records: list[dict[str, Any]], *, title: str) -> Path
     left.set(xlabel="median latency (ms, ours)", ylabel="ImageNet top-1 (%, published)", title="accuracy vs latency")
     right.set(xlabel="depth (weight layers on the main path)", ylabel="median latency (ms)",
               title="depth vs latency", xscale="log")
+    depths = sorted({r["depth"] for r in ok})
+    if depths:  # plain integer ticks on the log axis (not "6×10⁰")
+        from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+        right.xaxis.set_major_locator(FixedLocator(depths))
+        right.xaxis.set_major_formatter(ScalarFormatter())
+        right.xaxis.set_minor_locator(NullLocator())
+        right.xaxis.set_minor_formatter(NullFormatter())
     for ax in (left, right):
         ax.grid(alpha=0.3)
         if ax.lines:

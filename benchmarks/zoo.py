@@ -115,7 +115,7 @@ class ModelCost:
     depth: int
 
     def weight_bytes(self, precision: str) -> int:
-        return self.params * (2 if precision == "fp16" else 4)
+        return self.params * {"fp16": 2, "int8": 1}.get(precision, 4)
 
 
 def model_cost(model: nn.Module, *, batch: int, img_size: int) -> ModelCost:

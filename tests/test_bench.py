@@ -29,8 +29,8 @@ def test_bench_runs_and_prints_the_table(bench_run: tuple) -> None:
     result, out = bench_run
     assert result.exit_code == 0, result.output
     assert "torch · cpu · fp32 · batch 1" in result.output and "onnxruntime · cpu" in result.output
-    assert "tensorrt: skipped — TensorRT needs --device cuda" in result.output
-    assert "torch-cudagraph: skipped — CUDA graphs need --device cuda" in result.output
+    assert "tensorrt fp32: skipped — TensorRT needs --device cuda" in result.output
+    assert "torch-cudagraph fp32: skipped — CUDA graphs need --device cuda" in result.output
     assert "1.61 / 0.33 / 0.27" in result.output  # the published A100 numbers of VanillaNet-5 beside ours
 
 
@@ -39,7 +39,9 @@ def test_bench_json_schema(bench_run: tuple) -> None:
     doc = json.loads((out / "r.json").read_text())
     assert doc["schema_version"] == SCHEMA_VERSION and doc["config"]["device"] == "cpu"
     assert doc["machine"]["pinning"]["threads"] == 1 and doc["machine"]["versions"]["onnxruntime"]
-    assert doc["device_peak"]["peak_flops"] > 0
+    peak = doc["peaks"]["fp32"]
+    assert peak["peak_flops"] > 0 and peak["bandwidth_bytes_s"] > 0 and peak["winner"]
+    assert {c["name"].split(" ")[0] for c in peak["candidates"]} >= {"torch.mm", "onnxruntime", "copy"}
     records = doc["records"]
     keys = {(r["model"], r["backend"]) for r in records}
     models = ("vanillanet_5", "resnet18", "vanillanet_5:train")
@@ -50,6 +52,7 @@ def test_bench_json_schema(bench_run: tuple) -> None:
             s = r["stats"]
             assert r["status"] == "ok" and s["iterations"] == 3 and 0 < s["min_ms"] <= s["median_ms"] <= s["p99_ms"]
             assert r["floor_ms"] > 0 and r["efficiency"] == pytest.approx(r["floor_ms"] / s["median_ms"], rel=1e-3)
+            assert r["floor_exceeded"] == (r["efficiency"] > 1.0) and r["peak_used"] == peak["winner"]
             assert r["peak_memory_mb"] > 0 and r["copies_included"] is False
         else:
             assert r["status"] == "skipped" and "--device cuda" in r["reason"] and r["stats"] is None
@@ -72,7 +75,8 @@ def test_bench_csv_and_plot(bench_run: tuple) -> None:
 @pytest.mark.parametrize("args,words", [
     (("--models", "resnet51"), "unknown model 'resnet51'"),
     (("--backends", "tvm"), "unknown backend 'tvm'"),
-    (("--precision", "int8"), "--precision int8"),
+    (("--precision", "int9"), "--precision 'int9'"),
+    (("--precision", "fp32,bf16"), "--precision 'bf16'"),
     (("--device", "tpu"), "--device tpu"),
 ])
 def test_bench_usage_errors(args: tuple[str, ...], words: str, tmp_path: Path) -> None:
@@ -110,4 +114,47 @@ def test_missing_matplotlib_is_reported_before_timing(tmp_path: Path, monkeypatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     result = run("bench", "--models", "vanillanet_5", "--json", tmp_path / "r.json", "--cache-dir", tmp_path)
     assert result.exit_code == 3 and "pip install 'vanilladeploy[bench]'" in result.output
-    assert not (tmp_path / "r.json").exists() and not (tmp_path / "device-peaks.json").exists()
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_int8_record_beside_fp32_in_one_run(tmp_path: Path) -> None:
+    from vanilladeploy.bench import BenchOptions, run_bench
+
+    result = run_bench(BenchOptions(models="vanillanet_5", backends=["onnxruntime", "torch"], device="cpu",
+                                    precision="fp32,int8", img_size=64, warmup=1, iters=3, threads=1,
+                                    cache_dir=tmp_path, gemm_n=256, copy_bytes=8 << 20))
+    records = {(r["backend"], r["precision"]): r for r in result.records}
+    fp32, int8 = records[("onnxruntime", "fp32")], records[("onnxruntime", "int8")]
+    assert fp32["status"] == int8["status"] == "ok" and int8["weight_bytes"] * 4 == fp32["weight_bytes"]
+    assert int8["speedup_vs_fp32"] == pytest.approx(fp32["stats"]["median_ms"] / int8["stats"]["median_ms"],
+                                                    rel=1e-2)
+    assert "seeded random inputs" in int8["calibration"] and fp32["calibration"] is None
+    assert records[("torch", "int8")]["status"] == "skipped" and "onnxruntime" in records[("torch", "int8")]["reason"]
+    assert set(result.peaks) == {"fp32", "int8"} and result.peaks["int8"].winner != result.peaks["fp32"].winner
+    assert int8["peak_used"] == result.peaks["int8"].winner and "int8" in result.peaks["int8"].winner
+    assert (tmp_path / "bench").is_dir() and list((tmp_path / "bench").glob("*.int8.onnx"))
+
+
+def test_depth_axis_has_plain_integer_ticks(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import report
+
+    records = [{"status": "ok", "backend": "onnxruntime", "family": f, "model": m, "depth": d,
+                "stats": {"median_ms": ms}, "published": {"top1": t}}
+               for f, m, d, ms, t in (("vanillanet", "vanillanet_6", 6, 10.0, 76.4), ("resnet", "resnet50", 50, 9.0,
+                                                                                      79.8))]
+    captured = {}
+    real_close = plt.close
+    plt.close = lambda fig: captured.setdefault("fig", fig)
+    try:
+        report.write_plot(tmp_path / "p.png", records, title="t")
+    finally:
+        plt.close = real_close
+    axis = captured["fig"].axes[1]
+    captured["fig"].canvas.draw()
+    labels = [t.get_text() for t in axis.get_xticklabels() if t.get_text()]
+    assert labels == ["6", "50"], labels

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from benchmarks.backends import BACKENDS, Backend, BenchConfig, Prepared, SkipModel
-from benchmarks.floor import DevicePeak, device_name, efficiency, floor_ms, load_or_measure
+from benchmarks.floor import (FLOOR_EXCEEDED, DevicePeak, PeakCandidate, device_name, device_peak, efficiency, floor_ms,
+                              peak_candidates, rates, theoretical_peak, usable_cores, vanillanet_conv_shapes)
 from benchmarks.harness import measure_interleaved, summarize
 from benchmarks.zoo import ModelEntry, model_cost, resolve_models
 from vanilladeploy import __version__
@@ -38,7 +39,7 @@ class BenchOptions:
     models: str | None = None
     backends: list[str] | None = None
     device: str | None = None  # None: cuda when available, else cpu
-    precision: str = "fp32"
+    precision: str = "fp32"  # one precision, or several comma-separated ("fp32,int8"), timed in the same rounds
     batch: int = 1
     img_size: int = 224
     warmup: int = 3
@@ -49,6 +50,15 @@ class BenchOptions:
     include_copies: bool = False
     train_form: bool = False
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "vanilladeploy")
+    gemm_n: int | None = None  # peak subjects' GEMM size; None: 2048 on CPU, 8192 on CUDA
+    copy_bytes: int | None = None  # bandwidth subject; None: 256 MiB on CPU, 1 GiB on CUDA
+
+    @property
+    def precisions(self) -> list[str]:
+        return [p.strip() for p in self.precision.split(",") if p.strip()]
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -56,11 +66,12 @@ class BenchResult:
     records: list[dict[str, Any]]
     machine: dict[str, Any]
     config: dict[str, Any]
-    peak: DevicePeak
+    peaks: dict[str, DevicePeak]
 
     def document(self) -> dict[str, Any]:
         return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": self.config,
-                "machine": self.machine, "device_peak": self.peak.as_dict(), "records": self.records}
+                "machine": self.machine, "peaks": {k: v.as_dict() for k, v in self.peaks.items()},
+                "records": self.records}
 
 
 def _device(requested: str | None) -> str:
@@ -101,8 +112,9 @@ def _pinned_threads(threads: int | None) -> Iterator[dict[str, Any]]:
 
 def run_bench(opts: BenchOptions, *, progress: Progress = lambda *_: None) -> BenchResult:
     """Prepare every (model, backend), time them interleaved, return one record per pair."""
-    if opts.precision not in ("fp32", "fp16"):
-        raise UsageError(f"--precision {opts.precision}: choose fp32 or fp16.")
+    bad = [p for p in opts.precisions if p not in PRECISIONS] or ([] if opts.precisions else [opts.precision])
+    if bad:
+        raise UsageError(f"--precision {bad[0]!r}: choose fp32, fp16 or int8 (several: fp32,int8).")
     try:
         entries = resolve_models(opts.models, train_form=opts.train_form)
     except ValueError as e:
@@ -114,74 +126,124 @@ def run_bench(opts: BenchOptions, *, progress: Progress = lambda *_: None) -> Be
 
 def _run_pinned(opts: BenchOptions, entries: list[ModelEntry], backends: list[Backend], device: str,
                 pinning: dict[str, Any], progress: Progress) -> BenchResult:
-    cfg = BenchConfig(device=device, precision=opts.precision, batch=opts.batch, img_size=opts.img_size,
-                      channels_last=opts.channels_last, include_copies=opts.include_copies,
-                      threads=pinning["threads"], cache_dir=opts.cache_dir / "bench")
-    progress("Measuring the device's peak FLOP/s and bandwidth (cached)", 0, 1)
-    dtype = torch.float16 if opts.precision == "fp16" else torch.float32
-    peak, _ = load_or_measure(opts.cache_dir / "device-peaks.json", device, dtype)
+    configs = [BenchConfig(device=device, precision=precision, batch=opts.batch, img_size=opts.img_size,
+                           channels_last=opts.channels_last, include_copies=opts.include_copies,
+                           threads=pinning["threads"], cache_dir=opts.cache_dir / "bench")
+               for precision in dict.fromkeys(opts.precisions)]
     machine = machine_info(device) | {"pinning": pinning}
-    records, subjects, prepared = _prepare_all(entries, backends, cfg, peak, progress)
+    records, subjects, prepared = _prepare_all(entries, backends, configs, progress)
+    candidates = _peak_subjects(opts, entries, device, pinning["threads"])
+    subjects |= {f"peak|{c.name}": c.subject for c in candidates}
     try:
         iters = opts.iters or (200 if device == "cuda" else 20)
         samples = measure_interleaved(subjects, warmup=opts.warmup, iters=iters, budget_s=opts.budget_s,
-                                      on_round=lambda done, total: progress("Timing (interleaved rounds)", done,
-                                                                            total))
+                                      on_round=lambda done, total: progress("Timing (interleaved rounds, peaks "
+                                                                            "included)", done, total))
     finally:
         for p in prepared:
             for cleanup in p.cleanup:
                 cleanup()
     machine["gpu_after"] = gpu_state() if device == "cuda" else None
+    peaks = _peaks(candidates, samples, device, [c.precision for c in configs], pinning["threads"])
     for key, record in records.items():
         if key in samples:
-            stats = summarize(samples[key], batch=cfg.batch)
-            record.update(status="ok", stats=stats.as_dict(),
-                          efficiency=round(efficiency(record["floor_ms"], stats.median_ms), 4))
+            _finish(record, summarize(samples[key], batch=opts.batch), peaks[record["precision"]])
+    _speedups(records)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()} | {"device": device}
-    return BenchResult(sorted(records.values(), key=_sort_key), machine, config, peak)
+    return BenchResult(sorted(records.values(), key=_sort_key), machine, config, peaks)
+
+
+def _peak_subjects(opts: BenchOptions, entries: list[ModelEntry], device: str, threads: int | None
+                   ) -> list[PeakCandidate]:
+    """The peak candidates timed in the same rounds as the models (DESIGN §7: measure the peak in the same run)."""
+    variants = [e.base for e in entries if e.family == "vanillanet" and e.form == "deploy"]
+    shapes = vanillanet_conv_shapes(variants, opts.img_size) if variants else []
+    gemm_n = opts.gemm_n or (8192 if device == "cuda" else 2048)
+    copy_bytes = opts.copy_bytes or ((1 << 30) if device == "cuda" else (256 << 20))
+    return peak_candidates(device, opts.precisions, shapes, gemm_n=gemm_n, copy_bytes=copy_bytes, threads=threads)
+
+
+def _peaks(candidates: list[PeakCandidate], samples: dict[str, list[float]], device: str, precisions: list[str],
+           threads: int | None) -> dict[str, DevicePeak]:
+    measured = rates(candidates, {c.name: samples.get(f"peak|{c.name}", []) for c in candidates})
+    peaks = {}
+    for precision in dict.fromkeys(precisions):
+        theory = theoretical_peak(precision, usable_cores(threads)) if device == "cpu" else (None, "")
+        try:
+            peaks[precision] = device_peak(device_name(device), precision, measured, theoretical=theory)
+        except ValueError:  # no candidate runs this precision here (fp16 on CPU): keep the fp32 one
+            fallback = next(iter(peaks.values()), None) or device_peak(device_name(device), "fp32", measured)
+            peaks[precision] = fallback
+    return peaks
+
+
+def _finish(record: dict[str, Any], stats: Any, peak: DevicePeak) -> None:
+    """Statistics, then the floor from the peak measured in the same rounds; an efficiency above 1 is flagged."""
+    floor = floor_ms(record["flops"], record["weight_bytes"], peak)
+    eff = efficiency(floor, stats.median_ms)
+    record.update(status="ok", stats=stats.as_dict(), floor_ms=round(floor, 6), efficiency=round(eff, 4),
+                  peak_used=peak.winner, floor_exceeded=bool(eff > 1.0),
+                  note=FLOOR_EXCEEDED if eff > 1.0 else None)
+
+
+def _speedups(records: dict[str, dict[str, Any]]) -> None:
+    """``speedup_vs_fp32`` on every non-fp32 record whose model ran in fp32 on the same backend."""
+    fp32 = {(r["model"], r["backend"]): r for r in records.values() if r["precision"] == "fp32" and r["stats"]}
+    for r in records.values():
+        base = fp32.get((r["model"], r["backend"]))
+        if r["precision"] != "fp32" and r["stats"] and base is not None:
+            r["speedup_vs_fp32"] = round(base["stats"]["median_ms"] / r["stats"]["median_ms"], 3)
 
 
 def _sort_key(r: dict[str, Any]) -> tuple:
     return (r["backend"], r["status"] != "ok", (r.get("stats") or {}).get("median_ms", 0.0), r["model"])
 
 
-def _prepare_all(entries: list[ModelEntry], backends: list[Backend], cfg: BenchConfig, peak: DevicePeak,
+def _prepare_all(entries: list[ModelEntry], backends: list[Backend], configs: list[BenchConfig],
                  progress: Progress) -> tuple[dict[str, dict], dict[str, Callable[[], float]], list[Prepared]]:
     records: dict[str, dict] = {}
     subjects: dict[str, Callable[[], float]] = {}
     prepared: list[Prepared] = []
-    missing = {b.name: b.missing(cfg) for b in backends}
     for i, entry in enumerate(entries):
         progress(f"Preparing {entry.name}", i, len(entries))
         try:
             model = entry.build()
         except ImportError as e:
             raise MissingDependencyError(str(e)) from None
-        cost = model_cost(model, batch=cfg.batch, img_size=cfg.img_size)
-        for backend in backends:
-            key = f"{entry.name}|{backend.name}"
-            records[key] = _record(entry, backend.name, cfg, cost, peak)
-            reason = missing[backend.name]
-            if reason is None:
-                try:  # its own copy: backends move and cast the module in place (Module.to)
-                    p = backend.prepare(entry, copy.deepcopy(model), cfg)
+        cost = model_cost(model, batch=configs[0].batch, img_size=configs[0].img_size)
+        for cfg in configs:
+            for backend in backends:
+                key = f"{entry.name}|{backend.name}|{cfg.precision}"
+                records[key] = _record(entry, backend.name, cfg, cost)
+                p = _prepare_one(backend, entry, model, cfg, records[key])
+                if p is not None:
                     subjects[key] = p.subject
                     prepared.append(p)
-                    records[key].update(peak_memory_mb=None if p.peak_memory_mb is None else
-                                        round(p.peak_memory_mb, 1), peak_memory_kind=p.memory_kind)
-                    continue
-                except SkipModel as e:
-                    reason = str(e)
-                except Exception as e:  # one model failing on one backend must not end the run
-                    reason = f"{type(e).__name__}: {e}"
-            records[key].update(status="skipped", reason=reason)
         del model
         gc.collect()
     progress("Prepared", len(entries), len(entries))
     return records, subjects, prepared
 
 
-def _record(entry: ModelEntry, backend: str, cfg: BenchConfig, cost: Any, peak: DevicePeak) -> dict[str, Any]:
+def _prepare_one(backend: Backend, entry: ModelEntry, model: Any, cfg: BenchConfig, record: dict[str, Any]
+                 ) -> Prepared | None:
+    """A timed subject, or None with the record marked skipped and why (one failure must not end the run)."""
+    reason = backend.missing(cfg)
+    if reason is None:
+        try:  # its own copy: backends move and cast the module in place (Module.to)
+            p = backend.prepare(entry, copy.deepcopy(model), cfg)
+            record.update(peak_memory_mb=None if p.peak_memory_mb is None else round(p.peak_memory_mb, 1),
+                          peak_memory_kind=p.memory_kind, calibration=p.calibration)
+            return p
+        except SkipModel as e:
+            reason = str(e)
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+    record.update(status="skipped", reason=reason)
+    return None
+
+
+def _record(entry: ModelEntry, backend: str, cfg: BenchConfig, cost: Any) -> dict[str, Any]:
     weight_bytes = cost.weight_bytes(cfg.precision)
     published = entry.published
     return {
@@ -189,8 +251,9 @@ def _record(entry: ModelEntry, backend: str, cfg: BenchConfig, cost: Any, peak: 
         "precision": cfg.precision, "batch": cfg.batch, "img_size": cfg.img_size, "channels_last": cfg.channels_last,
         "copies_included": cfg.include_copies, "status": "pending", "reason": None, "stats": None,
         "peak_memory_mb": None, "peak_memory_kind": None, "gflops": round(cost.flops / 1e9, 3),
-        "params_m": round(cost.params / 1e6, 3), "weight_bytes": weight_bytes, "depth": cost.depth,
-        "floor_ms": round(floor_ms(cost.flops, weight_bytes, peak), 6), "efficiency": None,
+        "flops": cost.flops, "params_m": round(cost.params / 1e6, 3), "weight_bytes": weight_bytes,
+        "depth": cost.depth, "floor_ms": None, "efficiency": None, "floor_exceeded": None, "note": None,
+        "calibration": None,
         "published": {"top1": published.top1, "pytorch_a100_ms": published.pytorch_a100_ms,
                       "trt_fp32_a100_ms": published.trt_fp32_a100_ms, "trt_fp16_a100_ms": published.trt_fp16_a100_ms},
     }

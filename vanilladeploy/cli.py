@@ -450,7 +450,9 @@ def bench(
                                                     show_default="all")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda.",
                                                   show_default="cuda if available")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32 or fp16 (CUDA only).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (CUDA only), int8 (onnxruntime and "
+                                           "tensorrt: a QDQ graph calibrated on seeded random inputs, for timing), "
+                                           "or several timed in the same rounds: fp32,int8.")] = "fp32",
     img_size: Annotated[int, typer.Option("--img-size", min=1, help="Input height and width.")] = 224,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
     iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Timed rounds (each times every model "
@@ -500,7 +502,7 @@ def bench(
             raise MissingDependencyError("the plot needs matplotlib: pip install 'vanilladeploy[bench]'")
         with _BenchProgress() as progress:
             result = run_bench(opts, progress=progress)
-        _render_bench(result.records, result.machine, result.peak)
+        _render_bench(result.records, result.machine, result.peaks)
         _write_bench(result, json_path, csv_path, plot_path)
 
     _run(verbose, run)
@@ -553,35 +555,55 @@ def _ms(x: Any) -> str:
     return "—" if x is None else f"{x:.3g}" if x < 10 else f"{x:.1f}"
 
 
-def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peak: Any) -> None:
+def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peaks: dict[str, Any]) -> None:
     where = machine.get("gpu") or machine["cpu"]
-    out.print(f"[bold]{escape(where)}[/] · measured peak {peak.peak_flops / 1e9:.0f} GFLOP/s "
-              f"({peak.dtype}), bandwidth {peak.bandwidth_bytes_s / 1e9:.0f} GB/s", soft_wrap=True)
-    for backend in dict.fromkeys(r["backend"] for r in records):
-        rows = [r for r in records if r["backend"] == backend]
+    out.print(f"[bold]{escape(where)}[/]", soft_wrap=True)
+    for precision, peak in peaks.items():
+        theory = f"; {peak.theoretical_note} = {peak.theoretical_flops / 1e9:.0f} G/s" if peak.theoretical_flops \
+            else ""
+        out.print(f"  {precision} peak measured in the same rounds: {peak.peak_flops / 1e9:.0f} G{'OP' if precision == 'int8' else 'FLOP'}/s "
+                  f"({escape(peak.winner)}, min time), bandwidth {peak.bandwidth_bytes_s / 1e9:.0f} GB/s{escape(theory)}",
+                  soft_wrap=True)
+    for backend, precision in dict.fromkeys((r["backend"], r["precision"]) for r in records):
+        rows = [r for r in records if r["backend"] == backend and r["precision"] == precision]
         ok = [r for r in rows if r["status"] == "ok"]
         if not ok:
-            out.print(f"[yellow]{backend}: skipped[/] — {escape(rows[0]['reason'] or '')}", soft_wrap=True)
+            out.print(f"[yellow]{backend} {precision}: skipped[/] — {escape(rows[0]['reason'] or '')}", soft_wrap=True)
             continue
-        first = ok[0]
-        table = Table(title=f"{backend} · {first['device']} · {first['precision']} · batch {first['batch']} · "
-                      f"{first['img_size']}px · copies {'included' if first['copies_included'] else 'excluded'}",
-                      header_style="bold")
-        for col in ("model", "top-1", "GFLOPs", "depth", "median ms", "p90", "p99", "img/s", "floor ms", "eff.",
-                    "paper A100 ms (PyTorch / TRT32 / TRT16)"):
-            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
-        for r in ok:
-            s, p = r["stats"], r["published"]
-            paper = " / ".join("—" if p[k] is None else str(p[k])
-                               for k in ("pytorch_a100_ms", "trt_fp32_a100_ms", "trt_fp16_a100_ms"))
-            table.add_row(r["model"], "—" if p["top1"] is None else str(p["top1"]), f"{r['gflops']:.1f}", str(r["depth"]), _ms(s["median_ms"]),
-                          _ms(s["p90_ms"]), _ms(s["p99_ms"]), f"{s['throughput_img_s']:.1f}", _ms(r["floor_ms"]),
-                          f"{r['efficiency']:.2f}", paper)
-        wide = out if out.is_terminal else Console(highlight=False, width=160)  # piped: no 80-column squeeze
-        wide.print(table)
+        _bench_table(backend, ok)
         for r in rows:
             if r["status"] != "ok":
                 out.print(f"  [yellow]skipped[/] {r['model']}: {escape(r['reason'] or '')}", soft_wrap=True)
+        if any(r["floor_exceeded"] for r in ok):
+            out.print(f"  [yellow]![/] efficiency above 1: {FLOOR_NOTE}", soft_wrap=True)
+        if ok[0].get("calibration"):
+            out.print(f"  int8 calibration: {escape(ok[0]['calibration'])}", soft_wrap=True)
+
+
+FLOOR_NOTE = "floor exceeded: peak under-measured (the model beat every peak kernel timed beside it)"
+
+
+def _bench_table(backend: str, ok: list[dict[str, Any]]) -> None:
+    first = ok[0]
+    speedup = any("speedup_vs_fp32" in r for r in ok)
+    table = Table(title=f"{backend} · {first['device']} · {first['precision']} · batch {first['batch']} · "
+                  f"{first['img_size']}px · copies {'included' if first['copies_included'] else 'excluded'}",
+                  header_style="bold")
+    columns = ["model", "top-1", "GFLOPs", "depth", "median ms", "p90", "p99", "img/s", "floor ms", "eff."]
+    columns += ["vs fp32"] if speedup else []
+    for col in columns + ["paper A100 ms (PyTorch / TRT32 / TRT16)"]:
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for r in ok:
+        s, p = r["stats"], r["published"]
+        paper = " / ".join("—" if p[k] is None else str(p[k])
+                           for k in ("pytorch_a100_ms", "trt_fp32_a100_ms", "trt_fp16_a100_ms"))
+        eff = f"{r['efficiency']:.2f}" + (" [yellow]![/]" if r["floor_exceeded"] else "")
+        cells = [r["model"], "—" if p["top1"] is None else str(p["top1"]), f"{r['gflops']:.1f}", str(r["depth"]),
+                 _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), f"{s['throughput_img_s']:.1f}",
+                 _ms(r["floor_ms"]), eff]
+        cells += [f"{r['speedup_vs_fp32']:.2f}×" if "speedup_vs_fp32" in r else "—"] if speedup else []
+        table.add_row(*cells, paper)
+    (out if out.is_terminal else Console(highlight=False, width=170)).print(table)
 
 
 def _write_bench(result: Any, json_path: Path, csv_path: Path, plot_path: Path) -> None:
