@@ -52,13 +52,14 @@ def write_plot(path: Path, records: list[dict[str, Any]], *, title: str) -> Path
 
     ok = [r for r in records if r["status"] == "ok"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
-    for backend in dict.fromkeys(r["backend"] for r in ok):
+    for backend, precision in dict.fromkeys((r["backend"], r["precision"]) for r in ok):
         for family, marker in (("vanillanet", "o"), ("resnet", "s"), ("swin", "^")):
-            rows = sorted((r for r in ok if r["backend"] == backend and r["family"] == family),
+            rows = sorted((r for r in ok if (r["backend"], r["precision"]) == (backend, precision)
+                           and r["family"] == family),
                           key=lambda r: r["stats"]["median_ms"])
             if not rows:
                 continue
-            label = f"{family} · {backend}"
+            label = f"{family} · {backend} {precision}"
             ranked = [r for r in rows if r["published"].get("top1") is not None]
             if ranked:
                 left.plot([r["stats"]["median_ms"] for r in ranked], [r["published"]["top1"] for r in ranked],
@@ -71,7 +72,7 @@ def write_plot(path: Path, records: list[dict[str, Any]], *, title: str) -> Path
     left.set(xlabel="median latency (ms, ours)", ylabel="ImageNet top-1 (%, published)", title="accuracy vs latency")
     right.set(xlabel="depth (weight layers on the main path)", ylabel="median latency (ms)",
               title="depth vs latency", xscale="log")
-    depths = sorted({r["depth"] for r in ok})
+    depths = _spread(sorted({r["depth"] for r in ok}))
     if depths:  # plain integer ticks on the log axis (not "6×10⁰")
         from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
@@ -88,6 +89,15 @@ def write_plot(path: Path, records: list[dict[str, Any]], *, title: str) -> Path
     write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
+
+
+def _spread(values: list[int], min_ratio: float = 1.12) -> list[int]:
+    """Tick positions for a log axis that do not overlap: each at least ``min_ratio`` × the previous."""
+    kept: list[int] = []
+    for v in values:
+        if not kept or v >= kept[-1] * min_ratio:
+            kept.append(v)
+    return kept
 
 
 __all__ = ["CSV_FIELDS", "SCHEMA_VERSION", "flat_record", "write_csv", "write_json", "write_plot"]

@@ -143,7 +143,7 @@ def test_depth_axis_has_plain_integer_ticks(tmp_path: Path) -> None:
 
     from benchmarks import report
 
-    records = [{"status": "ok", "backend": "onnxruntime", "family": f, "model": m, "depth": d,
+    records = [{"status": "ok", "backend": "onnxruntime", "precision": "fp32", "family": f, "model": m, "depth": d,
                 "stats": {"median_ms": ms}, "published": {"top1": t}}
                for f, m, d, ms, t in (("vanillanet", "vanillanet_6", 6, 10.0, 76.4), ("resnet", "resnet50", 50, 9.0,
                                                                                       79.8))]

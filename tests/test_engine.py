@@ -63,7 +63,8 @@ def test_trt_fp16_writes_a_verified_fp16_onnx(official_ckpt_path: Path, tmp_path
 @pytest.mark.parametrize("extra,words", [
     (("--batch", "8/1/2"), "MIN ≤ OPT ≤ MAX"),
     (("--workspace", "lots"), "size 'lots'"),
-    (("--precision", "int8"), "precision 'int8'"),
+    (("--precision", "int4"), "'int4' is not one of 'fp32', 'fp16', 'int8'"),
+    (("--precision", "int8"), "--precision int8 needs --calib DIR"),
     (("--static-batch", "2", "--batch", "1/1/4"), "--static-batch 2 fixes the batch"),
 ])
 def test_trt_usage_errors(official_ckpt_path: Path, tmp_path: Path, extra: tuple[str, ...], words: str) -> None:

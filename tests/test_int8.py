@@ -129,3 +129,21 @@ def test_too_few_images_is_refused_before_calibrating(images: Path, tmp_path: Pa
     result = CliRunner().invoke(app, ["export", "vanillanet_5", "--img-size", str(IMG), "--precision", "int8",
                                       "--calib", str(images), "--calib-count", "24", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "none held out" in result.output and not (tmp_path / "o").exists()
+
+
+def test_trt_int8_without_tensorrt_exits_3_with_the_qdq_onnx_verified(images: Path, tmp_path: Path) -> None:
+    from exporters.trt_plan import tensorrt_missing
+
+    if tensorrt_missing() is None:
+        pytest.skip("TensorRT and a GPU are present: tests/test_tensorrt_engine.py builds the engines")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["export", "vanillanet_5", "--img-size", str(IMG), "--precision", "int8",
+                                      "--calib", str(images), "--calib-count", "8", "--min-agreement", "0",
+                                      "--trt", "--out", str(out)])
+    assert result.exit_code == 3 and "pip install 'vanilladeploy[trt]'" in result.output, result.output
+    report = json.loads((out / "vanillanet_5.report.json").read_text())
+    assert report["int8"]["verified"] and report["tensorrt"]["status"] == "not built"
+    line10, line11 = report["tensorrt"]["trtexec"]["tensorrt10"], report["tensorrt"]["trtexec"]["tensorrt11"]
+    assert "vanillanet_5.int8.onnx" in line10 and "--int8" in line10  # explicit quantization from the QDQ graph
+    assert "vanillanet_5.int8.onnx" in line11 and "--int8" not in line11  # TensorRT 11: strongly typed, no flag
+    assert "vanillanet_5.int8.engine" in line10

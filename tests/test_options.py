@@ -132,3 +132,15 @@ def test_int8_without_calibration_images_is_refused(tmp_path: Path, monkeypatch:
     result = runner.invoke(app, ["export", "vanillanet_5", "--precision", "int8"])
     assert result.exit_code == 2 and "--calib" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not os.listdir(tmp_path)
+
+
+def test_serve_without_the_serve_extra_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                places: dict[str, str]) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytriton" else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["serve", places["onnx"]])
+    assert result.exit_code == 3 and "pip install 'vanilladeploy[serve]'" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not os.listdir(tmp_path)

@@ -614,7 +614,8 @@ def _write_bench(result: Any, json_path: Path, csv_path: Path, plot_path: Path) 
     where = result.machine.get("gpu") or result.machine["cpu"]
     try:
         first = result.records[0]
-        written.append(write_plot(plot_path, result.records, title=f"{where} · {first['precision']} · batch "
+        precisions = "/".join(dict.fromkeys(r["precision"] for r in result.records))
+        written.append(write_plot(plot_path, result.records, title=f"{where} · {precisions} · batch "
                                   f"{first['batch']} · {first['img_size']}px"))
     except ImportError:
         raise MissingDependencyError("the plot needs matplotlib: pip install 'vanilladeploy[bench]' (JSON and "
@@ -914,7 +915,8 @@ def main() -> None:
     except (KeyboardInterrupt, SystemExit) as e:
         if isinstance(e, SystemExit) and e.code != ExitCode.INTERRUPTED:
             raise
-        err.print("[red]interrupted[/] (an export publishes all its files at once, or none of them).")
+        err.print("[red]interrupted[/] (nothing half-written: an export publishes all its files at once or none; a "
+                  "server is stopped).")
         raise SystemExit(int(ExitCode.INTERRUPTED)) from None
 
 
