@@ -26,7 +26,7 @@ def test_parse_size() -> None:
 
 def test_options_are_validated() -> None:
     with pytest.raises(ValueError, match="precision"):
-        TrtBuildOptions(precision="int8")
+        TrtBuildOptions(precision="int4")
     with pytest.raises(ValueError, match="optimization level"):
         TrtBuildOptions(opt_level=7)
     assert engine_name("vanillanet_6", "fp16") == "vanillanet_6.fp16.engine"
