@@ -3,6 +3,8 @@
 Self-contained (it runs in Triton's stub process and imports nothing of vanilladeploy): it loads ``model.onnx`` from
 its own version directory and runs the requests that Triton's dynamic batcher hands it as ONE batch, then splits the
 logits back per request. A request whose input is malformed gets its own error response; the others still run.
+With ``max_batch_size`` 0 the config's ``dims`` are the whole shape (batch included) and each request runs alone.
+An instance of kind GPU runs on ONNX Runtime's CUDA provider where this onnxruntime has it, else on the CPU.
 Threads: ``VANILLADEPLOY_ORT_THREADS`` (environment) or the config parameter ``ort_threads``; default: ONNX Runtime's.
 """
 
@@ -11,7 +13,33 @@ import os
 
 import numpy as np
 import onnxruntime as ort
-import triton_python_backend_utils as pb_utils
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside Triton: only the pure helpers below are usable
+    pb_utils = None
+
+
+def expected_shape(dims, max_batch_size):
+    """The full input shape a request must have: ``-1`` (any) for Triton's batch dimension, then ``dims``."""
+    dims = tuple(int(d) for d in dims)
+    return (-1, *dims) if max_batch_size > 0 else dims
+
+
+def shape_problem(name, x, shape):
+    """None when ``x`` is FP32 with ``shape`` (``-1`` matches any size), else what is wrong."""
+    if x.dtype != np.float32:
+        return f"input '{name}' must be FP32, got {x.dtype}"
+    if x.ndim != len(shape) or any(d not in (-1, n) for d, n in zip(shape, x.shape)):
+        wanted = ", ".join("N" if d == -1 else str(d) for d in shape)
+        return f"input '{name}' must have shape [{wanted}], got {list(x.shape)}"
+    return None
+
+
+def providers(instance_kind, available):
+    """CUDA first for a GPU instance where ONNX Runtime has it; the CPU always."""
+    gpu = instance_kind == "GPU" and "CUDAExecutionProvider" in available
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
 
 
 class TritonPythonModel:
@@ -22,38 +50,39 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         threads = os.environ.get("VANILLADEPLOY_ORT_THREADS") or params.get("ort_threads") or "0"
         options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(os.path.join(directory, "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
+        chosen = providers(args.get("model_instance_kind"), ort.get_available_providers())
+        if chosen[0] == "CUDAExecutionProvider":
+            chosen[0] = (chosen[0], {"device_id": int(args.get("model_instance_device_id") or 0)})
+        self.session = ort.InferenceSession(os.path.join(directory, "model.onnx"), options, providers=chosen)
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        self.sample_shape = tuple(int(d) for d in config["input"][0]["dims"])
-
-    def _check(self, x):
-        if x.dtype != np.float32:
-            return f"input '{self.input_name}' must be FP32, got {x.dtype}"
-        if x.ndim != len(self.sample_shape) + 1 or tuple(x.shape[1:]) != self.sample_shape:
-            return f"input '{self.input_name}' must have shape [N, {', '.join(map(str, self.sample_shape))}], " \
-                   f"got {list(x.shape)}"
-        return None
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.shape = expected_shape(config["input"][0]["dims"], int(config.get("max_batch_size", 0)))
 
     def execute(self, requests):
         batches, responses = [], [None] * len(requests)
         for i, request in enumerate(requests):
             tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
             x = None if tensor is None else tensor.as_numpy()
-            problem = f"missing input '{self.input_name}'" if x is None else self._check(x)
+            problem = f"missing input '{self.input_name}'" if x is None else shape_problem(self.input_name, x,
+                                                                                            self.shape)
             if problem:
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(problem))
             else:
                 batches.append((i, x))
-        if batches:
-            logits = self.session.run([self.output_name], {self.input_name: np.concatenate([x for _, x in batches])})[0]
-            start = 0
-            for i, x in batches:
-                out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(logits[start:start + len(x)]))
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
-                start += len(x)
+        for group in [batches] if self.batched else [[b] for b in batches]:  # max_batch_size 0: one by one
+            if group:
+                self._run(group, responses)
         return responses
+
+    def _run(self, group, responses):
+        """One ONNX Runtime call for the requests of ``group``; each gets its own rows of the logits."""
+        logits = self.session.run([self.output_name], {self.input_name: np.concatenate([x for _, x in group])})[0]
+        start = 0
+        for i, x in group:
+            out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(logits[start:start + len(x)]))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
+            start += len(x)
 
     def finalize(self):
         self.session = None

@@ -3,13 +3,15 @@
 Pure: a :class:`ModelSignature` read from an ONNX file or an engine sidecar, plus :class:`RepoOptions`, give a
 ``ModelConfig`` message and its ``config.pbtxt`` text; :func:`check_servable` refuses, before anything is written,
 what Triton would refuse at load time (a fixed batch under ``max_batch_size > 0``, an engine profile below
-``max_batch_size``, I/O that is not float32, the wrong backend for the file). ``dims`` exclude the batch dimension
-when ``max_batch_size > 0``. proto3 text output drops zero/default values (``KIND_AUTO``, a delay of 0), which
-Triton reads back as the same defaults.
+``max_batch_size``, I/O that is not float32, the wrong backend for the file); :func:`check_model_name` refuses a
+name that is not one safe directory of the repository. ``dims`` exclude the batch dimension when
+``max_batch_size > 0``. proto3 text output drops zero/default values (``KIND_AUTO``, a delay of 0), which Triton
+reads back as the same defaults.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ BACKENDS = ("onnxruntime", "tensorrt", "python")
 KINDS = ("cpu", "gpu")
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
 """What Triton loads from ``<name>/1/`` per backend (the python backend's ``model.py`` runs ``model.onnx``)."""
+LABELS_FILE = "labels.txt"
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+"""A model name is one directory of the repository: letters, digits, ``_ . -``, not starting with ``.`` or ``-``."""
 
 
 class RepoError(ValueError):
@@ -54,7 +59,7 @@ class RepoOptions:
     backend: str | None = None  # None: onnxruntime for an ONNX file, tensorrt for an engine
     max_batch: int = 32
     instances: int = 1
-    kind: str = "cpu"
+    kind: str | None = None  # None: gpu for the tensorrt backend, cpu otherwise
     max_queue_delay_us: int = 500
     dynamic_batching: bool = True
     labels: str | None = None  # a file of class names, or "imagenet"
@@ -103,13 +108,25 @@ def resolve_backend(signature: ModelSignature, opts: RepoOptions) -> str:
     return backend
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a name that is not exactly one safe directory of the repository (``..``, ``a/b``, ``""``, ``.x``)."""
+    if not MODEL_NAME.fullmatch(name):
+        raise RepoError(f"--name {name!r}: a Triton model name is one directory name of 1-128 letters, digits, "
+                        "'_', '.' or '-', not starting with '.' or '-'; pass e.g. --name vanillanet_5")
+
+
+def resolve_kind(opts: RepoOptions, backend: str) -> str:
+    """``--kind`` as given, else gpu for the tensorrt backend (a plan only runs there) and cpu otherwise."""
+    return opts.kind or ("gpu" if backend == "tensorrt" else "cpu")
+
+
 def check_servable(signature: ModelSignature, opts: RepoOptions, backend: str) -> None:
     """Raise :class:`RepoError` for what Triton would refuse at load time."""
     if opts.max_batch < 0 or opts.instances < 1:
         raise RepoError("--max-batch must be ≥ 0 and --instances ≥ 1")
-    if opts.kind not in KINDS:
+    if opts.kind is not None and opts.kind not in KINDS:
         raise RepoError(f"--kind {opts.kind}: choose cpu or gpu")
-    if backend == "tensorrt" and opts.kind != "gpu":
+    if backend == "tensorrt" and resolve_kind(opts, backend) != "gpu":
         raise RepoError("--backend tensorrt runs on the GPU: pass --kind gpu")
     if not signature.inputs or not signature.outputs:
         raise RepoError("the model has no inputs or no outputs")
@@ -148,7 +165,8 @@ def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, bac
     if labels_file:
         cfg.output[0].label_filename = labels_file
     group = cfg.instance_group.add(count=opts.instances)
-    group.kind = mc.ModelInstanceGroup.KIND_GPU if opts.kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    gpu = resolve_kind(opts, backend) == "gpu"
+    group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
     if opts.dynamic_batching and opts.max_batch > 0:
         cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     for key, value in opts.parameters.items():
@@ -170,6 +188,6 @@ def parse_config(text: str) -> Any:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-__all__ = ["BACKENDS", "MODEL_FILES", "ModelSignature", "RepoError", "RepoOptions", "TensorSpec", "build_config",
-           "check_servable", "config_text", "parse_config", "resolve_backend", "signature_from_onnx",
-           "signature_from_sidecar"]
+__all__ = ["BACKENDS", "LABELS_FILE", "MODEL_FILES", "ModelSignature", "RepoError", "RepoOptions", "TensorSpec",
+           "build_config", "check_model_name", "check_servable", "config_text", "parse_config", "resolve_backend",
+           "resolve_kind", "signature_from_onnx", "signature_from_sidecar"]

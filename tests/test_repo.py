@@ -4,10 +4,13 @@ Triton's own config schema (``ModelConfig``) and refused where Triton would refu
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from exporters import triton_python_model as python_model
 from exporters.triton_repo import RepoOptions, parse_config
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import CheckpointError, UsageError
@@ -111,6 +114,7 @@ def test_engine_config_is_tied_to_its_gpu(export_dir: Path, tmp_path: Path) -> N
     ("tensorrt on cpu", "pass --kind gpu"),
     ("label count", "3 class names, but the model has 1000"),
     ("no report", "no <variant>.report.json"),
+    ("float16 I/O", "tensor 'input' is float16; vanilladeploy serves float32 I/O"),
 ])
 def test_what_triton_would_refuse_is_refused_and_nothing_written(case: str, message: str, export_dir: Path,
                                                                   static_export: Path, tmp_path: Path) -> None:
@@ -121,9 +125,10 @@ def test_what_triton_would_refuse_is_refused_and_nothing_written(case: str, mess
         "fixed batch": (static_export, RepoOptions()),
         "engine profile": (lambda: _engine_beside(export_dir, tmp_path, profile_max=8), RepoOptions(kind="gpu")),
         "tensorrt for onnx": (export_dir / "vanillanet_5.onnx", RepoOptions(backend="tensorrt", kind="gpu")),
-        "tensorrt on cpu": (lambda: _engine_beside(export_dir, tmp_path, profile_max=32), RepoOptions()),
+        "tensorrt on cpu": (lambda: _engine_beside(export_dir, tmp_path, profile_max=32), RepoOptions(kind="cpu")),
         "label count": (export_dir, RepoOptions(labels=str(labels))),
         "no report": (tmp_path / "empty", RepoOptions()),
+        "float16 I/O": (lambda: _float16_onnx(tmp_path / "half.onnx"), RepoOptions()),
     }[case]
     source = source() if callable(source) else source
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -154,3 +159,104 @@ def test_a_modified_model_file_is_refused(tmp_path: Path) -> None:
     onnx.save(model, out / "vanillanet_5.onnx")
     with pytest.raises(CheckpointError, match="sha256 differs"):
         write_repository(out, tmp_path / "repo", RepoOptions())
+
+
+def _float16_onnx(path: Path) -> Path:
+    """A one-node ONNX whose input and output are float16 (an fp16 export that did not keep float32 I/O)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "half",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["N", 10])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["N", 10])])
+    onnx.save(helper.make_model(graph), path)
+    return path
+
+
+def test_an_engine_gets_gpu_instances_by_default(export_dir: Path, tmp_path: Path) -> None:
+    engine = _engine_beside(export_dir, tmp_path, profile_max=32)
+    result = write_repository(engine, tmp_path / "repo", RepoOptions())  # kind None: gpu for tensorrt
+    assert [g.kind for g in _config(result.model_dir).instance_group] == [1]  # KIND_GPU
+    assert json.loads((result.model_dir / "vanilladeploy.json").read_text())["options"]["kind"] == "gpu"
+    onnx_result = write_repository(export_dir, tmp_path / "repo2", RepoOptions())  # cpu otherwise
+    assert [g.kind for g in _config(onnx_result.model_dir).instance_group] == [2]  # KIND_CPU
+
+
+@pytest.mark.parametrize("name", ["../escaped", "", ".", "..", "a/b", ".hidden", "-flag", "two words", "x" * 129],
+                         ids=lambda name: repr(name) if len(name) < 20 else f"{len(name)} chars")
+def test_a_model_name_must_be_one_safe_directory(export_dir: Path, tmp_path: Path, name: str) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    with pytest.raises(UsageError, match=r"^--name .*: a Triton model name is one directory name") as raised:
+        write_repository(export_dir, repo, RepoOptions(name=name))
+    assert "\n" not in str(raised.value)
+    assert not any(repo.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # nothing escaped
+
+
+def test_a_safe_custom_name_names_the_directory_and_the_config(export_dir: Path, tmp_path: Path) -> None:
+    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(name="VanillaNet-5_v2.1"))
+    assert result.model_dir == tmp_path / "repo" / "VanillaNet-5_v2.1"
+    assert _config(result.model_dir).name == "VanillaNet-5_v2.1"
+
+
+def _broken_source(case: str, export_dir: Path, tmp_path: Path) -> tuple[Path, RepoOptions, str]:
+    """A damaged copy of an export (or of an engine directory); the file the error must name."""
+    directory = tmp_path / "broken"
+    shutil.copytree(export_dir, directory)
+    report = directory / "vanillanet_5.report.json"
+    if case == "onnx missing":
+        (directory / "vanillanet_5.onnx").unlink()
+        return directory, RepoOptions(), "vanillanet_5.onnx: missing, though vanillanet_5.report.json names it"
+    if case == "report unparsable":
+        report.write_text('{"architecture": {"variant": "vanillanet_5"')  # cut short
+        return directory, RepoOptions(), "vanillanet_5.report.json: not readable JSON"
+    if case == "report incomplete":
+        report.write_text(json.dumps({"artifacts": {}}))
+        return directory, RepoOptions(), "vanillanet_5.report.json: incomplete or malformed (KeyError: 'architecture')"
+    engine = _engine_beside(export_dir, tmp_path, profile_max=32)
+    sidecar = engine.with_name(engine.name + ".json")
+    if case == "sidecar unparsable":
+        sidecar.write_text("not json")
+        return engine, RepoOptions(), "vanillanet_5.fp16.engine.json: not readable JSON"
+    data = json.loads(sidecar.read_text())
+    del data["profile" if case == "sidecar without profile" else "onnx"]
+    sidecar.write_text(json.dumps(data))
+    return engine, RepoOptions(), "vanillanet_5.fp16.engine.json: incomplete or malformed"
+
+
+@pytest.mark.parametrize("case", ["onnx missing", "report unparsable", "report incomplete", "sidecar unparsable",
+                                  "sidecar without profile", "sidecar without onnx"])
+def test_a_damaged_source_is_a_usage_error_naming_the_file(case: str, export_dir: Path, tmp_path: Path) -> None:
+    source, opts, message = _broken_source(case, export_dir, tmp_path)
+    with pytest.raises(UsageError) as raised:
+        write_repository(source, tmp_path / "repo", opts)
+    text = str(raised.value)
+    assert type(raised.value) is UsageError and raised.value.exit_code == 2
+    assert message in text and "export again" in text and "\n" not in text, text
+    assert not (tmp_path / "repo").exists()
+
+
+# --- the python backend's model.py: its pure helpers (the rest runs inside Triton, tests/test_serve.py) -------------
+
+@pytest.mark.parametrize(("dims", "max_batch", "good", "bad"), [
+    ([3, 32, 32], 8, [(1, 3, 32, 32), (5, 3, 32, 32)], [(3, 32, 32), (1, 3, 31, 32), (1, 1, 3, 32, 32)]),
+    ([4, 3, 32, 32], 0, [(4, 3, 32, 32)], [(1, 3, 32, 32), (3, 32, 32), (1, 4, 3, 32, 32)]),  # dims = whole shape
+    ([-1, 3, 32, 32], 0, [(1, 3, 32, 32), (7, 3, 32, 32)], [(1, 3, 32, 33)]),
+])
+def test_python_model_checks_the_full_shape(dims: list[int], max_batch: int, good: list[tuple[int, ...]],
+                                            bad: list[tuple[int, ...]]) -> None:
+    shape = python_model.expected_shape(dims, max_batch)
+    for s in good:
+        assert python_model.shape_problem("input", np.zeros(s, np.float32), shape) is None, s
+    for s in bad:
+        assert "must have shape" in python_model.shape_problem("input", np.zeros(s, np.float32), shape), s
+    wrong_dtype = python_model.shape_problem("input", np.zeros(good[0], np.float64), shape)
+    assert wrong_dtype == "input 'input' must be FP32, got float64"
+
+
+def test_python_model_runs_on_cuda_only_for_a_gpu_instance_that_has_it() -> None:
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert python_model.providers("GPU", both) == both
+    assert python_model.providers("GPU", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert python_model.providers("CPU", both) == ["CPUExecutionProvider"]
+    assert python_model.providers(None, both) == ["CPUExecutionProvider"]

@@ -8,6 +8,7 @@ start FAILS these tests.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -15,7 +16,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,14 +27,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import vanilladeploy.serve as serve_module
 from benchmarks.load import measure_load, triton_sender_factory
 from exporters.runners import OnnxRuntimeRunner
 from exporters.triton_repo import RepoOptions
-from vanilladeploy.errors import MissingDependencyError
+from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.export import ExportOptions, export_checkpoint
 from vanilladeploy.repo import write_repository
-from vanilladeploy.serve import ServerError, TritonServer, find_tritonserver
-from vanilladeploy.serve_bench import free_ports
+from vanilladeploy.serve import (ServerError, TritonPorts, TritonServer, check_ports_free, default_kind,
+                                 find_tritonserver, group_members, parent_death_signal)
+from vanilladeploy.serve_bench import free_ports, run_serve_bench
 from vanilladeploy.verify import compare
 
 try:
@@ -46,6 +51,8 @@ except (MissingDependencyError, ImportError) as e:
 pytestmark = [pytest.mark.triton, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 MAX_BATCH = 8
 MODEL = "vanillanet_5"
+UNBATCHED = "vanillanet_5_unbatched"  # the same export at --max-batch 0: dims are the whole shape, [-1, 3, 32, 32]
+STUB = "triton_python_backend_stub"
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +65,18 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(export_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     repo = tmp_path_factory.mktemp("repo")
-    write_repository(export_dir, repo, RepoOptions(backend="python", max_batch=MAX_BATCH, max_queue_delay_us=20000))
-    with TritonServer(repo, free_ports(), model=MODEL, start_timeout_s=120) as s:
+    labels = repo.parent / "classes.txt"
+    labels.write_text("".join(f"class {i}\n" for i in range(1000)))
+    write_repository(export_dir, repo, RepoOptions(backend="python", max_batch=MAX_BATCH, max_queue_delay_us=20000,
+                                                   labels=str(labels)))
+    write_repository(export_dir, repo, RepoOptions(backend="python", max_batch=0, name=UNBATCHED))
+    with TritonServer(repo, free_ports(), start_timeout_s=120) as s:
+        assert s.shm_entries() and len(_stubs(s.shm_prefix)) == 2  # one stub per model, our regions
+        group = s.process.pid if s.process else -1
         yield s
-    assert not s.shm_entries()
+    # a graceful stop: Triton removes its Python backend's shared memory itself; stop() had to remove none
+    assert s.leaked_shm == [] and not s.shm_entries()
+    assert not group_members(group) and not _stubs(s.shm_prefix), "processes of the server's group left"
 
 
 def _inputs(batch: int, seed: int = 0) -> np.ndarray:
@@ -106,9 +121,9 @@ def test_concurrent_clients_are_answered_correctly_and_batched(server: TritonSer
     assert executions < requests, f"no dynamic batching: {executions:.0f} executions for {requests:.0f} requests"
 
 
-def _post(server: TritonServer, body: bytes) -> tuple[int, str]:
+def _post(server: TritonServer, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
     request = urllib.request.Request(f"{server.http_url}/v2/models/{MODEL}/infer", data=body,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode()
@@ -128,11 +143,16 @@ def _json_request(shape: list[int], datatype: str = "FP32", name: str = "input")
     ("missing input", json.dumps({"inputs": []}).encode(), 400, "missing required input"),
     ("unknown input name", _json_request([1, 3, 32, 32], name="image"), 400, "unexpected inference input"),
     # Triton 2.51's HTTP front-end answers an unparsable body with 500 (not 4xx): a fact of the server binary
+    # (TRITONJSON_STATUSRETURN reports JSON errors as TRITONSERVER_ERROR_INTERNAL); so are valid JSON of the wrong
+    # form ('inputs' not an array: 500 "attempt to access JSON non-array as array"; 'data' of the wrong length: 500)
     ("garbage body", b"\x00\xffnot json", 500, "failed to parse the request JSON"),
+    # a binary-data request whose JSON header is said to be longer than the whole body: a 400
+    ("header longer than the body", _json_request([1, 3, 32, 32]), 400, "inference header size should be in range"),
 ])
 def test_bad_requests_get_an_error_with_a_message(server: TritonServer, export_dir: Path, case: str, body: bytes,
                                                   status: int, message: str) -> None:
-    code, text = _post(server, body)
+    headers = {"Inference-Header-Content-Length": str(len(body) + 1000)} if case.startswith("header") else None
+    code, text = _post(server, body, headers)
     assert code == status and message in json.loads(text)["error"], (code, text)
     good, answer = _post(server, _json_request([1, 3, 32, 32]))  # the server still answers correct requests
     assert good == 200 and json.loads(answer)["outputs"][0]["shape"] == [1, 1000]
@@ -150,6 +170,53 @@ def test_bad_grpc_request_is_invalid_argument(server: TritonServer) -> None:
     assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_an_unbatched_model_takes_the_whole_shape(server: TritonServer, export_dir: Path, batch: int) -> None:
+    x = _inputs(batch, seed=20 + batch)
+    y = triton_sender_factory(server.http_url, "http", UNBATCHED, timeout_s=30)()(x)
+    result = compare(y, _reference(export_dir, x), tolerance=1e-5)
+    assert y.shape == (batch, 1000) and result, result
+    from tritonclient.utils import InferenceServerException
+
+    send = triton_sender_factory(server.http_url, "http", UNBATCHED, timeout_s=30)()
+    with pytest.raises(InferenceServerException, match="unexpected shape"):
+        send(np.ascontiguousarray(_inputs(1)[:, :, :16]))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_classification_returns_the_top_k_labels(server: TritonServer, export_dir: Path, protocol: str) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(server.http_url.removeprefix("http://") if protocol == "http"
+                                          else server.grpc_url)
+    x = _inputs(2, seed=30)
+    tensor = module.InferInput("input", [2, 3, 32, 32], "FP32")
+    tensor.set_data_from_numpy(x)
+    answer = client.infer(MODEL, [tensor], outputs=[module.InferRequestedOutput("logits", class_count=5)])
+    top = answer.as_numpy("logits")  # "score:index:label" per class, best first
+    logits = _reference(export_dir, x)
+    assert top.shape == (2, 5)
+    for row, expected in zip(top, logits):
+        fields = [item.decode().split(":") for item in row]
+        indices = [int(index) for _, index, _ in fields]
+        assert indices == list(np.argsort(-expected)[:5]) and indices[0] == int(expected.argmax())
+        assert [label for *_, label in fields] == [f"class {i}" for i in indices]
+        np.testing.assert_allclose([float(score) for score, *_ in fields], expected[indices], rtol=1e-4)
+
+
+def test_serve_bench_measures_triton_and_in_process_onnxruntime(export_dir: Path) -> None:
+    result = run_serve_bench(export_dir, concurrency=[1, 2], requests=6, protocol="http")
+    seen = {(r["backend"], r["concurrency"]): r for r in result.records}
+    assert sorted(seen) == [("onnxruntime-inprocess", 1), ("onnxruntime-inprocess", 2), ("triton-http", 1),
+                            ("triton-http", 2)]
+    for record in seen.values():
+        assert record["errors"] == 0 and record["requests"] == 6, record
+        assert record["stats"]["iterations"] == 6 and record["throughput_img_s"] > 0
+    assert result.config["protocols"] == ["http"] and result.config["triton"] not in ("", "?")
+
+
 def test_a_model_that_fails_to_load_is_reported_with_the_reason(export_dir: Path, tmp_path: Path) -> None:
     result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend="python"))
     (result.model_dir / "1" / "model.onnx").write_bytes(b"not an onnx file")
@@ -160,24 +227,35 @@ def test_a_model_that_fails_to_load_is_reported_with_the_reason(export_dir: Path
 
 # --- the CLI: `vanilladeploy serve` as a user runs it -----------------------------------------------------------
 
-def _serve(export_dir: Path, ports: list[int]) -> subprocess.Popen[str]:
+def _serve(export_dir: Path, ports: list[int], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     http, grpc, metrics = ports
     return subprocess.Popen([sys.executable, "-m", "vanilladeploy.cli", "serve", str(export_dir), "--http-port",
                              str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--max-batch", "4"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def _server_processes(port: int) -> list[int]:
-    pids = []
+def _cmdlines() -> dict[int, str]:
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if "tritonserver" in cmdline and f"--http-port={port}" in cmdline:
-                pids.append(int(entry.name))
-    return pids
+    return found
+
+
+def _stubs(shm_prefix: str) -> list[int]:
+    """Python-backend stubs of one server: their command line names its shared-memory region."""
+    return [pid for pid, cmdline in _cmdlines().items() if STUB in cmdline and f" {shm_prefix}" in cmdline]
+
+
+def _server_processes(port: int, cli_pid: int | None = None) -> list[int]:
+    """The tritonserver on ``port``, and the stubs of a server that ``vanilladeploy serve`` (``cli_pid``) ran
+    (its regions are named vanilladeploy-<pid>-…)."""
+    servers = [pid for pid, cmdline in _cmdlines().items()
+               if "tritonserver" in cmdline and STUB not in cmdline and f"--http-port={port}" in cmdline]
+    return servers + (_stubs(f"vanilladeploy-{cli_pid}-") if cli_pid is not None else [])
 
 
 def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout_s: float) -> str:
@@ -205,15 +283,40 @@ def test_serve_stops_cleanly_on_signal(export_dir: Path, sig: int, exit_code: in
     process = _serve(export_dir, ports)
     try:
         output = _wait_for_line(process, "stops the server", timeout_s=120)
-        assert f"http://127.0.0.1:{ports[0]}" in output and "python3 -c" in output  # endpoints, example command
-        assert _server_processes(ports[0]), "no tritonserver process while serving"
+        assert f"http://127.0.0.1:{ports[0]}" in output and f"{sys.executable} -c" in output  # example command
+        assert len(_server_processes(ports[0], process.pid)) == 2, "no tritonserver and stub while serving"
         process.send_signal(sig)
         assert process.wait(timeout=60) == exit_code
     finally:
         if process.poll() is None:
             process.kill()
-    assert not _server_processes(ports[0]), "tritonserver left running"
+    assert not _server_processes(ports[0], process.pid), "tritonserver or its stub left running"
     assert set(os.listdir("/dev/shm")) - shm_before == set(), "shared memory left behind"
+
+
+@pytest.mark.parametrize("phase", ["writing the repository", "starting the server"])
+def test_sigterm_during_startup_aborts_it_cleanly(export_dir: Path, tmp_path: Path, phase: str) -> None:
+    shm_before, scratch = set(os.listdir("/dev/shm")), tmp_path / "tmp"
+    scratch.mkdir()
+    ports = list(vars(free_ports()).values())
+    process = _serve(export_dir, ports, env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if any(scratch.iterdir()) if phase.startswith("writing") else _server_processes(ports[0]):
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0 and "stops the server" not in output, output  # aborted before serving
+    # ONNX Runtime 1.32 (in the stub) keeps a small `.ses` file in the temp directory, shared by every process
+    # that uses it: not ours to remove
+    left = [p.name for p in scratch.iterdir() if p.name != ".ses"]
+    assert not left, f"scratch repository or server directory left: {left}"
+    assert not _server_processes(ports[0], process.pid) and set(os.listdir("/dev/shm")) - shm_before == set()
 
 
 def test_serve_on_a_busy_port_exits_2_naming_it(export_dir: Path) -> None:
@@ -229,3 +332,133 @@ def test_serve_on_a_busy_port_exits_2_naming_it(export_dir: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"--grpc-port {port}" in lines[0] and "in use" in lines[0], result.stderr
     assert not _server_processes(others.http)
+
+
+# --- the lifecycle's corners ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["second Ctrl-C while stopping", "stop timeout"])
+def test_stop_kills_the_group_and_cleans_up_on_every_path(export_dir: Path, tmp_path: Path, how: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    write_repository(export_dir, tmp_path / "repo", RepoOptions(backend="python"))
+    server = TritonServer(tmp_path / "repo", free_ports(), model=MODEL,
+                          stop_timeout_s=60 if how.startswith("second") else 0)
+    with server:
+        assert server.process is not None
+        group, workdir, regions = server.process.pid, server.log_path.parent, server.shm_entries()
+        assert regions and _stubs(server.shm_prefix)
+        if how.startswith("second"):  # Ctrl-C lands while stop() waits for the graceful exit
+            graceful = serve_module._wait_exited
+
+            def interrupted_wait(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+                if timeout_s > 0:
+                    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+                return graceful(process, timeout_s)
+
+            monkeypatch.setattr(serve_module, "_wait_exited", interrupted_wait)
+            with pytest.raises(KeyboardInterrupt):
+                server.stop()
+    assert not group_members(group) and not _stubs(server.shm_prefix), "server or stub left running"
+    assert not server.shm_entries() and not workdir.exists()
+    if how == "stop timeout":  # SIGKILLed at once: Triton had no chance to remove its regions, stop() did
+        assert server.leaked_shm == regions
+
+
+def test_a_port_in_time_wait_reads_as_free_and_a_listening_one_as_busy() -> None:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers (Triton) do
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server side closes first: its end of the connection goes to TIME_WAIT
+        time.sleep(0.05)
+        client.close()
+    deadline = time.monotonic() + 5
+    while not _in_time_wait(port) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _in_time_wait(port)
+    others = free_ports()
+    check_ports_free(TritonPorts(port, others.grpc, others.metrics))  # a just-stopped server's port is free
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        with pytest.raises(UsageError, match=f"--http-port {port}: port {port} on 127.0.0.1 is already in use"):
+            check_ports_free(TritonPorts(port, others.grpc, others.metrics))
+
+
+def _in_time_wait(port: int) -> bool:
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return any(int(row[1].split(":")[1], 16) == port and row[3] == "06" for row in rows)
+
+
+def test_parent_death_signal_is_resolved_in_the_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_signal = parent_death_signal()
+    assert set_signal is not None
+
+    def no_dlopen_after_fork(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ctypes.CDLL called in the child")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_dlopen_after_fork)  # the forked child inherits this
+    assert subprocess.run(["true"], preexec_fn=set_signal, timeout=30).returncode == 0
+
+
+def test_a_child_with_the_parent_death_signal_dies_with_its_parent() -> None:
+    code = ("import subprocess; from vanilladeploy.serve import parent_death_signal; "
+            "print(subprocess.Popen(['sleep', '120'], preexec_fn=parent_death_signal()).pid, flush=True)")
+    orphan = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                                check=True).stdout)
+    try:
+        deadline = time.monotonic() + 10
+        while _running(orphan) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(orphan), "the child outlived its parent"
+    finally:
+        if _running(orphan):
+            os.kill(orphan, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(("providers", "gpus", "kind"), [
+    (["CPUExecutionProvider"], 0, "cpu"), (["CPUExecutionProvider"], 1, "cpu"),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], 0, "cpu"),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], 1, "gpu"),
+])
+def test_default_kind_is_gpu_only_with_a_gpu_and_the_cuda_provider(monkeypatch: pytest.MonkeyPatch,
+                                                                   providers: list[str], gpus: int,
+                                                                   kind: str) -> None:
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(serve_module, "_cuda_devices", lambda: gpus)
+    assert default_kind() == kind
+
+
+def test_a_python_without_a_stub_is_told_which_versions_the_wheel_ships(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    stubs = find_tritonserver().parents[1] / "python_backend_stubs"
+    shipped = sorted((p.name for p in stubs.iterdir()), key=lambda v: tuple(map(int, v.split("."))))
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in shipped
+    monkeypatch.setattr(sys, "version_info", types.SimpleNamespace(major=3, minor=99))
+    with pytest.raises(MissingDependencyError, match=r"no Python-backend stub for Python 3\.99; this wheel ships "
+                       rf"stubs for Python {re.escape(', '.join(shipped))}: use one of those"):
+        serve_module.prepare_backends(tmp_path)
+
+
+def test_the_server_version_is_the_wheel_that_carries_the_binary() -> None:
+    from importlib.metadata import version
+
+    expected = f"nvidia-pytriton {version('nvidia-pytriton')}"
+    assert serve_module.tritonserver_version() == serve_module.tritonserver_version(find_tritonserver()) == expected
+    assert serve_module.tritonserver_version(Path("/usr/bin/true")) == "unknown"  # not the wheel's binary
+
+
+def test_this_machine_counts_its_gpus_without_failing() -> None:
+    assert serve_module._cuda_devices() >= 0  # 0 without libcuda or a GPU; never an exception

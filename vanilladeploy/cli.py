@@ -471,8 +471,9 @@ def bench(
     csv_path: Annotated[Path, typer.Option("--csv", help="Results CSV.")] = Path("bench/results.csv"),
     plot_path: Annotated[Path, typer.Option("--plot", help="PNG: top-1 vs latency, depth vs latency.")]
     = Path("bench/latency.png"),
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where exported ONNX files, engines' "
-                                                      "timing cache and the measured device peaks are kept.",
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where exported ONNX files and the "
+                                                      "engines' timing cache are kept (peaks are measured anew "
+                                                      "in every run).",
                                                       show_default="~/.cache/vanilladeploy")] = None,
     verbose: Verbose = False,
 ) -> None:
@@ -637,7 +638,9 @@ def repo(
         show_default="onnxruntime for ONNX, tensorrt for an engine")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", min=0, help="max_batch_size (0: no batching).")] = 32,
     instances: Annotated[int, typer.Option("--instances", min=1, help="Model instances.")] = 1,
-    kind: Annotated[Literal["cpu", "gpu"], typer.Option("--kind", help="Where instances run.")] = "cpu",
+    kind: Annotated[Optional[Literal["cpu", "gpu"]], typer.Option("--kind", help="Where instances run.",
+                                                                  show_default="gpu for tensorrt, cpu otherwise")
+                    ] = None,
     max_queue_delay_us: Annotated[int, typer.Option("--max-queue-delay-us", min=0, help="Dynamic batching: how "
                                                     "long a request may wait for others.")] = 500,
     labels: Annotated[Optional[str], typer.Option("--labels", help="Class names for the output (one per line), or "
@@ -680,7 +683,8 @@ def serve(
     grpc_port: Annotated[int, typer.Option("--grpc-port", min=1, max=65535, help="gRPC (KServe v2).")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port", min=1, max=65535, help="Prometheus metrics.")]
     = 8002,
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Largest batch Triton forms.")] = 32,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=0, help="Largest batch Triton forms (0: no "
+                                           "batching, for an ONNX exported with a fixed batch).")] = 32,
     instances: Annotated[int, typer.Option("--instances", min=1, help="Model instances.")] = 1,
     max_queue_delay_us: Annotated[int, typer.Option("--max-queue-delay-us", min=0, help="Dynamic batching: how "
                                                     "long a request may wait for others.")] = 500,
@@ -691,7 +695,8 @@ def serve(
     """Serve the model on a real Triton Inference Server (loopback) until Ctrl-C or SIGTERM.
 
     Needs the serve extra (pip install 'vanilladeploy[serve]': the nvidia-pytriton wheel carries the tritonserver
-    binary). The model runs in ONNX Runtime inside Triton's Python backend. Exit 0 on SIGTERM, 130 on Ctrl-C.
+    binary). The model runs in ONNX Runtime inside Triton's Python backend (on the GPU where one and
+    onnxruntime's CUDA provider exist, else the CPU). Exit 0 on SIGTERM, 130 on Ctrl-C.
     """
     from exporters.triton_repo import RepoOptions
     from vanilladeploy.serve import TritonPorts, check_ports_free, find_tritonserver, serve_forever
@@ -702,7 +707,7 @@ def serve(
             raise UsageError(f"--http-port, --grpc-port and --metrics-port must differ (got {http_port}, "
                              f"{grpc_port}, {metrics_port}).")
         _check_labels(labels)
-        opts = RepoOptions(backend="python", max_batch=max_batch, instances=instances, kind="cpu",
+        opts = RepoOptions(backend="python", max_batch=max_batch, instances=instances, kind=None,
                            max_queue_delay_us=max_queue_delay_us, labels=labels)
         find_tritonserver()
         check_ports_free(ports)
@@ -714,7 +719,8 @@ def serve(
 
 def _render_serving(info: Any) -> None:
     out.print(f"[green]serving[/] model [bold]{escape(info.model)}[/] on Triton Inference Server "
-              f"{escape(info.server_version)} (python backend, ONNX Runtime)", soft_wrap=True)
+              f"{escape(info.server_version)} (python backend, ONNX Runtime on the {escape(info.kind.upper())})",
+              soft_wrap=True)
     out.print(f"  HTTP    {escape(info.http_url)}\n  gRPC    {escape(info.grpc_url)}\n  metrics "
               f"{escape(info.metrics_url)}", soft_wrap=True)
     out.print(f"Try: [bold]{escape(info.example_command)}[/]", soft_wrap=True)
@@ -860,7 +866,7 @@ def _render_eval(info: dict[str, Any]) -> None:
                       _pct(r.get("agreement_top1")), _fmt(r.get("mean_rel_l2")),
                       escape(f"{_relative(worst['path'], info['data'])} ({worst['rel_l2']:.2e})")
                       if worst.get("path") else "—",
-                      f"{r['images_per_s']:.1f}")
+                      "—" if r.get("images_per_s") is None else f"{r['images_per_s']:.1f}")
     (out if out.is_terminal else Console(highlight=False, width=160)).print(table)
     skipped = info.get("skipped") or {}
     if skipped.get("count"):

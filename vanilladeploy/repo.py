@@ -14,16 +14,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from exporters.triton_repo import (MODEL_FILES, ModelSignature, RepoError, RepoOptions, build_config, check_servable,
-                                   config_text, parse_config, resolve_backend, signature_from_onnx,
-                                   signature_from_sidecar)
+from exporters.triton_repo import (LABELS_FILE, MODEL_FILES, ModelSignature, RepoError, RepoOptions, build_config,
+                                   check_model_name, check_servable, config_text, parse_config, resolve_backend,
+                                   resolve_kind, signature_from_onnx, signature_from_sidecar)
 from vanilladeploy import __version__
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import CheckpointError, MissingDependencyError, UsageError
+from vanilladeploy.serve import SERVE_INSTALL
 
 PYTHON_MODEL = Path(__file__).resolve().parents[1] / "exporters" / "triton_python_model.py"
-SERVE_INSTALL = "pip install 'vanilladeploy[serve]'"
+EXPORT_AGAIN = "export again with `vanilladeploy export` (add --trt for an engine)"
 
 
 @dataclass(frozen=True)
@@ -69,31 +70,56 @@ def resolve_repo_source(source: Path, *, backend: str | None = None) -> RepoSour
     raise UsageError(f"{source}: not an export directory, .onnx or .engine file.")
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"{path}: not readable JSON ({type(e).__name__}: {e}); {EXPORT_AGAIN}.") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a JSON object; {EXPORT_AGAIN}.")
+    return data
+
+
+def _incomplete(path: Path, e: Exception) -> UsageError:
+    return UsageError(f"{path}: incomplete or malformed ({type(e).__name__}: {e}); {EXPORT_AGAIN}.")
+
+
 def _from_export_dir(directory: Path, backend: str | None) -> RepoSource:
     reports = sorted(directory.glob("*.report.json"))
     if not reports:
         raise UsageError(f"{directory} holds no <variant>.report.json: give the directory `vanilladeploy export` "
                          "wrote, or the .onnx file itself.")
-    report = json.loads(reports[0].read_text(encoding="utf-8"))
-    variant = report["architecture"]["variant"]
-    recorded = {name: info["sha256"] for name, info in (report.get("artifacts") or {}).items()}
-    if backend == "tensorrt":
+    report = _read_json(reports[0])
+    try:
+        variant = str(report["architecture"]["variant"])
+        recorded = {str(name): str(info["sha256"]) for name, info in (report.get("artifacts") or {}).items()}
         engine = (report.get("tensorrt") or {}).get("engine")
+    except (KeyError, TypeError, AttributeError) as e:
+        raise _incomplete(reports[0], e) from None
+    if backend == "tensorrt":
         if not engine:
             raise UsageError(f"{directory}: this export has no TensorRT engine (export again with --trt on a machine "
                              "with TensorRT), or choose --backend onnxruntime/python.")
-        return _from_engine(directory / engine, recorded=recorded)
+        return _from_engine(directory / str(engine), recorded=recorded)
     onnx_file = directory / f"{variant}.onnx"
+    if not onnx_file.is_file():
+        raise UsageError(f"{onnx_file}: missing, though {reports[0].name} names it; {EXPORT_AGAIN}, or give the "
+                         ".onnx file itself.")
     return RepoSource(onnx_file, onnx_file, variant, recorded_sha256=recorded)
 
 
 def _from_engine(engine: Path, *, recorded: dict[str, str] | None) -> RepoSource:
     sidecar_path = engine.with_name(engine.name + ".json")
+    if not engine.is_file():
+        raise UsageError(f"{engine}: missing (the export report names it); {EXPORT_AGAIN}.")
     if not sidecar_path.is_file():
         raise UsageError(f"{engine}: its sidecar {sidecar_path.name} is missing; without it the engine's batch "
                          "profile and GPU are unknown. Use the directory `vanilladeploy export --trt` wrote.")
-    sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
-    onnx_file = engine.with_name(sidecar["onnx"]["name"])
+    sidecar = _read_json(sidecar_path)
+    try:
+        onnx_file = engine.with_name(str(sidecar["onnx"]["name"]))
+    except (KeyError, TypeError) as e:
+        raise _incomplete(sidecar_path, e) from None
     if not onnx_file.is_file():
         raise UsageError(f"{engine}: the ONNX it was built from ({onnx_file.name}) is not beside it.")
     return RepoSource(engine, onnx_file, _variant_of(onnx_file), sidecar, recorded)
@@ -115,7 +141,12 @@ def _signature(src: RepoSource) -> ModelSignature:
         onnx_signature = signature_from_onnx(src.onnx_file)
     except Exception as e:
         raise CheckpointError(f"{src.onnx_file}: not a readable ONNX file ({type(e).__name__}: {e}).") from None
-    return onnx_signature if src.sidecar is None else signature_from_sidecar(src.sidecar, onnx_signature)
+    if src.sidecar is None:
+        return onnx_signature
+    try:
+        return signature_from_sidecar(src.sidecar, onnx_signature)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise _incomplete(src.model_file.with_name(src.model_file.name + ".json"), e) from None
 
 
 def _verify_recorded(src: RepoSource) -> str:
@@ -137,28 +168,37 @@ def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
     try:
         backend = resolve_backend(signature, opts)
         check_servable(signature, opts, backend)
+        name = src.name if opts.name is None else opts.name
+        check_model_name(name)
     except RepoError as e:
         raise UsageError(f"{e}.") from None
-    name = opts.name or src.name
+    opts = replace(opts, name=name, kind=resolve_kind(opts, backend))
     labels = _labels(opts.labels, classes=signature.outputs[0].shape[-1])
-    cfg = build_config(signature, opts, name=name, backend=backend, labels_file="labels.txt" if labels else None)
+    cfg = build_config(signature, opts, name=name, backend=backend, labels_file=LABELS_FILE if labels else None)
     text = config_text(cfg)
     parse_config(text)  # what Triton does first on load
-    with ArtifactWriter(out / name) as writer:
-        writer.stage("config.pbtxt").write_text(text, encoding="utf-8")
-        model_name = "model.plan" if backend == "tensorrt" else "model.onnx"
-        shutil.copyfile(src.model_file, writer.stage(f"1/{model_name}"))
+    model_dir = out / name
+    files, sums = _write_model_dir(model_dir, src, backend, text, labels, {
+        "tool": {"name": "vanilladeploy", "version": __version__}, "backend": backend,
+        "source": {"path": str(src.model_file), "sha256": digest}, "options": dict(vars(opts))})
+    return RepoResult(out, model_dir, backend, text, files, sums)
+
+
+def _write_model_dir(model_dir: Path, src: RepoSource, backend: str, config: str, labels: list[str] | None,
+                     manifest: dict[str, Any]) -> tuple[tuple[Path, ...], dict[str, str]]:
+    """``config.pbtxt``, ``1/<model file>`` (+ ``model.py``), labels and the sha256 manifest, swapped in whole."""
+    with ArtifactWriter(model_dir) as writer:
+        writer.stage("config.pbtxt").write_text(config, encoding="utf-8")
+        model_file = MODEL_FILES["tensorrt" if backend == "tensorrt" else "onnxruntime"]
+        shutil.copyfile(src.model_file, writer.stage(f"1/{model_file}"))
         if backend == "python":
-            shutil.copyfile(PYTHON_MODEL, writer.stage("1/model.py"))
+            shutil.copyfile(PYTHON_MODEL, writer.stage(f"1/{MODEL_FILES['python']}"))
         if labels:
-            writer.stage("labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+            writer.stage(LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
         sums = {str(p.relative_to(writer.staged()[0].parent)): sha256_of(p) for p in writer.staged()}
-        manifest = {"tool": {"name": "vanilladeploy", "version": __version__}, "backend": backend,
-                    "source": {"path": str(src.model_file), "sha256": digest}, "files": sums,
-                    "options": {k: v for k, v in vars(replace(opts, name=name)).items()}}
+        manifest = {**manifest, "files": sums}
         writer.stage("vanilladeploy.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        files = writer.commit()
-    return RepoResult(out, out / name, backend, text, tuple(files), sums)
+        return tuple(writer.commit()), sums
 
 
 def _labels(labels: str | None, *, classes: int) -> list[str] | None:

@@ -7,15 +7,18 @@ from them — fails with ``'_thread.RLock' object has no attribute '_recursion_c
 ``bin`` first on ``PATH`` (so the stub finds this environment's numpy and onnxruntime).
 
 Invariants: ports are checked before anything starts; the server binds to loopback unless told otherwise; it runs in
-its own process group and dies with us (``PR_SET_PDEATHSIG``); on every exit path (exception, Ctrl-C, SIGTERM)
-it is stopped — SIGTERM, then SIGKILL after a timeout — and the shared-memory regions of its Python backend (a
-unique prefix per server) are gone afterwards; its scratch directory is removed.
+its own process group and dies with us (``PR_SET_PDEATHSIG``); on every exit path (exception, Ctrl-C — even a
+second one while stopping —, SIGTERM) it is stopped — SIGTERM, then SIGKILL after a timeout — whatever is left of
+its process group (the Python backend's stubs) is killed, the shared-memory regions of its Python backend (a unique
+prefix per server) are gone afterwards (``leaked_shm`` lists those the server left for us to remove), and its
+scratch directory is removed.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -28,10 +31,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
+from exporters.triton_repo import RepoOptions, parse_config
 from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError
 
 SERVE_INSTALL = "pip install 'vanilladeploy[serve]'"
@@ -40,6 +44,10 @@ SHM_DIR = Path("/dev/shm")
 
 class ServerError(VanillaDeployError):
     """The server did not start or died (the message carries the reason from its log)."""
+
+
+class StartAborted(Exception):
+    """The ``abort`` event was set while the server was starting; it was stopped and nothing is left running."""
 
 
 @dataclass(frozen=True)
@@ -71,19 +79,25 @@ def find_tritonserver() -> Path:
 
 
 def tritonserver_version(binary: Path | None = None) -> str:
-    """The wheel that carries the server (the server itself reports its version over ``/v2`` once running)."""
-    from importlib.metadata import PackageNotFoundError, version
+    """The wheel that carries ``binary`` (default: :func:`find_tritonserver`'s); "unknown" for a binary from
+    elsewhere. The server itself reports its version over ``/v2`` once running."""
+    from importlib.metadata import PackageNotFoundError, distribution
 
     try:
-        return f"nvidia-pytriton {version('nvidia-pytriton')}"
+        dist = distribution("nvidia-pytriton")
     except PackageNotFoundError:
         return "unknown"
+    wheel_dir = Path(str(dist.locate_file("pytriton"))).resolve()
+    if binary is not None and wheel_dir not in Path(binary).resolve().parents:
+        return "unknown"
+    return f"nvidia-pytriton {dist.version}"
 
 
 def check_ports_free(ports: TritonPorts, host: str = "127.0.0.1") -> None:
     """Refuse (exit 2, naming the port) a port something already listens on, before anything starts."""
     for option, port in ports.named().items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a just-stopped server's TIME_WAIT is free
             try:
                 s.bind((host, port))
             except OSError:
@@ -107,30 +121,65 @@ def prepare_backends(workdir: Path) -> Path:
     stub = dist / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
         "triton_python_backend_stub"
     if not stub.is_file():
+        shipped = sorted((p.name for p in (dist / "python_backend_stubs").glob("3.*")),
+                         key=lambda v: tuple(map(int, v.split("."))))
         raise MissingDependencyError(f"nvidia-pytriton has no Python-backend stub for Python "
-                                     f"{sys.version_info.major}.{sys.version_info.minor}; use Python 3.8–3.13.")
+                                     f"{sys.version_info.major}.{sys.version_info.minor}; this wheel ships stubs for "
+                                     f"Python {', '.join(shipped) or 'none'}: use one of those interpreters.")
     backends = workdir / "backends"
     shutil.copytree(dist / "backends", backends)
     shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
     return backends
 
 
-def _die_with_parent() -> None:  # runs in the child before exec (Linux): SIGTERM when we die
+def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get ``sig`` when we die (Linux ``PR_SET_PDEATHSIG``). libc and
+    ``prctl`` are resolved here, in the parent: the child, between fork and exec, only calls it."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_signal() -> None:
+        prctl(pr_set_pdeathsig, int(sig))
+
+    return set_signal
+
+
+def _cuda_devices() -> int:
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
-        pass
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def default_kind() -> str:
+    """Where ``serve``'s instances run by default: ``gpu`` where a CUDA GPU and ONNX Runtime's CUDA provider both
+    exist, else ``cpu``."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "cpu"
+    return "gpu" if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_devices() > 0 else "cpu"
 
 
 class TritonServer:
     """A running ``tritonserver`` for ``repository``; started by ``__enter__``, stopped on every exit path."""
 
     def __init__(self, repository: Path, ports: TritonPorts, *, host: str = "127.0.0.1", model: str | None = None,
-                 start_timeout_s: float = 120.0, stop_timeout_s: float = 30.0) -> None:
+                 start_timeout_s: float = 120.0, stop_timeout_s: float = 30.0,
+                 abort: threading.Event | None = None) -> None:
         self.repository, self.ports, self.host, self.model = repository, ports, host, model
         self.start_timeout_s, self.stop_timeout_s = start_timeout_s, stop_timeout_s
+        self.abort = abort or threading.Event()  # set: stop waiting for the start (StartAborted)
         self.process: subprocess.Popen[bytes] | None = None
         self.shm_prefix = f"vanilladeploy-{os.getpid()}-{os.urandom(4).hex()}-"
+        self.leaked_shm: list[Path] = []  # regions the server left behind and stop() removed
         self._workdir: Path | None = None
 
     http_url = property(lambda self: f"http://{self.host}:{self.ports.http}")
@@ -168,17 +217,19 @@ class TritonServer:
                 f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=server_env(), start_new_session=True, preexec_fn=_die_with_parent)
+                                            env=server_env(), start_new_session=True,
+                                            preexec_fn=parent_death_signal())
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         path = f"/v2/models/{self.model}/ready" if self.model else "/v2/health/ready"
         while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
+            if not self.alive():
                 raise ServerError(f"Triton Inference Server exited while starting: {self.failure_reason()}")
             if self._get(path) == 200:
                 return
-            time.sleep(0.25)
+            if self.abort.wait(0.25):
+                raise StartAborted("stopped while starting")
         raise ServerError(f"Triton Inference Server was not ready within {self.start_timeout_s:.0f} s: "
                           f"{self.failure_reason()}")
 
@@ -190,7 +241,8 @@ class TritonServer:
             return None
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """The server runs (checked without reaping it: its process-group id stays ours until :meth:`stop`)."""
+        return self.process is not None and not _wait_exited(self.process, 0)
 
     def log(self) -> str:
         try:
@@ -211,23 +263,33 @@ class TritonServer:
         return sorted(SHM_DIR.glob(f"{self.shm_prefix}*")) if SHM_DIR.is_dir() else []
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group, SIGKILL after ``stop_timeout_s``; then its shared memory and
-        scratch directory are removed. Safe to call twice."""
+        """SIGTERM to the server's process group, SIGKILL after ``stop_timeout_s``; then whatever is left of the
+        group is killed and its shared memory and scratch directory are removed — also when a second Ctrl-C cuts
+        the graceful part short (it is raised again afterwards). Safe to call twice."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            _signal_group(process, signal.SIGTERM)
-            try:
-                process.wait(self.stop_timeout_s)
-            except subprocess.TimeoutExpired:
+        try:
+            if process is not None and process.returncode is None:
+                _signal_group(process, signal.SIGTERM)
+                _wait_exited(process, self.stop_timeout_s)
+        finally:
+            self._clean_up(process)
+
+    def _clean_up(self, process: subprocess.Popen[bytes] | None) -> None:
+        try:
+            if process is not None:  # the leader is not reaped before this, so its group id is still ours
                 _signal_group(process, signal.SIGKILL)
                 process.wait()
-        elif process is not None:
-            _signal_group(process, signal.SIGKILL)  # stubs left behind by a server that died
-        for entry in self.shm_entries():  # only a killed server leaves them: ours carry a unique prefix
-            entry.unlink(missing_ok=True)
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+                _wait_group_gone(process.pid, timeout_s=10.0)
+        finally:
+            try:
+                leaked = self.shm_entries()
+                self.leaked_shm.extend(leaked)
+                for entry in leaked:
+                    entry.unlink(missing_ok=True)
+            finally:
+                if self._workdir is not None:
+                    shutil.rmtree(self._workdir, ignore_errors=True)
+                    self._workdir = None
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
@@ -235,6 +297,41 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(process.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _wait_exited(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Wait until ``process`` has exited, without reaping it (``WNOWAIT``); False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # already reaped
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from ``/proc``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def _wait_group_gone(pgid: int, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True)
@@ -245,6 +342,7 @@ class ServingInfo:
     grpc_url: str
     metrics_url: str
     example_command: str
+    kind: str = "cpu"  # where the model's instances run
 
 
 def server_version(server: TritonServer) -> str:
@@ -257,42 +355,57 @@ def server_version(server: TritonServer) -> str:
         return "?"
 
 
-def serve_forever(source: Path, ports: TritonPorts, opts: object, *, on_ready: Callable[[ServingInfo], None],
-                  host: str = "127.0.0.1") -> None:
+def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
+                  on_ready: Callable[[ServingInfo], None], host: str = "127.0.0.1") -> None:
     """Write a repository for ``source`` in a scratch directory, serve it until SIGTERM (returns) or SIGINT
-    (``KeyboardInterrupt``); the server is stopped and the scratch directory removed either way."""
-    from exporters.triton_repo import parse_config
-    from vanilladeploy.repo import write_repository
-
-    check_ports_free(ports, host)
-    find_tritonserver()
-    with tempfile.TemporaryDirectory(prefix="vanilladeploy-repo-") as scratch:
-        result = write_repository(source, Path(scratch), opts)  # type: ignore[arg-type]
-        model = result.model_dir.name
-        sample_shape = tuple(parse_config(result.config_text).input[0].dims)
-        stop = threading.Event()
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            with TritonServer(Path(scratch), ports, host=host, model=model) as server:
-                on_ready(ServingInfo(model, server_version(server), server.http_url, server.grpc_url,
-                                     server.metrics_url,
-                                     example_client_command(server.http_url, model, sample_shape)))
-                while not stop.wait(0.5):
-                    if not server.alive():
-                        raise ServerError(f"Triton Inference Server exited: {server.failure_reason()}")
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+    (``KeyboardInterrupt``); the server is stopped and the scratch directory removed either way. SIGTERM is
+    handled from the first line on: during start-up it aborts the start (and returns) at the next check.
+    ``opts.kind`` None: :func:`default_kind`."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        check_ports_free(ports, host)
+        find_tritonserver()
+        if opts.kind is None:
+            opts = replace(opts, kind=default_kind())
+        with tempfile.TemporaryDirectory(prefix="vanilladeploy-repo-") as scratch:
+            _serve_repository(source, Path(scratch), ports, opts, stop=stop, on_ready=on_ready, host=host)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def example_client_command(http_url: str, model: str, sample_shape: tuple[int, ...]) -> str:
-    """A one-line tritonclient request (random image) that prints the top class."""
+def _serve_repository(source: Path, scratch: Path, ports: TritonPorts, opts: RepoOptions, *, stop: threading.Event,
+                      on_ready: Callable[[ServingInfo], None], host: str) -> None:
+    from vanilladeploy.repo import write_repository  # repo imports this module
+
+    result = write_repository(source, scratch, opts)
+    if stop.is_set():
+        return
+    model = result.model_dir.name
+    cfg = parse_config(result.config_text)
+    dims = [max(int(d), 1) for d in cfg.input[0].dims]  # a dynamic dimension (-1) as 1
+    shape = [1, *dims] if cfg.max_batch_size > 0 else dims
+    try:
+        with TritonServer(scratch, ports, host=host, model=model, abort=stop) as server:
+            on_ready(ServingInfo(model, server_version(server), server.http_url, server.grpc_url, server.metrics_url,
+                                 example_client_command(server.http_url, model, shape), opts.kind or "cpu"))
+            while not stop.wait(0.5):
+                if not server.alive():
+                    raise ServerError(f"Triton Inference Server exited: {server.failure_reason()}")
+    except StartAborted:
+        return
+
+
+def example_client_command(http_url: str, model: str, shape: list[int]) -> str:
+    """A one-line tritonclient request (a random batch of ``shape``, batch included) that prints the top class,
+    run by this interpreter (it has tritonclient and numpy)."""
     host = http_url.removeprefix("http://")
-    shape = [1, *sample_shape]
-    return (f"python3 -c \"import numpy as np, tritonclient.http as t; c = t.InferenceServerClient('{host}'); "
-            f"x = t.InferInput('input', {shape}, 'FP32'); "
+    return (f"{shlex.quote(sys.executable)} -c \"import numpy as np, tritonclient.http as t; "
+            f"c = t.InferenceServerClient('{host}'); x = t.InferInput('input', {shape}, 'FP32'); "
             f"x.set_data_from_numpy(np.random.rand(*{shape}).astype('float32')); "
             f"print(c.infer('{model}', [x]).as_numpy('logits').argmax(1))\"")
 
 
-__all__ = ["ServerError", "ServingInfo", "TritonPorts", "TritonServer", "check_ports_free", "find_tritonserver",
+__all__ = ["SERVE_INSTALL", "ServerError", "ServingInfo", "StartAborted", "TritonPorts", "TritonServer",
+           "check_ports_free", "default_kind", "find_tritonserver", "group_members", "parent_death_signal",
            "serve_forever", "server_env", "tritonserver_version"]

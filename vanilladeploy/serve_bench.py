@@ -66,7 +66,7 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
     protocols = ["http", "grpc"] if protocol == "both" else [protocol]
     max_batch = max(32, batch * max(concurrency))
     with tempfile.TemporaryDirectory(prefix="vanilladeploy-serve-bench-") as scratch:
-        repo = write_repository(source, Path(scratch), RepoOptions(backend="python", max_batch=max_batch))
+        repo = write_repository(source, Path(scratch), RepoOptions(backend="python", max_batch=max_batch, kind="cpu"))
         model, onnx_path = repo.model_dir.name, repo.model_dir / "1" / "model.onnx"
         shape = (batch, *parse_config(repo.config_text).input[0].dims)
         rng = np.random.default_rng(0)
