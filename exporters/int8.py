@@ -4,14 +4,16 @@ explicit quantization, from one calibration.
 :func:`quantize_qdq` runs ONNX Runtime's static quantization on our fp32 graph: weights int8 per output channel,
 symmetric; activations int8, symmetric (zero point 0: TensorRT's Q/DQ must be symmetric); biases stay float (TensorRT
 fuses them; an int32 bias DQ is not what its parser expects). Activation ranges come from the calibration batches
-(``minmax``, ``entropy`` or ``percentile``); the same batches give the same scales. :func:`check_qdq` is the
-contract: every Conv reads its data input and its weight through a DequantizeLinear with zero point 0.
+(``minmax``, ``entropy`` or ``percentile``); the same batches give the same scales; a fixed-batch graph gets them
+regrouped to its batch. :func:`check_qdq` is the contract: every Conv reads its data input and its weight through a
+DequantizeLinear of int8 data with zero point 0, and the data's QuantizeLinear quantizes to int8 with zero point 0.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
+
+from exporters.runners import fixed_batch_of
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -34,6 +38,10 @@ class Int8Result:
 
     def __bool__(self) -> bool:
         return not self.problems
+
+
+class CalibrationDataError(ValueError):
+    """No calibration batch at all (every calibration image was unreadable, or none were given)."""
 
 
 class _Reader:
@@ -53,17 +61,49 @@ class _Reader:
         return iter(self.get_next, None)
 
 
+def rebatch(batches: Iterable[np.ndarray], size: int | None) -> Iterator[np.ndarray]:
+    """``batches`` regrouped into batches of exactly ``size`` images (a fixed-batch graph accepts no other), images
+    carried over from one batch to the next; the last is padded by repeating its final image (a repeated image
+    widens no range). ``size=None`` (dynamic batch): the batches as they are."""
+    if size is None:
+        yield from batches
+        return
+    pending: list[np.ndarray] = []
+    for x in batches:
+        pending.extend(x)
+        while len(pending) >= size:
+            yield np.stack(pending[:size])
+            del pending[:size]
+    if pending:
+        yield np.stack(pending + [pending[-1]] * (size - len(pending)))
+
+
 def quantize_qdq(fp32_onnx: Path, out: Path, calibration: Iterable[np.ndarray], *, method: str = "minmax"
                  ) -> Int8Result:
-    """Calibrate ``fp32_onnx`` on the ``calibration`` batches (N×3×H×W float32) and write the QDQ model to ``out``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
+    """Calibrate ``fp32_onnx`` on the ``calibration`` batches (N×3×H×W float32; regrouped to the graph's batch when
+    it is fixed) and write the QDQ model to ``out``. Raises :class:`CalibrationDataError` before any calibration
+    run when there is no batch at all."""
     if method not in METHODS:
         raise ValueError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}")
+    graph_input = onnx.load(fp32_onnx, load_external_data=False).graph.input[0]
+    batches = rebatch(calibration, fixed_batch_of(graph_input))
+    first = next(batches, None)
+    if first is None:
+        raise CalibrationDataError("no calibration batches were given (every calibration image was unreadable?)")
+    reader = _Reader(graph_input.name, itertools.chain([first], batches))
+    _quantize_static(fp32_onnx, out, reader, method)
+    model = onnx.load(out)
+    problems = tuple(check_qdq(model))
+    convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
+    return Int8Result(out, method, reader.count, convs, problems)
+
+
+def _quantize_static(fp32_onnx: Path, out: Path, reader: _Reader, method: str) -> None:
+    """ONNX Runtime's static quantization, symmetric int8 QDQ, per-channel weights, float bias; quietly."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
-    input_name = onnx.load(fp32_onnx, load_external_data=False).graph.input[0].name
-    reader = _Reader(input_name, calibration)
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" warnings: our graph is simplified
     try:  # ORT writes its augmented calibration model into a temporary directory of its own, and prints progress
@@ -75,18 +115,12 @@ def quantize_qdq(fp32_onnx: Path, out: Path, calibration: Iterable[np.ndarray], 
                                            "QuantizeBias": False})
     finally:
         logging.getLogger().setLevel(quiet)
-    if reader.count == 0:
-        out.unlink(missing_ok=True)
-        raise ValueError("no calibration batches were given")
-    model = onnx.load(out)
-    problems = tuple(check_qdq(model))
-    convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
-    return Int8Result(out, method, reader.count, convs, problems)
 
 
 def check_qdq(model: onnx.ModelProto) -> list[str]:
-    """Problems with the int8 contract: each Conv's data input and weight come from DequantizeLinear with an int8
-    zero point of 0 (symmetric); weight scales per output channel."""
+    """Problems with the int8 contract: each Conv's data input and weight come from a DequantizeLinear of int8
+    data with zero point 0 (symmetric), the data's QuantizeLinear quantizes to int8 with zero point 0 too, and the
+    weight scales are per output channel."""
     producers = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name: i for i in model.graph.initializer}
     problems = []
@@ -96,21 +130,47 @@ def check_qdq(model: onnx.ModelProto) -> list[str]:
             if dq is None or dq.op_type != "DequantizeLinear":
                 problems.append(f"Conv {conv.name}: its {role} input is not dequantized (no QDQ)")
                 continue
-            problems += _check_zero_point(conv.name, role, dq, inits)
+            where = f"Conv {conv.name}: {role}"
+            problems += _check_dequantize(where, dq, producers, inits)
             if role == "weight":
                 scale = numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
                 out_channels = numpy_helper.to_array(inits[dq.input[0]]).shape[0] if dq.input[0] in inits else -1
                 if scale is None or scale.size != out_channels:
-                    problems.append(f"Conv {conv.name}: weight scale is not per output channel")
+                    problems.append(f"{where} scale is not per output channel")
     return problems
 
 
-def _check_zero_point(conv: str, role: str, dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[str]:
-    if len(dq.input) < 3 or dq.input[2] not in inits:
-        return []  # no zero point input: 0 by definition (int8 when the quantized input is int8)
-    zero = numpy_helper.to_array(inits[dq.input[2]])
+def _check_dequantize(where: str, dq: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
+                      inits: dict[str, onnx.TensorProto]) -> list[str]:
+    """The DequantizeLinear reads int8 with zero point 0: an int8 initializer, or a QuantizeLinear to int8 0."""
+    problems = _check_zero_point(f"{where} DequantizeLinear {dq.name}", dq, inits)
+    source, q = dq.input[0], producers.get(dq.input[0])
+    if source in inits:
+        dtype = helper.tensor_dtype_to_np_dtype(inits[source].data_type)
+        if dtype != np.int8:
+            problems.append(f"{where} is dequantized from {dtype} data, not int8")
+    elif q is not None and q.op_type == "QuantizeLinear":
+        problems += _check_zero_point(f"{where} QuantizeLinear {q.name}", q, inits)
+    else:
+        problems.append(f"{where} is dequantized from {q.op_type if q else 'a graph input'} {source!r}, not from a "
+                        "QuantizeLinear or an int8 initializer")
+    return problems
+
+
+def _check_zero_point(where: str, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[str]:
+    """An explicit zero point must be an int8 initializer of zeros. Without one, a QuantizeLinear outputs uint8
+    unless its ``output_dtype`` says int8; a DequantizeLinear's type is that of its data (checked by the caller)."""
+    if len(node.input) < 3 or not node.input[2]:
+        if node.op_type == "DequantizeLinear":
+            return []
+        dtype = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
+        return [] if dtype == onnx.TensorProto.INT8 else [f"{where} has no zero point, so it quantizes to uint8, "
+                                                           "not int8 (asymmetric)"]
+    if node.input[2] not in inits:
+        return [f"{where}: zero point {node.input[2]!r} is not a constant initializer"]
+    zero = numpy_helper.to_array(inits[node.input[2]])
     if zero.dtype != np.int8 or zero.any():
-        return [f"Conv {conv}: {role} zero point is {zero.dtype} {zero.ravel()[:3]}, not int8 0 (asymmetric)"]
+        return [f"{where}: zero point is {zero.dtype} {zero.ravel()[:3]}, not int8 0 (asymmetric)"]
     return []
 
 
@@ -120,4 +180,5 @@ def quantization_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in scales}
 
 
-__all__ = ["METHODS", "Int8Result", "check_qdq", "quantization_scales", "quantize_qdq"]
+__all__ = ["METHODS", "CalibrationDataError", "Int8Result", "check_qdq", "quantization_scales", "quantize_qdq",
+           "rebatch"]

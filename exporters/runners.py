@@ -2,6 +2,7 @@
 
 Lifecycle (as in Polygraphy): ``with Runner(...) as r: r.infer(x)``; ``activate`` does the expensive set-up
 (building a session), ``deactivate`` releases it. Heavy optional imports happen in ``activate``.
+:class:`ChunkedRunner` fits any batch to a model's batch limits (a fixed-batch graph, an engine profile's range).
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import onnx
 
 
 class Runner(ABC):
@@ -76,3 +81,43 @@ class OnnxRuntimeRunner(Runner):
         if self.session is None:
             raise RuntimeError("OnnxRuntimeRunner.infer called outside 'with runner:'")
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+class ChunkedRunner(Runner):
+    """Feeds another runner only batches it accepts, so callers may pass any batch size.
+
+    At most ``max_batch`` images per call (an engine profile's max); at least ``min_batch`` (a short chunk is
+    padded by repeating its last image and the padding's outputs are dropped). A fixed-batch graph has
+    ``min_batch = max_batch = N``. Outputs are concatenated in input order.
+    """
+
+    def __init__(self, inner: Runner, *, min_batch: int = 1, max_batch: int | None = None) -> None:
+        if min_batch < 1 or (max_batch is not None and max_batch < min_batch):
+            raise ValueError(f"batch limits {min_batch}..{max_batch}: need 1 ≤ min_batch ≤ max_batch")
+        self.inner, self.min_batch, self.max_batch = inner, min_batch, max_batch
+        self.name = inner.name
+
+    def activate(self) -> None:
+        self.inner.activate()
+
+    def deactivate(self) -> None:
+        self.inner.deactivate()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            raise ValueError("ChunkedRunner.infer: an empty batch")
+        step = self.max_batch or len(x)
+        outputs = []
+        for start in range(0, len(x), step):
+            chunk = x[start:start + step]
+            n = len(chunk)
+            if n < self.min_batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.min_batch - n, axis=0)])
+            outputs.append(self.inner.infer(chunk)[:n])
+        return np.concatenate(outputs)
+
+
+def fixed_batch_of(model_input: onnx.ValueInfoProto) -> int | None:
+    """The fixed batch size of an ONNX graph input, or None when it is dynamic (symbolic or unset)."""
+    dims = model_input.type.tensor_type.shape.dim
+    return dims[0].dim_value if len(dims) > 0 and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None

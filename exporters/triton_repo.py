@@ -145,6 +145,14 @@ def check_servable(signature: ModelSignature, opts: RepoOptions, backend: str) -
                         f"--batch 1/1/{opts.max_batch}")
 
 
+def plan_filename(signature: ModelSignature) -> str:
+    """``model.sm90.plan`` for a plan built on compute capability 9.0: a plan is tied to its GPU, so it is filed
+    under ``cc_model_filenames`` only; a GPU of another compute capability looks for the default ``model.plan``,
+    finds none and refuses to load the model, instead of deserializing a plan it cannot run."""
+    cc = signature.compute_capability
+    return f"model.sm{cc.replace('.', '')}.plan" if cc else MODEL_FILES["tensorrt"]
+
+
 def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, backend: str,
                  labels_file: str | None = None) -> Any:
     """The ``ModelConfig`` message for ``signature`` served by ``backend``."""
@@ -155,7 +163,8 @@ def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, bac
         cfg.platform, cfg.backend = "onnxruntime_onnx", "onnxruntime"
     elif backend == "tensorrt":
         cfg.platform, cfg.backend = "tensorrt_plan", "tensorrt"
-        cfg.cc_model_filenames[signature.compute_capability or ""] = MODEL_FILES["tensorrt"]
+        if signature.compute_capability:  # only that GPU finds a plan; another has no model.plan and refuses
+            cfg.cc_model_filenames[signature.compute_capability] = plan_filename(signature)
     else:
         cfg.backend = "python"
     for spec, container in ((signature.inputs, cfg.input), (signature.outputs, cfg.output)):
@@ -188,6 +197,6 @@ def parse_config(text: str) -> Any:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-__all__ = ["BACKENDS", "LABELS_FILE", "MODEL_FILES", "ModelSignature", "RepoError", "RepoOptions", "TensorSpec",
+__all__ = ["BACKENDS", "LABELS_FILE", "MODEL_FILES", "plan_filename", "ModelSignature", "RepoError", "RepoOptions", "TensorSpec",
            "build_config", "check_model_name", "check_servable", "config_text", "parse_config", "resolve_backend",
            "resolve_kind", "signature_from_onnx", "signature_from_sidecar"]

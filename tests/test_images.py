@@ -70,12 +70,27 @@ def test_equals_the_official_transform(tmp_path: Path, fmt: str, input_size: int
 def test_values_and_where_they_came_from() -> None:
     pre = Preprocess.from_args({"input_size": 256, "crop_pct": 0.9, "imagenet_default_mean_and_std": False})
     assert (pre.img_size, pre.crop_pct, pre.mean) == (256, 0.9, (0.5, 0.5, 0.5))
-    assert dict(pre.sources) == {"img_size": "checkpoint args", "crop_pct": "checkpoint args",
-                                 "mean_std": "checkpoint args"}
-    default = Preprocess.from_args({}, img_size=96)
-    assert (default.img_size, default.crop_pct, default.mean) == (96, 224 / 256, IMAGENET_DEFAULT_MEAN)
-    assert dict(default.sources) == {"img_size": "option", "crop_pct": "default", "mean_std": "default"}
+    assert dict(pre.sources) == {"img_size": "checkpoint args.input_size", "crop_pct": "checkpoint args.crop_pct",
+                                 "mean_std": "checkpoint args.imagenet_default_mean_and_std"}
+    given = Preprocess.from_args({"input_size": 256}, img_size=96)
+    assert (given.img_size, given.crop_pct, given.mean) == (96, 224 / 256, IMAGENET_DEFAULT_MEAN)
+    assert dict(given.sources) == {"img_size": "--img-size", "crop_pct": "default", "mean_std": "default"}
     assert Preprocess.from_args({"crop_pct": None}).sources["crop_pct"] == "default"
+    for bad in (0, -5, True, "224", 224.0):  # unusable args.input_size: the default, labelled so
+        assert Preprocess.from_args({"input_size": bad}).sources["img_size"] == "default"
+        assert Preprocess.from_args({"input_size": bad}).img_size == 224
+
+
+def test_metadata_round_trip() -> None:
+    pre = Preprocess.from_args({"input_size": 160, "crop_pct": 0.95, "imagenet_default_mean_and_std": False})
+    back = Preprocess.from_metadata({"variant": "vanillanet_5", **pre.metadata()})
+    assert back is not None
+    assert (back.img_size, back.crop_pct, back.mean, back.std) == (pre.img_size, pre.crop_pct, pre.mean, pre.std)
+    assert set(back.sources.values()) == {"onnx metadata"} and back.exported_sources == pre.sources
+    assert back.as_dict()["exported_sources"]["crop_pct"] == "checkpoint args.crop_pct"
+    assert Preprocess.from_metadata({"img_size": "224", "precision": "fp32"}) is None  # an older export: not recorded
+    with pytest.raises(ValueError):
+        Preprocess.from_metadata({**pre.metadata(), "crop_pct": "-1"})
 
 
 def test_folders_labels_and_skipped_files(tmp_path: Path) -> None:
@@ -94,3 +109,40 @@ def test_folders_labels_and_skipped_files(tmp_path: Path) -> None:
     assert sorted(p.name for p, _ in skipped) == ["broken.jpg", "notes.txt"]
     flat = tmp_path / "a_cat"
     assert scan_folder(flat).labels is None and len(scan_folder(flat).files) == 3
+
+
+def _png(path: Path, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(path)
+
+
+def test_classes_and_samples_equal_torchvision_image_folder(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("torchvision.datasets", reason="torchvision's ImageFolder is the reference")
+    names = [".hidden", "B_upper", "a", "a-b", "a b", "10", "9", "ünï", "_x"]  # dot-names are classes too
+    for i, name in enumerate(names):
+        _png(tmp_path / name / f"{i}.png", i)
+        _png(tmp_path / name / "sub" / "deeper.JPG", i)  # nested, upper-case extension
+        _png(tmp_path / name / "sub-dir" / "z.jpeg", i)  # '-' sorts before '/' as text
+    _png(tmp_path / "a" / ".dotfile.png", 99)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    _png(tmp_path / "loose.png", 7)  # a loose file at the root of the tree
+    (tmp_path / "README").write_text("loose")
+    reference = datasets.ImageFolder(str(tmp_path))
+    folder = scan_folder(tmp_path)
+    assert dict(zip(folder.classes, range(len(folder.classes)))) == reference.class_to_idx
+    assert [(str(p), label) for p, label in zip(folder.files, folder.labels)] == reference.samples
+    skipped: list = []
+    for _ in iter_batches(folder, Preprocess(img_size=8), batch=64, skipped=skipped):
+        pass
+    assert sorted(p.name for p, _ in skipped) == ["README", "loose.png", "notes.txt"]
+    assert all("root of a class tree" in why for p, why in skipped if p.parent == tmp_path)
+
+
+def test_a_decompression_bomb_is_skipped_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _png(tmp_path / "small.png")
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # 40 000 px > 2 × the limit: PIL refuses to decode it
+    skipped: list = []
+    batches = list(iter_batches(scan_folder(tmp_path), Preprocess(img_size=8), batch=4, skipped=skipped))
+    assert [len(b[0]) for b in batches] == [1]
+    assert [(p.name, why.split(":")[0]) for p, why in skipped] == [("bomb.png", "DecompressionBombError")]

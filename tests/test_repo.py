@@ -103,8 +103,9 @@ def test_engine_config_is_tied_to_its_gpu(export_dir: Path, tmp_path: Path) -> N
     result = write_repository(engine, tmp_path / "repo", RepoOptions(kind="gpu", max_batch=32))
     cfg = _config(result.model_dir)
     assert (cfg.platform, cfg.backend, result.backend) == ("tensorrt_plan", "tensorrt", "tensorrt")
-    assert dict(cfg.cc_model_filenames) == {"9.0": "model.plan"}
-    assert (result.model_dir / "1" / "model.plan").read_bytes() == b"serialized plan bytes"
+    assert dict(cfg.cc_model_filenames) == {"9.0": "model.sm90.plan"}  # no model.plan: another GPU refuses it
+    assert (result.model_dir / "1" / "model.sm90.plan").read_bytes() == b"serialized plan bytes"
+    assert not (result.model_dir / "1" / "model.plan").exists()
 
 
 @pytest.mark.parametrize(("case", "message"), [

@@ -1,4 +1,5 @@
-"""exporters/tensorrt_engine.py on a real GPU with real TensorRT (10.x or 11.x): build, run, verify fp32 and fp16.
+"""exporters/tensorrt_engine.py on a real GPU with real TensorRT (10.x or 11.x): build, run, verify fp32, fp16 and
+int8 (explicit quantization from the QDQ ONNX, verified against that int8 ONNX in ONNX Runtime, as export does).
 
 Skipped, with the reason, where ``tensorrt`` or a CUDA GPU is missing (CI has neither); run with ``pytest -m gpu``
 on a machine with both. Nothing here imitates TensorRT.
@@ -15,12 +16,15 @@ import pytest
 
 from conftest import SMALL_IMG, random_model
 from exporters.fp16 import convert_to_fp16
+from exporters.int8 import quantize_qdq
 from exporters.onnx_export import build_onnx
 from exporters.runners import OnnxRuntimeRunner
 from exporters.trt_compat import BatchProfile
 from exporters.trt_plan import EngineMismatchError, TrtBuildOptions, engine_sidecar, tensorrt_missing
 from models.vanillanet import get_variant
 from test_cli import export
+from test_evaluate import make_folder
+from vanilladeploy.engine import TOLERANCE_INT8_ENGINE
 from vanilladeploy.verify import (TOLERANCE_FP16, TOLERANCE_TRT_FP32, random_inputs, top1_agreement,
                                   verify_outputs)
 
@@ -38,6 +42,15 @@ def onnx_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     onnx.save(fp32, paths["fp32"])
     onnx.save(convert_to_fp16(fp32), paths["fp16"])
     return paths
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(onnx_paths: dict[str, Path]) -> Path:
+    """The QDQ int8 ONNX of the fp32 model, calibrated on seeded random inputs (what bench does)."""
+    path = onnx_paths["fp32"].with_name("m.int8.onnx")
+    result = quantize_qdq(onnx_paths["fp32"], path, random_inputs(4, batch=2, img_size=SMALL_IMG, seed=11))
+    assert result, result.problems
+    return path
 
 
 def _reference(path: Path, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -65,6 +78,37 @@ def test_build_run_verify(onnx_paths: dict[str, Path], precision: str, tolerance
     assert result, result.summary()
     if precision == "fp16":
         assert top1_agreement(outputs, references, tolerance=tolerance)
+
+
+def test_int8_build_run_verify(int8_onnx: Path) -> None:
+    from exporters.tensorrt_engine import TensorRTRunner, build_engine
+
+    built = build_engine(int8_onnx, TrtBuildOptions(precision="int8", profile=BatchProfile(1, 2, 4)))
+    xs = random_inputs(3, batch=2, img_size=SMALL_IMG, seed=7) + random_inputs(1, batch=4, img_size=SMALL_IMG)
+    with TensorRTRunner(built.plan) as runner:
+        outputs = [runner.infer(x) for x in xs]
+    references = _reference(int8_onnx, xs)  # an int8 engine answers for the int8 ONNX it was built from
+    result = verify_outputs("tensorrt int8", outputs, references, tolerance=TOLERANCE_INT8_ENGINE)
+    assert result, result.summary()
+    assert top1_agreement(outputs, references, tolerance=TOLERANCE_INT8_ENGINE)
+
+
+def test_export_trt_int8_through_the_cli(official_ckpt_path: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vanilladeploy.cli import app
+
+    images = make_folder(tmp_path / "images", classes=4, per_class=10, seed=5)  # 8 calibrate, 32 held out
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["export", str(official_ckpt_path), "--out", str(out), "--img-size", "64",
+                                      "--precision", "int8", "--calib", str(images), "--calib-count", "8",
+                                      "--min-agreement", "0", "--trt", "--batch", "4", "--verbose"])
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads((out / "vanillanet_5.int8.engine.json").read_text())
+    assert sidecar["verified"] and sidecar["precision"] == "int8" and sidecar["onnx"]["name"] == "vanillanet_5.int8.onnx"
+    report = json.loads((out / "vanillanet_5.report.json").read_text())
+    assert report["tensorrt"]["verified"] and report["tensorrt"]["status"] == "built" and report["int8"]["verified"]
+    assert report["tensorrt"]["verification"]["top1"]["total"] > 0
 
 
 def test_cuda_graph_replay_matches_and_timing_cache_is_written(onnx_paths: dict[str, Path], tmp_path: Path) -> None:

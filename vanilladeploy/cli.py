@@ -124,7 +124,9 @@ def export(
                                                     "./export/<variant>/].", show_default=False)] = None,
     arch: ArchOpt = None,
     key: KeyOpt = None,
-    img_size: Annotated[int, typer.Option("--img-size", min=1, help="Input height and width.")] = 224,
+    img_size: Annotated[Optional[int], typer.Option("--img-size", min=1, help="Input height and width [default: "
+                                                    "the checkpoint's args.input_size, else 224].",
+                                                    show_default=False)] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset: 17 up to the newest that the installed onnx "
                                        "and onnxruntime both support.")] = 17,
     static_batch: Annotated[Optional[int], typer.Option("--static-batch", min=1, help="Fix the batch dimension "
@@ -314,6 +316,13 @@ def _render_export(report: dict[str, Any], artifacts: dict[str, Path]) -> None:
     if report["source"]["untrained"]:
         table.add_row("weights", "[yellow]untrained[/]", "seeded random weights and BN statistics (demo)")
     table.add_row("λ", "[green]exact[/]" if lam["exact"] else "[yellow]inexact[/]", lam["note"])
+    pre = report.get("preprocessing")
+    if pre:
+        src = pre["sources"]
+        table.add_row("preprocessing", "", escape(f"{pre['img_size']} px ({src['img_size']}), crop_pct "
+                                                  f"{pre['crop_pct']:.4g} ({src['crop_pct']}), mean/std "
+                                                  f"{'ImageNet' if pre['mean'][0] != 0.5 else 'Inception 0.5'} "
+                                                  f"({src['mean_std']})"))
     for name in ("torch", "onnxruntime", "onnxruntime_fp16"):
         if name in ver:
             _verification_row(table, f"{name.replace('_', ' ')} vs training form", ver[name])

@@ -4,37 +4,50 @@ Every artifact sees the same preprocessed batch (:mod:`vanilladeploy.images`); t
 each row reports top-1 agreement with it (%), the mean relative L2 of the logits per image, the worst image, and
 top-1/top-5 accuracy when the folder is labelled. A training checkpoint runs in training form with λ as trained; a
 deploy ``.pth`` in deploy form; an ``.onnx`` (fp32/fp16/int8) in ONNX Runtime; an ``.engine`` in TensorRT.
-Logits are compared batch by batch, never all kept, so a large folder needs little memory.
+Logits are compared batch by batch, never all kept, so a large folder needs little memory. Each runner gets batches
+its model accepts (a fixed-batch ONNX: chunks of that batch, the last padded; an engine: within its profile), whatever
+``batch`` is. Preprocessing: what an exported ONNX records in its metadata, else the checkpoint's args, else the
+defaults, each value labelled with its source.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporters.runners import OnnxRuntimeRunner, Runner, TorchRunner
+from exporters.runners import ChunkedRunner, OnnxRuntimeRunner, Runner, TorchRunner, fixed_batch_of
 from vanilladeploy.errors import MissingDependencyError, UsageError
-from vanilladeploy.images import Preprocess, iter_batches, scan_folder
+from vanilladeploy.images import (IMAGE_EXTENSIONS, ImageFolder, NoReadableImagesError, Preprocess, iter_batches,
+                                  scan_folder)
+
+if TYPE_CHECKING:
+    import onnx
 
 Progress = Callable[[int, int], None]
+Batches = Iterator[tuple[np.ndarray, "np.ndarray | None", list[int]]]
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 @dataclass
 class Artifact:
-    """One thing to evaluate: its runner, and what it says about preprocessing."""
+    """One thing to evaluate: its runner (already fitted to the model's batch limits), and what it says about
+    preprocessing."""
 
     name: str
     kind: str
     runner: Runner
-    img_size: int | None  # fixed by the graph (ONNX/engine), None for torch models
+    img_size: int | None  # fixed by the graph (ONNX input, engine profile), None for torch models
     args: dict[str, Any] = field(default_factory=dict)
+    recorded: Preprocess | None = None  # the preprocessing an ONNX records in its metadata_props
+    size_source: str = "ONNX graph input"
 
 
 def open_artifact(path: str, *, arch: str | None = None) -> Artifact:
@@ -43,20 +56,12 @@ def open_artifact(path: str, *, arch: str | None = None) -> Artifact:
     if file.suffix == ".onnx":
         return _onnx_artifact(file)
     if file.suffix == ".engine":
-        from exporters.trt_plan import tensorrt_missing
-
-        missing = tensorrt_missing()
-        if missing:
-            raise MissingDependencyError(f"{file}: {missing}")
-        from exporters.tensorrt_engine import TensorRTRunner
-
-        sidecar = file.with_name(file.name + ".json")
-        size = json.loads(sidecar.read_text())["profile"]["max"][-1] if sidecar.is_file() else None
-        return Artifact(file.name, "tensorrt engine", TensorRTRunner(file), size)
+        return _engine_artifact(file)
     return _torch_artifact(path, arch)
 
 
 def _onnx_artifact(file: Path) -> Artifact:
+    """An ONNX in ONNX Runtime; a fixed batch dimension is respected (any --batch is split and padded to it)."""
     import onnx
 
     if not file.is_file():
@@ -66,9 +71,55 @@ def _onnx_artifact(file: Path) -> Artifact:
     except Exception as e:
         raise UsageError(f"{file}: not a readable ONNX file ({type(e).__name__}).") from None
     meta = {p.key: p.value for p in model.metadata_props}
-    dims = model.graph.input[0].type.tensor_type.shape.dim
+    try:
+        recorded = Preprocess.from_metadata(meta)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{file}: its preprocessing metadata (img_size, crop_pct, mean, std) is unreadable ({e}); "
+                         "re-export it with vanilladeploy export.") from None
+    graph_input = model.graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
     size = dims[-1].dim_value if len(dims) == 4 and dims[-1].HasField("dim_value") else None
-    return Artifact(file.name, f"onnx {meta.get('precision', 'fp32')}", OnnxRuntimeRunner(file), size)
+    runner: Runner = OnnxRuntimeRunner(file)
+    fixed = fixed_batch_of(graph_input)
+    if fixed is not None:
+        runner = ChunkedRunner(runner, min_batch=fixed, max_batch=fixed)
+    return Artifact(file.name, f"onnx {onnx_precision(model, meta)}", runner, size, recorded=recorded)
+
+
+def onnx_precision(model: onnx.ModelProto, meta: dict[str, str]) -> str:
+    """The ``precision`` our exports record; without it, int8 when the graph holds Q/DQ nodes, fp16 when it
+    stores float16 initializers, else fp32."""
+    from onnx import TensorProto
+
+    if meta.get("precision"):
+        return meta["precision"]
+    if any(n.op_type in QDQ_OPS for n in model.graph.node):
+        return "int8"
+    if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def _engine_artifact(file: Path) -> Artifact:
+    """A TensorRT engine; with its JSON sidecar, batches are fitted to the engine's profile (min..max)."""
+    from exporters.trt_plan import tensorrt_missing
+
+    missing = tensorrt_missing()
+    if missing:
+        raise MissingDependencyError(f"{file}: {missing}")
+    from exporters.tensorrt_engine import TensorRTRunner
+
+    sidecar = file.with_name(file.name + ".json")
+    if not sidecar.is_file():
+        return Artifact(file.name, "tensorrt engine", TensorRTRunner(file), None)
+    try:
+        profile = json.loads(sidecar.read_text(encoding="utf-8"))["profile"]
+        low, high, size = int(profile["min"][0]), int(profile["max"][0]), int(profile["max"][-1])
+        runner = ChunkedRunner(TensorRTRunner(file), min_batch=low, max_batch=high)
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise UsageError(f"{sidecar}: not a readable engine sidecar ({type(e).__name__}: {e}); rebuild the engine "
+                         "with vanilladeploy export --trt, or remove the sidecar.") from None
+    return Artifact(file.name, "tensorrt engine", runner, size, size_source="engine profile")
 
 
 def _torch_artifact(path: str, arch: str | None) -> Artifact:
@@ -88,15 +139,21 @@ def _torch_artifact(path: str, arch: str | None) -> Artifact:
 
 
 def choose_preprocess(artifacts: Sequence[Artifact]) -> Preprocess:
-    """The checkpoint's args when one gives them; a graph's fixed input size; all artifacts must agree."""
+    """What an ONNX records (its metadata) when one does, else the checkpoint's args, else the defaults; a graph's
+    fixed input size (ONNX input, engine profile) wins for ``img_size``. All artifacts must agree."""
     sizes = {a.img_size for a in artifacts if a.img_size is not None}
     if len(sizes) > 1:
         raise UsageError(f"the artifacts were exported for different image sizes ({sorted(sizes)}); evaluate "
                          "artifacts of one export together.")
-    args = next((a.args for a in artifacts if a.args), {})
-    pre = Preprocess.from_args(args, img_size=next(iter(sizes)) if sizes else None)
-    if sizes:
-        pre = Preprocess(pre.img_size, pre.crop_pct, pre.mean, pre.std, {**pre.sources, "img_size": "ONNX graph input"})
+    recorded = {(p.img_size, p.crop_pct, p.mean, p.std): p for p in (a.recorded for a in artifacts) if p}
+    if len(recorded) > 1:
+        raise UsageError(f"the ONNX files were exported with different preprocessing ({sorted(recorded)}: img_size, "
+                         "crop_pct, mean, std); evaluate artifacts of one export together.")
+    pre = next(iter(recorded.values()), None) or Preprocess.from_args(next((a.args for a in artifacts if a.args), {}))
+    if sizes and (not recorded or pre.img_size not in sizes):
+        size = next(iter(sizes))
+        label = next(a.size_source for a in artifacts if a.img_size == size)
+        pre = replace(pre, img_size=size, sources={**pre.sources, "img_size": label})
     return pre
 
 
@@ -147,27 +204,49 @@ class EvalResult:
     def as_dict(self) -> dict[str, Any]:
         return {"data": str(self.data), "images": self.images, "labelled": self.labelled,
                 "preprocessing": self.preprocessing, "artifacts": self.rows,
-                "skipped": {"count": len(self.skipped), "examples": [f"{p.name}: {why}" for p, why in self.skipped[:5]]}}
+                "skipped": {"count": len(self.skipped),
+                            "examples": [f"{p.name}: {why}" for p, why in self.skipped[:5]]}}
 
 
 def evaluate(artifacts: Sequence[str], data: Path, *, limit: int | None = None, batch: int = 32,
              arch: str | None = None, progress: Progress = lambda done, total: None,
              indices: Sequence[int] | None = None, preprocess: Preprocess | None = None) -> EvalResult:
     """Run every artifact on the folder's images (the first ``limit``, or ``indices``), batch by batch, with
-    ``preprocess`` or the one the artifacts imply (:func:`choose_preprocess`)."""
+    ``preprocess`` or the one the artifacts imply (:func:`choose_preprocess`). Raises
+    :class:`~vanilladeploy.images.NoReadableImagesError` before any inference when no selected image is readable."""
     if not artifacts:
         raise UsageError("give at least one artifact to evaluate.")
     folder = scan_folder(data)
     opened = [open_artifact(a, arch=arch) for a in artifacts]
     pre = preprocess or choose_preprocess(opened)
     order = list(indices) if indices is not None else list(range(len(folder.files)))[:limit]
+    skipped = folder.ignored_with_reasons() if indices is None else []
+    batches = _readable(iter_batches(folder, pre, batch=batch, indices=order, skipped=skipped), data, skipped)
     tallies = [_Tally(a.name, a.kind) for a in opened]
-    skipped: list[tuple[Path, str]] = []
+    images, classes = _run(opened, tallies, batches, folder, lambda done: progress(done, len(order)))
+    labelled = folder.labels is not None
+    return EvalResult(data, images, labelled, pre.as_dict(), skipped,
+                      [t.as_dict(images, labelled, classes) for t in tallies])
+
+
+def _readable(batches: Batches, data: Path, skipped: list[tuple[Path, str]]) -> Batches:
+    """``batches`` once the first one is read; none at all is refused here, before any runner starts."""
+    first = next(batches, None)
+    if first is None:
+        example = f", e.g. {skipped[0][0].name}: {skipped[0][1]}" if skipped else ""
+        raise NoReadableImagesError(f"no readable images in {data} ({len(skipped)} skipped{example}); give a folder "
+                                    f"of images ({', '.join(IMAGE_EXTENSIONS)}) that Pillow can decode.")
+    return itertools.chain([first], batches)
+
+
+def _run(opened: Sequence[Artifact], tallies: Sequence[_Tally], batches: Batches, folder: ImageFolder,
+         progress: Callable[[int], None]) -> tuple[int, int]:
+    """Every artifact on every batch, tallied against the first; returns (images, classes)."""
     images, classes = 0, 0
     with ExitStack() as stack:
         for artifact in opened:
             stack.enter_context(artifact.runner)
-        for x, labels, kept in iter_batches(folder, pre, batch=batch, indices=order, skipped=skipped):
+        for x, labels, kept in batches:
             outputs = []
             for tally, artifact in zip(tallies, opened):
                 start = time.perf_counter()
@@ -177,12 +256,8 @@ def evaluate(artifacts: Sequence[str], data: Path, *, limit: int | None = None, 
             for tally, y in zip(tallies, outputs):
                 tally.add(y, outputs[0], labels, paths)
             images, classes = images + len(x), outputs[0].shape[1]
-            progress(images, len(order))
-    if indices is None:
-        skipped = [(p, "not an image file (by extension)") for p in folder.ignored] + skipped
-    labelled = folder.labels is not None
-    return EvalResult(data, images, labelled, pre.as_dict(), skipped,
-                      [t.as_dict(images, labelled, classes) for t in tallies])
+            progress(images)
+    return images, classes
 
 
-__all__ = ["Artifact", "EvalResult", "choose_preprocess", "evaluate", "open_artifact"]
+__all__ = ["Artifact", "EvalResult", "choose_preprocess", "evaluate", "onnx_precision", "open_artifact"]

@@ -12,7 +12,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from vanilladeploy.checkpoint import Checkpoint, LambdaInfo, lambda_of, load_che
 from vanilladeploy.engine import EngineJob, export_engine, fp16_copy
 from vanilladeploy.errors import (CheckpointError, InexactMergeError, OutputError, UsageError, VanillaDeployError,
                                   VerificationError)
+from vanilladeploy.images import Preprocess
 from vanilladeploy.reparam import ReparamResult, reparameterize_state_dict
 from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, first_divergent_layer, random_inputs, verify_outputs
 
@@ -48,7 +49,8 @@ class ExportOptions:
     out_dir: Path | None = None
     arch: str | None = None
     key: str | None = None
-    img_size: int = 224
+    img_size: int | None = None
+    """Input height and width; None: the checkpoint's ``args.input_size`` when it records one, else 224."""
     opset: int = MIN_OPSET
     static_batch: int | None = None
     simplify: bool = True
@@ -156,10 +158,28 @@ def require_exact(info: LambdaInfo, *, allow_inexact: bool) -> None:
     )
 
 
-def _check_img_size(arch: Architecture, img_size: int) -> None:
+def export_preprocess(ckpt: Checkpoint, opts: ExportOptions) -> Preprocess:
+    """The official eval transform the artifacts are exported for: ``--img-size`` when given, else the checkpoint's
+    ``args.input_size``, else 224; crop_pct and mean/std from the checkpoint's args or the defaults — each labelled
+    with its source (recorded in the report and in every ONNX's ``metadata_props``)."""
+    return Preprocess.from_args(ckpt.args, img_size=opts.img_size, img_size_source="--img-size")
+
+
+def _check_img_size(arch: Architecture, pre: Preprocess) -> None:
+    img_size, source = pre.img_size, pre.sources["img_size"]
     if min(feature_sizes(arch.spec, img_size)) < 1:
         smallest = next(s for s in range(1, 4096) if min(feature_sizes(arch.spec, s)) >= 1)
-        raise UsageError(f"--img-size {img_size} is too small for {arch.name}: use at least {smallest}.")
+        given = "--img-size" if source == "--img-size" else f"the image size ({source})"
+        raise UsageError(f"{given} {img_size} is too small for {arch.name}: pass --img-size {smallest} or more.")
+
+
+def _check_build_options(opts: ExportOptions) -> None:
+    if opts.opset < MIN_OPSET:
+        raise UsageError(f"--opset {opts.opset} is too old: use {MIN_OPSET} or newer.")
+    if opts.trt and opts.static_batch and (opts.trt.profile.min, opts.trt.profile.max) != (opts.static_batch,) * 2:
+        raise UsageError(f"--static-batch {opts.static_batch} fixes the batch, but --batch asks for "
+                         f"{opts.trt.profile}; drop --batch or pass --batch {opts.static_batch}/{opts.static_batch}/"
+                         f"{opts.static_batch}.")
 
 
 def _infer(model: VanillaNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -176,6 +196,7 @@ class _Run:
     timer: _Timer
     report: dict[str, Any]
     inputs: list[np.ndarray]
+    preprocess: Preprocess
     references: list[np.ndarray] = field(default_factory=list)
 
 
@@ -247,44 +268,43 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
         arch = detect(ckpt, arch=opts.arch)
     lam = lambda_of(ckpt)
     require_exact(lam, allow_inexact=opts.allow_inexact)
-    _check_img_size(arch, opts.img_size)
-    if opts.opset < MIN_OPSET:
-        raise UsageError(f"--opset {opts.opset} is too old: use {MIN_OPSET} or newer.")
-    if opts.trt and opts.static_batch and (opts.trt.profile.min, opts.trt.profile.max) != (opts.static_batch,) * 2:
-        raise UsageError(f"--static-batch {opts.static_batch} fixes the batch, but --batch asks for "
-                         f"{opts.trt.profile}; drop --batch or pass --batch {opts.static_batch}/{opts.static_batch}/"
-                         f"{opts.static_batch}.")
+    pre = export_preprocess(ckpt, opts)
+    _check_img_size(arch, pre)
+    opts = replace(opts, img_size=pre.img_size)
+    _check_build_options(opts)
     out_dir = opts.out_dir or Path("export") / arch.name
     writer = ArtifactWriter(out_dir)  # refuses an unusable --out now, before the expensive steps
     batch = opts.static_batch or (min(max(2, opts.trt.profile.min), opts.trt.profile.max) if opts.trt else 2)
     report = describe(ckpt, arch, lam)
+    report["preprocessing"] = pre.as_dict()
     report["verification"] = {"inputs": {"count": opts.num_inputs, "batch": batch, "img_size": opts.img_size,
                                          "seed": opts.seed, "distribution": "N(0,1)"}}
     inputs = random_inputs(opts.num_inputs, batch=batch, img_size=opts.img_size, seed=opts.seed)
-    run = _Run(opts, arch, timer, report, inputs)
+    run = _Run(opts, arch, timer, report, inputs, pre)
     deploy = _fuse_and_verify(run, ckpt, lam)
     metadata = {"vanilladeploy_version": __version__, "variant": arch.name, "act_num": str(arch.act_num),
                 "num_classes": str(arch.num_classes), "source_sha256": ckpt.sha256 or "untrained",
-                "lambda": repr(lam.value), "img_size": str(opts.img_size), "precision": "fp32"}
+                "lambda": repr(lam.value), **pre.metadata(), "precision": "fp32"}
     try:
-        return _write_artifacts(run, writer, deploy, metadata, ckpt.args)
+        return _write_artifacts(run, writer, deploy, metadata)
     except OSError as e:
         raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}. Choose another --out.") from None
 
 
-def _int8(run: _Run, onnx_tmp: Path, model: onnx.ModelProto, writer: ArtifactWriter, args: dict[str, Any]
+def _int8(run: _Run, onnx_tmp: Path, model: onnx.ModelProto, writer: ArtifactWriter
           ) -> tuple[Path, VanillaDeployError | None]:
     from vanilladeploy.int8_export import Int8Options, int8_copy
 
     opts = run.opts
     assert opts.calib is not None
     int8 = Int8Options(opts.calib, opts.calib_count, opts.calib_method, opts.min_agreement, opts.holdout_count)
-    return int8_copy(run.arch.name, onnx_tmp, model, args, opts.img_size, int8, writer, run.timer, run.report)
+    return int8_copy(run.arch.name, onnx_tmp, model, run.preprocess, int8, writer, run.timer, run.report)
 
 
-def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, metadata: dict[str, str],
-                     args: dict[str, Any]) -> ExportResult:
-    """Stage the ONNX (verified in place), the deploy state dict and the report; then publish them together."""
+def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, metadata: dict[str, str]
+                     ) -> ExportResult:
+    """Stage the ONNX (verified in place), the deploy state dict and the report; then publish them together. An int8
+    verification failure (exit 1) outranks a TensorRT step's error (TensorRT missing: exit 3)."""
     name, report = run.arch.name, run.report
     with writer:
         onnx_tmp = writer.stage(f"{name}.onnx")
@@ -293,11 +313,12 @@ def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, meta
         torch.save({"model": deploy.state_dict()}, pth_tmp)
         error, int8_path = None, None
         if run.opts.precision == "int8":
-            int8_path, error = _int8(run, onnx_tmp, model, writer, args)
+            int8_path, error = _int8(run, onnx_tmp, model, writer)
         if run.opts.trt is not None:
             job = EngineJob(name, onnx_tmp, model, writer.out_dir, run.opts.trt, run.inputs, run.references,
                             run.opts.static_batch)
-            error = export_engine(job, writer, run.timer, report, int8_onnx=int8_path) or error
+            engine_error = export_engine(job, writer, run.timer, report, int8_onnx=int8_path)
+            error = error or engine_error
         elif run.opts.precision == "fp16":
             job = EngineJob(name, onnx_tmp, model, writer.out_dir, None, run.inputs, run.references,
                             run.opts.static_batch)
@@ -327,5 +348,5 @@ def describe(ckpt: Checkpoint, arch: Architecture, lam: LambdaInfo) -> dict[str,
     }
 
 
-__all__ = ["ExportOptions", "ExportResult", "export_checkpoint", "random_checkpoint", "resolve_source", "detect",
-           "describe", "require_exact", "TOLERANCE_FP32"]
+__all__ = ["ExportOptions", "ExportResult", "export_checkpoint", "export_preprocess", "random_checkpoint",
+           "resolve_source", "detect", "describe", "require_exact", "TOLERANCE_FP32"]

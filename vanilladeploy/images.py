@@ -9,12 +9,16 @@ repository, inherited from ConvNeXt) as data, computed with PIL and NumPy exactl
 - ToTensor (÷255, CHW, float32), then Normalize with ImageNet's mean/std, or Inception's (0.5) when the checkpoint's
   ``args.imagenet_default_mean_and_std`` is false.
 
-Folders: an ImageFolder tree (``class/xxx.jpg``; classes sorted = label index, as torchvision) or a flat folder (no
-labels). A file that is not an image, or an image that cannot be decoded, is skipped and counted, never a crash.
+Folders: an ImageFolder tree (``class/xxx.jpg``; every subdirectory is a class, names sorted = label index, files
+found exactly as torchvision's ``ImageFolder`` finds them) or a flat folder (no labels). A file that is not an image
+(loose files at a tree's root included), an image that cannot be decoded, or a decompression bomb is skipped and
+counted, never a crash.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,8 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 DEFAULT_CROP_PCT = 224 / 256
+ONNX_METADATA = "onnx metadata"
+"""The source label of preprocessing values read from an exported ONNX's ``metadata_props``."""
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """torchvision's ``IMG_EXTENSIONS``."""
 
@@ -43,7 +49,8 @@ def _pil() -> Any:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """The official eval transform as data; ``sources`` says where each value came from."""
+    """The official eval transform as data; ``sources`` says where each value came from (``img_size``,
+    ``crop_pct``, ``mean_std``); ``exported_sources``, for values read from an ONNX, where the exporter got them."""
 
     img_size: int = 224
     crop_pct: float = DEFAULT_CROP_PCT
@@ -51,31 +58,56 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
     sources: Mapping[str, str] = field(default_factory=lambda: {"img_size": "default", "crop_pct": "default",
                                                                 "mean_std": "default"})
+    exported_sources: Mapping[str, str] | None = None
 
     @classmethod
-    def from_args(cls, args: Mapping[str, Any], *, img_size: int | None = None) -> Preprocess:
+    def from_args(cls, args: Mapping[str, Any], *, img_size: int | None = None,
+                  img_size_source: str = "--img-size") -> Preprocess:
         """Values from a checkpoint's ``args`` (``input_size``, ``crop_pct``, ``imagenet_default_mean_and_std``);
-        an explicit ``img_size`` (an option, or an ONNX graph's input) wins over ``args.input_size``."""
+        an explicit ``img_size`` (labelled ``img_size_source``: an option, a graph's input) wins over
+        ``args.input_size``; what is absent or unusable is the default, labelled so."""
         sources = {}
         if img_size is not None:
-            size, sources["img_size"] = img_size, "option"
-        elif isinstance(args.get("input_size"), int):
-            size, sources["img_size"] = args["input_size"], "checkpoint args"
+            size, sources["img_size"] = img_size, img_size_source
+        elif _positive_number(args.get("input_size"), integer=True):
+            size, sources["img_size"] = args["input_size"], "checkpoint args.input_size"
         else:
             size, sources["img_size"] = 224, "default"
         crop = args.get("crop_pct")
-        crop_ok = isinstance(crop, (int, float)) and not isinstance(crop, bool) and 0 < crop
-        sources["crop_pct"] = "checkpoint args" if crop_ok else "default"
+        crop_ok = _positive_number(crop, integer=False)
+        sources["crop_pct"] = "checkpoint args.crop_pct" if crop_ok else "default"
         flag = args.get("imagenet_default_mean_and_std")
-        sources["mean_std"] = "checkpoint args" if isinstance(flag, bool) else "default"
+        sources["mean_std"] = "checkpoint args.imagenet_default_mean_and_std" if isinstance(flag, bool) else "default"
         inception = flag is False
         return cls(size, float(crop) if crop_ok else DEFAULT_CROP_PCT,
                    IMAGENET_INCEPTION_MEAN if inception else IMAGENET_DEFAULT_MEAN,
                    IMAGENET_INCEPTION_STD if inception else IMAGENET_DEFAULT_STD, sources)
 
+    def metadata(self) -> dict[str, str]:
+        """The ONNX ``metadata_props`` entries that carry this preprocessing (read back by :meth:`from_metadata`)."""
+        return {"img_size": str(self.img_size), "crop_pct": repr(self.crop_pct), "mean": json.dumps(list(self.mean)),
+                "std": json.dumps(list(self.std)), "preprocessing_sources": json.dumps(dict(self.sources))}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> Preprocess | None:
+        """The preprocessing an ONNX was exported with (:meth:`metadata`), labelled ``"onnx metadata"``; None when
+        the ONNX does not record it. Raises ValueError for entries that are there but unreadable."""
+        if not {"img_size", "crop_pct", "mean", "std"} <= meta.keys():
+            return None
+        size, crop = int(meta["img_size"]), float(meta["crop_pct"])
+        mean, std = (tuple(float(v) for v in json.loads(meta[k])) for k in ("mean", "std"))
+        if size < 1 or not crop > 0 or len(mean) != 3 or len(std) != 3 or not all(v > 0 for v in std):
+            raise ValueError(f"img_size {size}, crop_pct {crop}, mean {mean}, std {std}")
+        recorded = json.loads(meta.get("preprocessing_sources", "{}"))
+        return cls(size, crop, mean, std, dict.fromkeys(("img_size", "crop_pct", "mean_std"), ONNX_METADATA),
+                   {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else None)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"img_size": self.img_size, "crop_pct": self.crop_pct, "mean": list(self.mean), "std": list(self.std),
+        info = {"img_size": self.img_size, "crop_pct": self.crop_pct, "mean": list(self.mean), "std": list(self.std),
                 "resize": self.resize_rule(), "interpolation": "bicubic", "sources": dict(self.sources)}
+        if self.exported_sources is not None:
+            info["exported_sources"] = dict(self.exported_sources)
+        return info
 
     def resize_rule(self) -> str:
         if self.img_size <= 32:
@@ -98,6 +130,11 @@ class Preprocess:
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]
         return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def _positive_number(value: Any, *, integer: bool) -> bool:
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and value > 0
 
 
 def _resize_shorter(image: Any, size: int) -> Any:
@@ -124,10 +161,15 @@ def _center_crop(image: Any, size: int) -> Any:
     return image.crop((left, top, left + size, top + size))
 
 
+class NoReadableImagesError(UsageError):
+    """Every image selected for a run was skipped (unreadable or not an image): nothing to infer on (exit 2)."""
+
+
 @dataclass(frozen=True)
 class ImageFolder:
     """Image files under ``root``: an ImageFolder tree (``labels``, ``classes``) or a flat folder (both None).
-    ``ignored`` are files that are not images by extension (counted as skipped)."""
+    ``ignored`` are files that are not images by extension, and in a tree the loose files at its root (counted as
+    skipped)."""
 
     root: Path
     files: tuple[Path, ...]
@@ -135,31 +177,56 @@ class ImageFolder:
     classes: tuple[str, ...] | None
     ignored: tuple[Path, ...] = ()
 
+    def ignored_with_reasons(self) -> list[tuple[Path, str]]:
+        """``ignored`` with why each is skipped."""
+        loose = "a loose file at the root of a class tree (torchvision's ImageFolder ignores it)"
+        return [(p, loose if self.classes is not None and p.parent == self.root else
+                 "not an image file (by extension)") for p in self.ignored]
+
+
+def is_image_file(name: str) -> bool:
+    """torchvision's ``has_file_allowed_extension`` with ``IMG_EXTENSIONS`` (case-insensitive name ending)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
 
 def scan_folder(root: Path) -> ImageFolder:
-    """Sorted files; class folders sorted → label index (as torchvision's ``ImageFolder``)."""
+    """An ImageFolder tree when ``root`` has subdirectories (classes and files exactly as torchvision's
+    ``ImageFolder`` finds them), else a flat folder of its files."""
     if not root.is_dir():
         raise UsageError(f"{root}: no such directory (an image folder is needed).")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if classes:
-        files, labels, ignored = [], [], []
-        for index, name in enumerate(classes):
-            for path in sorted(p for p in (root / name).rglob("*") if p.is_file()):
-                (files if path.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(path)
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    labels.append(index)
-        folder = ImageFolder(root, tuple(files), tuple(labels), tuple(classes), tuple(ignored))
-    else:
-        entries = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
-        folder = ImageFolder(root, tuple(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS), None, None,
-                             tuple(p for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS))
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())  # torchvision's find_classes
+    folder = _scan_tree(root, classes) if classes else _scan_flat(root)
     if not folder.files:
         raise UsageError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found.")
     return folder
 
 
+def _scan_tree(root: Path, classes: list[str]) -> ImageFolder:
+    """torchvision's ``make_dataset``: per class (sorted), ``sorted(os.walk(..., followlinks=True))``, names sorted."""
+    files, labels, ignored = [], [], []
+    for index, name in enumerate(classes):
+        for directory, _, names in sorted(os.walk(root / name, followlinks=True)):
+            for file in sorted(names):
+                path = Path(directory) / file
+                if is_image_file(file):
+                    files.append(path)
+                    labels.append(index)
+                else:
+                    ignored.append(path)
+    loose = sorted(entry.name for entry in os.scandir(root) if not entry.is_dir())
+    ignored = [root / name for name in loose] + ignored  # torchvision never reads them: skipped, counted
+    return ImageFolder(root, tuple(files), tuple(labels), tuple(classes), tuple(ignored))
+
+
+def _scan_flat(root: Path) -> ImageFolder:
+    entries = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    return ImageFolder(root, tuple(p for p in entries if is_image_file(p.name)), None, None,
+                       tuple(p for p in entries if not is_image_file(p.name)))
+
+
 def load_image(path: Path, preprocess: Preprocess) -> np.ndarray:
-    """Decode and preprocess one file; raises ``OSError``/``ValueError`` for a file PIL cannot decode."""
+    """Decode and preprocess one file; raises ``OSError``/``ValueError``/``SyntaxError`` for a file PIL
+    cannot decode, ``PIL.Image.DecompressionBombError`` for one too large to decode safely."""
     Image = _pil()
     with Image.open(path) as image:
         image.load()
@@ -172,15 +239,16 @@ def iter_batches(folder: ImageFolder, preprocess: Preprocess, *, batch: int, ind
     """Yield ``(images N×3×S×S, labels or None, folder indices)``; unreadable files go to ``skipped`` with the
     reason (non-image files of the folder included, once) and never interrupt the stream."""
     if skipped is not None and indices is None:
-        skipped.extend((p, "not an image file (by extension)") for p in folder.ignored)
+        skipped.extend(folder.ignored_with_reasons())
     order = range(len(folder.files)) if indices is None else indices
+    unreadable = (OSError, ValueError, SyntaxError, _pil().DecompressionBombError)  # PIL's errors for broken files
     images: list[np.ndarray] = []
     kept: list[int] = []
     for i in order:
         try:
             images.append(load_image(folder.files[i], preprocess))
             kept.append(i)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated/corrupt/unknown files
+        except unreadable as e:
             if skipped is not None:
                 skipped.append((folder.files[i], f"{type(e).__name__}: {e}"))
         if len(images) == batch:
@@ -196,5 +264,5 @@ def _batch(folder: ImageFolder, images: list[np.ndarray], kept: list[int]
     return np.stack(images), labels, list(kept)
 
 
-__all__ = ["IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "ImageFolder", "Preprocess", "iter_batches",
-           "load_image", "scan_folder"]
+__all__ = ["IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "ONNX_METADATA", "ImageFolder", "NoReadableImagesError",
+           "Preprocess", "is_image_file", "iter_batches", "load_image", "scan_folder"]

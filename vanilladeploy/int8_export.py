@@ -1,7 +1,8 @@
 """The ``--precision int8`` part of ``vanilladeploy export``: calibrate on real images, verify on held-out ones.
 
 The ``--calib`` folder is scanned (sorted), shuffled with a fixed seed so classes mix, and split by position: the
-first ``calib_count`` images calibrate, the next ``holdout_count`` are held out — disjoint by construction. The
+first ``calib_count`` images calibrate, the next ``holdout_count`` are held out — disjoint by construction, and at
+least ``MIN_HOLDOUT`` (32) of them, else the export is refused before any work. The
 int8 QDQ ONNX is then run beside the fp32 ONNX on the held-out images, preprocessed exactly as calibration was (the
 official eval transform with the checkpoint's args): top-1 agreement must reach ``min_agreement`` %. A failing int8
 model is still published, marked unverified in the report, and the export exits 1 (as for an fp16 engine).
@@ -18,18 +19,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from exporters.int8 import quantize_qdq
+from exporters.int8 import CalibrationDataError, Int8Result, quantize_qdq
 from exporters.onnx_export import set_metadata
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.errors import UsageError, VanillaDeployError, VerificationError
 from vanilladeploy.evaluate import evaluate
-from vanilladeploy.images import ImageFolder, Preprocess, iter_batches, scan_folder
+from vanilladeploy.images import ImageFolder, NoReadableImagesError, Preprocess, iter_batches, scan_folder
 
 if TYPE_CHECKING:
     from vanilladeploy.export import _Timer
 
 SPLIT_SEED = 0
 CALIB_BATCH = 8
+MIN_HOLDOUT = 32
+"""The fewest held-out images an int8 verdict is given on (fewer refuse the export, exit 2, before any work)."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,15 @@ class Split:
 
 
 def split_folder(folder: ImageFolder, *, calib_count: int, holdout_count: int, seed: int = SPLIT_SEED) -> Split:
-    """Seeded shuffle, then the first ``calib_count`` calibrate and the next ``holdout_count`` are held out."""
-    n = len(folder.files)
-    if n < calib_count + 1:
-        raise UsageError(f"--calib {folder.root}: {n} images, but --calib-count {calib_count} would leave none held "
-                         f"out to verify the int8 model; pass --calib-count {max(1, n * 3 // 4)} or add images.")
+    """Seeded shuffle, then the first ``calib_count`` calibrate and the next ``holdout_count`` are held out; at
+    least ``min(MIN_HOLDOUT, holdout_count)`` must remain held out (a verdict on fewer images says little)."""
+    n, need = len(folder.files), min(MIN_HOLDOUT, holdout_count)
+    if n - calib_count < need:
+        fix = (f"pass --calib-count {n - need} or add images" if n - need >= 1 else
+               f"add at least {1 + need - n} images")
+        raise UsageError(f"--calib {folder.root}: {n} images, but --calib-count {calib_count} leaves "
+                         f"{max(0, n - calib_count)} held out, fewer than the {need} needed to verify the int8 model; "
+                         f"{fix}.")
     order = np.random.default_rng(seed).permutation(n).tolist()
     return Split(tuple(order[:calib_count]), tuple(order[calib_count:calib_count + holdout_count]))
 
@@ -67,27 +74,21 @@ def _calibration_batches(folder: ImageFolder, pre: Preprocess, split: Split,
         yield x
 
 
-def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, args: dict[str, Any], img_size: int,
-              opts: Int8Options, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]
-              ) -> tuple[Path, VanillaDeployError | None]:
-    """Stage ``<name>.int8.onnx`` and fill ``report["int8"]``; the error (agreement too low) is for after publishing."""
+def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preprocess, opts: Int8Options,
+              writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]) -> tuple[Path, VanillaDeployError | None]:
+    """Stage ``<name>.int8.onnx`` (calibrated and checked with ``pre``, the export's preprocessing) and fill
+    ``report["int8"]``; the error returned (agreement too low) is for after publishing."""
     folder = scan_folder(opts.calib)
     split = split_folder(folder, calib_count=opts.calib_count, holdout_count=opts.holdout_count)
-    pre = Preprocess.from_args(args, img_size=img_size)
-    pre = Preprocess(pre.img_size, pre.crop_pct, pre.mean, pre.std, {**pre.sources, "img_size": "export --img-size"})
     path, skipped = writer.stage(f"{name}.int8.onnx"), []
-    with timer.step("int8_calibrate_s", f"Calibrating int8 on {len(split.calibration)} images ({opts.calib_method})"):
-        result = quantize_qdq(fp32_onnx, path, _calibration_batches(folder, pre, split, skipped),
-                              method=opts.calib_method)
-    if not result:
-        raise VerificationError(f"the int8 graph breaks the QDQ contract: {result.problems[0]}")
+    result = _calibrate(fp32_onnx, path, folder, pre, split, opts, timer, skipped)
     int8_model = onnx.load(path)
     set_metadata(int8_model, {**{p.key: p.value for p in model.metadata_props}, "precision": "int8",
                               "calibration_method": opts.calib_method,
                               "calibration_images": str(len(split.calibration) - len(skipped))})
     onnx.save(int8_model, path)
     with timer.step("int8_verify_s", f"Verifying int8 against fp32 on {len(split.holdout)} held-out images"):
-        held = evaluate([str(fp32_onnx), str(path)], opts.calib, indices=split.holdout, preprocess=pre).as_dict()
+        held = _held_out(fp32_onnx, path, pre, split, opts)
     row = held["artifacts"][1]
     passed = row["agreement_top1"] is not None and row["agreement_top1"] >= opts.min_agreement
     report["int8"] = {
@@ -100,8 +101,6 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, args: dict[str
                          "mean_rel_l2": row["mean_rel_l2"], "worst": row["worst"],
                          "min_agreement": opts.min_agreement, "passed": passed},
     }
-    if held["images"] == 0:
-        raise UsageError(f"--calib {opts.calib}: none of the held-out images could be read.")
     if not passed:
         return path, VerificationError(
             f"the int8 model agrees with fp32 on {row['agreement_top1']}% of {held['images']} held-out images, below "
@@ -110,4 +109,32 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, args: dict[str
     return path, None
 
 
-__all__ = ["Int8Options", "Split", "int8_copy", "split_folder"]
+def _calibrate(fp32_onnx: Path, path: Path, folder: ImageFolder, pre: Preprocess, split: Split, opts: Int8Options,
+               timer: _Timer, skipped: list[tuple[Path, str]]) -> Int8Result:
+    """Quantize on the calibration images; every one unreadable is refused (exit 2), a broken contract is exit 1."""
+    with timer.step("int8_calibrate_s", f"Calibrating int8 on {len(split.calibration)} images ({opts.calib_method})"):
+        try:
+            result = quantize_qdq(fp32_onnx, path, _calibration_batches(folder, pre, split, skipped),
+                                  method=opts.calib_method)
+        except CalibrationDataError:
+            example = f", e.g. {skipped[0][0].name}: {skipped[0][1]}" if skipped else ""
+            raise NoReadableImagesError(
+                f"--calib {opts.calib}: none of the {len(split.calibration)} calibration images could be read "
+                f"({len(skipped)} skipped{example}); replace the unreadable files or choose another --calib "
+                "folder.") from None
+    if not result:
+        raise VerificationError(f"the int8 graph breaks the QDQ contract: {result.problems[0]}")
+    return result
+
+
+def _held_out(fp32_onnx: Path, int8_onnx: Path, pre: Preprocess, split: Split, opts: Int8Options) -> dict[str, Any]:
+    """The int8 ONNX beside the fp32 one on the held-out images (``evaluate`` fits batches to a fixed-batch graph)."""
+    try:
+        return evaluate([str(fp32_onnx), str(int8_onnx)], opts.calib, indices=split.holdout, preprocess=pre).as_dict()
+    except NoReadableImagesError:
+        raise NoReadableImagesError(f"--calib {opts.calib}: none of the {len(split.holdout)} held-out images could be "
+                                    "read, so the int8 model cannot be verified; replace the unreadable files or "
+                                    "add images.") from None
+
+
+__all__ = ["MIN_HOLDOUT", "Int8Options", "Split", "int8_copy", "split_folder"]

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from exporters.triton_repo import (LABELS_FILE, MODEL_FILES, ModelSignature, RepoError, RepoOptions, build_config,
-                                   check_model_name, check_servable, config_text, parse_config, resolve_backend,
-                                   resolve_kind, signature_from_onnx, signature_from_sidecar)
+                                   check_model_name, check_servable, config_text, parse_config, plan_filename,
+                                   resolve_backend, resolve_kind, signature_from_onnx, signature_from_sidecar)
 from vanilladeploy import __version__
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import sha256_of
@@ -178,18 +178,18 @@ def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
     text = config_text(cfg)
     parse_config(text)  # what Triton does first on load
     model_dir = out / name
-    files, sums = _write_model_dir(model_dir, src, backend, text, labels, {
+    model_file = plan_filename(signature) if backend == "tensorrt" else MODEL_FILES["onnxruntime"]
+    files, sums = _write_model_dir(model_dir, src, model_file, backend, text, labels, {
         "tool": {"name": "vanilladeploy", "version": __version__}, "backend": backend,
         "source": {"path": str(src.model_file), "sha256": digest}, "options": dict(vars(opts))})
     return RepoResult(out, model_dir, backend, text, files, sums)
 
 
-def _write_model_dir(model_dir: Path, src: RepoSource, backend: str, config: str, labels: list[str] | None,
-                     manifest: dict[str, Any]) -> tuple[tuple[Path, ...], dict[str, str]]:
+def _write_model_dir(model_dir: Path, src: RepoSource, model_file: str, backend: str, config: str,
+                     labels: list[str] | None, manifest: dict[str, Any]) -> tuple[tuple[Path, ...], dict[str, str]]:
     """``config.pbtxt``, ``1/<model file>`` (+ ``model.py``), labels and the sha256 manifest, swapped in whole."""
     with ArtifactWriter(model_dir) as writer:
         writer.stage("config.pbtxt").write_text(config, encoding="utf-8")
-        model_file = MODEL_FILES["tensorrt" if backend == "tensorrt" else "onnxruntime"]
         shutil.copyfile(src.model_file, writer.stage(f"1/{model_file}"))
         if backend == "python":
             shutil.copyfile(PYTHON_MODEL, writer.stage(f"1/{MODEL_FILES['python']}"))
