@@ -244,6 +244,15 @@ def _fp16_onnx(path: Path) -> Path:
     return target
 
 
+def _onnx_missing() -> str | None:
+    """Why the ONNX export every ONNX-based backend starts from cannot run (onnx fails to import), or None."""
+    try:
+        import onnx  # noqa: F401
+    except Exception as e:
+        return f"onnx is not installed or fails to import ({type(e).__name__}); the models are exported to ONNX first"
+    return None
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime: the CPU execution provider, or CUDA's when onnxruntime-gpu is installed (I/O bound on device)."""
 
@@ -256,7 +265,7 @@ class OnnxRuntimeBackend(Backend):
             return "onnxruntime is not installed"
         if cfg.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             return "no CUDA execution provider: pip install onnxruntime-gpu"
-        return super().missing(cfg)
+        return _onnx_missing() or super().missing(cfg)
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
         import onnxruntime as ort
@@ -310,7 +319,7 @@ class TensorRTBackend(Backend):
 
         if cfg.device != "cuda":
             return "TensorRT needs --device cuda"
-        return tensorrt_missing()
+        return tensorrt_missing() or _onnx_missing()
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
         from exporters.tensorrt_engine import TensorRTRunner, build_engine, strongly_typed_only

@@ -12,7 +12,9 @@ from typing import Any
 
 from exporters.files import write_atomically
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: ``peaks`` lists every precision asked (``available`` false with a reason where none was measured), failed peak
+candidates with their reason, and ``theoretical_peak`` with its clock and ``below_measured``."""
 CSV_FIELDS = ("model", "family", "form", "backend", "device", "precision", "batch", "img_size", "status", "reason",
               "iterations", "median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "std_ms", "throughput_img_s",
               "peak_memory_mb", "gflops", "params_m", "depth", "floor_ms", "efficiency", "floor_exceeded",

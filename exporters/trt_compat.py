@@ -11,20 +11,28 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-import onnx
-from onnx import TensorProto
+from functools import cache
+from typing import TYPE_CHECKING
 
 from exporters.trt_ops import OPSET_RANGE, SUPPORTED_TYPES, UNSUPPORTED
 
+if TYPE_CHECKING:  # onnx is imported where a graph is checked: BatchProfile (and doctor) work without it
+    import onnx
+
 DEFAULT_MAX_BATCH = 32
 
-TYPE_NAMES = {
-    TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
-    TensorProto.INT32: "INT32", TensorProto.INT64: "INT64", TensorProto.INT8: "INT8", TensorProto.UINT8: "UINT8",
-    TensorProto.BOOL: "BOOL", TensorProto.DOUBLE: "DOUBLE", TensorProto.FLOAT8E4M3FN: "FP8",
-    TensorProto.INT4: "INT4",
-}
+
+@cache
+def _type_names() -> dict[int, str]:
+    from onnx import TensorProto
+
+    return {
+        TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
+        TensorProto.INT32: "INT32", TensorProto.INT64: "INT64", TensorProto.INT8: "INT8", TensorProto.UINT8: "UINT8",
+        TensorProto.BOOL: "BOOL", TensorProto.DOUBLE: "DOUBLE", TensorProto.FLOAT8E4M3FN: "FP8",
+        TensorProto.INT4: "INT4",
+    }
+
 IO_TYPES = {"FP32", "FP16", "BF16", "INT32", "INT64", "UINT8", "BOOL"}
 """Types a network input or output may have (UINT8 only there)."""
 
@@ -109,6 +117,8 @@ class CompatResult:
 
 def check_trt_compat(model: onnx.ModelProto, *, profile: BatchProfile | None = None) -> CompatResult:
     """Everything in ``model`` that TensorRT 10's ONNX parser or builder would refuse, as findings."""
+    import onnx
+
     profile = profile or BatchProfile()
     result = CompatResult(nodes=len(model.graph.node), profile=profile)
     try:
@@ -158,7 +168,9 @@ def _tensor_types(graph: onnx.GraphProto) -> dict[str, int]:
 
 
 def _type_name(elem_type: int) -> str:
-    return TYPE_NAMES.get(elem_type) or TensorProto.DataType.Name(elem_type)
+    from onnx import TensorProto
+
+    return _type_names().get(elem_type) or TensorProto.DataType.Name(elem_type)
 
 
 def _check_io(graph: onnx.GraphProto, profile: BatchProfile) -> Iterator[Finding]:
@@ -217,6 +229,8 @@ def _check_node(node: onnx.NodeProto, types: dict[str, int], constants: set[str]
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+    import onnx
+
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 

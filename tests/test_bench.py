@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.report import CSV_FIELDS, SCHEMA_VERSION
+from vanilladeploy.bench import BenchOptions
 from test_cli import run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -78,10 +79,15 @@ def test_bench_csv_and_plot(bench_run: tuple) -> None:
     (("--precision", "int9"), "--precision 'int9'"),
     (("--precision", "fp32,bf16"), "--precision 'bf16'"),
     (("--device", "tpu"), "--device tpu"),
+    (("--channels-last", "--backends", "onnxruntime"), "--channels-last has no effect without a torch backend"),
+    (("--include-copies", "--device", "cpu"), "--include-copies has no effect on cpu"),
+    (("--train-form", "--models", "resnet18,swin_t"), "--train-form has no effect"),
+    (("--train-form", "--models", "vanillanet_5:train"), "--train-form has no effect"),
 ])
 def test_bench_usage_errors(args: tuple[str, ...], words: str, tmp_path: Path) -> None:
     result = run("bench", *args, "--json", tmp_path / "r.json", "--cache-dir", tmp_path)
     assert result.exit_code == 2 and words in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "r.json").exists()
 
 
@@ -158,3 +164,62 @@ def test_depth_axis_has_plain_integer_ticks(tmp_path: Path) -> None:
     captured["fig"].canvas.draw()
     labels = [t.get_text() for t in axis.get_xticklabels() if t.get_text()]
     assert labels == ["6", "50"], labels
+
+
+def _tiny(tmp_path: Path, **changes: object) -> BenchOptions:
+    base = dict(models="vanillanet_5", backends=["torch"], device="cpu", img_size=32, warmup=0, iters=2, threads=1,
+                cache_dir=tmp_path, gemm_n=64, copy_bytes=1 << 16)
+    return BenchOptions(**(base | changes))
+
+
+def test_a_failing_peak_candidate_is_recorded_and_only_timed_precisions_get_candidates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import floor
+    from vanilladeploy import bench
+
+    def broken_session(shape: tuple[int, int, int], threads: int | None) -> floor.PeakCandidate:
+        def prepare() -> floor.Subject:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : session failed")
+
+        return floor.PeakCandidate(f"onnxruntime MatMul {shape[0]} fp32", "compute", "fp32", 1e9, prepare)
+
+    asked: list[list[str]] = []
+    real_candidates = bench.peak_candidates
+    monkeypatch.setattr(floor, "_ort_matmul", broken_session)
+    monkeypatch.setattr(bench, "peak_candidates", lambda device, precisions, *a, **k:
+                        asked.append(list(precisions)) or real_candidates(device, precisions, *a, **k))
+    result = bench.run_bench(_tiny(tmp_path, precision="fp32,fp16"))
+    assert asked == [["fp32"]]  # every fp16 record on cpu is skipped: no fp16 kernel is timed for nothing
+    doc = result.document()
+    fp32 = doc["peaks"]["fp32"]
+    failed = [c for c in fp32["candidates"] if c["status"] == "failed"]
+    assert len(failed) == 3 and all("session failed" in c["reason"] and c["rate"] is None for c in failed)
+    assert fp32["available"] and not fp32["winner"].startswith("onnxruntime MatMul")
+    assert doc["peaks"]["fp16"] == {"available": False, "precision": "fp16", "candidates": [],
+                                    "reason": "no fp16 record was timed on cpu, so no fp16 peak was measured"}
+    records = {r["precision"]: r for r in result.records}
+    assert records["fp32"]["status"] == "ok" and records["fp32"]["floor_ms"] > 0
+    assert records["fp16"]["status"] == "skipped"
+
+
+def test_more_threads_than_cpus_is_a_warning(tmp_path: Path) -> None:
+    from benchmarks.floor import usable_cores
+    from vanilladeploy.bench import option_warnings, run_bench
+
+    too_many = usable_cores(None) + 1
+    assert option_warnings(_tiny(tmp_path)) == []
+    lines: list[str] = []
+    result = run_bench(_tiny(tmp_path, threads=too_many), warn=lines.append)
+    assert len(lines) == 1 and f"--threads {too_many} is more than the {too_many - 1} CPUs" in lines[0]
+    assert result.records[0]["status"] == "ok"
+
+
+def test_refusals_come_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vanilladeploy import bench
+    from vanilladeploy.errors import UsageError
+
+    monkeypatch.setattr(bench, "_run_pinned", lambda *a: pytest.fail("timing started"))
+    for change in ({"channels_last": True, "backends": ["onnxruntime"]}, {"include_copies": True},
+                   {"train_form": True, "models": "resnet18"}):
+        with pytest.raises(UsageError, match="has no effect"):
+            bench.run_bench(_tiny(tmp_path, **change))

@@ -2,9 +2,12 @@
 
 import argparse
 import datetime
+import io
 import os
 import math
 import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import ALL_VARIANTS, official_checkpoint, random_model
+from test_cli import run
 from test_hostile import _in_torch_zip
 from models.vanillanet import create_vanillanet
 from vanilladeploy.arch import check_keys_and_shapes, detect_architecture
@@ -163,3 +167,66 @@ def test_namespace_is_the_only_extra_type_allowed(tmp_path: Path, sd: dict) -> N
     assert load_checkpoint(path).args == {"model": "vanillanet_5"}
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(_save({"model": sd, "args": datetime.datetime.now()}, tmp_path / "b.pth"))
+
+
+# --- damaged zip containers the large fuzz (test_fuzz_large.py) found reaching "internal error" -----------------------
+
+def _central_entry(raw: bytes, suffix: str) -> int:
+    """Offset of the central-directory record of the member whose name ends with ``suffix``."""
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        offset = archive.start_dir
+        for info in archive.infolist():
+            if info.filename.endswith(suffix):
+                return offset
+            name_len, extra_len, comment_len = struct.unpack_from("<HHH", raw, offset + 28)
+            offset += 46 + name_len + extra_len + comment_len
+    raise AssertionError(f"no member *{suffix}")
+
+
+def _official_bytes(sd: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(official_checkpoint(sd, variant="vanillanet_5"), buffer)
+    return buffer.getvalue()
+
+
+def _damaged(raw: bytes, path: Path, edits: dict[int, bytes]) -> Path:
+    damaged = bytearray(raw)
+    for offset, data in edits.items():
+        damaged[offset:offset + len(data)] = data
+    path.write_bytes(bytes(damaged))
+    return path
+
+
+def test_an_unsupported_zip_version_is_a_checkpoint_error(tmp_path: Path, sd: dict) -> None:
+    raw = _official_bytes(sd)
+    entry = _central_entry(raw, "data.pkl")
+    path = _damaged(raw, tmp_path / "v.pth", {entry + 6: bytes([99])})  # "version needed to extract": 9.9
+    with pytest.raises(NotImplementedError, match="zip file version 9.9"):  # what the zip reader itself raises
+        zipfile.ZipFile(path).infolist()
+    with pytest.raises(CheckpointError, match="cannot read this zip container.*NotImplementedError: zip file version"):
+        load_checkpoint(path)
+    result = run("inspect", path)
+    assert result.exit_code == 2 and "zip file version" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "internal error" not in result.output
+
+
+def test_an_unsupported_version_in_a_local_header_is_not_a_crash(tmp_path: Path, sd: dict) -> None:
+    raw = _official_bytes(sd)
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        local = next(i.header_offset for i in archive.infolist() if i.filename.endswith("data.pkl"))
+    path = _damaged(raw, tmp_path / "v.pth", {local + 4: struct.pack("<H", 99)})  # neither reader checks it
+    assert load_checkpoint(path).container_key == "model_ema"
+
+
+def test_a_damaged_central_directory_size_is_a_checkpoint_error(tmp_path: Path, sd: dict) -> None:
+    raw = _official_bytes(sd)
+    entry = _central_entry(raw, "data.pkl")
+    sizes = struct.pack("<II", 7, 7)  # compressed and uncompressed size of data.pkl: 7 bytes of a longer pickle
+    path = _damaged(raw, tmp_path / "cd.pth", {entry + 20: sizes})
+    with pytest.raises(struct.error):  # what torch's weights-only unpickler raises on the cut pickle
+        torch.load(path, weights_only=True)
+    with pytest.raises(CheckpointError, match=r"truncated or corrupted \(error: unpack requires"):
+        load_checkpoint(path)
+    result = run("inspect", path)
+    assert result.exit_code == 2 and "unpack requires" in result.output, result.output
+    assert "internal error" not in result.output

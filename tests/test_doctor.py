@@ -4,8 +4,11 @@ each gives its own reason and install line, and doctor never raises."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +88,49 @@ def test_cli_doctor_table_and_json() -> None:
     assert table.exit_code == 0 and "export --trt" in table.output and "onnxruntime" in table.output
     as_json = runner.invoke(app, ["doctor", "--json"])
     assert as_json.exit_code == 0 and json.loads(as_json.output)["capabilities"]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_doctor_runs_with_onnx_unimportable(tmp_path: Path) -> None:
+    """A real process in which ``import onnx`` raises ImportError (a package of that name shadows the real one):
+    ``vanilladeploy doctor`` still exits 0 and reports onnx — and what needs it — as missing."""
+    shadow = tmp_path / "onnx"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('onnx made unimportable for this test')\n")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    done = subprocess.run([sys.executable, "-m", "vanilladeploy.cli", "doctor", "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    parts = {c["name"]: c for c in info["components"]}
+    caps = {c["command"]: c for c in info["capabilities"]}
+    assert not parts["onnx"]["ok"] and "onnx made unimportable" in parts["onnx"]["detail"]
+    assert not caps["export"]["ready"] and caps["export"]["reason"].startswith("onnx: ImportError")
+    assert not caps["bench: onnxruntime (cpu)"]["ready"] and "onnx" in caps["bench: onnxruntime (cpu)"]["reason"]
+    assert caps["bench: torch (cpu)"]["ready"] or caps["bench: torch (cuda)"]["ready"]
+
+
+def test_gpu_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What doctor says about a GPU, from torch.cuda's report functions made to report one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    part = _parts()["torch"]
+    assert part["ok"] and part["detail"] == "CUDA 12.8: NVIDIA H100 80GB HBM3 (compute capability 9.0)"
+    caps = _caps()
+    assert "bench: torch (cuda)" in caps and "bench: torch (cpu)" not in caps
+    from exporters.trt_plan import tensorrt_missing
+
+    assert caps["export --trt"]["ready"] == (tensorrt_missing() is None)  # with a GPU, it is TensorRT that decides
+    table = CliRunner().invoke(app, ["doctor"])
+    assert table.exit_code == 0 and "compute capability 9.0" in table.output and "NVIDIA H100" in table.output
+
+
+def test_install_line_matches_the_trt_plan() -> None:
+    from exporters.trt_plan import INSTALL_HINT
+    from vanilladeploy.doctor import TRT_INSTALL
+
+    assert TRT_INSTALL == INSTALL_HINT

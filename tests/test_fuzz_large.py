@@ -3,9 +3,13 @@
 The small hypothesis fuzz (test_fuzz.py) mutates a tiny container; this one damages the places where a real file's
 structure lives — the pickle (data.pkl), the zip local headers, the central directory, the end-of-central-directory
 record, the size fields, the tensor bytes — and truncates it, ≥ 5,000 times. Each case goes through what
-``vanilladeploy inspect`` does (load, λ, detect); it must succeed or raise a ``VanillaDeployError`` — any other
-exception is a loader bug ("internal error" at the CLI). Mutations are written in place and undone, so the 69 MB file
-is written once. Seeded: a failure prints the seed, the case number and the mutation.
+``vanilladeploy inspect`` does (load, λ, detect); it must succeed or raise one of the bad-input errors that exit 2
+(``CheckpointError``, ``ArchitectureError``, ``InexactMergeError``) — any other exception, or another member of our
+error family, is a loader bug. The first case of each outcome is replayed through the real CLI, which must exit 2 with
+one line. Mutations are written in place and undone, so the 69 MB file is written once. Seeded: a failure prints the
+seed, the case number and the mutation. The count and the time are printed past pytest's capture (they show under
+``-q`` in the CI log) and recorded as properties (JUnit XML). ``VANILLADEPLOY_FUZZ_CASES`` lowers the count for a
+local try; CI runs the default.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ import pytest
 import torch
 
 from conftest import official_checkpoint, random_model
+from test_cli import run
 from vanilladeploy.checkpoint import lambda_of
-from vanilladeploy.errors import VanillaDeployError
+from vanilladeploy.errors import ArchitectureError, CheckpointError, ExitCode, InexactMergeError
 from vanilladeploy.export import detect, resolve_source
 
-CASES = int(os.environ.get("VANILLADEPLOY_FUZZ_CASES", "5000"))
+DEFAULT_CASES = 5000
+CASES = int(os.environ.get("VANILLADEPLOY_FUZZ_CASES", str(DEFAULT_CASES)))
 SEED = int(os.environ.get("VANILLADEPLOY_FUZZ_SEED", "20261124"))
+EXIT_2 = (CheckpointError, ArchitectureError, InexactMergeError)
+"""What a damaged checkpoint may raise: the bad-input errors, each exit 2 at the CLI."""
 
 Mutation = tuple[str, list[tuple[int, bytes]], int | None]
 """(kind, [(offset, new bytes)], truncate-to length or None)."""
@@ -132,30 +140,60 @@ def real_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _outcome(path: Path, seed_case: str) -> str:
+    """"loaded", or the name of the exit-2 error it raised; anything else fails the test."""
+    try:
+        _inspect(path)
+        return "loaded"
+    except EXIT_2 as e:
+        assert e.exit_code == ExitCode.BAD_INPUT, f"{seed_case}: {type(e).__name__} would not exit 2"
+        return type(e).__name__
+    except Exception as e:  # noqa: BLE001 - the point of the test
+        pytest.fail(f"{seed_case}: {type(e).__name__}: {e} escaped the loader (not a bad-input error, exit 2)")
+
+
+def _replay_through_the_cli(path: Path, raw: bytes, firsts: dict[str, Mutation]) -> None:
+    for outcome, mutation in firsts.items():
+        undo = _apply(path, raw, mutation)
+        try:
+            result = run("inspect", path)
+        finally:
+            undo()
+        assert result.exit_code == 2, f"{outcome} {mutation[0]}: exit {result.exit_code}: {result.output}"
+        assert len(result.output.strip().splitlines()) == 1 and "internal error" not in result.output
+
+
 @pytest.mark.slow
-def test_structure_aware_mutations_of_a_real_size_checkpoint(real_checkpoint: Path) -> None:
+def test_structure_aware_mutations_of_a_real_size_checkpoint(real_checkpoint: Path, capsys: pytest.CaptureFixture,
+                                                             record_property: Callable[[str, object], None]) -> None:
     raw = real_checkpoint.read_bytes()
     assert len(raw) > 60e6, "not a real-size container"
+    assert DEFAULT_CASES >= 5000
     _inspect(real_checkpoint)  # the pristine file loads
     layout, rng = Layout(real_checkpoint), random.Random(SEED)
     outcomes: dict[str, int] = {}
+    firsts: dict[str, Mutation] = {}
     start = time.perf_counter()
     for case in range(CASES):
         mutation = _mutation(rng, layout, raw)
         undo = _apply(real_checkpoint, raw, mutation)
         try:
-            _inspect(real_checkpoint)
-            outcome = "loaded"
-        except VanillaDeployError as e:
-            outcome = type(e).__name__
-        except Exception as e:  # noqa: BLE001 - the point of the test
-            pytest.fail(f"seed {SEED}, case {case}, mutation {mutation[0]} {[(o, d.hex()) for o, d in mutation[1]]} "
-                        f"cut {mutation[2]}: {type(e).__name__}: {e} escaped the loader (would be exit 4)")
+            outcome = _outcome(real_checkpoint, f"seed {SEED}, case {case}, mutation {mutation[0]} "
+                               f"{[(o, d.hex()) for o, d in mutation[1]]} cut {mutation[2]}")
         finally:
             undo()
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        firsts.setdefault(outcome, mutation)
+    seconds = time.perf_counter() - start
     assert real_checkpoint.read_bytes() == raw, "a mutation was not undone"
-    print(f"\n{CASES} mutations of a {len(raw) / 1e6:.0f} MB checkpoint in {time.perf_counter() - start:.0f} s: "
-          f"{outcomes}")
+    _replay_through_the_cli(real_checkpoint, raw, {k: v for k, v in firsts.items() if k != "loaded"})
+    summary = (f"fuzz_large: {CASES} structure-aware mutations of a {len(raw) / 1e6:.0f} MB checkpoint in "
+               f"{seconds:.0f} s ({seconds / CASES * 1e3:.1f} ms each), seed {SEED}: {outcomes}"
+               + ("" if CASES >= DEFAULT_CASES else f" (reduced from {DEFAULT_CASES} by VANILLADEPLOY_FUZZ_CASES)"))
+    with capsys.disabled():
+        print(f"\n{summary}", flush=True)
+    record_property("fuzz_cases", CASES)
+    record_property("fuzz_seconds", round(seconds, 1))
+    record_property("fuzz_outcomes", outcomes)
     assert sum(outcomes.values()) == CASES
     assert outcomes.get("CheckpointError", 0) > CASES // 4  # the mutations really damage the structure

@@ -97,6 +97,25 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
 ]
 
 
+FLAGS_WITHOUT_EFFECT: list[tuple[tuple[str, ...], str]] = [
+    # (command and the arguments that make the flag meaningless, flag)
+    (BENCH, "--channels-last"),  # no torch backend
+    (BENCH, "--include-copies"),  # on the CPU there is nothing to copy
+    (("bench", "--models", "resnet18", "--backends", "onnxruntime", "--cache-dir", "{tmp}/cache"), "--train-form"),
+]
+
+
+@pytest.mark.parametrize(("cmd", "flag"), FLAGS_WITHOUT_EFFECT, ids=[f for _, f in FLAGS_WITHOUT_EFFECT])
+def test_a_flag_without_effect_is_refused_in_one_line(cmd: tuple[str, ...], flag: str, places: dict[str, str],
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(**places, tmp=str(tmp_path)) for a in cmd] + [flag]
+    result = runner.invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (args, result.output)
+    assert flag in lines[0] and not os.listdir(tmp_path), lines[0]
+
+
 def test_every_option_of_every_command_is_in_the_table() -> None:
     """New options join the sweep: an option that takes a value and has no row here fails this test."""
     import typer.main

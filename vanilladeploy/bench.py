@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ from typing import Any
 import torch
 
 from benchmarks.backends import BACKENDS, Backend, BenchConfig, Prepared, SkipModel
-from benchmarks.floor import (FLOOR_EXCEEDED, DevicePeak, PeakCandidate, device_name, device_peak, efficiency, floor_ms,
-                              peak_candidates, rates, theoretical_peak, usable_cores, vanillanet_conv_shapes)
+from benchmarks.floor import (FLOOR_EXCEEDED, DevicePeak, GuardedPeak, NoPeakMeasured, PeakCandidate, device_name,
+                              device_peak, efficiency, floor_ms, guard, peak_candidates, rates, theoretical_peak,
+                              usable_cores, vanillanet_conv_shapes)
 from benchmarks.harness import measure_interleaved, summarize
 from benchmarks.zoo import ModelEntry, model_cost, resolve_models
 from vanilladeploy import __version__
@@ -50,7 +52,7 @@ class BenchOptions:
     include_copies: bool = False
     train_form: bool = False
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "vanilladeploy")
-    gemm_n: int | None = None  # peak subjects' GEMM size; None: 2048 on CPU, 8192 on CUDA
+    gemm_n: int | None = None  # peak subjects' largest GEMM (n³, (n/2)³, a conv-like one); None: 2048 CPU, 8192 CUDA
     copy_bytes: int | None = None  # bandwidth subject; None: 256 MiB on CPU, 1 GiB on CUDA
 
     @property
@@ -67,10 +69,14 @@ class BenchResult:
     machine: dict[str, Any]
     config: dict[str, Any]
     peaks: dict[str, DevicePeak]
+    """The precisions whose peak was measured."""
+    peaks_unavailable: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The others: ``{"available": False, "reason": …, "candidates": […]}``; their records have no floor."""
 
     def document(self) -> dict[str, Any]:
+        peaks = {k: v.as_dict() for k, v in self.peaks.items()} | self.peaks_unavailable
         return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": self.config,
-                "machine": self.machine, "peaks": {k: v.as_dict() for k, v in self.peaks.items()},
+                "machine": self.machine, "peaks": dict(sorted(peaks.items(), key=lambda kv: PRECISIONS.index(kv[0]))),
                 "records": self.records}
 
 
@@ -110,8 +116,11 @@ def _pinned_threads(threads: int | None) -> Iterator[dict[str, Any]]:
         torch.set_num_threads(before_threads)
 
 
-def run_bench(opts: BenchOptions, *, progress: Progress = lambda *_: None) -> BenchResult:
-    """Prepare every (model, backend), time them interleaved, return one record per pair."""
+def run_bench(opts: BenchOptions, *, progress: Progress = lambda *_: None,
+              warn: Callable[[str], None] | None = None) -> BenchResult:
+    """Prepare every (model, backend), time them interleaved, return one record per pair. Options that cannot work,
+    or would have no effect, are refused (:class:`UsageError`) before any work; ``warn`` (default: one line on
+    stderr) gets what runs but not as the user may expect."""
     bad = [p for p in opts.precisions if p not in PRECISIONS] or ([] if opts.precisions else [opts.precision])
     if bad:
         raise UsageError(f"--precision {bad[0]!r}: choose fp32, fp16 or int8 (several: fp32,int8).")
@@ -120,8 +129,41 @@ def run_bench(opts: BenchOptions, *, progress: Progress = lambda *_: None) -> Be
     except ValueError as e:
         raise UsageError(f"--models: {e}.") from None
     backends, device = _backends(opts.backends), _device(opts.device)
+    refuse_idle_options(opts, entries, [b.name for b in backends], device)
+    for line in option_warnings(opts):
+        (warn or _warn_on_stderr)(line)
     with _pinned_threads(opts.threads) as pinning:
         return _run_pinned(opts, entries, backends, device, pinning, progress)
+
+
+TORCH_BACKENDS = ("torch", "torch-cudagraph")
+
+
+def refuse_idle_options(opts: BenchOptions, entries: list[ModelEntry], backends: list[str], device: str) -> None:
+    """An option that would change nothing in this run is a mistake to point out, not to ignore (exit 2)."""
+    if opts.channels_last and not set(backends) & set(TORCH_BACKENDS):
+        raise UsageError(f"--channels-last has no effect without a torch backend (--backends {','.join(backends)}): "
+                         "add torch or torch-cudagraph to --backends, or drop --channels-last.")
+    if opts.include_copies and device == "cpu":
+        raise UsageError("--include-copies has no effect on cpu (inputs and outputs already live on the host): "
+                         "use --device cuda, or drop --include-copies.")
+    if opts.train_form and not any(e.family == "vanillanet" and e.form == "deploy" for e in entries):
+        raise UsageError("--train-form has no effect: --models names no deployed VanillaNet; add one "
+                         "(e.g. vanillanet_5), or drop --train-form.")
+
+
+def option_warnings(opts: BenchOptions) -> list[str]:
+    """What runs, but not as asked: more threads than CPUs oversubscribe them."""
+    available = usable_cores(None)
+    if opts.threads and opts.threads > available:
+        return [f"--threads {opts.threads} is more than the {available} CPUs this process may use: the threads "
+                "share cores, which slows every model and the peak kernels alike."]
+    return []
+
+
+def _warn_on_stderr(line: str) -> None:
+    sys.stderr.write(f"warning: {line}\n")
+    sys.stderr.flush()
 
 
 def _run_pinned(opts: BenchOptions, entries: list[ModelEntry], backends: list[Backend], device: str,
@@ -132,9 +174,11 @@ def _run_pinned(opts: BenchOptions, entries: list[ModelEntry], backends: list[Ba
                for precision in dict.fromkeys(opts.precisions)]
     machine = machine_info(device) | {"pinning": pinning}
     records, subjects, prepared = _prepare_all(entries, backends, configs, progress)
-    candidates = _peak_subjects(opts, entries, device, pinning["threads"])
-    subjects |= {f"peak|{c.name}": c.subject for c in candidates}
+    timed = list(dict.fromkeys(records[key]["precision"] for key in subjects))
     try:
+        progress("Preparing the peak kernels", 0, 1)
+        peak_subjects = guard(_peak_candidates(opts, entries, device, pinning["threads"], timed))
+        subjects |= {f"peak|{g.name}": g for g in peak_subjects if not g.error}
         iters = opts.iters or (200 if device == "cuda" else 20)
         samples = measure_interleaved(subjects, warmup=opts.warmup, iters=iters, budget_s=opts.budget_s,
                                       on_round=lambda done, total: progress("Timing (interleaved rounds, peaks "
@@ -144,46 +188,70 @@ def _run_pinned(opts: BenchOptions, entries: list[ModelEntry], backends: list[Ba
             for cleanup in p.cleanup:
                 cleanup()
     machine["gpu_after"] = gpu_state() if device == "cuda" else None
-    peaks = _peaks(candidates, samples, device, [c.precision for c in configs], pinning["threads"])
+    measured = _measured(peak_subjects, samples)
+    peaks, unavailable = _peaks(measured, device=device, label=device_name(device), timed=timed,
+                                precisions=[c.precision for c in configs], cores=usable_cores(pinning["threads"]))
     for key, record in records.items():
         if key in samples:
-            _finish(record, summarize(samples[key], batch=opts.batch), peaks[record["precision"]])
+            precision = record["precision"]
+            _finish(record, summarize(samples[key], batch=opts.batch), peaks.get(precision),
+                    (unavailable.get(precision) or {}).get("reason", ""))
     _speedups(records)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()} | {"device": device}
-    return BenchResult(sorted(records.values(), key=_sort_key), machine, config, peaks)
+    return BenchResult(sorted(records.values(), key=_sort_key), machine, config, peaks, unavailable)
 
 
-def _peak_subjects(opts: BenchOptions, entries: list[ModelEntry], device: str, threads: int | None
-                   ) -> list[PeakCandidate]:
-    """The peak candidates timed in the same rounds as the models (DESIGN §7: measure the peak in the same run)."""
+def _peak_candidates(opts: BenchOptions, entries: list[ModelEntry], device: str, threads: int | None,
+                     precisions: list[str]) -> list[PeakCandidate]:
+    """The peak candidates timed in the same rounds as the models (DESIGN §7: measure the peak in the same run), for
+    the precisions some timed record needs (a candidate no record uses only costs time)."""
     variants = [e.base for e in entries if e.family == "vanillanet" and e.form == "deploy"]
     shapes = vanillanet_conv_shapes(variants, opts.img_size) if variants else []
     gemm_n = opts.gemm_n or (8192 if device == "cuda" else 2048)
     copy_bytes = opts.copy_bytes or ((1 << 30) if device == "cuda" else (256 << 20))
-    return peak_candidates(device, opts.precisions, shapes, gemm_n=gemm_n, copy_bytes=copy_bytes, threads=threads)
+    return peak_candidates(device, precisions, shapes, gemm_n=gemm_n, copy_bytes=copy_bytes, threads=threads)
 
 
-def _peaks(candidates: list[PeakCandidate], samples: dict[str, list[float]], device: str, precisions: list[str],
-           threads: int | None) -> dict[str, DevicePeak]:
-    measured = rates(candidates, {c.name: samples.get(f"peak|{c.name}", []) for c in candidates})
-    peaks = {}
+def _measured(peak_subjects: list[GuardedPeak], samples: dict[str, list[float]]) -> list[dict[str, object]]:
+    times = {g.name: samples.get(f"peak|{g.name}", []) for g in peak_subjects}
+    return rates([g.candidate for g in peak_subjects], times, {g.name: g.error for g in peak_subjects if g.error})
+
+
+def _peaks(measured: list[dict[str, object]], *, device: str, label: str, precisions: list[str], timed: list[str],
+           cores: int) -> tuple[dict[str, DevicePeak], dict[str, dict[str, Any]]]:
+    """Each precision's own peak; a precision without one is listed as unavailable with the reason (its records get
+    no floor) — never given another precision's peak."""
+    peaks: dict[str, DevicePeak] = {}
+    unavailable: dict[str, dict[str, Any]] = {}
     for precision in dict.fromkeys(precisions):
-        theory = theoretical_peak(precision, usable_cores(threads)) if device == "cpu" else (None, "")
+        if precision not in timed:
+            unavailable[precision] = _unavailable(precision, f"no {precision} record was timed on {device}, so no "
+                                                  f"{precision} peak was measured")
+            continue
+        theory = theoretical_peak(precision, cores) if device == "cpu" else None
         try:
-            peaks[precision] = device_peak(device_name(device), precision, measured, theoretical=theory)
-        except ValueError:  # no candidate runs this precision here (fp16 on CPU): keep the fp32 one
-            fallback = next(iter(peaks.values()), None) or device_peak(device_name(device), "fp32", measured)
-            peaks[precision] = fallback
-    return peaks
+            peaks[precision] = device_peak(label, precision, measured, theoretical=theory)
+        except NoPeakMeasured as e:
+            unavailable[precision] = _unavailable(precision, str(e), e.candidates)
+    return peaks, unavailable
 
 
-def _finish(record: dict[str, Any], stats: Any, peak: DevicePeak) -> None:
-    """Statistics, then the floor from the peak measured in the same rounds; an efficiency above 1 is flagged."""
+def _unavailable(precision: str, reason: str, candidates: tuple[dict[str, object], ...] = ()) -> dict[str, Any]:
+    return {"available": False, "precision": precision, "reason": reason, "candidates": list(candidates)}
+
+
+def _finish(record: dict[str, Any], stats: Any, peak: DevicePeak | None, missing: str = "") -> None:
+    """Statistics, then the floor from the peak measured in the same rounds; an efficiency above 1 is flagged. No
+    peak of the record's precision: no floor, and the note says why."""
+    record.update(status="ok", stats=stats.as_dict())
+    if peak is None:
+        record.update(floor_ms=None, efficiency=None, peak_used=None, floor_exceeded=None,
+                      note=f"floor unavailable: {missing or 'no peak was measured for this precision'}")
+        return
     floor = floor_ms(record["flops"], record["weight_bytes"], peak)
     eff = efficiency(floor, stats.median_ms)
-    record.update(status="ok", stats=stats.as_dict(), floor_ms=round(floor, 6), efficiency=round(eff, 4),
-                  peak_used=peak.winner, floor_exceeded=bool(eff > 1.0),
-                  note=FLOOR_EXCEEDED if eff > 1.0 else None)
+    record.update(floor_ms=round(floor, 6), efficiency=round(eff, 4), peak_used=peak.winner,
+                  floor_exceeded=bool(eff > 1.0), note=FLOOR_EXCEEDED if eff > 1.0 else None)
 
 
 def _speedups(records: dict[str, dict[str, Any]]) -> None:

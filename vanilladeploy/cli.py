@@ -52,7 +52,7 @@ class _OneLineUsageErrors(TyperGroup):
             where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             err.print(f"[bold red]error:[/] {escape(e.format_message())}{escape(where)}", soft_wrap=True)
             sys.exit(e.exit_code)
-        except _click_exc.Abort:
+        except typer.Abort:
             err.print("[red]aborted[/]")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
@@ -512,7 +512,7 @@ def bench(
             raise MissingDependencyError("the plot needs matplotlib: pip install 'vanilladeploy[bench]'")
         with _BenchProgress() as progress:
             result = run_bench(opts, progress=progress)
-        _render_bench(result.records, result.machine, result.peaks)
+        _render_bench(result.records, result.machine, result.peaks, result.peaks_unavailable)
         _write_bench(result, json_path, csv_path, plot_path)
 
     _run(verbose, run)
@@ -565,15 +565,20 @@ def _ms(x: Any) -> str:
     return "—" if x is None else f"{x:.3g}" if x < 10 else f"{x:.1f}"
 
 
-def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peaks: dict[str, Any]) -> None:
+def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peaks: dict[str, Any],
+                  unavailable: dict[str, dict[str, Any]]) -> None:
     where = machine.get("gpu") or machine["cpu"]
     out.print(f"[bold]{escape(where)}[/]", soft_wrap=True)
     for precision, peak in peaks.items():
-        theory = f"; {peak.theoretical_note} = {peak.theoretical_flops / 1e9:.0f} G/s" if peak.theoretical_flops \
-            else ""
-        out.print(f"  {precision} peak measured in the same rounds: {peak.peak_flops / 1e9:.0f} G{'OP' if precision == 'int8' else 'FLOP'}/s "
-                  f"({escape(peak.winner)}, min time), bandwidth {peak.bandwidth_bytes_s / 1e9:.0f} GB/s{escape(theory)}",
-                  soft_wrap=True)
+        unit = "GOP/s" if precision == "int8" else "GFLOP/s"
+        t = peak.theoretical_peak
+        theory = f"; {t.label}: {t.note} = {t.flops / 1e9:.0f} {unit}" if t and t.flops else ""
+        out.print(f"  {precision} peak measured in the same rounds: {peak.peak_flops / 1e9:.0f} {unit} "
+                  f"({escape(peak.winner)}, min time), bandwidth {peak.bandwidth_bytes_s / 1e9:.0f} GB/s"
+                  f"{escape(theory)}", soft_wrap=True)
+    for precision, info in unavailable.items():
+        out.print(f"  [yellow]{precision}: no peak measured[/] — {escape(str(info.get('reason', '')))}; its records "
+                  "have no floor", soft_wrap=True)
     for backend, precision in dict.fromkeys((r["backend"], r["precision"]) for r in records):
         rows = [r for r in records if r["backend"] == backend and r["precision"] == precision]
         ok = [r for r in rows if r["status"] == "ok"]
@@ -593,6 +598,13 @@ def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peaks:
 FLOOR_NOTE = "floor exceeded: peak under-measured (the model beat every peak kernel timed beside it)"
 
 
+def _efficiency(r: dict[str, Any]) -> str:
+    """floor / median; flagged with ``!`` (and :data:`FLOOR_NOTE` under the table) where the model beat its floor."""
+    if r["efficiency"] is None:
+        return "—"
+    return f"{r['efficiency']:.2f}" + (" [yellow]![/]" if r["floor_exceeded"] else "")
+
+
 def _bench_table(backend: str, ok: list[dict[str, Any]]) -> None:
     first = ok[0]
     speedup = any("speedup_vs_fp32" in r for r in ok)
@@ -607,7 +619,7 @@ def _bench_table(backend: str, ok: list[dict[str, Any]]) -> None:
         s, p = r["stats"], r["published"]
         paper = " / ".join("—" if p[k] is None else str(p[k])
                            for k in ("pytorch_a100_ms", "trt_fp32_a100_ms", "trt_fp16_a100_ms"))
-        eff = f"{r['efficiency']:.2f}" + (" [yellow]![/]" if r["floor_exceeded"] else "")
+        eff = _efficiency(r)
         cells = [r["model"], "—" if p["top1"] is None else str(p["top1"]), f"{r['gflops']:.1f}", str(r["depth"]),
                  _ms(s["median_ms"]), _ms(s["p90_ms"]), _ms(s["p99_ms"]), f"{s['throughput_img_s']:.1f}",
                  _ms(r["floor_ms"]), eff]
@@ -892,9 +904,9 @@ def doctor(
 ) -> None:
     """What this machine can do: versions of every part, and per command 'ready' or why not and the install
     line. Exit 0 even when optional parts are missing."""
-    from vanilladeploy.doctor import diagnose
-
     def run() -> None:
+        from vanilladeploy.doctor import diagnose
+
         info = diagnose().as_dict()
         if as_json:
             _print_json(info)

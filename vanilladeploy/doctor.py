@@ -2,7 +2,9 @@
 
 Every probe runs in its own ``try``: a missing or broken optional part is a finding, never a crash, and ``diagnose``
 never raises. Readiness reuses what the commands themselves check (``tensorrt_missing``, the bench backends'
-``missing``, ``find_tritonserver``), so doctor and the commands cannot disagree.
+``missing``, ``find_tritonserver``), so doctor and the commands cannot disagree. This module imports only the
+standard library at import time: everything else is a probe, so doctor runs with any optional part (onnx included)
+missing or broken.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from types import ModuleType
 from typing import Any
 
-from exporters.trt_plan import INSTALL_HINT as TRT_INSTALL
-
+TRT_INSTALL = "pip install 'vanilladeploy[trt]' on a machine with an NVIDIA GPU and driver"
+"""The same line as ``exporters.trt_plan.INSTALL_HINT`` (a test keeps them equal), without importing exporters."""
 SERVE_INSTALL = "pip install 'vanilladeploy[serve]'"
 BENCH_INSTALL = "pip install 'vanilladeploy[bench]'"
 CORE_INSTALL = "pip install vanilladeploy"
@@ -48,15 +51,19 @@ class Diagnosis:
                 "capabilities": [asdict(c) for c in self.capabilities]}
 
 
-def _module(name: str) -> tuple[Any, str | None]:
+def _module(name: str) -> tuple[ModuleType | None, str | None]:
     """(module or None, why not): an import that fails for any reason is a finding."""
     try:
         return importlib.import_module(name), None
     except Exception as e:  # ImportError, or a broken install raising anything on import
-        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        return None, _why(e)
 
 
-def _probe(name: str, detail: Callable[[Any], str] | None = None, *, module: str | None = None) -> Component:
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+
+
+def _probe(name: str, detail: Callable[[ModuleType], str] | None = None, *, module: str | None = None) -> Component:
     mod, why = _module(module or name)
     if mod is None:
         return Component(name, None, False, why or "not installed")
@@ -66,7 +73,7 @@ def _probe(name: str, detail: Callable[[Any], str] | None = None, *, module: str
         return Component(name, str(getattr(mod, "__version__", "?")), False, f"{type(e).__name__}: {e}")
 
 
-def _version(mod: Any) -> str:
+def _version(mod: ModuleType) -> str:
     if hasattr(mod, "__version__"):
         return str(mod.__version__)
     from importlib.metadata import PackageNotFoundError, version
@@ -92,7 +99,7 @@ def _cpu() -> Component:
     return Component("cpu", None, True, f"{model}, {cores} cores usable, ISA: {' '.join(isa) or 'baseline'}")
 
 
-def _torch_detail(torch: Any) -> str:
+def _torch_detail(torch: ModuleType) -> str:
     if torch.cuda.is_available():
         name, cc = torch.cuda.get_device_name(), torch.cuda.get_device_capability()
         return f"CUDA {torch.version.cuda}: {name} (compute capability {cc[0]}.{cc[1]})"
@@ -100,15 +107,18 @@ def _torch_detail(torch: Any) -> str:
 
 
 def _tensorrt() -> Component:
-    mod, why = _module("tensorrt")
-    if mod is None or getattr(mod, "__file__", None) is None:
-        return Component("tensorrt", None, False, why or "not installed (only type stubs)")
     try:
-        builder = mod.Builder(mod.Logger(mod.Logger.WARNING))  # the libraries really load
-        del builder
-        return Component("tensorrt", str(mod.__version__), True, "libraries load")
+        trt = importlib.import_module("tensorrt")
     except Exception as e:
-        return Component("tensorrt", str(getattr(mod, "__version__", "?")), False,
+        return Component("tensorrt", None, False, _why(e))
+    if getattr(trt, "__file__", None) is None:
+        return Component("tensorrt", None, False, "not installed (only type stubs)")
+    try:
+        builder = trt.Builder(trt.Logger(trt.Logger.WARNING))  # the libraries really load
+        del builder
+        return Component("tensorrt", str(trt.__version__), True, "libraries load")
+    except Exception as e:
+        return Component("tensorrt", str(getattr(trt, "__version__", "?")), False,
                          f"imports, but its libraries fail to load ({type(e).__name__}: {e})")
 
 
