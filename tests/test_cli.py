@@ -150,7 +150,7 @@ def test_usage_errors(official_ckpt_path: Path, tmp_path: Path) -> None:
     typo = export("vanillanet6", tmp_path / "o")
     assert typo.exit_code == 2 and "Did you mean vanillanet_6" in typo.output
     small = run("export", official_ckpt_path, "--out", tmp_path / "o", "--img-size", "16")
-    assert small.exit_code == 2 and "use at least 32" in small.output
+    assert small.exit_code == 2 and "pass --img-size 32 or more" in small.output
     key = export(official_ckpt_path, tmp_path / "o", "--key", "weights")
     assert key.exit_code == 2 and "--key 'weights'" in key.output
     arch = export(official_ckpt_path, tmp_path / "o", "--arch", "vanillanet_9")
