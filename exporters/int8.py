@@ -15,6 +15,7 @@ import contextlib
 import io
 import itertools
 import logging
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,10 @@ class Int8Result:
 
 class CalibrationDataError(ValueError):
     """No calibration batch at all (every calibration image was unreadable, or none were given)."""
+
+
+class OnnxRuntimeTooOld(RuntimeError):
+    """The installed onnxruntime lacks a quantization feature a calibration method needs."""
 
 
 class _Reader:
@@ -98,6 +103,12 @@ def quantize_qdq(fp32_onnx: Path, out: Path, calibration: Iterable[np.ndarray], 
     return Int8Result(out, method, reader.count, convs, problems)
 
 
+ENTROPY_BINS = (2048, 128)
+"""Histogram bins and quantized bins for the entropy (KL) method, as TensorRT's entropy calibrator uses them.
+ONNX Runtime's ``quantize_static`` builds its entropy calibrator with 128 and 128, where the threshold search has a
+single candidate — the full range — so "entropy" would silently equal "minmax"; we calibrate with these instead."""
+
+
 def _quantize_static(fp32_onnx: Path, out: Path, reader: _Reader, method: str) -> None:
     """ONNX Runtime's static quantization, symmetric int8 QDQ, per-channel weights, float bias; quietly."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -107,14 +118,40 @@ def _quantize_static(fp32_onnx: Path, out: Path, reader: _Reader, method: str) -
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" warnings: our graph is simplified
     try:  # ORT writes its augmented calibration model into a temporary directory of its own, and prints progress
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(str(fp32_onnx), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
+        with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory(prefix="vanilladeploy-calib-") \
+                as scratch:
+            ranges: dict[str, object] = {}
+            if method == "entropy":
+                ranges["calibration_cache_path"] = _entropy_ranges(fp32_onnx, reader, Path(scratch))
+            quantize_static(str(fp32_onnx), str(out), None if ranges else reader, quant_format=QuantFormat.QDQ,
+                            per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
                             calibrate_method=calibrate,
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False})
+                                           "QuantizeBias": False}, **ranges)
     finally:
         logging.getLogger().setLevel(quiet)
+
+
+def _entropy_ranges(fp32_onnx: Path, reader: _Reader, scratch: Path) -> Path:
+    """Activation ranges by the entropy method with :data:`ENTROPY_BINS`, saved where ``quantize_static`` reads
+    precomputed ranges (its ``calibration_cache_path``)."""
+    import inspect
+
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise OnnxRuntimeTooOld("--calib-method entropy needs an onnxruntime whose quantize_static takes "
+                                "precomputed ranges (calibration_cache_path): pip install -U onnxruntime")
+    bins, quantized_bins = ENTROPY_BINS
+    calibrator = create_calibrator(fp32_onnx, None, augmented_model_path=str(scratch / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy,
+                                   extra_options={"symmetric": True, "num_bins": bins,
+                                                  "num_quantized_bins": quantized_bins})
+    calibrator.collect_data(reader)
+    cache = scratch / "entropy-ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 def check_qdq(model: onnx.ModelProto) -> list[str]:
@@ -180,5 +217,5 @@ def quantization_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in scales}
 
 
-__all__ = ["METHODS", "CalibrationDataError", "Int8Result", "check_qdq", "quantization_scales", "quantize_qdq",
-           "rebatch"]
+__all__ = ["ENTROPY_BINS", "METHODS", "CalibrationDataError", "Int8Result", "OnnxRuntimeTooOld", "check_qdq",
+           "quantization_scales", "quantize_qdq", "rebatch"]

@@ -119,6 +119,22 @@ def test_calibration_is_deterministic(exported: Path, tmp_path: Path) -> None:
         assert all(np.array_equal(sa[k], sb[k]) for k in sa)
 
 
+def test_each_calibration_method_chooses_its_own_ranges(exported: Path, tmp_path: Path) -> None:
+    """ONNX Runtime's quantize_static builds its entropy calibrator with 128 bins for 128 quantized bins, where
+    the KL search has one candidate (the full range) and "entropy" equals "minmax"; ours must not."""
+    rng = np.random.default_rng(2)
+    batches = [np.abs(rng.standard_cauchy((2, 3, IMG, IMG))).astype(np.float32) for _ in range(3)]  # long tails
+    scales = {m: quantization_scales(onnx.load(quantize_qdq(exported / "vanillanet_5.onnx", tmp_path / f"{m}.onnx",
+                                                            batches, method=m).path))
+              for m in ("minmax", "entropy", "percentile")}
+    weights = {k for k in scales["minmax"] if np.ndim(scales["minmax"][k]) > 0}  # per-channel: calibration-free
+    activations = sorted(set(scales["minmax"]) - weights)
+    for method in ("entropy", "percentile"):
+        assert any(not np.array_equal(scales[method][k], scales["minmax"][k]) for k in activations), method
+        # a clipped range is never wider than the observed one
+        assert all(float(scales[method][k]) <= float(scales["minmax"][k]) * (1 + 1e-6) for k in activations), method
+
+
 def test_held_out_images_are_not_used_for_calibration(images: Path, tmp_path: Path) -> None:
     folder = scan_folder(images)
     split = split_folder(folder, calib_count=CALIB, holdout_count=256)

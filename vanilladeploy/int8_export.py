@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from exporters.int8 import CalibrationDataError, Int8Result, quantize_qdq
+from exporters.int8 import CalibrationDataError, Int8Result, OnnxRuntimeTooOld, quantize_qdq
 from exporters.onnx_export import set_metadata
 from vanilladeploy.atomic import ArtifactWriter
-from vanilladeploy.errors import UsageError, VanillaDeployError, VerificationError
+from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError, VerificationError
 from vanilladeploy.evaluate import evaluate
 from vanilladeploy.images import ImageFolder, NoReadableImagesError, Preprocess, iter_batches, scan_folder
 
@@ -122,6 +122,8 @@ def _calibrate(fp32_onnx: Path, path: Path, folder: ImageFolder, pre: Preprocess
                 f"--calib {opts.calib}: none of the {len(split.calibration)} calibration images could be read "
                 f"({len(skipped)} skipped{example}); replace the unreadable files or choose another --calib "
                 "folder.") from None
+        except OnnxRuntimeTooOld as e:
+            raise MissingDependencyError(str(e)) from None
     if not result:
         raise VerificationError(f"the int8 graph breaks the QDQ contract: {result.problems[0]}")
     return result
