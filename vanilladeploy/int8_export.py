@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from exporters.int8 import CalibrationDataError, Int8Result, OnnxRuntimeTooOld, quantize_qdq
+from exporters.int8 import METHODS, CalibrationDataError, Int8Result, OnnxRuntimeTooOld, quantize_qdq
 from exporters.onnx_export import set_metadata
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError, VerificationError
@@ -105,7 +105,8 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preproces
         return path, VerificationError(
             f"the int8 model agrees with fp32 on {row['agreement_top1']}% of {held['images']} held-out images, below "
             f"--min-agreement {opts.min_agreement}%. It was written but is marked unverified in the report; try "
-            "--calib-method entropy or percentile, or more calibration images.")
+            f"--calib-method {' or '.join(m for m in METHODS if m != opts.calib_method)}, or more calibration "
+            "images.")
     return path, None
 
 
