@@ -214,3 +214,14 @@ def test_out_directory_with_foreign_files_is_refused(official_ckpt_path: Path, t
     result = export(official_ckpt_path, tmp_path)
     assert result.exit_code == 2 and "did not write" in result.output
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+def test_both_ends_of_the_supported_opset_range_export_and_verify(tmp_path: Path) -> None:
+    """--opset is checked against max_supported_opset(); the newest one must also get through onnxsim, the graph
+    contract and ONNX Runtime, not only the one-node probe."""
+    from exporters.onnx_export import max_supported_opset
+
+    for opset in (17, max_supported_opset()):
+        result = export("vanillanet_5", tmp_path / f"o{opset}", "--opset", str(opset))
+        assert result.exit_code == 0, (opset, result.output)
+        assert onnx.load(tmp_path / f"o{opset}" / "vanillanet_5.onnx").opset_import[0].version == opset

@@ -261,3 +261,22 @@ def test_python_model_runs_on_cuda_only_for_a_gpu_instance_that_has_it() -> None
     assert python_model.providers("GPU", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert python_model.providers("CPU", both) == ["CPUExecutionProvider"]
     assert python_model.providers(None, both) == ["CPUExecutionProvider"]
+
+
+def test_repo_through_the_cli_writes_what_it_prints(export_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vanilladeploy.cli import app
+
+    result = CliRunner().invoke(app, ["repo", str(export_dir), "--out", str(tmp_path / "repo"), "--backend",
+                                      "python", "--max-batch", "8", "--labels", "imagenet"])
+    assert result.exit_code == 0, result.output
+    model_dir = tmp_path / "repo" / "vanillanet_5"
+    cfg = _config(model_dir)
+    assert (cfg.backend, cfg.max_batch_size, cfg.output[0].label_filename) == ("python", 8, "labels.txt")
+    assert len((model_dir / "labels.txt").read_text().splitlines()) == 1000
+    assert f"wrote {model_dir / 'config.pbtxt'}" in result.output.replace("\n", "")
+    refused = CliRunner().invoke(app, ["repo", str(export_dir), "--out", str(tmp_path / "repo2"), "--backend",
+                                       "tensorrt"])
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused.output
+    assert not (tmp_path / "repo2").exists()
