@@ -273,7 +273,9 @@ def _torch_int_mm(shape: tuple[int, int, int]) -> PeakCandidate:
 
     def prepare() -> Subject:
         a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda")
-        b = torch.randint(-127, 128, (k, n), dtype=torch.int8, device="cuda")
+        b = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda").t()  # column-major: cuBLASLt's
+        # int8 kernels take it on every CUDA version (row-major k×n is unsupported on CUDA 13, and before 12.3 on
+        # SM7x)
         return _subject("cuda", torch.inference_mode()(lambda: torch._int_mm(a, b)))
 
     return PeakCandidate(f"torch._int_mm {_shape_name(shape)} int8 (cuda)", "compute", "int8", 2.0 * m * k * n,

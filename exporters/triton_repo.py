@@ -197,6 +197,6 @@ def parse_config(text: str) -> Any:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-__all__ = ["BACKENDS", "LABELS_FILE", "MODEL_FILES", "plan_filename", "ModelSignature", "RepoError", "RepoOptions", "TensorSpec",
-           "build_config", "check_model_name", "check_servable", "config_text", "parse_config", "resolve_backend",
-           "resolve_kind", "signature_from_onnx", "signature_from_sidecar"]
+__all__ = ["BACKENDS", "LABELS_FILE", "MODEL_FILES", "ModelSignature", "RepoError", "RepoOptions", "TensorSpec",
+           "build_config", "check_model_name", "check_servable", "config_text", "parse_config", "plan_filename",
+           "resolve_backend", "resolve_kind", "signature_from_onnx", "signature_from_sidecar"]

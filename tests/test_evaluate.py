@@ -225,7 +225,8 @@ def test_eval_of_an_onnx_alone_uses_the_preprocessing_it_records(with_args: dict
         info = evaluate([str(with_args["out"] / name)], setup["data"], limit=3).as_dict()
         pre = info["preprocessing"]
         assert (pre["img_size"], pre["crop_pct"], pre["mean"], pre["std"]) == (IMG, 0.95, [0.5] * 3, [0.5] * 3)
-        assert pre["sources"] == dict.fromkeys(ARGS_SOURCES, "onnx metadata") and pre["exported_sources"] == ARGS_SOURCES
+        assert pre["sources"] == dict.fromkeys(ARGS_SOURCES, "onnx metadata")
+        assert pre["exported_sources"] == ARGS_SOURCES
         assert info["artifacts"][0]["kind"] == kind
     both = evaluate([str(with_args["ckpt"]), str(with_args["out"] / "vanillanet_5.onnx"),
                      str(with_args["out"] / "vanillanet_5_deploy.pth")], setup["data"], limit=4).as_dict()

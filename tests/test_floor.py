@@ -227,3 +227,14 @@ def test_real_candidates_run_in_the_rounds() -> None:
     measured = rates(candidates, samples)
     assert all(m["status"] == "ok" and m["rate"] > 1e6 for m in measured)
     assert device_peak("cpu", "int8", measured).winner.endswith(("int8", "uint8×int8", "int8×int8"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the CUDA peak kernels run only there")
+def test_every_cuda_peak_candidate_runs_on_this_gpu() -> None:
+    """The fakes above prove the bookkeeping; this proves the kernels (torch.mm fp32/fp16, torch._int_mm, 1×1 conv,
+    copy) run on a real GPU — a candidate that fails would silently leave its precision without a floor."""
+    shapes = vanillanet_conv_shapes(["vanillanet_5"], 64)
+    guarded = guard(peak_candidates("cuda", ["fp32", "fp16", "int8"], shapes, gemm_n=256, copy_bytes=1 << 20))
+    assert {g.candidate.precision for g in guarded} >= {"fp32", "fp16", "int8"}
+    assert [(g.name, g.error) for g in guarded if g.error] == []

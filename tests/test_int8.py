@@ -203,6 +203,19 @@ def test_unreadable_calibration_images_exit_2(images: Path, tmp_path: Path) -> N
     assert len(errors) == 1 and "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
+def test_unreadable_held_out_images_below_the_minimum_exit_2(images: Path, tmp_path: Path) -> None:
+    data = tmp_path / "images"
+    shutil.copytree(images, data)
+    folder = scan_folder(data)
+    held_out = split_folder(folder, calib_count=CALIB, holdout_count=256).holdout
+    for i in held_out[:1]:  # one unreadable: fewer readable held-out images than the 32 a verdict needs
+        folder.files[i].write_bytes(b"\x89PNG not really a png")
+    result = cli_export(data, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert f"only {len(held_out) - 1} of the {len(held_out)} held-out images could be read" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_reports_int8_agreement(exported: Path, images: Path) -> None:
     info = evaluate([str(exported / "vanillanet_5.onnx"), str(exported / "vanillanet_5.int8.onnx")], images).as_dict()
     row = info["artifacts"][1]
@@ -226,7 +239,8 @@ def test_too_few_held_out_images_is_refused_before_calibrating(images: Path, tmp
 def test_a_small_folder_is_told_how_many_images_to_add(tmp_path: Path) -> None:
     small = make_folder(tmp_path / "small", classes=2, per_class=10, seed=1)
     result = cli_export(small, tmp_path / "o")
-    assert result.exit_code == 2 and "20 images" in result.output and "add at least 13 images" in result.output
+    assert result.exit_code == 2 and "20 images" in result.output, result.output
+    assert f"add at least {CALIB + 32 - 20} images (or 13 with --calib-count 1)" in result.output, result.output
 
 
 def test_int8_is_recognised_without_metadata(exported: Path, tmp_path: Path) -> None:

@@ -100,7 +100,7 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
 FLAGS_WITHOUT_EFFECT: list[tuple[tuple[str, ...], str]] = [
     # (command and the arguments that make the flag meaningless, flag)
     (BENCH, "--channels-last"),  # no torch backend
-    (BENCH, "--include-copies"),  # on the CPU there is nothing to copy
+    (BENCH + ("--device", "cpu"), "--include-copies"),  # on the CPU there is nothing to copy
     (("bench", "--models", "resnet18", "--backends", "onnxruntime", "--cache-dir", "{tmp}/cache"), "--train-form"),
 ]
 

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import types
 import urllib.error
@@ -350,8 +349,9 @@ def test_stop_kills_the_group_and_cleans_up_on_every_path(export_dir: Path, tmp_
             graceful = serve_module._wait_exited
 
             def interrupted_wait(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
-                if timeout_s > 0:
-                    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+                if timeout_s > 0:  # the graceful wait: Ctrl-C arrives during it (raised here, so never too late)
+                    graceful(process, 0.1)
+                    raise KeyboardInterrupt
                 return graceful(process, timeout_s)
 
             monkeypatch.setattr(serve_module, "_wait_exited", interrupted_wait)

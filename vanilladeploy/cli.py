@@ -97,8 +97,8 @@ def _run(verbose: bool, fn: Callable[[], T]) -> T:
     except Exception as e:
         if verbose:
             err.print_exception()
-        err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}. Re-run with --verbose for the traceback "
-                  "and report it.", soft_wrap=True)
+        err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}. Re-run with --verbose for the "
+                  "traceback and report it.", soft_wrap=True)
         raise typer.Exit(INTERNAL_ERROR) from None
 
 
@@ -443,8 +443,8 @@ def _render_check(path: Path, info: dict[str, Any], *, as_json: bool) -> None:
     for line in info["warnings"]:
         out.print(f"[yellow]warning[/] {escape(line)}", soft_wrap=True)
     verdict = "[green]TensorRT-compatible[/]" if info["passed"] else "[red]not TensorRT-compatible[/]"
-    out.print(f"{escape(str(path))}: {verdict} ({info['nodes']} nodes, opset {info['opset']}, batch profile {info['profile']}, "
-              f"{len(info['errors'])} errors, {len(info['warnings'])} warnings)", soft_wrap=True)
+    out.print(f"{escape(str(path))}: {verdict} ({info['nodes']} nodes, opset {info['opset']}, batch profile "
+              f"{info['profile']}, {len(info['errors'])} errors, {len(info['warnings'])} warnings)", soft_wrap=True)
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -583,7 +583,8 @@ def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peaks:
         rows = [r for r in records if r["backend"] == backend and r["precision"] == precision]
         ok = [r for r in rows if r["status"] == "ok"]
         if not ok:
-            out.print(f"[yellow]{backend} {precision}: skipped[/] — {escape(rows[0]['reason'] or '')}", soft_wrap=True)
+            out.print(f"[yellow]{backend} {precision}: skipped[/] — {escape(rows[0]['reason'] or '')}",
+                      soft_wrap=True)
             continue
         _bench_table(backend, ok)
         for r in rows:

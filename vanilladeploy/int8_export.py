@@ -59,8 +59,9 @@ def split_folder(folder: ImageFolder, *, calib_count: int, holdout_count: int, s
     least ``min(MIN_HOLDOUT, holdout_count)`` must remain held out (a verdict on fewer images says little)."""
     n, need = len(folder.files), min(MIN_HOLDOUT, holdout_count)
     if n - calib_count < need:
-        fix = (f"pass --calib-count {n - need} or add images" if n - need >= 1 else
-               f"add at least {1 + need - n} images")
+        more = f"add at least {calib_count + need - n} images"
+        fix = (f"pass --calib-count {n - need} or {more}" if n - need >= 1 else
+               f"{more} (or {1 + need - n} with --calib-count 1)")
         raise UsageError(f"--calib {folder.root}: {n} images, but --calib-count {calib_count} leaves "
                          f"{max(0, n - calib_count)} held out, fewer than the {need} needed to verify the int8 model; "
                          f"{fix}.")
@@ -89,6 +90,11 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preproces
     onnx.save(int8_model, path)
     with timer.step("int8_verify_s", f"Verifying int8 against fp32 on {len(split.holdout)} held-out images"):
         held = _held_out(fp32_onnx, path, pre, split, opts)
+    if held["images"] < min(MIN_HOLDOUT, len(split.holdout)):
+        raise UsageError(f"--calib {opts.calib}: only {held['images']} of the {len(split.holdout)} held-out images "
+                         f"could be read ({held['skipped']['count']} skipped), fewer than the "
+                         f"{min(MIN_HOLDOUT, len(split.holdout))} needed to verify the int8 model; replace the "
+                         "unreadable files or add images.")
     row = held["artifacts"][1]
     passed = row["agreement_top1"] is not None and row["agreement_top1"] >= opts.min_agreement
     report["int8"] = {
