@@ -117,16 +117,6 @@ class DevicePeak:
     candidates: tuple[dict[str, object], ...] = ()
     theoretical_peak: TheoreticalPeak | None = None
 
-    @property
-    def theoretical_flops(self) -> float | None:
-        return self.theoretical_peak.flops if self.theoretical_peak else None
-
-    @property
-    def theoretical_note(self) -> str:
-        """``label: how it was derived`` (what a one-line report prints)."""
-        t = self.theoretical_peak
-        return f"{t.label}: {t.note}" if t else ""
-
     def as_dict(self) -> dict[str, object]:
         return {"available": True, **asdict(self)}
 
@@ -348,18 +338,23 @@ def _ort_matmul(shape: tuple[int, int, int], threads: int | None) -> PeakCandida
                          prepare)
 
 
+def _conv1x1_graph(cin: int, cout: int, side: int, seed: int) -> tuple[object, dict[str, np.ndarray]]:
+    """A one-Conv fp32 graph (1×1, ``cin``→``cout``, random weights) and a feed of one ``side``×``side`` image."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.standard_normal((cout, cin, 1, 1), dtype=np.float32) * 0.01, "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, side, side])
+    model = _graph(helper.make_node("Conv", ["x", "w"], ["y"]), [x], [w], TensorProto.FLOAT)
+    return model, {"x": rng.standard_normal((1, cin, side, side), dtype=np.float32)}
+
+
 def _ort_conv1x1(cin: int, cout: int, pixels: int, threads: int | None) -> PeakCandidate:
     side = int(round(pixels ** 0.5))
 
     def prepare() -> Subject:
-        from onnx import TensorProto, helper, numpy_helper
-
-        rng = np.random.default_rng(1)
-        w = numpy_helper.from_array(rng.standard_normal((cout, cin, 1, 1), dtype=np.float32) * 0.01, "w")
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, side, side])
-        model = _graph(helper.make_node("Conv", ["x", "w"], ["y"]), [x], [w], TensorProto.FLOAT)
-        session, feed = _ort_session(model, threads), {"x": rng.standard_normal((1, cin, side, side),
-                                                                                dtype=np.float32)}
+        model, feed = _conv1x1_graph(cin, cout, side, seed=1)
+        session = _ort_session(model, threads)
         return _subject("cpu", lambda: session.run(None, feed))
 
     return PeakCandidate(f"onnxruntime Conv1x1 {cin}→{cout} @{side}×{side} fp32", "compute", "fp32",
@@ -375,15 +370,10 @@ def _ort_qdq_conv1x1(cin: int, cout: int, pixels: int, threads: int | None) -> P
         import tempfile
 
         import onnx
-        from onnx import TensorProto, helper, numpy_helper
 
         from exporters.int8 import quantize_qdq
 
-        rng = np.random.default_rng(3)
-        w = numpy_helper.from_array(rng.standard_normal((cout, cin, 1, 1), dtype=np.float32) * 0.01, "w")
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, side, side])
-        model = _graph(helper.make_node("Conv", ["x", "w"], ["y"]), [x], [w], TensorProto.FLOAT)
-        feed = {"x": rng.standard_normal((1, cin, side, side), dtype=np.float32)}
+        model, feed = _conv1x1_graph(cin, cout, side, seed=3)
         with tempfile.TemporaryDirectory(prefix="vanilladeploy-peak-") as scratch:
             onnx.save(model, f"{scratch}/fp32.onnx")
             quantize_qdq(Path(f"{scratch}/fp32.onnx"), Path(f"{scratch}/int8.onnx"), [feed["x"]])

@@ -56,8 +56,9 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(os.path.join(directory, "model.onnx"), options, providers=chosen)
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        self.batched = int(config.get("max_batch_size", 0)) > 0
-        self.shape = expected_shape(config["input"][0]["dims"], int(config.get("max_batch_size", 0)))
+        max_batch_size = int(config.get("max_batch_size", 0))
+        self.batched = max_batch_size > 0
+        self.shape = expected_shape(config["input"][0]["dims"], max_batch_size)
 
     def execute(self, requests):
         batches, responses = [], [None] * len(requests)

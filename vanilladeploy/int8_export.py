@@ -54,10 +54,15 @@ class Split:
         return hashlib.sha256(names.encode()).hexdigest()
 
 
+def holdout_needed(holdout_count: int) -> int:
+    """The fewest held-out images a verdict is given on: :data:`MIN_HOLDOUT`, or all asked for when fewer."""
+    return min(MIN_HOLDOUT, holdout_count)
+
+
 def split_folder(folder: ImageFolder, *, calib_count: int, holdout_count: int, seed: int = SPLIT_SEED) -> Split:
     """Seeded shuffle, then the first ``calib_count`` calibrate and the next ``holdout_count`` are held out; at
-    least ``min(MIN_HOLDOUT, holdout_count)`` must remain held out (a verdict on fewer images says little)."""
-    n, need = len(folder.files), min(MIN_HOLDOUT, holdout_count)
+    least :func:`holdout_needed` must remain held out (a verdict on fewer images says little)."""
+    n, need = len(folder.files), holdout_needed(holdout_count)
     if n - calib_count < need:
         more = f"add at least {calib_count + need - n} images"
         fix = (f"pass --calib-count {n - need} or {more}" if n - need >= 1 else
@@ -90,11 +95,6 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preproces
     onnx.save(int8_model, path)
     with timer.step("int8_verify_s", f"Verifying int8 against fp32 on {len(split.holdout)} held-out images"):
         held = _held_out(fp32_onnx, path, pre, split, opts)
-    if held["images"] < min(MIN_HOLDOUT, len(split.holdout)):
-        raise UsageError(f"--calib {opts.calib}: only {held['images']} of the {len(split.holdout)} held-out images "
-                         f"could be read ({held['skipped']['count']} skipped), fewer than the "
-                         f"{min(MIN_HOLDOUT, len(split.holdout))} needed to verify the int8 model; replace the "
-                         "unreadable files or add images.")
     row = held["artifacts"][1]
     passed = row["agreement_top1"] is not None and row["agreement_top1"] >= opts.min_agreement
     report["int8"] = {
@@ -137,13 +137,19 @@ def _calibrate(fp32_onnx: Path, path: Path, folder: ImageFolder, pre: Preprocess
 
 
 def _held_out(fp32_onnx: Path, int8_onnx: Path, pre: Preprocess, split: Split, opts: Int8Options) -> dict[str, Any]:
-    """The int8 ONNX beside the fp32 one on the held-out images (``evaluate`` fits batches to a fixed-batch graph)."""
+    """The int8 ONNX beside the fp32 one on the held-out images (``evaluate`` fits batches to a fixed-batch graph);
+    fewer readable ones than :func:`holdout_needed` (none included) refuse the export (exit 2)."""
     try:
-        return evaluate([str(fp32_onnx), str(int8_onnx)], opts.calib, indices=split.holdout, preprocess=pre).as_dict()
+        held = evaluate([str(fp32_onnx), str(int8_onnx)], opts.calib, indices=split.holdout, preprocess=pre).as_dict()
     except NoReadableImagesError:
-        raise NoReadableImagesError(f"--calib {opts.calib}: none of the {len(split.holdout)} held-out images could be "
-                                    "read, so the int8 model cannot be verified; replace the unreadable files or "
-                                    "add images.") from None
+        held = {"images": 0, "skipped": {"count": len(split.holdout)}}
+    need = holdout_needed(len(split.holdout))
+    if held["images"] < need:
+        raise NoReadableImagesError(f"--calib {opts.calib}: only {held['images']} of the {len(split.holdout)} held-out "
+                                    f"images could be read ({held['skipped']['count']} skipped), fewer than the "
+                                    f"{need} needed to verify the int8 model; replace the unreadable files or add "
+                                    "images.")
+    return held
 
 
-__all__ = ["MIN_HOLDOUT", "Int8Options", "Split", "int8_copy", "split_folder"]
+__all__ = ["MIN_HOLDOUT", "Int8Options", "Split", "holdout_needed", "int8_copy", "split_folder"]
