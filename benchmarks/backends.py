@@ -23,6 +23,7 @@ from torch import nn
 from benchmarks.harness import Subject, timed_on_clock
 from benchmarks.zoo import ModelEntry, onnx_path_for
 from exporters.files import write_atomically
+from vanilladeploy.extras import install_hint
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ class OnnxRuntimeBackend(Backend):
         except ImportError:
             return "onnxruntime is not installed"
         if cfg.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            return "no CUDA execution provider: pip install onnxruntime-gpu"
+            return f"no CUDA execution provider: {install_hint('onnxruntime-gpu')}"
         return _onnx_missing() or super().missing(cfg)
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:

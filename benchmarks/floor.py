@@ -473,11 +473,9 @@ def usable_cores(threads: int | None) -> int:
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    import platform
+    from vanilladeploy.machine import cpu_model
 
-    model = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                  if line.startswith("model name")), platform.processor() or platform.machine())
-    return f"{model} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def _read(path: str) -> str:

@@ -22,8 +22,14 @@ import torch
 
 from exporters.files import write_atomically
 from exporters.runners import Runner
-from exporters.trt_plan import (EngineBuildError, EngineMismatchError, TensorRTUnavailable, TrtBuildOptions,
-                                check_engine_sidecar, tensorrt_missing)
+from exporters.trt_plan import (
+    EngineBuildError,
+    EngineMismatchError,
+    TensorRTUnavailable,
+    TrtBuildOptions,
+    check_engine_sidecar,
+    tensorrt_missing,
+)
 
 
 def import_tensorrt() -> Any:

@@ -1,4 +1,5 @@
-"""Triton Python-backend model: ONNX Runtime inside Triton (copied as ``<model>/1/model.py`` by ``vanilladeploy repo``).
+"""Triton Python-backend model: ONNX Runtime or OpenVINO inside Triton (copied as ``<model>/1/model.py`` by
+``vanilladeploy repo``).
 
 Self-contained (it runs in Triton's stub process and imports nothing of vanilladeploy): it loads ``model.onnx`` from
 its own version directory and runs the requests that Triton's dynamic batcher hands it as ONE batch, then splits the
@@ -6,13 +7,14 @@ logits back per request. A request whose input is malformed gets its own error r
 With ``max_batch_size`` 0 the config's ``dims`` are the whole shape (batch included) and each request runs alone.
 An instance of kind GPU runs on ONNX Runtime's CUDA provider where this onnxruntime has it, else on the CPU.
 Threads: ``VANILLADEPLOY_ORT_THREADS`` (environment) or the config parameter ``ort_threads``; default: ONNX Runtime's.
+The config parameter ``runtime`` = ``openvino`` runs the model in OpenVINO's CPU plugin instead (``PERFORMANCE_HINT``
+THROUGHPUT; ``precision`` ``bf16`` as its inference precision, refused at load time where the CPU cannot do it).
 """
 
 import json
 import os
 
 import numpy as np
-import onnxruntime as ort
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -42,18 +44,49 @@ def providers(instance_kind, available):
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
 
 
+def onnxruntime_session(path, params, args):
+    """``x -> logits`` in ONNX Runtime (CUDA first for a GPU instance where it has it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    threads = os.environ.get("VANILLADEPLOY_ORT_THREADS") or params.get("ort_threads") or "0"
+    options.intra_op_num_threads = int(threads)
+    chosen = providers(args.get("model_instance_kind"), ort.get_available_providers())
+    if chosen[0] == "CUDAExecutionProvider":
+        chosen[0] = (chosen[0], {"device_id": int(args.get("model_instance_device_id") or 0)})
+    session = ort.InferenceSession(path, options, providers=chosen)
+    return lambda name, x: session.run(None, {name: x})[0]
+
+
+def openvino_session(path, params):
+    """``x -> logits`` in OpenVINO's CPU plugin; bf16 only where the plugin computes in it (never fp32 instead)."""
+    import openvino as ov
+
+    precision = {"bf16": "bf16"}.get(params.get("precision", ""), "f32")
+    core = ov.Core()
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise RuntimeError("precision bf16: this CPU has no native bf16 (OpenVINO's CPU plugin reports no BF16)")
+    compiled = core.compile_model(path, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
+                                                "INFERENCE_PRECISION_HINT": precision})
+    request = compiled.create_infer_request()
+
+    def run(name, x):
+        request.infer({0: x})
+        return np.array(request.get_output_tensor(0).data, copy=True)
+
+    return run
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         directory = os.path.join(args["model_repository"], args["model_version"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        options = ort.SessionOptions()
-        threads = os.environ.get("VANILLADEPLOY_ORT_THREADS") or params.get("ort_threads") or "0"
-        options.intra_op_num_threads = int(threads)
-        chosen = providers(args.get("model_instance_kind"), ort.get_available_providers())
-        if chosen[0] == "CUDAExecutionProvider":
-            chosen[0] = (chosen[0], {"device_id": int(args.get("model_instance_device_id") or 0)})
-        self.session = ort.InferenceSession(os.path.join(directory, "model.onnx"), options, providers=chosen)
+        path = os.path.join(directory, "model.onnx")
+        if params.get("runtime") == "openvino":
+            self.session = openvino_session(path, params)
+        else:
+            self.session = onnxruntime_session(path, params, args)
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         max_batch_size = int(config.get("max_batch_size", 0))
@@ -78,7 +111,7 @@ class TritonPythonModel:
 
     def _run(self, group, responses):
         """One ONNX Runtime call for the requests of ``group``; each gets its own rows of the logits."""
-        logits = self.session.run([self.output_name], {self.input_name: np.concatenate([x for _, x in group])})[0]
+        logits = self.session(self.input_name, np.concatenate([x for _, x in group]))
         start = 0
         for i, x in group:
             out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(logits[start:start + len(x)]))

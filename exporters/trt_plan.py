@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from exporters.trt_compat import BatchProfile
+from vanilladeploy.extras import install_hint
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 DEFAULT_OPT_LEVEL = 3
-INSTALL_HINT = "pip install 'vanilladeploy[trt]' on a machine with an NVIDIA GPU and driver"
+INSTALL_HINT = install_hint("trt")
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
           "kb": 10**3, "mb": 10**6, "gb": 10**9}
 

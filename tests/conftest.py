@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,11 @@ def official_ckpt_path(tmp_path_factory: pytest.TempPathFactory, small_train_mod
 
 
 ALL_VARIANTS = list(VARIANTS)
+
+
+def missing_in_ci(reason: str) -> None:
+    """A dependency is missing: skip here, but FAIL under ``CI=true`` — CI installs every dependency the suite
+    uses, so a skip there would hide a broken install step."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: CI installs it, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)

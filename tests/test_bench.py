@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_cli import run
 
 from benchmarks.report import CSV_FIELDS, SCHEMA_VERSION
 from vanilladeploy.bench import BenchOptions
-from test_cli import run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -21,7 +21,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     out = tmp_path_factory.mktemp("bench")
     result = run("bench", "--models", "vanillanet_5,resnet18", "--train-form", "--device", "cpu",
                  "--backends", "torch,onnxruntime,torch-cudagraph,tensorrt", "--img-size", 32, "--warmup", 1,
-                 "--iters", 3, "--threads", 1, "--json", out / "r.json", "--csv", out / "r.csv", "--plot",
+                 "--iters", 3, "--threads", 1, "--json-out", out / "r.json", "--csv", out / "r.csv", "--plot",
                  out / "r.png", "--cache-dir", out / "cache")
     return result, out
 
@@ -85,7 +85,7 @@ def test_bench_csv_and_plot(bench_run: tuple) -> None:
     (("--train-form", "--models", "vanillanet_5:train"), "--train-form has no effect"),
 ])
 def test_bench_usage_errors(args: tuple[str, ...], words: str, tmp_path: Path) -> None:
-    result = run("bench", *args, "--json", tmp_path / "r.json", "--cache-dir", tmp_path)
+    result = run("bench", *args, "--json-out", tmp_path / "r.json", "--cache-dir", tmp_path)
     assert result.exit_code == 2 and words in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "r.json").exists()
@@ -98,7 +98,7 @@ def test_thread_pinning_is_restored(tmp_path: Path) -> None:
 
     before = (os.sched_getaffinity(0), torch.get_num_threads())
     result = run("bench", "--models", "vanillanet_5", "--backends", "torch", "--device", "cpu", "--img-size", 32,
-                 "--warmup", 0, "--iters", 1, "--threads", 1, "--json", tmp_path / "r.json", "--csv",
+                 "--warmup", 0, "--iters", 1, "--threads", 1, "--json-out", tmp_path / "r.json", "--csv",
                  tmp_path / "r.csv", "--plot", tmp_path / "r.png", "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 0, result.output
     assert (os.sched_getaffinity(0), torch.get_num_threads()) == before
@@ -109,7 +109,7 @@ def test_cuda_without_a_gpu_exits_3(tmp_path: Path) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
-    result = run("bench", "--device", "cuda", "--json", tmp_path / "r.json", "--cache-dir", tmp_path)
+    result = run("bench", "--device", "cuda", "--json-out", tmp_path / "r.json", "--cache-dir", tmp_path)
     assert result.exit_code == 3 and "no CUDA GPU" in result.output
 
 
@@ -118,7 +118,7 @@ def test_missing_matplotlib_is_reported_before_timing(tmp_path: Path, monkeypatc
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
-    result = run("bench", "--models", "vanillanet_5", "--json", tmp_path / "r.json", "--cache-dir", tmp_path)
+    result = run("bench", "--models", "vanillanet_5", "--json-out", tmp_path / "r.json", "--cache-dir", tmp_path)
     assert result.exit_code == 3 and "pip install 'vanilladeploy[bench]'" in result.output
     assert not (tmp_path / "r.json").exists()
 

@@ -3,8 +3,8 @@
 import argparse
 import datetime
 import io
-import os
 import math
+import os
 import pickle
 import struct
 import zipfile
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from conftest import ALL_VARIANTS, official_checkpoint, random_model
+from safetensors.torch import save_file
 from test_cli import run
 from test_hostile import _in_torch_zip
+
 from models.vanillanet import create_vanillanet
 from vanilladeploy.arch import check_keys_and_shapes, detect_architecture
 from vanilladeploy.checkpoint import lambda_of, load_checkpoint, trained_lambda

@@ -1,4 +1,4 @@
-"""vanilladeploy/cli.py through the real CLI (typer's CliRunner): export, inspect, and every bad input.
+"""vanilladeploy/cli/ through the real CLI (typer's CliRunner): export, inspect, and every bad input.
 
 Bad input → exit 2 with one ``error:`` line, no traceback, nothing written.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from conftest import SMALL_IMG, official_checkpoint, random_model
 from typer.testing import CliRunner, Result
 
-from conftest import SMALL_IMG, official_checkpoint, random_model
 from vanilladeploy.checkpoint import load_checkpoint, sha256_of
 from vanilladeploy.cli import app
 
@@ -225,3 +225,30 @@ def test_both_ends_of_the_supported_opset_range_export_and_verify(tmp_path: Path
         result = export("vanillanet_5", tmp_path / f"o{opset}", "--opset", str(opset))
         assert result.exit_code == 0, (opset, result.output)
         assert onnx.load(tmp_path / f"o{opset}" / "vanillanet_5.onnx").opset_import[0].version == opset
+
+
+def test_python_dash_m_is_the_command() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "vanilladeploy", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert all(command in done.stdout for command in ("export", "inspect", "bench", "serve-bench", "eval", "doctor"))
+
+
+@pytest.mark.parametrize(("args", "expected", "rewritten"), [
+    (["bench", "--json", "r.json"], ["bench", "--json-out", "r.json"], True),
+    (["bench", "--json", "results"], ["bench", "--json-out", "results"], True),  # bench takes no argument
+    (["bench", "--json=r.json"], ["bench", "--json-out", "r.json"], True),
+    (["bench", "--json", "--iters", "3"], ["bench", "--json", "--iters", "3"], False),  # the flag
+    (["eval", "a.onnx", "--data", "d", "--json", "e.json"], ["eval", "a.onnx", "--data", "d", "--json-out", "e.json"],
+     True),
+    (["eval", "--json", "a.onnx", "--data", "d"], ["eval", "--json", "a.onnx", "--data", "d"], False),  # an artifact
+    (["serve-bench", "x", "--json", "s.json"], ["serve-bench", "x", "--json-out", "s.json"], True),
+    (["inspect", "x.pth", "--json"], ["inspect", "x.pth", "--json"], False),
+])
+def test_the_old_json_path_spelling_becomes_json_out(args: list[str], expected: list[str], rewritten: bool) -> None:
+    from vanilladeploy.cli import legacy_json_args
+
+    assert legacy_json_args(args) == (expected, rewritten)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import onnx
 import pytest
-from onnx import helper
-
 from conftest import SMALL_IMG, random_model
+from onnx import helper
+from test_cli import run
+
 from exporters.onnx_export import build_onnx
 from models.vanillanet import get_variant
-from test_cli import run
 
 
 @pytest.fixture(scope="module")

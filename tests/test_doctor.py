@@ -100,7 +100,7 @@ def test_doctor_runs_with_onnx_unimportable(tmp_path: Path) -> None:
     shadow.mkdir()
     (shadow / "__init__.py").write_text("raise ImportError('onnx made unimportable for this test')\n")
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    done = subprocess.run([sys.executable, "-m", "vanilladeploy.cli", "doctor", "--json"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "vanilladeploy", "doctor", "--json"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
@@ -129,8 +129,11 @@ def test_gpu_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     assert table.exit_code == 0 and "compute capability 9.0" in table.output and "NVIDIA H100" in table.output
 
 
-def test_install_line_matches_the_trt_plan() -> None:
+def test_install_lines_come_from_the_one_table() -> None:
     from exporters.trt_plan import INSTALL_HINT
     from vanilladeploy.doctor import TRT_INSTALL
+    from vanilladeploy.extras import install_hint
 
-    assert TRT_INSTALL == INSTALL_HINT
+    assert TRT_INSTALL == INSTALL_HINT == install_hint("trt")
+    assert TRT_INSTALL == "pip install 'vanilladeploy[trt]' on a machine with an NVIDIA GPU and driver"
+    assert install_hint("core") == "pip install vanilladeploy"

@@ -14,17 +14,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import official_checkpoint, random_model
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import official_checkpoint, random_model
 from exporters.onnx_export import set_metadata
 from exporters.runners import ChunkedRunner, OnnxRuntimeRunner, Runner, TorchRunner
 from vanilladeploy.checkpoint import Checkpoint
 from vanilladeploy.cli import app
 from vanilladeploy.errors import UsageError
 from vanilladeploy.evaluate import Artifact, choose_preprocess, evaluate, open_artifact
-from vanilladeploy.export import ExportOptions, export_checkpoint, export_preprocess
+from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint, export_preprocess
 from vanilladeploy.images import NoReadableImagesError, Preprocess, load_image, scan_folder
 
 IMG = 64
@@ -111,10 +111,20 @@ def test_unlabelled_folder_and_limit(setup: dict[str, Path]) -> None:
 def test_cli_table_and_json(setup: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(app, ["eval", str(setup["onnx"]), str(setup["pth"]), "--data", str(setup["data"]),
-                                      "--json", str(out)])
+                                      "--json-out", str(out)])
     assert result.exit_code == 0, result.output
     assert "agree" in result.output and "vanillanet_5_deploy.pth" in result.output
     assert json.loads(out.read_text())["artifacts"][1]["agreement_top1"] == 100.0
+
+
+def test_cli_json_prints_and_the_old_spelling_still_writes(setup: dict[str, Path], tmp_path: Path) -> None:
+    args = ["eval", str(setup["onnx"]), str(setup["pth"]), "--data", str(setup["data"])]
+    printed = CliRunner().invoke(app, [*args, "--json"])
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout)["artifacts"][1]["agreement_top1"] == 100.0  # stdout is JSON only
+    old = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "old.json")])
+    assert old.exit_code == 0 and "deprecated: --json PATH is now --json-out PATH" in old.stderr, old.output
+    assert json.loads((tmp_path / "old.json").read_text())["artifacts"][1]["agreement_top1"] == 100.0
 
 
 def test_cli_refuses_a_missing_folder(setup: dict[str, Path], tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ALL_VARIANTS, official_checkpoint, random_model
-from models.vanillanet import VARIANTS
 from test_cli import run
+
+from models.vanillanet import VARIANTS
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.floor import (BOOST_CLOCK, REPORTED_CLOCK, DevicePeak, NoPeakMeasured, PeakCandidate, device_peak,
-                              efficiency, floor_ms, gemm_shapes, guard, int_mm_accepts, peak_candidates, rates,
-                              theoretical_peak, vanillanet_conv_shapes)
+from benchmarks.floor import (
+    BOOST_CLOCK,
+    REPORTED_CLOCK,
+    DevicePeak,
+    NoPeakMeasured,
+    PeakCandidate,
+    device_peak,
+    efficiency,
+    floor_ms,
+    gemm_shapes,
+    guard,
+    int_mm_accepts,
+    peak_candidates,
+    rates,
+    theoretical_peak,
+    vanillanet_conv_shapes,
+)
 from benchmarks.harness import measure_interleaved, summarize
 from vanilladeploy.bench import _finish, _peaks
 

@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import SMALL_IMG, random_model
 from onnx import TensorProto, helper
 
-from conftest import SMALL_IMG, random_model
 from exporters.fp16 import convert_to_fp16
 from exporters.onnx_export import build_onnx
 from exporters.trt_compat import check_trt_compat

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from vanilladeploy.checkpoint import lambda_of, load_checkpoint
 from vanilladeploy.errors import VanillaDeployError
-from vanilladeploy.export import detect
+from vanilladeploy.source import detect
 
 FUZZ = settings(derandomize=True, max_examples=150, deadline=2000, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

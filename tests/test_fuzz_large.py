@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import official_checkpoint, random_model
 from test_cli import run
+
 from vanilladeploy.checkpoint import lambda_of
 from vanilladeploy.errors import ArchitectureError, CheckpointError, ExitCode, InexactMergeError
-from vanilladeploy.export import detect, resolve_source
+from vanilladeploy.source import detect, resolve_source
 
 DEFAULT_CASES = 5000
 CASES = int(os.environ.get("VANILLADEPLOY_FUZZ_CASES", str(DEFAULT_CASES)))

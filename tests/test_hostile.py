@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save as save_safetensors
-
 from test_cli import export, run
 
 
@@ -187,7 +186,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(1)}, path)
     path.chmod(0)
     try:
-        result = subprocess.run([sys.executable, "-m", "vanilladeploy.cli", "export", str(path), "--out",
+        result = subprocess.run([sys.executable, "-m", "vanilladeploy", "export", str(path), "--out",
                                  str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
                                 preexec_fn=_without_root_file_access)
     except subprocess.SubprocessError as e:

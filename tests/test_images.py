@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vanilladeploy.images import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Preprocess, iter_batches,
-                                  scan_folder)
+from vanilladeploy.images import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Preprocess, iter_batches, scan_folder
 
 transforms = pytest.importorskip("torchvision.transforms", reason="torchvision is the reference transform")
 

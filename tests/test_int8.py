@@ -13,18 +13,18 @@ import onnx
 import pytest
 from onnx import numpy_helper
 from PIL import Image
+from test_evaluate import make_folder
 from typer.testing import CliRunner
 
 from exporters.int8 import check_qdq, quantization_scales, quantize_qdq
 from exporters.runners import OnnxRuntimeRunner
 from exporters.trt_compat import check_trt_compat
 from exporters.trt_plan import tensorrt_missing
-from test_evaluate import make_folder
 from vanilladeploy.cli import app
 from vanilladeploy.evaluate import evaluate, open_artifact
-from vanilladeploy.export import ExportOptions, export_checkpoint
+from vanilladeploy.export.int8 import MIN_HOLDOUT, Int8Options, split_folder
+from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
 from vanilladeploy.images import scan_folder
-from vanilladeploy.int8_export import MIN_HOLDOUT, split_folder
 
 IMG = 64
 CALIB = 8
@@ -62,8 +62,8 @@ def clipping_images(tmp_path_factory: pytest.TempPathFactory, images: Path) -> P
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, images: Path) -> Path:
     out = tmp_path_factory.mktemp("int8") / "out"
-    result = export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=IMG, precision="int8", calib=images,
-                                                             calib_count=CALIB, min_agreement=0.0))
+    int8 = Int8Options(images, calib_count=CALIB, min_agreement=0.0)
+    result = export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=IMG, precision="int8", int8=int8))
     assert result.error is None
     return out
 
@@ -145,8 +145,8 @@ def test_held_out_images_are_not_used_for_calibration(images: Path, tmp_path: Pa
         Image.fromarray(np.zeros((70, 90, 3), np.uint8)).save(changed / folder.files[i].relative_to(images))
     scales = []
     for data, out in ((images, tmp_path / "a"), (changed, tmp_path / "b")):
-        export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=IMG, precision="int8", calib=data,
-                                                        calib_count=CALIB, min_agreement=0.0))
+        int8 = Int8Options(data, calib_count=CALIB, min_agreement=0.0)
+        export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=IMG, precision="int8", int8=int8))
         scales.append(quantization_scales(onnx.load(out / "vanillanet_5.int8.onnx")))
     assert all(np.array_equal(scales[0][k], scales[1][k]) for k in scales[0])
 
@@ -175,9 +175,9 @@ def test_low_agreement_with_trt_still_exits_1(clipping_images: Path, tmp_path: P
 
 def test_a_fixed_batch_graph_calibrates_and_verifies(exported: Path, images: Path, tmp_path: Path) -> None:
     out = tmp_path / "static"
+    int8 = Int8Options(images, calib_count=CALIB, min_agreement=0.0)
     result = export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=IMG, static_batch=3,
-                                                             precision="int8", calib=images, calib_count=CALIB,
-                                                             min_agreement=0.0))
+                                                             precision="int8", int8=int8))
     assert result.error is None
     model = onnx.load(out / "vanillanet_5.int8.onnx")
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3 and check_qdq(model) == []

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SMALL_IMG, random_model
+
 from vanilladeploy import cli
 from vanilladeploy.atomic import MARKER
 from vanilladeploy.checkpoint import sha256_of
@@ -22,7 +22,7 @@ SET = ["vanillanet_5.onnx", "vanillanet_5_deploy.pth", "vanillanet_5.report.json
 
 
 def _start(source: str | Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vanilladeploy.cli", "export", str(source), "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "vanilladeploy", "export", str(source), "--out", str(out),
                              "--img-size", str(SMALL_IMG)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -80,7 +80,7 @@ def _interrupted_in_command(monkeypatch: pytest.MonkeyPatch) -> None:
     def export_checkpoint(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("vanilladeploy.export.export_checkpoint", export_checkpoint)
+    monkeypatch.setattr("vanilladeploy.export.pipeline.export_checkpoint", export_checkpoint)
     monkeypatch.setattr(sys, "argv", ["vanilladeploy", "export", "vanillanet_5"])  # the real app from here
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from conftest import SMALL_IMG, random_model
 from onnx import helper
 
-from conftest import SMALL_IMG, random_model
 from exporters.contract import check_graph_contract
 from exporters.onnx_export import build_onnx, feature_sizes, simplify_onnx
 from exporters.runners import OnnxRuntimeRunner, TorchRunner

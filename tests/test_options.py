@@ -26,6 +26,7 @@ SERVE = ("serve", "{onnx}")
 SERVE_BENCH = ("serve-bench", "{onnx}")
 BENCH = ("bench", "--models", "vanillanet_5", "--backends", "onnxruntime", "--cache-dir", "{tmp}/cache")
 EVAL = ("eval", "{onnx}", "--data", "{images}")
+OPTIMIZE = ("optimize", "vanillanet_5", "--calib", "{images}")
 
 CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     # (command and the arguments it needs, option, bad values: wrong type, out of range, empty …)
@@ -65,7 +66,7 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (BENCH, "--iters", ["x", "0", ""]),
     (BENCH, "--budget-s", ["x", "0", "-1", ""]),
     (BENCH, "--threads", ["x", "0", ""]),
-    (BENCH, "--json", ["", "{tmp}"]),
+    (BENCH, "--json-out", ["", "{tmp}"]),
     (BENCH, "--csv", ["", "{tmp}"]),
     (BENCH, "--plot", ["", "{tmp}"]),
     (("bench", "--models", "vanillanet_5", "--backends", "onnxruntime"), "--cache-dir", ["", "{file}"]),
@@ -88,12 +89,27 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (SERVE_BENCH, "--requests", ["x", "0", ""]),
     (SERVE_BENCH, "--batch", ["x", "0", ""]),
     (SERVE_BENCH, "--protocol", ["udp", ""]),
-    (SERVE_BENCH, "--json", ["", "{tmp}"]),
+    (SERVE_BENCH, "--json-out", ["", "{tmp}"]),
     (("eval", "{onnx}"), "--data", ["", "{tmp}/missing", "{file}"]),
     (EVAL, "--limit", ["x", "0", ""]),
     (EVAL, "--batch", ["x", "0", ""]),
     (EVAL, "--arch", ["vanillanet_99", ""]),
-    (EVAL, "--json", ["", "{tmp}"]),
+    (EVAL, "--json-out", ["", "{tmp}"]),
+    (EVAL, "--runtime", ["tvm", ""]),
+    (REPO, "--runtime", ["tvm", ""]),
+    (REPO + ("--backend", "onnxruntime"), "--runtime", ["openvino"]),  # runs inside the python backend only
+    (SERVE, "--runtime", ["tvm", ""]),
+    (("optimize", "vanillanet_5"), "--calib", ["", "{tmp}/missing", "{file}"]),
+    (OPTIMIZE, "--out", ["", "{file}"]),
+    (OPTIMIZE, "--batch", ["x", "0", ""]),
+    (OPTIMIZE, "--min-agreement", ["x", "101", "-1", ""]),
+    (OPTIMIZE, "--runtimes", ["tvm", "", ","]),
+    (OPTIMIZE, "--calib-count", ["x", "0", ""]),
+    (OPTIMIZE, "--img-size", ["x", "0", ""]),
+    (OPTIMIZE, "--arch", ["vanillanet_99", ""]),
+    (OPTIMIZE, "--key", ["model"]),
+    (OPTIMIZE, "--warmup", ["x", "-1", ""]),
+    (OPTIMIZE, "--iters", ["x", "0", ""]),
 ]
 
 

@@ -6,12 +6,11 @@ against the fused deploy form: rel L2 ≤ 1e-5 (DESIGN §5). BN statistics are a
 
 import pytest
 import torch
+from conftest import ALL_VARIANTS, SMALL_IMG, random_model
 from torch import nn
 
-from conftest import ALL_VARIANTS, SMALL_IMG, random_model
 from models.vanillanet import BN_EPS, create_vanillanet
-from vanilladeploy.reparam import (BatchNormStats, fuse_conv_bn, merge_1x1, reparameterize_state_dict,
-                                   to_float32)
+from vanilladeploy.reparam import BatchNormStats, fuse_conv_bn, merge_1x1, reparameterize_state_dict, to_float32
 from vanilladeploy.verify import compare
 
 torch.manual_seed(0)

@@ -14,8 +14,8 @@ from exporters import triton_python_model as python_model
 from exporters.triton_repo import RepoOptions, parse_config
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import CheckpointError, UsageError
-from vanilladeploy.export import ExportOptions, export_checkpoint
-from vanilladeploy.repo import write_repository
+from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
+from vanilladeploy.serving.repository import write_repository
 
 pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient) is not installed")
 

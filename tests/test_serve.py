@@ -26,16 +26,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import vanilladeploy.serve as serve_module
+import vanilladeploy.serving.process as process_module
+import vanilladeploy.serving.server as serve_module
 from benchmarks.load import measure_load, triton_sender_factory
 from exporters.runners import OnnxRuntimeRunner
 from exporters.triton_repo import RepoOptions
 from vanilladeploy.errors import MissingDependencyError, UsageError
-from vanilladeploy.export import ExportOptions, export_checkpoint
-from vanilladeploy.repo import write_repository
-from vanilladeploy.serve import (ServerError, TritonPorts, TritonServer, check_ports_free, default_kind,
-                                 find_tritonserver, group_members, parent_death_signal)
-from vanilladeploy.serve_bench import free_ports, run_serve_bench
+from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
+from vanilladeploy.serving.bench import free_ports, run_serve_bench
+from vanilladeploy.serving.process import group_members, parent_death_signal
+from vanilladeploy.serving.repository import write_repository
+from vanilladeploy.serving.server import (
+    ServerError,
+    TritonPorts,
+    TritonServer,
+    check_ports_free,
+    default_kind,
+    find_tritonserver,
+)
 from vanilladeploy.verify import compare
 
 try:
@@ -228,7 +236,7 @@ def test_a_model_that_fails_to_load_is_reported_with_the_reason(export_dir: Path
 
 def _serve(export_dir: Path, ports: list[int], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     http, grpc, metrics = ports
-    return subprocess.Popen([sys.executable, "-m", "vanilladeploy.cli", "serve", str(export_dir), "--http-port",
+    return subprocess.Popen([sys.executable, "-m", "vanilladeploy", "serve", str(export_dir), "--http-port",
                              str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--max-batch", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
@@ -324,7 +332,7 @@ def test_serve_on_a_busy_port_exits_2_naming_it(export_dir: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         others = free_ports()
-        result = subprocess.run([sys.executable, "-m", "vanilladeploy.cli", "serve", str(export_dir), "--http-port",
+        result = subprocess.run([sys.executable, "-m", "vanilladeploy", "serve", str(export_dir), "--http-port",
                                  str(others.http), "--grpc-port", str(port), "--metrics-port", str(others.metrics)],
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
@@ -346,7 +354,7 @@ def test_stop_kills_the_group_and_cleans_up_on_every_path(export_dir: Path, tmp_
         group, workdir, regions = server.process.pid, server.log_path.parent, server.shm_entries()
         assert regions and _stubs(server.shm_prefix)
         if how.startswith("second"):  # Ctrl-C lands while stop() waits for the graceful exit
-            graceful = serve_module._wait_exited
+            graceful = process_module.wait_exited
 
             def interrupted_wait(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
                 if timeout_s > 0:  # the graceful wait: Ctrl-C arrives during it (raised here, so never too late)
@@ -354,7 +362,7 @@ def test_stop_kills_the_group_and_cleans_up_on_every_path(export_dir: Path, tmp_
                     raise KeyboardInterrupt
                 return graceful(process, timeout_s)
 
-            monkeypatch.setattr(serve_module, "_wait_exited", interrupted_wait)
+            monkeypatch.setattr(process_module, "wait_exited", interrupted_wait)
             with pytest.raises(KeyboardInterrupt):
                 server.stop()
     assert not group_members(group) and not _stubs(server.shm_prefix), "server or stub left running"
@@ -405,7 +413,7 @@ def test_parent_death_signal_is_resolved_in_the_parent(monkeypatch: pytest.Monke
 
 
 def test_a_child_with_the_parent_death_signal_dies_with_its_parent() -> None:
-    code = ("import subprocess; from vanilladeploy.serve import parent_death_signal; "
+    code = ("import subprocess; from vanilladeploy.serving.process import parent_death_signal; "
             "print(subprocess.Popen(['sleep', '120'], preexec_fn=parent_death_signal()).pid, flush=True)")
     orphan = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                                 check=True).stdout)

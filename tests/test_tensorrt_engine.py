@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from conftest import SMALL_IMG, random_model
+from test_cli import export
+from test_evaluate import make_folder
+
 from exporters.fp16 import convert_to_fp16
 from exporters.int8 import quantize_qdq
 from exporters.onnx_export import build_onnx
@@ -22,11 +24,8 @@ from exporters.runners import OnnxRuntimeRunner
 from exporters.trt_compat import BatchProfile
 from exporters.trt_plan import EngineMismatchError, TrtBuildOptions, engine_sidecar, tensorrt_missing
 from models.vanillanet import get_variant
-from test_cli import export
-from test_evaluate import make_folder
-from vanilladeploy.engine import TOLERANCE_INT8_ENGINE
-from vanilladeploy.verify import (TOLERANCE_FP16, TOLERANCE_TRT_FP32, random_inputs, top1_agreement,
-                                  verify_outputs)
+from vanilladeploy.export.tensorrt import TOLERANCE_INT8_ENGINE
+from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_TRT_FP32, random_inputs, top1_agreement, verify_outputs
 
 MISSING = tensorrt_missing()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(MISSING is not None, reason=f"needs TensorRT and a CUDA GPU: "

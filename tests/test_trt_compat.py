@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import ALL_VARIANTS
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ALL_VARIANTS
 from exporters.onnx_export import build_onnx
 from exporters.trt_compat import BatchProfile, check_trt_compat
 from models.vanillanet import create_vanillanet, get_variant

@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from exporters.trt_compat import BatchProfile
-from exporters.trt_plan import (EngineMismatchError, TrtBuildOptions, check_engine_sidecar, engine_name,
-                                engine_sidecar, parse_size, tensorrt_missing, trtexec_command)
+from exporters.trt_plan import (
+    EngineMismatchError,
+    TrtBuildOptions,
+    check_engine_sidecar,
+    engine_name,
+    engine_sidecar,
+    parse_size,
+    tensorrt_missing,
+    trtexec_command,
+)
 
 SHAPE = (1, 3, 224, 224)
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import SMALL_IMG, random_model
+
 from models.vanillanet import VARIANTS, create_vanillanet, get_variant
 
 # DESIGN §2: deploy parameters in millions (1000 classes) and the depth N of VanillaNet-N.
@@ -60,7 +60,8 @@ def test_ada_pool_variant_stem_and_pools() -> None:
     model = create_vanillanet("vanillanet_13_x1_5_ada_pool", deploy=True, num_classes=10)
     conv = model.stem[0]
     assert (conv.stride, conv.padding) == ((3, 3), (1, 1))
-    pools = {i: s.pool.output_size for i, s in enumerate(model.stages) if isinstance(s.pool, torch.nn.AdaptiveMaxPool2d)}
+    pools = {i: s.pool.output_size for i, s in enumerate(model.stages)
+             if isinstance(s.pool, torch.nn.AdaptiveMaxPool2d)}
     assert pools == {1: (38, 38), 2: (19, 19), 9: (10, 10)}
     assert conv(torch.zeros(1, 3, 224, 224)).shape[-1] == 75
 

@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 import torch
-
 from conftest import SMALL_IMG, random_model
+
 from vanilladeploy.reparam import reparameterize_state_dict
 from vanilladeploy.verify import compare, first_divergent_layer, random_inputs, verify_outputs
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 import copy
 import gc
 import os
-import platform
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,16 +21,30 @@ from typing import Any
 import torch
 
 from benchmarks.backends import BACKENDS, Backend, BenchConfig, Prepared, SkipModel
-from benchmarks.floor import (FLOOR_EXCEEDED, DevicePeak, GuardedPeak, NoPeakMeasured, PeakCandidate, device_name,
-                              device_peak, efficiency, floor_ms, guard, peak_candidates, rates, theoretical_peak,
-                              usable_cores, vanillanet_conv_shapes)
+from benchmarks.floor import (
+    FLOOR_EXCEEDED,
+    DevicePeak,
+    GuardedPeak,
+    NoPeakMeasured,
+    PeakCandidate,
+    device_name,
+    device_peak,
+    efficiency,
+    floor_ms,
+    guard,
+    peak_candidates,
+    rates,
+    theoretical_peak,
+    usable_cores,
+    vanillanet_conv_shapes,
+)
 from benchmarks.harness import measure_interleaved, summarize
 from benchmarks.zoo import ModelEntry, model_cost, resolve_models
-from vanilladeploy import __version__
 from vanilladeploy.errors import MissingDependencyError, UsageError
-
-Progress = Callable[[str, int, int], None]
-"""Called with (phase, done, total)."""
+from vanilladeploy.extras import available, install_hint
+from vanilladeploy.machine import gpu_state, machine_info
+from vanilladeploy.steps import Progress, Step, silent
+from vanilladeploy.validate import check_path, name_list
 
 
 @dataclass
@@ -116,11 +127,47 @@ def _pinned_threads(threads: int | None) -> Iterator[dict[str, Any]]:
         torch.set_num_threads(before_threads)
 
 
-def run_bench(opts: BenchOptions, *, progress: Progress = lambda *_: None,
+def check_bench_options(opts: BenchOptions, outputs: dict[str, Path] | None = None) -> None:
+    """What ``bench`` would otherwise find out only after minutes of timing, or silently reinterpret; ``outputs``:
+    the result files to be written (option name → path), which need matplotlib for the plot."""
+    name_list("--models", opts.models)
+    if opts.backends is not None and not opts.backends:
+        raise UsageError("--backends is empty: give a comma-separated list, or drop --backends for the default.")
+    unknown = [b for b in opts.backends or () if b not in BACKENDS]
+    if unknown:
+        raise UsageError(f"--backends: unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}.")
+    if opts.budget_s is not None and not opts.budget_s > 0:
+        raise UsageError(f"--budget-s {opts.budget_s}: give a positive number of seconds.")
+    for option, path in (outputs or {}).items():
+        check_path(option, path, directory=False)
+    check_path("--cache-dir", opts.cache_dir, directory=True)
+    if outputs and "--plot" in outputs and not available("matplotlib"):  # say so before minutes of timing
+        raise MissingDependencyError(f"the plot needs matplotlib: {install_hint('bench')}")
+
+
+def write_results(result: BenchResult, *, json_path: Path, csv_path: Path, plot_path: Path) -> list[Path]:
+    """The results as JSON, CSV and the plot; JSON and CSV are written even when the plot cannot be."""
+    from benchmarks.report import write_csv, write_json, write_plot
+
+    written = [write_json(json_path, result.document()), write_csv(csv_path, result.records)]
+    where = result.machine.get("gpu") or result.machine["cpu"]
+    first = result.records[0]
+    precisions = "/".join(dict.fromkeys(r["precision"] for r in result.records))
+    try:
+        written.append(write_plot(plot_path, result.records, title=f"{where} · {precisions} · batch "
+                                  f"{first['batch']} · {first['img_size']}px"))
+    except ImportError:
+        raise MissingDependencyError(f"the plot needs matplotlib: {install_hint('bench')} (JSON and CSV were "
+                                     f"written: {', '.join(map(str, written))})") from None
+    return written
+
+
+def run_bench(opts: BenchOptions, *, progress: Progress = silent,
               warn: Callable[[str], None] | None = None) -> BenchResult:
     """Prepare every (model, backend), time them interleaved, return one record per pair. Options that cannot work,
     or would have no effect, are refused (:class:`UsageError`) before any work; ``warn`` (default: one line on
     stderr) gets what runs but not as the user may expect."""
+    check_bench_options(opts)
     bad = [p for p in opts.precisions if p not in PRECISIONS] or ([] if opts.precisions else [opts.precision])
     if bad:
         raise UsageError(f"--precision {bad[0]!r}: choose fp32, fp16 or int8 (several: fp32,int8).")
@@ -176,13 +223,13 @@ def _run_pinned(opts: BenchOptions, entries: list[ModelEntry], backends: list[Ba
     records, subjects, prepared = _prepare_all(entries, backends, configs, progress)
     timed = list(dict.fromkeys(records[key]["precision"] for key in subjects))
     try:
-        progress("Preparing the peak kernels", 0, 1)
+        progress(Step("Preparing the peak kernels", 0, 1))
         peak_subjects = guard(_peak_candidates(opts, entries, device, pinning["threads"], timed))
         subjects |= {f"peak|{g.name}": g for g in peak_subjects if not g.error}
         iters = opts.iters or (200 if device == "cuda" else 20)
         samples = measure_interleaved(subjects, warmup=opts.warmup, iters=iters, budget_s=opts.budget_s,
-                                      on_round=lambda done, total: progress("Timing (interleaved rounds, peaks "
-                                                                            "included)", done, total))
+                                      on_round=lambda done, total: progress(Step("Timing (interleaved rounds, "
+                                                                                 "peaks included)", done, total)))
     finally:
         for p in prepared:
             for cleanup in p.cleanup:
@@ -273,7 +320,7 @@ def _prepare_all(entries: list[ModelEntry], backends: list[Backend], configs: li
     subjects: dict[str, Callable[[], float]] = {}
     prepared: list[Prepared] = []
     for i, entry in enumerate(entries):
-        progress(f"Preparing {entry.name}", i, len(entries))
+        progress(Step(f"Preparing {entry.name}", i, len(entries)))
         try:
             model = entry.build()
         except ImportError as e:
@@ -289,7 +336,7 @@ def _prepare_all(entries: list[ModelEntry], backends: list[Backend], configs: li
                     prepared.append(p)
         del model
         gc.collect()
-    progress("Prepared", len(entries), len(entries))
+    progress(Step("Prepared", len(entries), len(entries)))
     return records, subjects, prepared
 
 
@@ -327,33 +374,4 @@ def _record(entry: ModelEntry, backend: str, cfg: BenchConfig, cost: Any) -> dic
     }
 
 
-def gpu_state() -> dict[str, Any] | None:
-    """SM/memory clocks, temperature, power and active throttle reasons from nvidia-smi (None without it)."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return None
-    fields = "name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,temperature.gpu,power.draw," \
-             "clocks_throttle_reasons.active"
-    try:
-        line = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-    return dict(zip(fields.split(","), (v.strip() for v in line.split(","))))
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    versions = {"vanilladeploy": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    for module in ("onnxruntime", "onnx", "tensorrt", "torchvision"):
-        try:
-            versions[module] = __import__(module).__version__
-        except Exception:
-            versions[module] = None
-    info = {"cpu": device_name("cpu"), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "versions": versions}
-    if device == "cuda":
-        info |= {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda, "gpu_before": gpu_state()}
-    return info
-
-
-__all__ = ["BenchOptions", "BenchResult", "machine_info", "run_bench"]
+__all__ = ["BenchOptions", "BenchResult", "check_bench_options", "run_bench", "write_results"]

@@ -10,19 +10,16 @@ missing or broken.
 from __future__ import annotations
 
 import importlib
-import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-TRT_INSTALL = "pip install 'vanilladeploy[trt]' on a machine with an NVIDIA GPU and driver"
-"""The same line as ``exporters.trt_plan.INSTALL_HINT`` (a test keeps them equal), without importing exporters."""
-SERVE_INSTALL = "pip install 'vanilladeploy[serve]'"
-BENCH_INSTALL = "pip install 'vanilladeploy[bench]'"
-CORE_INSTALL = "pip install vanilladeploy"
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+from vanilladeploy.extras import install_hint
+from vanilladeploy.machine import BF16_FLAGS, INT8_FLAGS, ISA_FLAGS, cpu_flags, cpu_model, usable_cores
+
+TRT_INSTALL, SERVE_INSTALL, BENCH_INSTALL, CORE_INSTALL = (install_hint(n) for n in ("trt", "serve", "bench", "core"))
 
 
 @dataclass(frozen=True)
@@ -85,18 +82,9 @@ def _version(mod: ModuleType) -> str:
 
 
 def _cpu() -> Component:
-    text = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        pass
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    isa = [f for f in ISA_FLAGS if f in flags]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return Component("cpu", None, True, f"{model}, {cores} cores usable, ISA: {' '.join(isa) or 'baseline'}")
+    isa = [f for f in ISA_FLAGS if f in cpu_flags()]
+    detail = f"{cpu_model()}, {usable_cores()} cores usable, ISA: {' '.join(isa) or 'baseline'}"
+    return Component("cpu", None, True, detail)
 
 
 def _torch_detail(torch: ModuleType) -> str:
@@ -124,7 +112,7 @@ def _tensorrt() -> Component:
 
 def _tritonserver() -> Component:
     try:
-        from vanilladeploy.serve import find_tritonserver, tritonserver_version
+        from vanilladeploy.serving.server import find_tritonserver, tritonserver_version
 
         path = find_tritonserver()
         return Component("tritonserver", tritonserver_version(path), True, str(path))
@@ -140,6 +128,8 @@ def components() -> list[Component]:
         _probe("onnx"),
         _probe("onnxruntime", lambda m: "providers: " + ", ".join(m.get_available_providers())),
         _probe("onnxsim"),
+        _probe("openvino", lambda m: "CPU plugin: " + ", ".join(
+            m.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))),
         _tensorrt(),
         _tritonserver(),
         _probe("tritonclient", lambda m: "http + grpc" if _module("tritonclient.grpc")[0] else "grpc missing",
@@ -157,6 +147,24 @@ def capabilities(parts: list[Component]) -> list[Capability]:
     serve = _needs("serve, serve-bench", ok, ["onnxruntime", "tritonserver", "tritonclient"], SERVE_INSTALL)
     caps.append(serve)
     caps.append(_needs("repo", ok, ["onnx", "tritonclient"], SERVE_INSTALL))
+    caps += _cpu_runtimes(ok)
+    return caps
+
+
+def _cpu_runtimes(ok: dict[str, Component]) -> list[Capability]:
+    """OpenVINO, and the precisions this CPU computes natively: bf16 (AVX-512 BF16 or AMX) and fast int8 (VNNI or
+    AMX; int8 runs anywhere, with less speed-up without them)."""
+    flags, hint = cpu_flags(), install_hint("openvino")
+    caps = [_needs("export --openvino, eval --runtime openvino", ok, ["openvino"], hint)]
+    if not any(f in flags for f in BF16_FLAGS):
+        caps.append(Capability("OpenVINO bf16", False, f"no native bf16: neither {' nor '.join(BF16_FLAGS)} in "
+                               "/proc/cpuinfo (bf16 is refused here, never run as fp32)",
+                               "a CPU with AVX-512 BF16 or AMX"))
+    else:
+        caps.append(_needs("OpenVINO bf16", ok, ["openvino"], hint))
+    int8 = [f for f in INT8_FLAGS if f in flags]
+    caps.append(Capability("int8 kernels (VNNI/AMX)", bool(int8), f"native: {', '.join(int8)}" if int8 else
+                           "no VNNI or AMX: int8 runs, with less speed-up over fp32"))
     return caps
 
 
@@ -202,7 +210,7 @@ def _bench_fix(backend: str, reason: str) -> str:
     if backend == "tensorrt":
         return TRT_INSTALL
     if "onnxruntime-gpu" in reason:
-        return "pip install onnxruntime-gpu"
+        return install_hint("onnxruntime-gpu")
     if "not installed" in reason:
         return CORE_INSTALL
     return "a machine with an NVIDIA GPU (--device cuda)"

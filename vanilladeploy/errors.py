@@ -12,6 +12,8 @@ class ExitCode(IntEnum):
     VERIFICATION_FAILED = 1
     BAD_INPUT = 2
     MISSING_DEPENDENCY = 3
+    INTERNAL = 4
+    """A bug: anything that is not one of our errors."""
     INTERRUPTED = 130
 
 

@@ -23,15 +23,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporters.runners import ChunkedRunner, OnnxRuntimeRunner, Runner, TorchRunner, fixed_batch_of
+from exporters.runners import RUNTIMES, ChunkedRunner, Runner, TorchRunner, fixed_batch_of, onnx_runner
 from vanilladeploy.errors import MissingDependencyError, UsageError
-from vanilladeploy.images import (IMAGE_EXTENSIONS, ImageFolder, NoReadableImagesError, Preprocess, iter_batches,
-                                  scan_folder)
+from vanilladeploy.extras import require
+from vanilladeploy.images import (
+    IMAGE_EXTENSIONS,
+    ImageFolder,
+    NoReadableImagesError,
+    Preprocess,
+    iter_batches,
+    scan_folder,
+)
+from vanilladeploy.source import check_source_options
+from vanilladeploy.steps import Progress, Step, silent
+from vanilladeploy.validate import check_path
 
 if TYPE_CHECKING:
     import onnx
 
-Progress = Callable[[int, int], None]
 Batches = Iterator[tuple[np.ndarray, "np.ndarray | None", list[int]]]
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
@@ -50,18 +59,19 @@ class Artifact:
     size_source: str = "ONNX graph input"
 
 
-def open_artifact(path: str, *, arch: str | None = None) -> Artifact:
-    """A runner for a checkpoint (training form, λ as trained), a deploy .pth, an .onnx or an .engine."""
+def open_artifact(path: str, *, arch: str | None = None, runtime: str = "onnxruntime") -> Artifact:
+    """A runner for a checkpoint (training form, λ as trained), a deploy .pth, an .onnx (in ``runtime``: ONNX
+    Runtime or OpenVINO) or an .engine."""
     file = Path(path)
     if file.suffix == ".onnx":
-        return _onnx_artifact(file)
+        return _onnx_artifact(file, runtime)
     if file.suffix == ".engine":
         return _engine_artifact(file)
     return _torch_artifact(path, arch)
 
 
-def _onnx_artifact(file: Path) -> Artifact:
-    """An ONNX in ONNX Runtime; a fixed batch dimension is respected (any --batch is split and padded to it)."""
+def _onnx_artifact(file: Path, runtime: str = "onnxruntime") -> Artifact:
+    """An ONNX in ``runtime``; a fixed batch dimension is respected (any --batch is split and padded to it)."""
     import onnx
 
     if not file.is_file():
@@ -79,11 +89,12 @@ def _onnx_artifact(file: Path) -> Artifact:
     graph_input = model.graph.input[0]
     dims = graph_input.type.tensor_type.shape.dim
     size = dims[-1].dim_value if len(dims) == 4 and dims[-1].HasField("dim_value") else None
-    runner: Runner = OnnxRuntimeRunner(file)
+    runner = onnx_runner(file, runtime)
     fixed = fixed_batch_of(graph_input)
     if fixed is not None:
         runner = ChunkedRunner(runner, min_batch=fixed, max_batch=fixed)
-    return Artifact(file.name, f"onnx {onnx_precision(model, meta)}", runner, size, recorded=recorded)
+    kind = f"onnx {onnx_precision(model, meta)}" + ("" if runtime == "onnxruntime" else f" ({runtime})")
+    return Artifact(file.name, kind, runner, size, recorded=recorded)
 
 
 def onnx_precision(model: onnx.ModelProto, meta: dict[str, str]) -> str:
@@ -125,7 +136,7 @@ def _engine_artifact(file: Path) -> Artifact:
 def _torch_artifact(path: str, arch: str | None) -> Artifact:
     from vanilladeploy.arch import load_model
     from vanilladeploy.checkpoint import lambda_of
-    from vanilladeploy.export import detect, resolve_source
+    from vanilladeploy.source import detect, resolve_source
 
     ckpt = resolve_source(path)
     found = detect(ckpt, arch=arch)
@@ -208,22 +219,39 @@ class EvalResult:
                             "examples": [f"{p.name}: {why}" for p, why in self.skipped[:5]]}}
 
 
-def evaluate(artifacts: Sequence[str], data: Path, *, limit: int | None = None, batch: int = 32,
-             arch: str | None = None, progress: Progress = lambda done, total: None,
-             indices: Sequence[int] | None = None, preprocess: Preprocess | None = None) -> EvalResult:
-    """Run every artifact on the folder's images (the first ``limit``, or ``indices``), batch by batch, with
-    ``preprocess`` or the one the artifacts imply (:func:`choose_preprocess`). Raises
+def check_eval_options(data: Path, *, arch: str | None = None, json_path: Path | None = None,
+                       runtime: str = "onnxruntime") -> None:
+    """What ``eval`` refuses before opening any artifact."""
+    if runtime not in RUNTIMES:
+        raise UsageError(f"--runtime {runtime}: choose {', '.join(RUNTIMES)}.")
+    if runtime == "openvino":
+        require("openvino", "--runtime openvino")
+    check_path("--data", data, directory=True, must_exist=True)
+    check_path("--json-out", json_path, directory=False)
+    if arch is not None:
+        check_source_options("", arch=arch, key=None)
+
+
+def evaluate(artifacts: Sequence[str | Artifact], data: Path, *, limit: int | None = None, batch: int = 32,
+             arch: str | None = None, progress: Progress = silent,
+             indices: Sequence[int] | None = None, preprocess: Preprocess | None = None,
+             runtime: str = "onnxruntime") -> EvalResult:
+    """Run every artifact (a path, or an :class:`Artifact` already opened) on the folder's images (the first
+    ``limit``, or ``indices``), batch by batch, with ``preprocess`` or the one the artifacts imply
+    (:func:`choose_preprocess`). Raises
     :class:`~vanilladeploy.images.NoReadableImagesError` before any inference when no selected image is readable."""
     if not artifacts:
         raise UsageError("give at least one artifact to evaluate.")
+    check_eval_options(data, arch=arch, runtime=runtime)
     folder = scan_folder(data)
-    opened = [open_artifact(a, arch=arch) for a in artifacts]
+    opened = [a if isinstance(a, Artifact) else open_artifact(a, arch=arch, runtime=runtime) for a in artifacts]
     pre = preprocess or choose_preprocess(opened)
     order = list(indices) if indices is not None else list(range(len(folder.files)))[:limit]
     skipped = folder.ignored_with_reasons() if indices is None else []
     batches = _readable(iter_batches(folder, pre, batch=batch, indices=order, skipped=skipped), data, skipped)
     tallies = [_Tally(a.name, a.kind) for a in opened]
-    images, classes = _run(opened, tallies, batches, folder, lambda done: progress(done, len(order)))
+    images, classes = _run(opened, tallies, batches, folder,
+                           lambda done: progress(Step("Evaluating", done, len(order))))
     labelled = folder.labels is not None
     return EvalResult(data, images, labelled, pre.as_dict(), skipped,
                       [t.as_dict(images, labelled, classes) for t in tallies])
@@ -260,4 +288,5 @@ def _run(opened: Sequence[Artifact], tallies: Sequence[_Tally], batches: Batches
     return images, classes
 
 
-__all__ = ["Artifact", "EvalResult", "choose_preprocess", "evaluate", "onnx_precision", "open_artifact"]
+__all__ = ["Artifact", "EvalResult", "check_eval_options", "choose_preprocess", "evaluate", "onnx_precision",
+           "open_artifact"]

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from vanilladeploy.errors import MissingDependencyError, UsageError
+from vanilladeploy.extras import install_hint
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -43,7 +44,7 @@ def _pil() -> Any:
     try:
         from PIL import Image
     except ImportError:
-        raise MissingDependencyError("reading images needs Pillow: pip install 'vanilladeploy[eval]'") from None
+        raise MissingDependencyError(f"reading images needs Pillow: {install_hint('eval')}") from None
     return Image
 
 

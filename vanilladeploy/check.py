@@ -7,15 +7,13 @@ from pathlib import Path
 import onnx
 
 from exporters.trt_compat import BatchProfile, CompatResult, check_trt_compat
-from vanilladeploy.errors import CheckpointError, UsageError
+from vanilladeploy.errors import CheckpointError
+from vanilladeploy.validate import batch_profile
 
 
 def check_onnx_file(path: Path, *, batch: str | None = None) -> CompatResult:
     """Load ``path`` (with external data beside it, if any) and check it against ``batch`` (MIN/OPT/MAX or MAX)."""
-    try:
-        profile = BatchProfile.parse(batch) if batch else BatchProfile()
-    except ValueError as e:
-        raise UsageError(f"--batch: {e}.") from None
+    profile = batch_profile(batch) if batch is not None else BatchProfile()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file." if not path.exists() else f"{path} is not a file.")
     try:

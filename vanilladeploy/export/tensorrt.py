@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,19 +20,28 @@ import onnx
 from exporters.fp16 import convert_to_fp16
 from exporters.onnx_export import INPUT_NAME, set_metadata
 from exporters.runners import OnnxRuntimeRunner, Runner
-from exporters.trt_compat import check_trt_compat
-from exporters.trt_plan import (EngineBuildError, EngineMismatchError, TrtBuildOptions, engine_name, engine_sidecar,
-                                tensorrt_missing, trtexec_command)
+from exporters.trt_compat import BatchProfile, check_trt_compat
+from exporters.trt_plan import (
+    DEFAULT_OPT_LEVEL,
+    DEFAULT_WORKSPACE_BYTES,
+    EngineBuildError,
+    EngineMismatchError,
+    TrtBuildOptions,
+    engine_name,
+    engine_sidecar,
+    parse_size,
+    tensorrt_missing,
+    trtexec_command,
+)
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import sha256_of
-from vanilladeploy.errors import MissingDependencyError, VanillaDeployError, VerificationError
+from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError, VerificationError
+from vanilladeploy.steps import StepTimer
+from vanilladeploy.validate import batch_profile
 from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_TRT_FP32, top1_agreement, verify_outputs
 
 TOLERANCE_INT8_ENGINE = 5e-2
 """A TensorRT int8 engine against the int8 QDQ ONNX in ONNX Runtime (two int8 kernels' rounding), plus top-1."""
-
-if TYPE_CHECKING:
-    from vanilladeploy.export import _Timer
 
 
 @dataclass
@@ -65,7 +74,7 @@ def verify_against(name: str, runner: Runner, job: EngineJob, *, tolerance: floa
     return record
 
 
-def export_engine(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any], *,
+def export_engine(job: EngineJob, writer: ArtifactWriter, timer: StepTimer, report: dict[str, Any], *,
                   int8_onnx: Path | None = None) -> VanillaDeployError | None:
     """Stage what ``--trt`` produces and fill ``report["tensorrt"]``; the returned error (TensorRT missing, engine
     not verified) is for after publishing. Errors that make the ONNX itself unusable are raised."""
@@ -87,7 +96,7 @@ def export_engine(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report:
     return _build_and_verify(job, writer, timer, section, typed)
 
 
-def fp16_copy(job: EngineJob, writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]) -> Path:
+def fp16_copy(job: EngineJob, writer: ArtifactWriter, timer: StepTimer, report: dict[str, Any]) -> Path:
     with timer.step("fp16_onnx_s", "Writing and verifying the fp16-typed ONNX"):
         model16 = convert_to_fp16(job.model)
         set_metadata(model16, {**{p.key: p.value for p in job.model.metadata_props}, "precision": "fp16"})
@@ -118,7 +127,7 @@ def _trtexec_lines(job: EngineJob, typed: Path | None) -> dict[str, str]:
     return lines
 
 
-def _build_and_verify(job: EngineJob, writer: ArtifactWriter, timer: _Timer, section: dict[str, Any],
+def _build_and_verify(job: EngineJob, writer: ArtifactWriter, timer: StepTimer, section: dict[str, Any],
                       typed: Path | None) -> VanillaDeployError | None:
     from exporters.tensorrt_engine import TensorRTRunner, build_engine, gpu_identity, strongly_typed_only
 
@@ -162,4 +171,25 @@ def _build_and_verify(job: EngineJob, writer: ArtifactWriter, timer: _Timer, sec
     return None
 
 
-__all__ = ["EngineJob", "export_engine", "fp16_copy", "verify_against"]
+def trt_options(precision: str, *, workspace: str | int | None = None, batch: str | None = None,
+                timing_cache: Path | None = None, opt_level: int | None = None, static_batch: int | None = None,
+                detailed_log: bool = False) -> TrtBuildOptions:
+    """``--trt``'s settings as build options, each checked (exit 2 naming the option); None = the default
+    (:data:`~exporters.trt_plan.DEFAULT_WORKSPACE_BYTES`, :data:`~exporters.trt_plan.DEFAULT_OPT_LEVEL`, the batch
+    profile 1/1/32 or the fixed ``static_batch``)."""
+    profile = batch_profile(batch) if batch is not None else (
+        BatchProfile.fixed(static_batch) if static_batch else BatchProfile())
+    try:
+        workspace_bytes = (DEFAULT_WORKSPACE_BYTES if workspace is None else
+                           workspace if isinstance(workspace, int) else parse_size(workspace))
+    except ValueError as e:
+        raise UsageError(f"--workspace: {e}.") from None
+    try:
+        return TrtBuildOptions(precision=precision, profile=profile, workspace_bytes=workspace_bytes,
+                               timing_cache=timing_cache, detailed_log=detailed_log,
+                               opt_level=DEFAULT_OPT_LEVEL if opt_level is None else opt_level)
+    except ValueError as e:
+        raise UsageError(f"{e}.") from None
+
+
+__all__ = ["EngineJob", "export_engine", "fp16_copy", "trt_options", "verify_against"]

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,10 +24,10 @@ from exporters.onnx_export import set_metadata
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError, VerificationError
 from vanilladeploy.evaluate import evaluate
+from vanilladeploy.export.options import Int8Options
 from vanilladeploy.images import ImageFolder, NoReadableImagesError, Preprocess, iter_batches, scan_folder
-
-if TYPE_CHECKING:
-    from vanilladeploy.export import _Timer
+from vanilladeploy.steps import StepTimer
+from vanilladeploy.validate import check_path
 
 SPLIT_SEED = 0
 CALIB_BATCH = 8
@@ -35,13 +35,15 @@ MIN_HOLDOUT = 32
 """The fewest held-out images an int8 verdict is given on (fewer refuse the export, exit 2, before any work)."""
 
 
-@dataclass(frozen=True)
-class Int8Options:
-    calib: Path
-    calib_count: int = 256
-    calib_method: str = "minmax"
-    min_agreement: float = 99.0
-    holdout_count: int = 256
+def check_int8_options(opts: Int8Options) -> None:
+    """Refuse, before any work, options that cannot work — including a folder with too few images to calibrate AND
+    hold out."""
+    if opts.calib_method not in METHODS:
+        raise UsageError(f"--calib-method {opts.calib_method}: choose one of {', '.join(METHODS)}.")
+    if opts.calib_count < 1 or opts.holdout_count < 1 or not 0 <= opts.min_agreement <= 100:
+        raise UsageError("--calib-count must be ≥ 1 and --min-agreement between 0 and 100.")
+    check_path("--calib", opts.calib, directory=True, must_exist=True)
+    split_folder(scan_folder(opts.calib), calib_count=opts.calib_count, holdout_count=opts.holdout_count)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ def _calibration_batches(folder: ImageFolder, pre: Preprocess, split: Split,
 
 
 def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preprocess, opts: Int8Options,
-              writer: ArtifactWriter, timer: _Timer, report: dict[str, Any]) -> tuple[Path, VanillaDeployError | None]:
+              writer: ArtifactWriter, timer: StepTimer, report: dict[str, Any]
+              ) -> tuple[Path, VanillaDeployError | None]:
     """Stage ``<name>.int8.onnx`` (calibrated and checked with ``pre``, the export's preprocessing) and fill
     ``report["int8"]``; the error returned (agreement too low) is for after publishing."""
     folder = scan_folder(opts.calib)
@@ -117,7 +120,7 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preproces
 
 
 def _calibrate(fp32_onnx: Path, path: Path, folder: ImageFolder, pre: Preprocess, split: Split, opts: Int8Options,
-               timer: _Timer, skipped: list[tuple[Path, str]]) -> Int8Result:
+               timer: StepTimer, skipped: list[tuple[Path, str]]) -> Int8Result:
     """Quantize on the calibration images; every one unreadable is refused (exit 2), a broken contract is exit 1."""
     with timer.step("int8_calibrate_s", f"Calibrating int8 on {len(split.calibration)} images ({opts.calib_method})"):
         try:
@@ -152,4 +155,4 @@ def _held_out(fp32_onnx: Path, int8_onnx: Path, pre: Preprocess, split: Split, o
     return held
 
 
-__all__ = ["MIN_HOLDOUT", "Int8Options", "Split", "holdout_needed", "int8_copy", "split_folder"]
+__all__ = ["MIN_HOLDOUT", "Int8Options", "Split", "check_int8_options", "holdout_needed", "int8_copy", "split_folder"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,8 +17,10 @@ import numpy as np
 
 from benchmarks.load import Check, measure_load, onnxruntime_sender_factory, triton_sender_factory
 from exporters.triton_repo import RepoOptions, parse_config
-from vanilladeploy.bench import machine_info
-from vanilladeploy.serve import TritonPorts, TritonServer, server_version
+from vanilladeploy.machine import machine_info
+from vanilladeploy.serving.repository import write_repository
+from vanilladeploy.serving.server import TritonPorts, TritonServer, server_version
+from vanilladeploy.steps import Progress, Step, silent
 from vanilladeploy.verify import compare
 
 DEFAULT_REQUESTS = 32
@@ -57,11 +59,9 @@ def _checker(references: Sequence[np.ndarray]) -> Check:
 
 
 def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), requests: int | None = None,
-                    batch: int = 1, protocol: str = "both", progress: Callable[[str], None] = lambda _: None
+                    batch: int = 1, protocol: str = "both", progress: Progress = silent
                     ) -> LoadResult:
     """Start Triton on free loopback ports with ``source``, load it, time in-process ONNX Runtime alike."""
-    from vanilladeploy.repo import write_repository
-
     requests = requests or DEFAULT_REQUESTS
     protocols = ["http", "grpc"] if protocol == "both" else [protocol]
     max_batch = max(32, batch * max(concurrency))
@@ -75,7 +75,7 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
         references = [local()(x) for x in inputs]
         check = _checker(references)
         records = []
-        progress("Starting Triton Inference Server")
+        progress(Step("Starting Triton Inference Server"))
         with TritonServer(Path(scratch), free_ports(), model=model) as server:
             version = server_version(server)
             for level in concurrency:
@@ -83,7 +83,7 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
                                                               p, model)) for p in protocols]
                 runs.append(("onnxruntime-inprocess", local))
                 for backend, factory in runs:
-                    progress(f"{backend} · concurrency {level}")
+                    progress(Step(f"{backend} · concurrency {level}"))
                     stats = measure_load(factory, inputs, concurrency=level, requests=requests, check=check)
                     records.append({"model": model, "backend": backend, "batch": batch, **stats.as_dict()})
     config = {"source": str(source), "concurrency": list(concurrency), "requests": requests, "batch": batch,

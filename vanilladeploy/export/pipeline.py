@@ -8,12 +8,7 @@ same reference → write ``<name>.onnx``, ``<name>_deploy.pth`` and ``<name>.rep
 from __future__ import annotations
 
 import json
-import platform
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +20,23 @@ from exporters.contract import check_graph_contract
 from exporters.onnx_export import MIN_OPSET, build_onnx, feature_sizes, simplify_onnx
 from exporters.runners import OnnxRuntimeRunner, TorchRunner
 from exporters.trt_plan import TrtBuildOptions
-from models.vanillanet import VARIANTS, VanillaNet, create_vanillanet, get_variant, randomize_
+from models.vanillanet import VanillaNet
 from vanilladeploy import __version__
-from vanilladeploy.arch import Architecture, check_keys_and_shapes, detect_architecture, load_model
+from vanilladeploy.arch import Architecture, load_model
 from vanilladeploy.atomic import ArtifactWriter
-from vanilladeploy.checkpoint import Checkpoint, LambdaInfo, lambda_of, load_checkpoint, sha256_of
-from vanilladeploy.engine import EngineJob, export_engine, fp16_copy
-from vanilladeploy.errors import (CheckpointError, InexactMergeError, OutputError, UsageError, VanillaDeployError,
-                                  VerificationError)
+from vanilladeploy.checkpoint import Checkpoint, LambdaInfo, lambda_of, sha256_of
+from vanilladeploy.errors import InexactMergeError, OutputError, UsageError, VanillaDeployError, VerificationError
+from vanilladeploy.export.int8 import Int8Options, check_int8_options, int8_copy
+from vanilladeploy.export.openvino import openvino_ir
+from vanilladeploy.export.tensorrt import EngineJob, export_engine, fp16_copy, trt_options
 from vanilladeploy.images import Preprocess
 from vanilladeploy.reparam import ReparamResult, reparameterize_state_dict
+from vanilladeploy.source import check_source_options, describe, detect, resolve_source
+from vanilladeploy.steps import Progress, StepTimer, silent
+from vanilladeploy.validate import check_opset, check_path
 from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, first_divergent_layer, random_inputs, verify_outputs
 
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
-Progress = Callable[[str, "float | None"], None]
-"""Called with ``(message, None)`` when a step starts and ``(message, seconds)`` when it ends."""
 
 
 @dataclass
@@ -59,92 +56,82 @@ class ExportOptions:
     seed: int = 0
     precision: str = "fp32"
     """fp32: the verified ONNX only; fp16: also ``<name>.fp16.onnx``; int8: also ``<name>.int8.onnx`` (QDQ,
-    calibrated on ``calib``); each verified. With ``trt``: the engine's precision."""
-    calib: Path | None = None
-    calib_count: int = 256
-    calib_method: str = "minmax"
-    min_agreement: float = 99.0
-    holdout_count: int = 256
+    calibrated as ``int8`` says); each verified. With ``trt``: the engine's precision."""
+    int8: Int8Options | None = None
+    """Calibration and its gate; required by (and only with) ``precision="int8"``."""
     trt: TrtBuildOptions | None = None
     """Also build and verify a TensorRT engine (``--trt``)."""
+    openvino: bool = False
+    """Also write and verify the OpenVINO IR (``--openvino``)."""
 
 
 @dataclass
 class ExportResult:
-    """The artifacts written and the report (the same dict as ``<name>.report.json``)."""
+    """The artifacts written and the report (the same dict as ``<name>.report.json``). Truthy when every
+    verification passed."""
 
     out_dir: Path
     artifacts: dict[str, Path]
     report: dict[str, Any]
     error: VanillaDeployError | None = None
-    """A failure after the artifacts were published (``--trt`` without TensorRT, an unverified engine)."""
+    """A failure after the artifacts were published (``--trt`` without TensorRT, an unverified engine or int8)."""
+
+    @property
+    def verified(self) -> bool:
+        return self.error is None
+
+    def __bool__(self) -> bool:
+        return self.verified
+
+    @property
+    def onnx(self) -> Path:
+        """The verified fp32 ONNX."""
+        return self.artifacts[f"{self.report['architecture']['variant']}.onnx"]
 
 
-@dataclass
-class _Timer:
-    progress: Progress
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def step(self, name: str, message: str) -> Iterator[None]:
-        self.progress(message, None)
-        start = time.perf_counter()
-        yield
-        self.timings[name] = round(time.perf_counter() - start, 3)
-        self.progress(message, self.timings[name])
-
-
-def random_checkpoint(variant: str, *, seed: int = 0, num_classes: int = 1000) -> Checkpoint:
-    """An untrained training-form checkpoint: seeded random weights and randomized BatchNorm statistics."""
-    with torch.device("meta"):
-        model = create_vanillanet(variant, num_classes=num_classes)
-    model = randomize_(model.to_empty(device="cpu"), seed=seed)
-    return Checkpoint(state_dict=model.state_dict(), source=f"{variant} (untrained: random weights, seed {seed})",
-                      form="train", args={"model": variant}, untrained=True)
-
-
-def resolve_source(source: str, *, key: str | None = None, seed: int = 0) -> Checkpoint:
-    """A checkpoint file, or — when ``source`` names a variant and no such file exists — a random one."""
-    path = Path(source)
-    if not path.exists() and source in VARIANTS:
-        return random_checkpoint(source, seed=seed)
-    if not path.exists() and not path.suffix and "/" not in source:
-        try:
-            get_variant(source)
-        except ValueError as e:
-            raise CheckpointError(f"{source}: no such file, and {e}") from None
-    return load_checkpoint(path, key=key)
+def export_options(*, precision: str = "fp32", calib: Path | str | None = None, calib_count: int | None = None,
+                   calib_method: str | None = None, min_agreement: float | None = None,
+                   holdout_count: int | None = None,
+                   trt: bool = False, workspace: str | int | None = None, batch: str | None = None,
+                   timing_cache: Path | str | None = None, opt_level: int | None = None, verbose: bool = False,
+                   out_dir: Path | str | None = None, **common: Any) -> ExportOptions:
+    """:class:`ExportOptions` from flat keywords, as the CLI and :func:`vanilladeploy.export` take them: the int8
+    keywords make ``int8`` (when ``calib`` is given), the TensorRT ones ``trt`` (when ``trt`` is true); None = the
+    default. ``common`` are the other fields of :class:`ExportOptions`."""
+    given = {k: v for k, v in {"calib_count": calib_count, "calib_method": calib_method,
+                               "min_agreement": min_agreement, "holdout_count": holdout_count}.items()
+             if v is not None}
+    int8 = Int8Options(Path(calib), **given) if calib is not None else None
+    trt_opts = trt_options(precision, workspace=workspace, batch=batch, opt_level=opt_level,
+                           timing_cache=None if timing_cache is None else Path(timing_cache),
+                           static_batch=common.get("static_batch"), detailed_log=verbose) if trt else None
+    unknown = set(common) - {f.name for f in fields(ExportOptions)}
+    if unknown:
+        raise UsageError(f"unknown export option {sorted(unknown)[0]!r}.")
+    return ExportOptions(out_dir=None if out_dir is None else Path(out_dir), precision=precision, int8=int8,
+                         trt=trt_opts, **common)
 
 
-def detect(checkpoint: Checkpoint, *, arch: str | None = None) -> Architecture:
-    """Variant, act_num and classes of ``checkpoint``, with every key and shape checked against it."""
-    args_model = checkpoint.args.get("model")
-    detected = detect_architecture(checkpoint.state_dict, checkpoint.form, arch=arch,
-                                   args_model=args_model if isinstance(args_model, str) else None)
-    check_keys_and_shapes(checkpoint.state_dict, detected, checkpoint.form)
-    return detected
-
-
-def check_precision_options(opts: ExportOptions) -> None:
-    """``--precision`` and the INT8 options, before any work."""
-    from exporters.int8 import METHODS
-
+def check_export_options(source: str, opts: ExportOptions) -> None:
+    """Every refusal of an export's options, before any work (the CLI and the Python API share it)."""
+    check_source_options(source, arch=opts.arch, key=opts.key)
     if opts.precision not in EXPORT_PRECISIONS:
         raise UsageError(f"--precision {opts.precision}: choose one of {', '.join(EXPORT_PRECISIONS)}.")
-    if opts.precision == "int8" and opts.calib is None:
+    if opts.precision == "int8" and opts.int8 is None:
         raise UsageError("--precision int8 needs --calib DIR, a folder of images to calibrate on (an int8 model "
                          "calibrated on noise is not deployable).")
-    if opts.precision != "int8" and opts.calib is not None:
+    if opts.precision != "int8" and opts.int8 is not None:
         raise UsageError("--calib has no effect without --precision int8: add it, or drop --calib.")
-    if opts.calib_method not in METHODS:
-        raise UsageError(f"--calib-method {opts.calib_method}: choose one of {', '.join(METHODS)}.")
-    if opts.calib_count < 1 or opts.holdout_count < 1 or not 0 <= opts.min_agreement <= 100:
-        raise UsageError("--calib-count must be ≥ 1 and --min-agreement between 0 and 100.")
-    if opts.calib is not None:  # the folder must hold images for calibration AND held-out ones: say so now
-        from vanilladeploy.images import scan_folder
-        from vanilladeploy.int8_export import split_folder
-
-        split_folder(scan_folder(opts.calib), calib_count=opts.calib_count, holdout_count=opts.holdout_count)
+    check_opset(opts.opset)
+    check_path("--out", opts.out_dir, directory=True)
+    if opts.trt is not None:
+        check_path("--timing-cache", opts.trt.timing_cache, directory=False)
+        if opts.static_batch and (opts.trt.profile.min, opts.trt.profile.max) != (opts.static_batch,) * 2:
+            raise UsageError(f"--static-batch {opts.static_batch} fixes the batch, but --batch asks for "
+                             f"{opts.trt.profile}; drop --batch or pass --batch {opts.static_batch}/"
+                             f"{opts.static_batch}/{opts.static_batch}.")
+    if opts.int8 is not None:
+        check_int8_options(opts.int8)
 
 
 def require_exact(info: LambdaInfo, *, allow_inexact: bool) -> None:
@@ -173,15 +160,6 @@ def _check_img_size(arch: Architecture, pre: Preprocess) -> None:
         raise UsageError(f"{given} {img_size} is too small for {arch.name}: pass --img-size {smallest} or more.")
 
 
-def _check_build_options(opts: ExportOptions) -> None:
-    if opts.opset < MIN_OPSET:
-        raise UsageError(f"--opset {opts.opset} is too old: use {MIN_OPSET} or newer.")
-    if opts.trt and opts.static_batch and (opts.trt.profile.min, opts.trt.profile.max) != (opts.static_batch,) * 2:
-        raise UsageError(f"--static-batch {opts.static_batch} fixes the batch, but --batch asks for "
-                         f"{opts.trt.profile}; drop --batch or pass --batch {opts.static_batch}/{opts.static_batch}/"
-                         f"{opts.static_batch}.")
-
-
 def _infer(model: VanillaNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
     with TorchRunner(model) as runner:
         return [runner.infer(x) for x in inputs]
@@ -193,7 +171,7 @@ class _Run:
 
     opts: ExportOptions
     arch: Architecture
-    timer: _Timer
+    timer: StepTimer
     report: dict[str, Any]
     inputs: list[np.ndarray]
     preprocess: Preprocess
@@ -258,11 +236,11 @@ def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_p
     return model
 
 
-def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = lambda *_: None) -> ExportResult:
+def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = silent) -> ExportResult:
     """Run the whole export; raises a :class:`~vanilladeploy.errors.VanillaDeployError` on any failure, in which
     case nothing is written (earlier artifacts in the output directory stay as they were)."""
-    check_precision_options(opts)
-    timer = _Timer(progress)
+    check_export_options(source, opts)
+    timer = StepTimer(progress)
     with timer.step("load_s", f"Loading {source}"):
         ckpt = resolve_source(source, key=opts.key, seed=opts.seed)
         arch = detect(ckpt, arch=opts.arch)
@@ -271,7 +249,6 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
     pre = export_preprocess(ckpt, opts)
     _check_img_size(arch, pre)
     opts = replace(opts, img_size=pre.img_size)
-    _check_build_options(opts)
     out_dir = opts.out_dir or Path("export") / arch.name
     writer = ArtifactWriter(out_dir)  # refuses an unusable --out now, before the expensive steps
     batch = opts.static_batch or (min(max(2, opts.trt.profile.min), opts.trt.profile.max) if opts.trt else 2)
@@ -291,16 +268,6 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
         raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}. Choose another --out.") from None
 
 
-def _int8(run: _Run, onnx_tmp: Path, model: onnx.ModelProto, writer: ArtifactWriter
-          ) -> tuple[Path, VanillaDeployError | None]:
-    from vanilladeploy.int8_export import Int8Options, int8_copy
-
-    opts = run.opts
-    assert opts.calib is not None
-    int8 = Int8Options(opts.calib, opts.calib_count, opts.calib_method, opts.min_agreement, opts.holdout_count)
-    return int8_copy(run.arch.name, onnx_tmp, model, run.preprocess, int8, writer, run.timer, run.report)
-
-
 def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, metadata: dict[str, str]
                      ) -> ExportResult:
     """Stage the ONNX (verified in place), the deploy state dict and the report; then publish them together. An int8
@@ -311,9 +278,12 @@ def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, meta
         model = _export_onnx(run, deploy, metadata, onnx_tmp)
         pth_tmp = writer.stage(f"{name}_deploy.pth")
         torch.save({"model": deploy.state_dict()}, pth_tmp)
+        if run.opts.openvino:
+            openvino_ir(name, onnx_tmp, writer, run.timer, report, inputs=run.inputs, references=run.references)
         error, int8_path = None, None
-        if run.opts.precision == "int8":
-            int8_path, error = _int8(run, onnx_tmp, model, writer)
+        if run.opts.int8 is not None:
+            int8_path, error = int8_copy(name, onnx_tmp, model, run.preprocess, run.opts.int8, writer, run.timer,
+                                         report)
         if run.opts.trt is not None:
             job = EngineJob(name, onnx_tmp, model, writer.out_dir, run.opts.trt, run.inputs, run.references,
                             run.opts.static_batch)
@@ -333,20 +303,5 @@ def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, meta
     return ExportResult(writer.out_dir, {p.name: p for p in finals}, report, error)
 
 
-def describe(ckpt: Checkpoint, arch: Architecture, lam: LambdaInfo) -> dict[str, Any]:
-    """What was read and detected: the first sections of the report (and of ``vanilladeploy inspect``)."""
-    return {
-        "tool": {"name": "vanilladeploy", "version": __version__, "torch": torch.__version__,
-                 "onnx": onnx.__version__, "python": platform.python_version()},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"path": ckpt.source, "sha256": ckpt.sha256, "untrained": ckpt.untrained,
-                   "container_key": ckpt.container_key, "form": ckpt.form},
-        "architecture": {"variant": arch.name, "depth": arch.spec.depth, "act_num": arch.act_num,
-                         "num_classes": arch.num_classes, "detected_from": arch.detected_from},
-        "lambda": {"value": lam.value, "exact": lam.exact, "epoch": lam.epoch, "decay_epochs": lam.decay_epochs,
-                   "decay_linear": lam.decay_linear, "assumed": lam.assumed, "note": lam.describe()},
-    }
-
-
-__all__ = ["ExportOptions", "ExportResult", "export_checkpoint", "export_preprocess", "random_checkpoint",
-           "resolve_source", "detect", "describe", "require_exact", "TOLERANCE_FP32"]
+__all__ = ["EXPORT_PRECISIONS", "ExportOptions", "ExportResult", "TOLERANCE_FP32", "check_export_options",
+           "export_checkpoint", "export_options", "export_preprocess", "require_exact"]

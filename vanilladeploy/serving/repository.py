@@ -14,16 +14,31 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from exporters.triton_repo import (LABELS_FILE, MODEL_FILES, ModelSignature, RepoError, RepoOptions, build_config,
-                                   check_model_name, check_servable, config_text, parse_config, plan_filename,
-                                   resolve_backend, resolve_kind, signature_from_onnx, signature_from_sidecar)
+from exporters.triton_repo import (
+    LABELS_FILE,
+    MODEL_FILES,
+    ModelSignature,
+    RepoError,
+    RepoOptions,
+    build_config,
+    check_model_name,
+    check_servable,
+    config_text,
+    parse_config,
+    plan_filename,
+    resolve_backend,
+    resolve_kind,
+    signature_from_onnx,
+    signature_from_sidecar,
+)
 from vanilladeploy import __version__
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import CheckpointError, MissingDependencyError, UsageError
-from vanilladeploy.serve import SERVE_INSTALL
+from vanilladeploy.extras import install_hint
+from vanilladeploy.validate import check_path
 
-PYTHON_MODEL = Path(__file__).resolve().parents[1] / "exporters" / "triton_python_model.py"
+PYTHON_MODEL = Path(__file__).resolve().parents[2] / "exporters" / "triton_python_model.py"
 EXPORT_AGAIN = "export again with `vanilladeploy export` (add --trt for an engine)"
 
 
@@ -53,7 +68,8 @@ def _require_serve_extra() -> None:
         import google.protobuf  # noqa: F401
         from tritonclient.grpc import model_config_pb2  # noqa: F401
     except ImportError as e:
-        raise MissingDependencyError(f"writing Triton configs needs tritonclient[grpc] ({e}): {SERVE_INSTALL}") \
+        raise MissingDependencyError(f"writing Triton configs needs tritonclient[grpc] ({e}): "
+                                     f"{install_hint('serve')}") \
             from None
 
 
@@ -159,8 +175,43 @@ def _verify_recorded(src: RepoSource) -> str:
     return digest
 
 
+def model_repository_of(path: Path) -> Path | None:
+    """The one model directory of a Triton model repository written by ``repo`` or ``optimize`` (``path/<name>/
+    config.pbtxt``), or None when ``path`` is not such a repository."""
+    models = sorted(path.glob("*/config.pbtxt")) if path.is_dir() else []
+    if len(models) > 1:
+        raise UsageError(f"{path} holds {len(models)} models ({', '.join(m.parent.name for m in models)}); serve "
+                         "serves one: give its export directory, or a repository with one model.")
+    return models[0].parent if models else None
+
+
+PYTHON_RUNTIMES = ("onnxruntime", "openvino")
+"""What the python backend's model.py can run the ONNX in (the config parameter ``runtime``)."""
+
+
+def check_runtime(parameters: dict[str, str], backend: str) -> None:
+    """``--runtime`` names one of :data:`PYTHON_RUNTIMES` and needs the python backend (a native backend is its own
+    runtime)."""
+    runtime = parameters.get("runtime")
+    if runtime is None:
+        return
+    if runtime not in PYTHON_RUNTIMES:
+        raise UsageError(f"--runtime {runtime}: choose {', '.join(PYTHON_RUNTIMES)}.")
+    if backend != "python" and runtime != "onnxruntime":
+        raise UsageError(f"--runtime {runtime} runs inside Triton's python backend, not the {backend} backend: add "
+                         "--backend python.")
+
+
+def check_labels(labels: str | None) -> None:
+    """``--labels``: 'imagenet', or a file of class names that exists."""
+    if labels is not None and labels != "imagenet":
+        check_path("--labels", Path(labels), directory=False, must_exist=True)
+
+
 def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
     """Check, then write ``out/<name>/`` as one set; returns what was written."""
+    check_path("--out", out, directory=True)
+    check_labels(opts.labels)
     _require_serve_extra()
     src = resolve_repo_source(source, backend=opts.backend)
     digest = _verify_recorded(src)
@@ -168,6 +219,7 @@ def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
     try:
         backend = resolve_backend(signature, opts)
         check_servable(signature, opts, backend)
+        check_runtime(opts.parameters, backend)
         name = src.name if opts.name is None else opts.name
         check_model_name(name)
     except RepoError as e:
@@ -209,7 +261,7 @@ def _labels(labels: str | None, *, classes: int) -> list[str] | None:
             from torchvision.models._meta import _IMAGENET_CATEGORIES as names
         except ImportError:
             raise MissingDependencyError("--labels imagenet takes the class names from torchvision: "
-                                         "pip install torchvision, or pass a file with one name per line.") from None
+                                         f"{install_hint('bench')}, or pass a file with one name per line.") from None
     else:
         try:
             names = [line.strip() for line in Path(labels).read_text(encoding="utf-8").splitlines() if line.strip()]

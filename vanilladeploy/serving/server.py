@@ -37,8 +37,11 @@ from types import TracebackType
 
 from exporters.triton_repo import RepoOptions, parse_config
 from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError
+from vanilladeploy.extras import install_hint
+from vanilladeploy.serving import process as pgroup
+from vanilladeploy.serving.repository import check_labels, check_runtime, model_repository_of, write_repository
 
-SERVE_INSTALL = "pip install 'vanilladeploy[serve]'"
+SERVE_INSTALL = install_hint("serve")
 SHM_DIR = Path("/dev/shm")
 
 
@@ -132,21 +135,6 @@ def prepare_backends(workdir: Path) -> Path:
     return backends
 
 
-def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get ``sig`` when we die (Linux ``PR_SET_PDEATHSIG``). libc and
-    ``prctl`` are resolved here, in the parent: the child, between fork and exec, only calls it."""
-    try:
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def set_signal() -> None:
-        prctl(pr_set_pdeathsig, int(sig))
-
-    return set_signal
-
-
 def _cuda_devices() -> int:
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
@@ -218,7 +206,7 @@ class TritonServer:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=server_env(), start_new_session=True,
-                                            preexec_fn=parent_death_signal())
+                                            preexec_fn=pgroup.parent_death_signal())
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -242,7 +230,7 @@ class TritonServer:
 
     def alive(self) -> bool:
         """The server runs (checked without reaping it: its process-group id stays ours until :meth:`stop`)."""
-        return self.process is not None and not _wait_exited(self.process, 0)
+        return self.process is not None and not pgroup.wait_exited(self.process, 0)
 
     def log(self) -> str:
         try:
@@ -269,17 +257,17 @@ class TritonServer:
         process, self.process = self.process, None
         try:
             if process is not None and process.returncode is None:
-                _signal_group(process, signal.SIGTERM)
-                _wait_exited(process, self.stop_timeout_s)
+                pgroup.signal_group(process, signal.SIGTERM)
+                pgroup.wait_exited(process, self.stop_timeout_s)
         finally:
             self._clean_up(process)
 
     def _clean_up(self, process: subprocess.Popen[bytes] | None) -> None:
         try:
             if process is not None:  # the leader is not reaped before this, so its group id is still ours
-                _signal_group(process, signal.SIGKILL)
+                pgroup.signal_group(process, signal.SIGKILL)
                 process.wait()
-                _wait_group_gone(process.pid, timeout_s=10.0)
+                pgroup.wait_group_gone(process.pid, timeout_s=10.0)
         finally:
             try:
                 leaked = self.shm_entries()
@@ -292,48 +280,6 @@ class TritonServer:
                     self._workdir = None
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _wait_exited(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    """Wait until ``process`` has exited, without reaping it (``WNOWAIT``); False on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return True
-        except ChildProcessError:  # already reaped
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``, from ``/proc``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
-def _wait_group_gone(pgid: int, *, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 @dataclass(frozen=True)
 class ServingInfo:
     model: str
@@ -343,6 +289,7 @@ class ServingInfo:
     metrics_url: str
     example_command: str
     kind: str = "cpu"  # where the model's instances run
+    runtime: str = "onnxruntime"  # what runs the model inside the python backend (the config's ``runtime``)
 
 
 def server_version(server: TritonServer) -> str:
@@ -355,6 +302,18 @@ def server_version(server: TritonServer) -> str:
         return "?"
 
 
+def check_serve_options(ports: TritonPorts, opts: RepoOptions, host: str = "127.0.0.1") -> None:
+    """What ``serve`` refuses before it writes or starts anything: ports that clash or are busy, a missing labels
+    file, no Triton server binary."""
+    if len(set(ports.named().values())) < 3:
+        raise UsageError(f"--http-port, --grpc-port and --metrics-port must differ (got {ports.http}, {ports.grpc}, "
+                         f"{ports.metrics}).")
+    check_labels(opts.labels)
+    check_runtime(opts.parameters, "python")
+    find_tritonserver()
+    check_ports_free(ports, host)
+
+
 def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
                   on_ready: Callable[[ServingInfo], None], host: str = "127.0.0.1") -> None:
     """Write a repository for ``source`` in a scratch directory, serve it until SIGTERM (returns) or SIGINT
@@ -364,8 +323,7 @@ def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        check_ports_free(ports, host)
-        find_tritonserver()
+        check_serve_options(ports, opts, host)
         if opts.kind is None:
             opts = replace(opts, kind=default_kind())
         with tempfile.TemporaryDirectory(prefix="vanilladeploy-repo-") as scratch:
@@ -376,19 +334,26 @@ def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
 
 def _serve_repository(source: Path, scratch: Path, ports: TritonPorts, opts: RepoOptions, *, stop: threading.Event,
                       on_ready: Callable[[ServingInfo], None], host: str) -> None:
-    from vanilladeploy.repo import write_repository  # repo imports this module
 
-    result = write_repository(source, scratch, opts)
+    if model_repository_of(source) is not None:  # written by repo or optimize: served as it is
+        shutil.copytree(source, scratch, dirs_exist_ok=True)
+        model_dir = model_repository_of(scratch)
+        config_text = (model_dir / "config.pbtxt").read_text()
+    else:
+        result = write_repository(source, scratch, opts)
+        model_dir, config_text = result.model_dir, result.config_text
     if stop.is_set():
         return
-    model = result.model_dir.name
-    cfg = parse_config(result.config_text)
+    model = model_dir.name
+    cfg = parse_config(config_text)
     dims = [max(int(d), 1) for d in cfg.input[0].dims]  # a dynamic dimension (-1) as 1
     shape = [1, *dims] if cfg.max_batch_size > 0 else dims
     try:
         with TritonServer(scratch, ports, host=host, model=model, abort=stop) as server:
+            runtime = cfg.parameters["runtime"].string_value if "runtime" in cfg.parameters else "onnxruntime"
             on_ready(ServingInfo(model, server_version(server), server.http_url, server.grpc_url, server.metrics_url,
-                                 example_client_command(server.http_url, model, shape), opts.kind or "cpu"))
+                                 example_client_command(server.http_url, model, shape), opts.kind or "cpu",
+                                 runtime))
             while not stop.wait(0.5):
                 if not server.alive():
                     raise ServerError(f"Triton Inference Server exited: {server.failure_reason()}")
@@ -407,5 +372,5 @@ def example_client_command(http_url: str, model: str, shape: list[int]) -> str:
 
 
 __all__ = ["SERVE_INSTALL", "ServerError", "ServingInfo", "StartAborted", "TritonPorts", "TritonServer",
-           "check_ports_free", "default_kind", "find_tritonserver", "group_members", "parent_death_signal",
+           "check_ports_free", "check_serve_options", "default_kind", "find_tritonserver",
            "serve_forever", "server_env", "tritonserver_version"]

@@ -1,0 +1,5 @@
+"""``python -m vanilladeploy``: the same as the ``vanilladeploy`` command."""
+
+from vanilladeploy.cli import main
+
+main()

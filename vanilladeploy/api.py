@@ -1,0 +1,87 @@
+"""The Python API: what the commands do, callable from a notebook or a service, with the same checks and errors.
+
+    import vanilladeploy as vd
+    result = vd.export("ckpt.pth", out_dir="build")   # an ExportResult; truthy when everything verified
+    model = vd.load(result.onnx)                      # a checkpoint, deploy .pth, .onnx or .engine
+    logits = model.predict(["cat.jpg"])               # preprocessed as the artifact records
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vanilladeploy.evaluate import Artifact, EvalResult, choose_preprocess, open_artifact
+from vanilladeploy.evaluate import evaluate as _evaluate
+from vanilladeploy.export.pipeline import ExportResult, export_checkpoint, export_options
+from vanilladeploy.images import Preprocess, load_image
+from vanilladeploy.steps import Progress, silent
+
+
+def export(source: str | Path, *, progress: Progress = silent, **options: Any) -> ExportResult:
+    """``vanilladeploy export`` as a function: ``source`` is a checkpoint file or a variant name; ``options`` are
+    the command's options as keywords (``out_dir``, ``img_size``, ``precision``, ``calib``, ``trt``, …). Raises a
+    :class:`~vanilladeploy.errors.VanillaDeployError` for what the command refuses; a failure after publishing
+    (an unverified int8 model, no TensorRT for ``trt=True``) is ``result.error`` and makes the result falsy."""
+    return export_checkpoint(str(source), export_options(**options), progress=progress)
+
+
+class Model:
+    """A loaded artifact and the preprocessing it carries; ``predict`` maps images to logits. Close it (or use
+    ``with``) to release its runtime session."""
+
+    def __init__(self, artifact: Artifact) -> None:
+        self.artifact = artifact
+        self.preprocess: Preprocess = choose_preprocess([artifact])
+        self._active = False
+
+    @property
+    def kind(self) -> str:
+        return self.artifact.kind
+
+    def predict(self, images: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """Logits (N × classes) for ``images``: paths or PIL images, preprocessed as the artifact records (resize,
+        center crop, normalize), or an N×3×H×W float array taken as already preprocessed."""
+        if isinstance(images, np.ndarray):
+            x = np.ascontiguousarray(images, dtype=np.float32)
+        else:
+            x = np.stack([self._prepare(image) for image in images])
+        if not self._active:
+            self.artifact.runner.activate()
+            self._active = True
+        return self.artifact.runner.infer(x)
+
+    def _prepare(self, image: Any) -> np.ndarray:
+        if isinstance(image, (str, Path)):
+            return load_image(Path(image), self.preprocess)
+        return self.preprocess(image)
+
+    def close(self) -> None:
+        if self._active:
+            self.artifact.runner.deactivate()
+            self._active = False
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load(artifact: str | Path, *, arch: str | None = None, runtime: str = "onnxruntime") -> Model:
+    """A training checkpoint (run in training form with λ as trained), a deploy ``.pth``, an ``.onnx`` (fp32, fp16
+    or int8, in ``runtime``: ONNX Runtime or OpenVINO) or a TensorRT ``.engine``, ready to ``predict``."""
+    return Model(open_artifact(str(artifact), arch=arch, runtime=runtime))
+
+
+def evaluate(artifacts: Sequence[str | Path], data: str | Path, *, limit: int | None = None, batch: int = 32,
+             arch: str | None = None, runtime: str = "onnxruntime", progress: Progress = silent) -> EvalResult:
+    """``vanilladeploy eval``: accuracy and agreement with the first artifact on an image folder."""
+    return _evaluate([str(a) for a in artifacts], Path(data), limit=limit, batch=batch, arch=arch, progress=progress,
+                     runtime=runtime)
+
+
+__all__ = ["ExportResult", "Model", "Preprocess", "evaluate", "export", "load"]

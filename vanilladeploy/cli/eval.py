@@ -1,0 +1,79 @@
+"""``vanilladeploy eval``: parse, call :func:`vanilladeploy.evaluate.evaluate`, render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from vanilladeploy.cli.console import ProgressDisplay, fmt, out, pct, print_json, run_command, wide, write_json
+from vanilladeploy.cli.options import ArchOpt, JsonPrint, Verbose
+
+
+def eval_(
+    artifacts: Annotated[list[str], typer.Argument(help="Checkpoints (training form, λ as trained), deploy .pth, "
+                                                   ".onnx (fp32/fp16/int8) or .engine files; the first is the "
+                                                   "reference for agreement.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Image folder: an ImageFolder tree (class/xxx.jpg, labels) "
+                                       "or a flat folder (no labels).", show_default=False)],
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most N images.",
+                                                 show_default="all")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per inference batch.")] = 32,
+    arch: ArchOpt = None,
+    runtime: Annotated[str, typer.Option("--runtime", help="What runs the .onnx artifacts: onnxruntime or "
+                                         "openvino (OpenVINO's CPU plugin; the openvino extra).")] = "onnxruntime",
+    as_json: JsonPrint = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json-out", help="Also write the results as JSON to this "
+                                                      "file.", show_default=False)] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Accuracy (top-1/top-5 with labels) and agreement with the first artifact, on real images preprocessed as
+    the official evaluation does (resize, center crop, normalize; values from the checkpoint's args)."""
+    from vanilladeploy.evaluate import check_eval_options, evaluate
+
+    def run() -> None:
+        check_eval_options(data, arch=arch, json_path=json_path, runtime=runtime)
+        with ProgressDisplay() as progress:
+            result = evaluate(artifacts, data, limit=limit, batch=batch, arch=arch, progress=progress,
+                              runtime=runtime)
+        info = result.as_dict()
+        if as_json:
+            print_json(info)
+        else:
+            _render(info)
+        if json_path is not None:
+            write_json(json_path, info, quiet=as_json)
+
+    run_command(verbose, run)
+
+
+def _relative(path: str, root: str) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return Path(path).name
+
+
+def _render(info: dict[str, Any]) -> None:
+    table = Table(title=f"{info['images']} images from {escape(str(info['data']))}"
+                  f"{'' if info.get('labelled') else ' (no labels)'}", header_style="bold")
+    for col in ("artifact", "kind", "top-1 %", "top-5 %", "top-1 agree %", "mean rel L2", "worst image", "img/s"):
+        table.add_column(col, justify="left" if col in ("artifact", "kind", "worst image") else "right")
+    for r in info["artifacts"]:
+        worst = r.get("worst") or {}
+        table.add_row(escape(r["name"]), r["kind"], pct(r.get("top1")), pct(r.get("top5")),
+                      pct(r.get("agreement_top1")), fmt(r.get("mean_rel_l2")),
+                      escape(f"{_relative(worst['path'], info['data'])} ({worst['rel_l2']:.2e})")
+                      if worst.get("path") else "—",
+                      "—" if r.get("images_per_s") is None else f"{r['images_per_s']:.1f}")
+    wide().print(table)
+    skipped = info.get("skipped") or {}
+    if skipped.get("count"):
+        out.print(f"[yellow]skipped {skipped['count']} unreadable file(s)[/], e.g. "
+                  f"{escape(str(skipped['examples'][0]))}", soft_wrap=True)
+    pre = info.get("preprocessing") or {}
+    out.print(f"preprocessing: {escape(json.dumps(pre, ensure_ascii=False))}", soft_wrap=True)

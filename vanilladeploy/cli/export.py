@@ -1,0 +1,176 @@
+"""``vanilladeploy export``: parse, call :func:`vanilladeploy.export.pipeline.export_checkpoint`, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from exporters.trt_plan import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_BYTES
+from vanilladeploy.cli.console import ProgressDisplay, fmt, out, run_command, wrote
+from vanilladeploy.cli.options import ArchOpt, KeyOpt, SourceArg, Verbose
+from vanilladeploy.export.options import Int8Options
+
+INT8, TRT = "INT8", "TensorRT"
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+def export(
+    source: SourceArg,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory [default: "
+                                                    "./export/<variant>/].", show_default=False)] = None,
+    arch: ArchOpt = None,
+    key: KeyOpt = None,
+    img_size: Annotated[Optional[int], typer.Option("--img-size", min=1, help="Input height and width [default: "
+                                                    "the checkpoint's args.input_size, else 224].",
+                                                    show_default=False)] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset: 17 up to the newest that the installed onnx "
+                                       "and onnxruntime both support.")] = 17,
+    static_batch: Annotated[Optional[int], typer.Option("--static-batch", min=1, help="Fix the batch dimension "
+                                                        "to N [default: dynamic].", show_default=False)] = None,
+    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnx-simplifier.")] = False,
+    allow_inexact: Annotated[bool, typer.Option("--allow-inexact", help="Merge a checkpoint trained with λ < 1 "
+                                                "anyway; the report states the resulting error.")] = False,
+    precision: Annotated[Precision, typer.Option("--precision", help="fp32: the verified ONNX. fp16: also "
+                                                 "<variant>.fp16.onnx (verified ≤ 1e-2 + top-1). int8: also "
+                                                 "<variant>.int8.onnx (QDQ, calibrated on --calib images, verified "
+                                                 "on held-out ones). With --trt, the engine's precision.")] = "fp32",
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Image folder (ImageFolder tree or flat) to "
+                                                  "calibrate int8 on; the images after the calibration ones are "
+                                                  "held out to verify it. Required by --precision int8.",
+                                                  show_default=False, rich_help_panel=INT8)] = None,
+    calib_count: Annotated[Optional[int], typer.Option("--calib-count", min=1, help="Images used to calibrate.",
+                                                       show_default=str(Int8Options.calib_count),
+                                                       rich_help_panel=INT8)] = None,
+    calib_method: Annotated[Optional[Literal["minmax", "entropy", "percentile"]], typer.Option(
+        "--calib-method", help="How activation ranges are chosen.", show_default=Int8Options.calib_method,
+        rich_help_panel=INT8)] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", min=0.0, max=100.0, help="Top-1 "
+                                                           "agreement (%) with the fp32 ONNX required on the "
+                                                           "held-out images.",
+                                                           show_default=f"{Int8Options.min_agreement:g}",
+                                                           rich_help_panel=INT8)] = None,
+    openvino: Annotated[bool, typer.Option("--openvino", help="Also write the OpenVINO IR (<variant>.xml + .bin, "
+                                           "fp32 weights) and verify it in OpenVINO (needs the openvino extra).")
+                        ] = False,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine and verify it (needs TensorRT "
+                                      "and an NVIDIA GPU; without them the ONNX is still exported and verified, "
+                                      "then exit 3).", rich_help_panel=TRT)] = False,
+    workspace: Annotated[Optional[str], typer.Option("--workspace", help="Builder workspace: bytes or 512MiB, "
+                                                     "4GiB …", show_default=f"{DEFAULT_WORKSPACE_BYTES >> 30}GiB",
+                                                     rich_help_panel=TRT)] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch optimization profile MIN/OPT/MAX, or MAX "
+                                                 "(= 1/1/MAX) [default: 1/1/32, or the --static-batch].",
+                                                 show_default=False, rich_help_panel=TRT)] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file, read if "
+                                                         "present and updated after the build (faster rebuilds).",
+                                                         rich_help_panel=TRT)] = None,
+    opt_level: Annotated[Optional[int], typer.Option("--opt-level", min=0, max=5, help="Builder optimization "
+                                                     "level.", show_default=str(DEFAULT_OPT_LEVEL),
+                                                     rich_help_panel=TRT)] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Re-parameterize a checkpoint, prove the fused model equal to the trained one, export a verified ONNX.
+
+    Writes <variant>.onnx, <variant>_deploy.pth ({"model": deploy state dict}) and <variant>.report.json (plus
+    <variant>.fp16.onnx or <variant>.int8.onnx for --precision fp16/int8, <variant>.xml/.bin for --openvino); with
+    --trt also
+    <variant>.<precision>.engine and its .json sidecar (and a .build.log with --verbose), and the equivalent trtexec
+    command in the report. On any failure before publishing nothing is written.
+    """
+    from vanilladeploy.export import pipeline
+    from vanilladeploy.validate import needs
+
+    def run() -> None:
+        needs("--trt", trt, {"--workspace": workspace, "--batch": batch, "--timing-cache": timing_cache,
+                             "--opt-level": opt_level})
+        needs("--precision int8", precision == "int8", {"--calib": calib, "--calib-count": calib_count,
+                                                        "--calib-method": calib_method,
+                                                        "--min-agreement": min_agreement})
+        opts = pipeline.export_options(
+            out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset, static_batch=static_batch,
+            simplify=not no_simplify, allow_inexact=allow_inexact, precision=precision, calib=calib, openvino=openvino,
+            calib_count=calib_count, calib_method=calib_method, min_agreement=min_agreement, trt=trt,
+            workspace=workspace, batch=batch, timing_cache=timing_cache, opt_level=opt_level, verbose=verbose)
+        with ProgressDisplay() as progress:
+            result = pipeline.export_checkpoint(source, opts, progress=progress)
+        _render(result.report, result.artifacts)
+        if result.error is not None:
+            raise result.error
+
+    run_command(verbose, run)
+
+
+def _render(report: dict[str, Any], artifacts: dict[str, Path]) -> None:
+    arch = report["architecture"]
+    table = Table(title=f"{arch['variant']} exported", show_header=True, header_style="bold")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    _source_rows(table, report)
+    _verification_rows(table, report)
+    trt = report.get("tensorrt")
+    if trt:
+        compat = trt["compatibility"]
+        table.add_row("TensorRT compatibility", "[green]pass[/]", f"{len(compat['warnings'])} warnings, profile "
+                      f"{compat['profile']}")
+        if trt.get("status") == "built":
+            _verification_row(table, f"TensorRT {trt['precision']} engine", trt["verification"])
+        else:
+            table.add_row(f"TensorRT {trt['precision']} engine", "[yellow]not built[/]", escape(trt.get("reason", "")))
+    out.print(table)
+    for path in artifacts.values():
+        wrote(path)
+    onnx_path = next(p for p in artifacts.values() if p.name == f"{arch['variant']}.onnx")
+    if trt:
+        out.print("\nReproduce with TensorRT's own tools (TensorRT 10; the report also has the TensorRT 11 line):")
+        out.print(f"  {escape(trt['trtexec']['tensorrt10'])}", soft_wrap=True)
+    else:
+        out.print(f"\nNext: [bold]vanilladeploy check {escape(str(onnx_path))}[/] (TensorRT compatibility), then "
+                  "export again with --trt on a machine with TensorRT.", soft_wrap=True)
+
+
+def _source_rows(table: Table, report: dict[str, Any]) -> None:
+    lam = report["lambda"]
+    if report["source"]["untrained"]:
+        table.add_row("weights", "[yellow]untrained[/]", "seeded random weights and BN statistics (demo)")
+    table.add_row("λ", "[green]exact[/]" if lam["exact"] else "[yellow]inexact[/]", lam["note"])
+    pre = report.get("preprocessing")
+    if pre:
+        src = pre["sources"]
+        table.add_row("preprocessing", "", escape(f"{pre['img_size']} px ({src['img_size']}), crop_pct "
+                                                  f"{pre['crop_pct']:.4g} ({src['crop_pct']}), mean/std "
+                                                  f"{'ImageNet' if pre['mean'][0] != 0.5 else 'Inception 0.5'} "
+                                                  f"({src['mean_std']})"))
+
+
+def _verification_rows(table: Table, report: dict[str, Any]) -> None:
+    ver = report["verification"]
+    for name in ("torch", "onnxruntime", "onnxruntime_fp16", "openvino"):
+        if name in ver:
+            _verification_row(table, f"{name.replace('_', ' ')} vs training form", ver[name])
+    if "int8" in report:
+        int8, v = report["int8"], report["int8"]["verification"]
+        table.add_row(f"int8 vs fp32 ({int8['holdout']['images']} held-out images)",
+                      "[green]pass[/]" if v["passed"] else "[red]FAIL[/]",
+                      f"top-1 agreement {v['agreement_top1']}% (≥ {v['min_agreement']}%), mean rel L2 "
+                      f"{fmt(v['mean_rel_l2'])}; calibrated on {int8['calibration']['images']} images "
+                      f"({int8['calibration']['method']})")
+    if "against_trained_lambda" in ver:
+        table.add_row("vs trained λ network", "[yellow]inexact[/]",
+                      f"rel L2 {fmt(ver['against_trained_lambda']['rel_l2'])}")
+    onnx_info = report["onnx"]
+    table.add_row("graph contract", "[green]pass[/]", f"{onnx_info['contract']['nodes']} nodes, opset "
+                  f"{onnx_info['opset']}")
+
+
+def _verification_row(table: Table, label: str, v: dict[str, Any]) -> None:
+    if "error" in v:
+        table.add_row(label, "[red]FAIL[/]", escape(v["error"]))
+        return
+    detail = f"rel L2 {fmt(v['rel_l2'])}, max abs {fmt(v['max_abs'])} (≤ {v['tolerance']:.0e})"
+    if "top1" in v:
+        detail += f", top-1 {v['top1']['agree']}/{v['top1']['total']}"
+    table.add_row(label, "[green]pass[/]" if v["passed"] else "[red]FAIL[/]", detail)

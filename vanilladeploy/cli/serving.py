@@ -1,0 +1,157 @@
+"""``vanilladeploy repo``, ``serve`` and ``serve-bench``: a Triton model repository, a real Triton server, and load
+through it. Parse, call :mod:`vanilladeploy.serving`, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from vanilladeploy.cli.console import ProgressDisplay, err, ms, out, print_json, run_command, wide, write_json
+from vanilladeploy.cli.options import (
+    DEFAULT_INSTANCES,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_QUEUE_DELAY_US,
+    ExportSource,
+    Instances,
+    JsonPrint,
+    Labels,
+    MaxBatch,
+    QueueDelay,
+    Runtime,
+    Verbose,
+)
+
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def repo(
+    source: Annotated[Path, typer.Argument(help="An export directory (with its report), a .onnx, or a TensorRT "
+                                           ".engine with its .engine.json sidecar.", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The Triton model repository (other models in it are "
+                                          "left alone).", show_default=False)],
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name.", show_default="the variant")] = None,
+    backend: Annotated[Optional[Literal["onnxruntime", "tensorrt", "python"]], typer.Option(
+        "--backend", help="Triton backend; python = ONNX Runtime inside Triton's Python backend.",
+        show_default="onnxruntime for ONNX, tensorrt for an engine")] = None,
+    max_batch: MaxBatch = DEFAULT_MAX_BATCH,
+    instances: Instances = DEFAULT_INSTANCES,
+    kind: Annotated[Optional[Literal["cpu", "gpu"]], typer.Option("--kind", help="Where instances run.",
+                                                                  show_default="gpu for tensorrt, cpu otherwise")
+                    ] = None,
+    max_queue_delay_us: QueueDelay = DEFAULT_QUEUE_DELAY_US,
+    labels: Labels = None,
+    runtime: Runtime = None,
+    verbose: Verbose = False,
+) -> None:
+    """Write a Triton Inference Server model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/<model>."""
+    from exporters.triton_repo import RepoOptions
+    from vanilladeploy.serving.repository import write_repository
+
+    def run() -> None:
+        opts = RepoOptions(name=name, backend=backend, max_batch=max_batch, instances=instances, kind=kind,
+                           max_queue_delay_us=max_queue_delay_us, labels=labels,
+                           parameters={} if runtime is None else {"runtime": runtime})
+        result = write_repository(source, out_dir, opts)
+        out.print(escape(result.config_text), soft_wrap=True)
+        for path in result.files:
+            out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
+        out.print(f"\nServe it: [bold]tritonserver --model-repository {escape(str(result.repository))}[/] (a Triton "
+                  f"with the {escape(result.backend)} backend), or here: [bold]vanilladeploy serve …[/]",
+                  soft_wrap=True)
+
+    run_command(verbose, run)
+
+
+def serve(
+    source: Annotated[Path, typer.Argument(help="An export directory, a .onnx file, or a Triton model repository "
+                                           "written by repo or optimize (served as it is).", show_default=False)],
+    http_port: Annotated[int, typer.Option("--http-port", min=1, max=65535, help="HTTP/REST (KServe v2).")] = 8000,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", min=1, max=65535, help="gRPC (KServe v2).")] = 8001,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", min=1, max=65535, help="Prometheus metrics.")]
+    = 8002,
+    max_batch: MaxBatch = DEFAULT_MAX_BATCH,
+    instances: Instances = DEFAULT_INSTANCES,
+    max_queue_delay_us: QueueDelay = DEFAULT_QUEUE_DELAY_US,
+    labels: Labels = None,
+    runtime: Runtime = None,
+    verbose: Verbose = False,
+) -> None:
+    """Serve the model on a real Triton Inference Server (loopback) until Ctrl-C or SIGTERM.
+
+    Needs the serve extra (vanilladeploy[serve]: the nvidia-pytriton wheel carries the tritonserver
+    binary). The model runs in ONNX Runtime inside Triton's Python backend (on the GPU where one and
+    onnxruntime's CUDA provider exist, else the CPU). Exit 0 on SIGTERM, 130 on Ctrl-C.
+    """
+    from exporters.triton_repo import RepoOptions
+    from vanilladeploy.serving.server import TritonPorts, check_serve_options, serve_forever
+
+    def run() -> None:
+        ports = TritonPorts(http=http_port, grpc=grpc_port, metrics=metrics_port)
+        opts = RepoOptions(backend="python", max_batch=max_batch, instances=instances, kind=None,
+                           max_queue_delay_us=max_queue_delay_us, labels=labels,
+                           parameters={} if runtime is None else {"runtime": runtime})
+        check_serve_options(ports, opts)
+        err.print("Starting Triton Inference Server (loopback) …")
+        serve_forever(source, ports, opts, on_ready=_render_serving)
+
+    run_command(verbose, run)
+
+
+def _render_serving(info: Any) -> None:
+    out.print(f"[green]serving[/] model [bold]{escape(info.model)}[/] on Triton Inference Server "
+              f"{escape(info.server_version)} (python backend, {escape(RUNTIME_NAMES.get(info.runtime, info.runtime))} "
+              f"on the {escape(info.kind.upper())})",
+              soft_wrap=True)
+    out.print(f"  HTTP    {escape(info.http_url)}\n  gRPC    {escape(info.grpc_url)}\n  metrics "
+              f"{escape(info.metrics_url)}", soft_wrap=True)
+    out.print(f"Try: [bold]{escape(info.example_command)}[/]", soft_wrap=True)
+    out.print("Ctrl-C or SIGTERM stops the server.")
+
+
+def serve_bench(
+    source: ExportSource,
+    concurrency: Annotated[str, typer.Option("--concurrency", help="Comma-separated client concurrencies.")]
+    = "1,4,16",
+    requests: Annotated[Optional[int], typer.Option("--requests", min=1, help="Requests per concurrency level "
+                                                    "and backend.", show_default="per level")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per request.")] = 1,
+    protocol: Annotated[Literal["http", "grpc", "both"], typer.Option("--protocol", help="Triton protocol(s).")]
+    = "both",
+    as_json: JsonPrint = False,
+    json_path: Annotated[Path, typer.Option("--json-out", help="Results JSON.")] = Path("bench/serve.json"),
+    verbose: Verbose = False,
+) -> None:
+    """Load-test a real Triton server (started here, on loopback) at several client concurrencies, beside
+    in-process ONNX Runtime on the same model: throughput, p50/p99 latency, errors."""
+    from vanilladeploy.serving.bench import run_serve_bench
+    from vanilladeploy.validate import check_path, int_list
+
+    def run() -> None:
+        levels = int_list("--concurrency", concurrency)
+        check_path("--json-out", json_path, directory=False)
+        with ProgressDisplay() as progress:
+            result = run_serve_bench(source, concurrency=levels, requests=requests, batch=batch,
+                                     protocol=protocol, progress=progress)
+        if as_json:
+            print_json(result.document())
+        else:
+            _render_load(result.records)
+        write_json(json_path, result.document(), quiet=as_json)
+
+    run_command(verbose, run)
+
+
+def _render_load(records: list[dict[str, Any]]) -> None:
+    table = Table(title="load: requests through Triton vs in-process ONNX Runtime", header_style="bold")
+    for col in ("model", "backend", "concurrency", "batch", "requests", "errors", "img/s", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col in ("model", "backend") else "right", no_wrap=True)
+    for r in records:
+        s = r["stats"] or {}
+        table.add_row(r["model"], r["backend"], str(r["concurrency"]), str(r["batch"]), str(r["requests"]),
+                      str(r["errors"]), f"{r['throughput_img_s']:.1f}", ms(s.get("median_ms")),
+                      ms(s.get("p99_ms")))
+    wide().print(table)

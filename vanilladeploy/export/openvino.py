@@ -1,0 +1,50 @@
+"""The ``--openvino`` step of ``vanilladeploy export``: the verified ONNX as an OpenVINO IR (``<name>.xml`` +
+``<name>.bin``), run in OpenVINO's CPU plugin and verified against the same reference as the ONNX (rel. L2 ≤ 1e-5).
+
+Weights stay float32 (``ov.save_model`` would compress them to fp16 by default, which is a precision change, not a
+format change). A graph that OpenVINO cannot convert or run is refused with its reason (exit 1), nothing published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters.runners import OpenVinoRunner
+from vanilladeploy.atomic import ArtifactWriter
+from vanilladeploy.errors import VerificationError
+from vanilladeploy.extras import require
+from vanilladeploy.steps import StepTimer
+from vanilladeploy.verify import verify_outputs
+
+
+def openvino_ir(name: str, onnx_path: Path, writer: ArtifactWriter, timer: StepTimer, report: dict[str, Any], *,
+                inputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> Path:
+    """Stage ``<name>.xml``/``.bin`` from the staged, verified ONNX; verify them; fill ``report["openvino"]``."""
+    require("openvino", "export --openvino")
+    import openvino as ov
+
+    xml = writer.stage(f"{name}.xml")
+    writer.stage(f"{name}.bin")
+    with timer.step("openvino_convert_s", "Converting to OpenVINO IR"):
+        try:
+            ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+        except Exception as e:  # OpenVINO's frontend raises its own types (OpConversionFailure, RuntimeError …)
+            raise VerificationError(f"OpenVINO cannot convert the ONNX graph: {type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    with timer.step("verify_openvino_s", "Running the OpenVINO IR in OpenVINO"):
+        with OpenVinoRunner(xml) as runner:
+            outputs = [runner.infer(x) for x in inputs]
+    result = verify_outputs("openvino", outputs, references)
+    report["verification"]["openvino"] = result.as_dict()
+    report["openvino"] = {"ir": xml.name, "weights": f"{name}.bin", "openvino": ov.__version__,
+                          "precision": "fp32", "device": "CPU"}
+    if not result:
+        raise VerificationError(f"the OpenVINO IR's output differs from the reference: {result.summary()}")
+    return xml
+
+
+__all__ = ["openvino_ir"]
