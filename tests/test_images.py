@@ -131,7 +131,7 @@ def test_classes_and_samples_equal_torchvision_image_folder(tmp_path: Path) -> N
     assert dict(zip(folder.classes, range(len(folder.classes)))) == reference.class_to_idx
     assert [(str(p), label) for p, label in zip(folder.files, folder.labels)] == reference.samples
     skipped: list = []
-    for _ in iter_batches(folder, Preprocess(img_size=8), batch=64, skipped=skipped):
+    for _ in iter_batches(folder, Preprocess(img_size=48), batch=64, skipped=skipped):
         pass
     assert sorted(p.name for p, _ in skipped) == ["README", "loose.png", "notes.txt"]
     assert all("root of a class tree" in why for p, why in skipped if p.parent == tmp_path)
@@ -142,6 +142,6 @@ def test_a_decompression_bomb_is_skipped_and_counted(tmp_path: Path, monkeypatch
     Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # 40 000 px > 2 × the limit: PIL refuses to decode it
     skipped: list = []
-    batches = list(iter_batches(scan_folder(tmp_path), Preprocess(img_size=8), batch=4, skipped=skipped))
+    batches = list(iter_batches(scan_folder(tmp_path), Preprocess(img_size=48), batch=4, skipped=skipped))
     assert [len(b[0]) for b in batches] == [1]
     assert [(p.name, why.split(":")[0]) for p, why in skipped] == [("bomb.png", "DecompressionBombError")]

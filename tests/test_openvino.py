@@ -90,8 +90,8 @@ def test_eval_runtime_openvino_agrees_with_onnxruntime(exported: Path, tmp_path:
     data = tmp_path / "images"
     data.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    for i in range(4):  # at 32 px the official transform takes the image as it is
+        Image.fromarray(rng.integers(0, 256, (SMALL_IMG, SMALL_IMG, 3), dtype=np.uint8)).save(data / f"{i}.png")
     onnx_file = str(exported / "vanillanet_5.onnx")
     results = {}
     for runtime in ("onnxruntime", "openvino"):
@@ -100,6 +100,10 @@ def test_eval_runtime_openvino_agrees_with_onnxruntime(exported: Path, tmp_path:
         results[runtime] = json.loads(done.stdout)["artifacts"][0]
     assert results["openvino"]["kind"] == "onnx fp32 (openvino)" and results["onnxruntime"]["kind"] == "onnx fp32"
     assert results["openvino"]["images_per_s"] > 0
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(data / "big.png")
+    refused = CliRunner().invoke(app, ["eval", onnx_file, "--data", str(data), "--runtime", "openvino"])
+    assert refused.exit_code == 2 and "neither resizes nor crops" in refused.output, refused.output
+    (data / "big.png").unlink()
     import vanilladeploy as vd
 
     images = sorted(data.iterdir())

@@ -29,8 +29,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     for c in range(4):
         (root / f"c{c}").mkdir()
-        for i in range(16):
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+        for i in range(16):  # at 32 px the official transform takes images as they are
+            pixels = rng.integers(0, 256, (SMALL_IMG, SMALL_IMG, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
     return root
 
 

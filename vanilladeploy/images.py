@@ -121,6 +121,10 @@ class Preprocess:
         """A PIL image (any mode) → float32 (3, img_size, img_size)."""
         Image = _pil()
         image = image.convert("RGB")
+        if self.img_size <= 32 and image.size != (self.img_size, self.img_size):
+            raise UsageError(f"a {image.size[0]}×{image.size[1]} image for a {self.img_size}-pixel model: at an image "
+                             "size ≤ 32 the official eval transform neither resizes nor crops (CIFAR-style), so give "
+                             f"{self.img_size}×{self.img_size} images, or export with a larger --img-size.")
         if self.img_size > 32:
             if self.img_size >= 384:
                 image = image.resize((self.img_size, self.img_size), Image.BICUBIC)
