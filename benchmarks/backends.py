@@ -23,7 +23,7 @@ from torch import nn
 from benchmarks.harness import Subject, timed_on_clock
 from benchmarks.zoo import ModelEntry, onnx_path_for
 from exporters.files import write_atomically
-from vanilladeploy.extras import install_hint
+from vanilladeploy.extras import available, install_hint
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def cuda_subject(step: Callable[[], object], *, before: Callable[[], object] | N
     return subject
 
 
-INT8_BACKENDS = ("onnxruntime", "tensorrt")
+INT8_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 INT8_CALIBRATION = "seeded random inputs (timing only: the scales are not judged here; see vanilladeploy eval)"
 
 
@@ -129,7 +129,9 @@ class Backend(ABC):
         if cfg.precision == "fp16" and cfg.device == "cpu":
             return "fp16 is measured on CUDA only (CPU backends have no fast fp16 kernels)"
         if cfg.precision == "int8" and self.name not in INT8_BACKENDS:
-            return "int8 runs as a QDQ graph in onnxruntime and tensorrt only"
+            return "int8 runs as a QDQ graph in onnxruntime, openvino and tensorrt only"
+        if cfg.precision == "bf16" and self.name != "openvino":
+            return "bf16 is OpenVINO's inference precision here (--backends openvino)"
         return None
 
     @abstractmethod
@@ -362,7 +364,42 @@ class TensorRTBackend(Backend):
                         [runner.deactivate])
 
 
+class OpenVinoBackend(Backend):
+    """OpenVINO's CPU plugin on the same ONNX files (fp32, the int8 QDQ graph read as is; bf16 as its inference
+    precision, only on a CPU with native bf16), ``PERFORMANCE_HINT`` LATENCY."""
+
+    name = "openvino"
+
+    def missing(self, cfg: BenchConfig) -> str | None:
+        if not available("openvino"):
+            return f"openvino is not installed: {install_hint('openvino')}"
+        if cfg.device != "cpu":
+            return "OpenVINO runs on the CPU here (--device cpu)"
+        if cfg.precision == "bf16":
+            from exporters.runners import bf16_missing
+
+            return bf16_missing()
+        return _onnx_missing() or super().missing(cfg)
+
+    def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
+        from exporters.runners import OpenVinoRunner
+
+        path = export_onnx(entry, model, cfg)
+        if cfg.precision == "int8":
+            path = _int8_onnx(path, cfg)
+        runner = OpenVinoRunner(path, precision="bf16" if cfg.precision == "bf16" else "fp32", threads=cfg.threads)
+        runner.activate()
+        host = itertools.cycle([x.numpy() for x in _inputs(cfg, device="cpu", dtype=torch.float32)])
+
+        def step() -> None:
+            runner.infer(next(host))
+
+        step()
+        return Prepared(timed_on_clock(step), *_peak_memory(cfg), [runner.deactivate],
+                        calibration=INT8_CALIBRATION if cfg.precision == "int8" else None)
+
+
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, TorchCudaGraphBackend, OnnxRuntimeBackend,
-                                                          TensorRTBackend)}
+                                                          OpenVinoBackend, TensorRTBackend)}
 
 __all__ = ["BACKENDS", "Backend", "BenchConfig", "Prepared", "SkipModel", "cuda_subject", "export_onnx"]

@@ -77,7 +77,7 @@ def test_bench_csv_and_plot(bench_run: tuple) -> None:
     (("--models", "resnet51"), "unknown model 'resnet51'"),
     (("--backends", "tvm"), "unknown backend 'tvm'"),
     (("--precision", "int9"), "--precision 'int9'"),
-    (("--precision", "fp32,bf16"), "--precision 'bf16'"),
+    (("--precision", "fp32,int4"), "--precision 'int4'"),
     (("--device", "tpu"), "--device tpu"),
     (("--channels-last", "--backends", "onnxruntime"), "--channels-last has no effect without a torch backend"),
     (("--include-copies", "--device", "cpu"), "--include-copies has no effect on cpu"),
@@ -141,6 +141,30 @@ def test_int8_record_beside_fp32_in_one_run(tmp_path: Path) -> None:
     assert (tmp_path / "bench").is_dir() and list((tmp_path / "bench").glob("*.int8.onnx"))
 
 
+def test_openvino_pairs_in_one_run_with_their_own_peaks(tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    from exporters.runners import bf16_missing
+    from vanilladeploy.bench import BenchOptions, run_bench
+
+    result = run_bench(BenchOptions(models="vanillanet_5", backends=["onnxruntime", "openvino"], device="cpu",
+                                    precision="fp32,bf16,int8", img_size=32, warmup=1, iters=3, threads=1,
+                                    cache_dir=tmp_path, gemm_n=256, copy_bytes=8 << 20))
+    records = {(r["backend"], r["precision"]): r for r in result.records}
+    assert set(records) == {(b, p) for b in ("onnxruntime", "openvino") for p in ("fp32", "bf16", "int8")}
+    for precision in ("fp32", "int8"):
+        r = records[("openvino", precision)]
+        assert r["status"] == "ok" and r["floor_ms"] is not None and r["peak_used"] == result.peaks[precision].winner
+        assert not r["floor_exceeded"], r  # OpenVINO's own kernels are among the peak candidates
+    assert any(c["name"].startswith("openvino Conv1x1") and c["status"] == "ok"
+               for c in result.peaks["int8"].as_dict()["candidates"])
+    assert "OpenVINO" in records[("onnxruntime", "bf16")]["reason"]  # bf16 is OpenVINO's precision
+    bf16 = records[("openvino", "bf16")]
+    if bf16_missing():  # no avx512_bf16/amx_bf16: skipped with the flag it lacks, never timed as fp32
+        assert bf16["status"] == "skipped" and "avx512_bf16" in bf16["reason"]
+    else:
+        assert bf16["status"] == "ok" and bf16["floor_ms"] is not None
+
+
 def test_depth_axis_has_plain_integer_ticks(tmp_path: Path) -> None:
     import matplotlib
 
@@ -174,18 +198,18 @@ def _tiny(tmp_path: Path, **changes: object) -> BenchOptions:
 
 def test_a_failing_peak_candidate_is_recorded_and_only_timed_precisions_get_candidates(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmarks import floor
+    from benchmarks import peaks
     from vanilladeploy import bench
 
-    def broken_session(shape: tuple[int, int, int], threads: int | None) -> floor.PeakCandidate:
-        def prepare() -> floor.Subject:
+    def broken_session(shape: tuple[int, int, int], threads: int | None) -> peaks.PeakCandidate:
+        def prepare() -> peaks.Subject:
             raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : session failed")
 
-        return floor.PeakCandidate(f"onnxruntime MatMul {shape[0]} fp32", "compute", "fp32", 1e9, prepare)
+        return peaks.PeakCandidate(f"onnxruntime MatMul {shape[0]} fp32", "compute", "fp32", 1e9, prepare)
 
     asked: list[list[str]] = []
     real_candidates = bench.peak_candidates
-    monkeypatch.setattr(floor, "_ort_matmul", broken_session)
+    monkeypatch.setattr(peaks, "_ort_matmul", broken_session)
     monkeypatch.setattr(bench, "peak_candidates", lambda device, precisions, *a, **k:
                         asked.append(list(precisions)) or real_candidates(device, precisions, *a, **k))
     result = bench.run_bench(_tiny(tmp_path, precision="fp32,fp16"))

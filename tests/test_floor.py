@@ -16,19 +16,15 @@ from benchmarks.floor import (
     REPORTED_CLOCK,
     DevicePeak,
     NoPeakMeasured,
-    PeakCandidate,
     device_peak,
     efficiency,
     floor_ms,
-    gemm_shapes,
-    guard,
-    int_mm_accepts,
-    peak_candidates,
     rates,
     theoretical_peak,
     vanillanet_conv_shapes,
 )
 from benchmarks.harness import measure_interleaved, summarize
+from benchmarks.peaks import PeakCandidate, gemm_shapes, guard, int_mm_accepts, peak_candidates
 from vanilladeploy.bench import _finish, _peaks
 
 PEAK = DevicePeak("test device", "fp32", peak_flops=100e9, bandwidth_bytes_s=10e9, winner="gemm")

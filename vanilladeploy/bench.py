@@ -24,21 +24,18 @@ from benchmarks.backends import BACKENDS, Backend, BenchConfig, Prepared, SkipMo
 from benchmarks.floor import (
     FLOOR_EXCEEDED,
     DevicePeak,
-    GuardedPeak,
     NoPeakMeasured,
-    PeakCandidate,
     device_name,
     device_peak,
     efficiency,
     floor_ms,
-    guard,
-    peak_candidates,
     rates,
     theoretical_peak,
     usable_cores,
     vanillanet_conv_shapes,
 )
 from benchmarks.harness import measure_interleaved, summarize
+from benchmarks.peaks import GuardedPeak, PeakCandidate, guard, peak_candidates
 from benchmarks.zoo import ModelEntry, model_cost, resolve_models
 from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.extras import available, install_hint
@@ -71,7 +68,7 @@ class BenchOptions:
         return [p.strip() for p in self.precision.split(",") if p.strip()]
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass
@@ -170,7 +167,7 @@ def run_bench(opts: BenchOptions, *, progress: Progress = silent,
     check_bench_options(opts)
     bad = [p for p in opts.precisions if p not in PRECISIONS] or ([] if opts.precisions else [opts.precision])
     if bad:
-        raise UsageError(f"--precision {bad[0]!r}: choose fp32, fp16 or int8 (several: fp32,int8).")
+        raise UsageError(f"--precision {bad[0]!r}: choose fp32, fp16, bf16 or int8 (several: fp32,bf16,int8).")
     try:
         entries = resolve_models(opts.models, train_form=opts.train_form)
     except ValueError as e:

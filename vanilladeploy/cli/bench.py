@@ -23,13 +23,15 @@ def bench(
                                                   "resnet18 … resnet152, swin_t/s/b; 'paper' = the official latency "
                                                   "table's models; 'all'.", show_default="paper")] = None,
     backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: torch, torch-cudagraph, "
-                                                    "onnxruntime, tensorrt. Unavailable ones are listed as skipped.",
+                                                    "onnxruntime, openvino, tensorrt. Unavailable ones are listed "
+                                                    "as skipped.",
                                                     show_default="all")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda.",
                                                   show_default="cuda if available")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (CUDA only), int8 (onnxruntime and "
-                                           "tensorrt: a QDQ graph calibrated on seeded random inputs, for timing), "
-                                           "or several timed in the same rounds: fp32,int8.")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (CUDA only), bf16 (openvino, on a CPU "
+                                           "with native bf16), int8 (onnxruntime, openvino and tensorrt: a QDQ graph "
+                                           "calibrated on seeded random inputs, for timing), or several timed in the "
+                                           "same rounds: fp32,bf16,int8.")] = "fp32",
     img_size: Annotated[int, typer.Option("--img-size", min=1, help="Input height and width.")] = 224,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
     iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Timed rounds (each times every model "
