@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import resource
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +20,8 @@ import torch
 from torch import nn
 
 from benchmarks.harness import Subject, timed_on_clock
-from benchmarks.zoo import ModelEntry, onnx_path_for
-from exporters.files import write_atomically
+from benchmarks.onnx_files import INT8_CALIBRATION, SkipModel, export_onnx, fp16_onnx, int8_onnx, onnx_missing
+from benchmarks.zoo import ModelEntry
 from vanilladeploy.extras import available, install_hint
 
 
@@ -37,10 +36,6 @@ class BenchConfig:
     threads: int | None = None
     num_inputs: int = 4
     cache_dir: Path = Path(".vanilladeploy-cache")
-
-
-class SkipModel(Exception):
-    """This backend cannot run this model (the message says why); it is reported as skipped, never dropped."""
 
 
 @dataclass
@@ -77,34 +72,6 @@ def cuda_subject(step: Callable[[], object], *, before: Callable[[], object] | N
 
 
 INT8_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-INT8_CALIBRATION = "seeded random inputs (timing only: the scales are not judged here; see vanilladeploy eval)"
-
-
-def _int8_onnx(path: Path, cfg: BenchConfig) -> Path:
-    """The QDQ int8 copy of ``path`` (cached beside it), calibrated on 8 seeded N(0,1) inputs: bench times, it does
-    not judge accuracy."""
-    import onnx
-
-    from exporters.int8 import quantize_qdq
-
-    target = path.with_name(path.stem + ".int8.onnx")
-    if not target.exists():
-        g = torch.Generator().manual_seed(0)
-        batches = [torch.randn(1, 3, cfg.img_size, cfg.img_size, generator=g).numpy() for _ in range(8)]
-
-        def write(tmp: Path) -> None:
-            try:
-                result = quantize_qdq(path, tmp, batches)
-            except Exception as e:  # a graph ORT's quantizer cannot handle is a skipped model, not a failed run
-                raise SkipModel(f"no int8 ONNX: {type(e).__name__}: {e}") from None
-            if not result:
-                raise SkipModel(f"int8 ONNX breaks the QDQ contract: {result.problems[0]}")
-            onnx.checker.check_model(str(tmp))
-
-        write_atomically(target, write)
-    return target
-
-
 def _dtype(precision: str) -> torch.dtype:
     return torch.float16 if precision == "fp16" else torch.float32
 
@@ -205,57 +172,6 @@ class TorchCudaGraphBackend(TorchBackend):
         return Prepared(cuda_subject(step, before=before), *_peak_memory(cfg))
 
 
-def export_onnx(entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Path:
-    """The model's fp32 ONNX with a dynamic batch, cached in ``cfg.cache_dir``: deployed VanillaNets through our
-    emitter, everything else through torch.onnx (opset 17: LayerNormalization stays one op)."""
-    path = onnx_path_for(entry, cfg.cache_dir, img_size=cfg.img_size)
-    if path.exists():
-        return path
-    import onnx
-
-    if entry.family == "vanillanet" and entry.form == "deploy":
-        from exporters.onnx_export import build_onnx
-        from models.vanillanet import get_variant
-
-        emitted = build_onnx(model.state_dict(), get_variant(entry.base), act_num=model.stem[1].act_num,
-                             img_size=cfg.img_size)
-        return write_atomically(path, lambda tmp: onnx.save(emitted, tmp))
-
-    def trace(tmp: Path) -> None:
-        x = torch.zeros(1, 3, cfg.img_size, cfg.img_size)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model.float().cpu().eval(), (x,), str(tmp), opset_version=17, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                              dynamo=False)
-
-    return write_atomically(path, trace)
-
-
-def _fp16_onnx(path: Path) -> Path:
-    import onnx
-
-    from exporters.fp16 import convert_to_fp16
-
-    target = path.with_name(path.stem + ".fp16.onnx")
-    if not target.exists():
-        try:
-            converted = convert_to_fp16(onnx.load(path))
-        except ValueError as e:
-            raise SkipModel(f"no fp16 ONNX: {e}") from None
-        write_atomically(target, lambda tmp: onnx.save(converted, tmp))
-    return target
-
-
-def _onnx_missing() -> str | None:
-    """Why the ONNX export every ONNX-based backend starts from cannot run (onnx fails to import), or None."""
-    try:
-        import onnx  # noqa: F401
-    except Exception as e:
-        return f"onnx is not installed or fails to import ({type(e).__name__}); the models are exported to ONNX first"
-    return None
-
-
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime: the CPU execution provider, or CUDA's when onnxruntime-gpu is installed (I/O bound on device)."""
 
@@ -268,16 +184,16 @@ class OnnxRuntimeBackend(Backend):
             return "onnxruntime is not installed"
         if cfg.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             return f"no CUDA execution provider: {install_hint('onnxruntime-gpu')}"
-        return _onnx_missing() or super().missing(cfg)
+        return onnx_missing() or super().missing(cfg)
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
         import onnxruntime as ort
 
-        path = export_onnx(entry, model, cfg)
+        path = export_onnx(entry, model, img_size=cfg.img_size, cache_dir=cfg.cache_dir)
         if cfg.precision == "fp16":
-            path = _fp16_onnx(path)
+            path = fp16_onnx(path)
         if cfg.precision == "int8":
-            path = _int8_onnx(path, cfg)
+            path = int8_onnx(path, cfg.img_size)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -322,18 +238,18 @@ class TensorRTBackend(Backend):
 
         if cfg.device != "cuda":
             return "TensorRT needs --device cuda"
-        return tensorrt_missing() or _onnx_missing()
+        return tensorrt_missing() or onnx_missing()
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
         from exporters.tensorrt_engine import TensorRTRunner, build_engine, strongly_typed_only
         from exporters.trt_compat import BatchProfile
         from exporters.trt_plan import EngineBuildError, TrtBuildOptions
 
-        path = export_onnx(entry, model, cfg)
+        path = export_onnx(entry, model, img_size=cfg.img_size, cache_dir=cfg.cache_dir)
         if cfg.precision == "fp16" and strongly_typed_only():
-            path = _fp16_onnx(path)
+            path = fp16_onnx(path)
         if cfg.precision == "int8":
-            path = _int8_onnx(path, cfg)
+            path = int8_onnx(path, cfg.img_size)
         opts = TrtBuildOptions(precision=cfg.precision, profile=BatchProfile.fixed(cfg.batch),
                                timing_cache=cfg.cache_dir / "tensorrt.timing-cache")
         try:
@@ -379,14 +295,14 @@ class OpenVinoBackend(Backend):
             from exporters.runners import bf16_missing
 
             return bf16_missing()
-        return _onnx_missing() or super().missing(cfg)
+        return onnx_missing() or super().missing(cfg)
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
         from exporters.runners import OpenVinoRunner
 
-        path = export_onnx(entry, model, cfg)
+        path = export_onnx(entry, model, img_size=cfg.img_size, cache_dir=cfg.cache_dir)
         if cfg.precision == "int8":
-            path = _int8_onnx(path, cfg)
+            path = int8_onnx(path, cfg.img_size)
         runner = OpenVinoRunner(path, precision="bf16" if cfg.precision == "bf16" else "fp32", threads=cfg.threads)
         runner.activate()
         host = itertools.cycle([x.numpy() for x in _inputs(cfg, device="cpu", dtype=torch.float32)])
@@ -402,4 +318,4 @@ class OpenVinoBackend(Backend):
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, TorchCudaGraphBackend, OnnxRuntimeBackend,
                                                           OpenVinoBackend, TensorRTBackend)}
 
-__all__ = ["BACKENDS", "Backend", "BenchConfig", "Prepared", "SkipModel", "cuda_subject", "export_onnx"]
+__all__ = ["BACKENDS", "Backend", "BenchConfig", "Prepared", "cuda_subject"]

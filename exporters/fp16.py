@@ -91,4 +91,15 @@ def _convert_initializers(graph: onnx.GraphProto, want: list[int], types: dict[s
     return result
 
 
-__all__ = ["CONVERTIBLE", "KEEP_FP32", "convert_to_fp16"]
+def fp16_export(model: onnx.ModelProto) -> onnx.ModelProto:
+    """:func:`convert_to_fp16` of one of our exports, its ``metadata_props`` kept with ``precision`` fp16."""
+    typed = convert_to_fp16(model)
+    del typed.metadata_props[:]
+    for prop in model.metadata_props:
+        typed.metadata_props.add(key=prop.key, value="fp16" if prop.key == "precision" else prop.value)
+    if not any(p.key == "precision" for p in model.metadata_props):
+        typed.metadata_props.add(key="precision", value="fp16")
+    return typed
+
+
+__all__ = ["CONVERTIBLE", "KEEP_FP32", "convert_to_fp16", "fp16_export"]

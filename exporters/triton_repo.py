@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("onnxruntime", "tensorrt", "python")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "python")
 KINDS = ("cpu", "gpu")
-MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
+MODEL_FILES = {"onnxruntime": "model.onnx", "openvino": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
 """What Triton loads from ``<name>/1/`` per backend (the python backend's ``model.py`` runs ``model.onnx``)."""
 LABELS_FILE = "labels.txt"
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -128,6 +128,8 @@ def check_servable(signature: ModelSignature, opts: RepoOptions, backend: str) -
         raise RepoError(f"--kind {opts.kind}: choose cpu or gpu")
     if backend == "tensorrt" and resolve_kind(opts, backend) != "gpu":
         raise RepoError("--backend tensorrt runs on the GPU: pass --kind gpu")
+    if backend == "openvino" and resolve_kind(opts, backend) != "cpu":
+        raise RepoError("--backend openvino runs on the CPU: pass --kind cpu")
     if not signature.inputs or not signature.outputs:
         raise RepoError("the model has no inputs or no outputs")
     bad = [t for t in (*signature.inputs, *signature.outputs) if t.dtype != "float32"]
@@ -165,6 +167,9 @@ def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, bac
         cfg.platform, cfg.backend = "tensorrt_plan", "tensorrt"
         if signature.compute_capability:  # only that GPU finds a plan; another has no model.plan and refuses
             cfg.cc_model_filenames[signature.compute_capability] = plan_filename(signature)
+    elif backend == "openvino":  # Triton's native OpenVINO backend reads the ONNX as is
+        cfg.backend, cfg.default_model_filename = "openvino", MODEL_FILES["openvino"]
+        cfg.parameters["PERFORMANCE_HINT"].string_value = "THROUGHPUT"
     else:
         cfg.backend = "python"
     for spec, container in ((signature.inputs, cfg.input), (signature.outputs, cfg.output)):

@@ -99,6 +99,8 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (REPO, "--runtime", ["tvm", ""]),
     (REPO + ("--backend", "onnxruntime"), "--runtime", ["openvino"]),  # runs inside the python backend only
     (SERVE, "--runtime", ["tvm", ""]),
+    (SERVE_BENCH, "--runtime", ["tvm", ""]),
+    (SERVE_BENCH, "--baseline", ["", "{tmp}/missing.onnx", "{tmp}"]),
     (("optimize", "vanillanet_5"), "--calib", ["", "{tmp}/missing", "{file}"]),
     (OPTIMIZE, "--out", ["", "{file}"]),
     (OPTIMIZE, "--batch", ["x", "0", ""]),

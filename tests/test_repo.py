@@ -57,6 +57,26 @@ def test_config_parses_with_tritons_schema_and_matches_the_graph(export_dir: Pat
     assert files == sorted(expected + (["1/model.py"] if backend == "python" else []))
 
 
+def test_native_openvino_backend_config(export_dir: Path, tmp_path: Path) -> None:
+    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend="openvino", max_batch=8))
+    cfg = _config(result.model_dir)  # Triton's own schema
+    assert (cfg.backend, cfg.default_model_filename) == ("openvino", "model.onnx")
+    assert cfg.parameters["PERFORMANCE_HINT"].string_value == "THROUGHPUT"
+    assert [(g.count, g.kind) for g in cfg.instance_group] == [(1, 2)]  # KIND_CPU
+    assert (result.model_dir / "1" / "model.onnx").is_file() and not (result.model_dir / "1" / "model.py").exists()
+    with pytest.raises(UsageError, match="--kind cpu"):
+        write_repository(export_dir, tmp_path / "gpu", RepoOptions(backend="openvino", kind="gpu"))
+
+
+def test_the_python_backend_records_its_runtime(export_dir: Path, tmp_path: Path) -> None:
+    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend="python",
+                                                                         parameters={"runtime": "openvino"}))
+    assert _config(result.model_dir).parameters["runtime"].string_value == "openvino"
+    with pytest.raises(UsageError, match="--backend python"):
+        write_repository(export_dir, tmp_path / "x", RepoOptions(backend="onnxruntime",
+                                                                 parameters={"runtime": "openvino"}))
+
+
 def test_model_file_matches_the_export_sha256(export_dir: Path, tmp_path: Path) -> None:
     result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend="python"))
     report = json.loads((export_dir / "vanillanet_5.report.json").read_text())

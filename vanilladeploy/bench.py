@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.backends import BACKENDS, Backend, BenchConfig, Prepared, SkipModel
+from benchmarks.backends import BACKENDS, Backend, BenchConfig, Prepared
 from benchmarks.floor import (
     FLOOR_EXCEEDED,
     DevicePeak,
@@ -35,6 +35,7 @@ from benchmarks.floor import (
     vanillanet_conv_shapes,
 )
 from benchmarks.harness import measure_interleaved, summarize
+from benchmarks.onnx_files import SkipModel
 from benchmarks.peaks import GuardedPeak, PeakCandidate, guard, peak_candidates
 from benchmarks.zoo import ModelEntry, model_cost, resolve_models
 from vanilladeploy.errors import MissingDependencyError, UsageError

@@ -22,8 +22,7 @@ import numpy as np
 import onnx
 
 from benchmarks.harness import measure_interleaved, summarize, timed_on_clock
-from exporters.fp16 import convert_to_fp16
-from exporters.onnx_export import set_metadata
+from exporters.fp16 import fp16_export
 from exporters.runners import RUNTIMES, OnnxRuntimeRunner, PrecisionUnavailable, Runner, bf16_missing, onnx_runner
 from exporters.triton_repo import RepoOptions
 from vanilladeploy.atomic import ArtifactWriter
@@ -117,7 +116,8 @@ def optimize(source: str, opts: OptimizeOptions, *, progress: Progress = silent)
         work = Path(scratch)
         exported = export_checkpoint(source, replace(export_opts, out_dir=work / "export"), progress=progress)
         name, report = exported.report["architecture"]["variant"], exported.report
-        fp16 = _fp16_onnx(exported.onnx, work / "export" / f"{name}.fp16.onnx")
+        fp16 = work / "export" / f"{name}.fp16.onnx"
+        onnx.save(fp16_export(onnx.load(exported.onnx)), fp16)
         files = {"fp32": exported.onnx, "fp16": fp16, "int8": work / "export" / f"{name}.int8.onnx"}
         candidates = _candidates(opts.runtimes, files)
         meta = {p.key: p.value for p in onnx.load(exported.onnx, load_external_data=False).metadata_props}
@@ -135,14 +135,6 @@ def optimize(source: str, opts: OptimizeOptions, *, progress: Progress = silent)
         (work / "optimize.json").write_text(json.dumps(result.document(), indent=2, default=str) + "\n")
         _publish(work, out_dir)
     return result
-
-
-def _fp16_onnx(fp32: Path, path: Path) -> Path:
-    model = onnx.load(fp32)
-    model16 = convert_to_fp16(model)
-    set_metadata(model16, {**{p.key: p.value for p in model.metadata_props}, "precision": "fp16"})
-    onnx.save(model16, path)
-    return path
 
 
 def _candidates(runtimes: tuple[str, ...], files: dict[str, Path]) -> list[Candidate]:

@@ -34,8 +34,10 @@ def repo(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="The Triton model repository (other models in it are "
                                           "left alone).", show_default=False)],
     name: Annotated[Optional[str], typer.Option("--name", help="Model name.", show_default="the variant")] = None,
-    backend: Annotated[Optional[Literal["onnxruntime", "tensorrt", "python"]], typer.Option(
-        "--backend", help="Triton backend; python = ONNX Runtime inside Triton's Python backend.",
+    backend: Annotated[Optional[Literal["onnxruntime", "openvino", "tensorrt", "python"]], typer.Option(
+        "--backend", help="Triton backend; python = ONNX Runtime (or --runtime openvino) inside Triton's Python "
+        "backend, the one `vanilladeploy serve` runs here; openvino = Triton's native OpenVINO backend (production "
+        "containers).",
         show_default="onnxruntime for ONNX, tensorrt for an engine")] = None,
     max_batch: MaxBatch = DEFAULT_MAX_BATCH,
     instances: Instances = DEFAULT_INSTANCES,
@@ -59,9 +61,11 @@ def repo(
         out.print(escape(result.config_text), soft_wrap=True)
         for path in result.files:
             out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
+        here = ("here: [bold]vanilladeploy serve " + escape(str(result.repository)) + "[/]"
+                if result.backend == "python" else "not here: the nvidia-pytriton wheel's server has only the python "
+                "backend")
         out.print(f"\nServe it: [bold]tritonserver --model-repository {escape(str(result.repository))}[/] (a Triton "
-                  f"with the {escape(result.backend)} backend), or here: [bold]vanilladeploy serve …[/]",
-                  soft_wrap=True)
+                  f"with the {escape(result.backend)} backend), or {here}", soft_wrap=True)
 
     run_command(verbose, run)
 
@@ -121,6 +125,10 @@ def serve_bench(
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per request.")] = 1,
     protocol: Annotated[Literal["http", "grpc", "both"], typer.Option("--protocol", help="Triton protocol(s).")]
     = "both",
+    runtime: Runtime = None,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="The ONNX that in-process ONNX Runtime "
+                                                     "runs beside Triton (e.g. the fp32 export, when Triton serves "
+                                                     "the int8 one).", show_default="the served ONNX")] = None,
     as_json: JsonPrint = False,
     json_path: Annotated[Path, typer.Option("--json-out", help="Results JSON.")] = Path("bench/serve.json"),
     verbose: Verbose = False,
@@ -135,7 +143,8 @@ def serve_bench(
         check_path("--json-out", json_path, directory=False)
         with ProgressDisplay() as progress:
             result = run_serve_bench(source, concurrency=levels, requests=requests, batch=batch,
-                                     protocol=protocol, progress=progress)
+                                     protocol=protocol, runtime=runtime or "onnxruntime", baseline=baseline,
+                                     progress=progress)
         if as_json:
             print_json(result.document())
         else:

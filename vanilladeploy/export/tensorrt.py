@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from exporters.fp16 import convert_to_fp16
-from exporters.onnx_export import INPUT_NAME, set_metadata
+from exporters.fp16 import fp16_export
+from exporters.onnx_export import INPUT_NAME
 from exporters.runners import OnnxRuntimeRunner, Runner
 from exporters.trt_compat import BatchProfile, check_trt_compat
 from exporters.trt_plan import (
@@ -98,10 +98,8 @@ def export_engine(job: EngineJob, writer: ArtifactWriter, timer: StepTimer, repo
 
 def fp16_copy(job: EngineJob, writer: ArtifactWriter, timer: StepTimer, report: dict[str, Any]) -> Path:
     with timer.step("fp16_onnx_s", "Writing and verifying the fp16-typed ONNX"):
-        model16 = convert_to_fp16(job.model)
-        set_metadata(model16, {**{p.key: p.value for p in job.model.metadata_props}, "precision": "fp16"})
         path = writer.stage(f"{job.name}.fp16.onnx")
-        onnx.save(model16, path)
+        onnx.save(fp16_export(job.model), path)
         record = verify_against("onnxruntime fp16", OnnxRuntimeRunner(path), job, tolerance=TOLERANCE_FP16,
                                 max_batch=max(len(x) for x in job.inputs), top1=True)
     report["verification"]["onnxruntime_fp16"] = record

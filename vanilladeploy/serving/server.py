@@ -339,6 +339,12 @@ def _serve_repository(source: Path, scratch: Path, ports: TritonPorts, opts: Rep
         shutil.copytree(source, scratch, dirs_exist_ok=True)
         model_dir = model_repository_of(scratch)
         config_text = (model_dir / "config.pbtxt").read_text()
+        backend = parse_config(config_text).backend
+        if backend != "python":
+            raise UsageError(f"{source}: its model runs on Triton's {backend} backend, which the nvidia-pytriton "
+                             "wheel's server does not have (it has the python backend only); serve it with a "
+                             "production Triton, or serve the export here with `vanilladeploy serve EXPORT "
+                             "--runtime openvino`.")
     else:
         result = write_repository(source, scratch, opts)
         model_dir, config_text = result.model_dir, result.config_text
