@@ -224,6 +224,17 @@ def test_serve_bench_measures_triton_and_in_process_onnxruntime(export_dir: Path
     assert result.config["protocols"] == ["http"] and result.config["triton"] not in ("", "?")
 
 
+def test_serve_bench_with_openvino_inside_triton_beside_an_in_process_baseline(export_dir: Path) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    fp32 = export_dir / f"{MODEL}.onnx"
+    result = run_serve_bench(fp32, concurrency=[2], requests=4, protocol="grpc", runtime="openvino", baseline=fp32)
+    seen = {r["backend"]: r for r in result.records}
+    assert sorted(seen) == ["onnxruntime-inprocess", "triton-grpc (openvino fp32)"]
+    assert all(r["errors"] == 0 and r["requests"] == 4 for r in seen.values())  # every answer checked
+    assert result.config["triton_backend"] == "python (openvino)"
+    assert result.config["in_process"] == {"runtime": "onnxruntime", "file": str(fp32)}
+
+
 def test_a_model_that_fails_to_load_is_reported_with_the_reason(export_dir: Path, tmp_path: Path) -> None:
     result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend="python"))
     (result.model_dir / "1" / "model.onnx").write_bytes(b"not an onnx file")

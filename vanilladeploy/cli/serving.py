@@ -143,7 +143,8 @@ def serve_bench(
         check_path("--json-out", json_path, directory=False)
         with ProgressDisplay() as progress:
             result = run_serve_bench(source, concurrency=levels, requests=requests, batch=batch,
-                                     protocol=protocol, runtime=runtime or "onnxruntime", baseline=baseline,
+                                     protocol=protocol, runtime="onnxruntime" if runtime is None else runtime,
+                                     baseline=baseline,
                                      progress=progress)
         if as_json:
             print_json(result.document())

@@ -81,6 +81,7 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
         repo = write_repository(source, Path(scratch), RepoOptions(backend="python", max_batch=max_batch, kind="cpu",
                                                                    parameters={"runtime": runtime}))
         model, onnx_path = repo.model_dir.name, repo.model_dir / "1" / "model.onnx"
+        served_precision = onnx_precision_of(onnx_path)
         shape = (batch, *parse_config(repo.config_text).input[0].dims)
         rng = np.random.default_rng(0)
         inputs = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
@@ -92,9 +93,10 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
         progress(Step("Starting Triton Inference Server"))
         with TritonServer(Path(scratch), free_ports(), model=model) as server:
             version = server_version(server)
+            served = "" if runtime == "onnxruntime" else f" ({runtime} {served_precision})"
             for level in concurrency:
-                runs = [(f"triton-{p}", triton_sender_factory(server.http_url if p == "http" else server.grpc_url,
-                                                              p, model)) for p in protocols]
+                urls = {"http": server.http_url, "grpc": server.grpc_url}
+                runs = [(f"triton-{p}{served}", triton_sender_factory(urls[p], p, model)) for p in protocols]
                 runs.append(("onnxruntime-inprocess", local))
                 for backend, factory in runs:
                     progress(Step(f"{backend} · concurrency {level}"))
@@ -103,8 +105,8 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
                     records.append({"model": model, "backend": backend, "batch": batch, **stats.as_dict()})
     config = {"source": str(source), "concurrency": list(concurrency), "requests": requests, "batch": batch,
               "protocols": protocols, "triton": version, "triton_backend": f"python ({runtime})",
-              "served_precision": onnx_precision_of(onnx_path), "in_process": {"runtime": "onnxruntime",
-                                                                         "file": str(local_path)},
+              "served_precision": served_precision, "in_process": {"runtime": "onnxruntime",
+                                                             "file": str(baseline or source)},
               "max_batch": max_batch, "dynamic_batching_delay_us": RepoOptions().max_queue_delay_us}
     return LoadResult(records, machine_info("cpu"), config)
 
