@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -55,9 +57,19 @@ def official_ckpt_path(tmp_path_factory: pytest.TempPathFactory, small_train_mod
 ALL_VARIANTS = list(VARIANTS)
 
 
-def missing_in_ci(reason: str) -> None:
+def missing_in_ci(reason: str, *, module_level: bool = False) -> None:
     """A dependency is missing: skip here, but FAIL under ``CI=true`` — CI installs every dependency the suite
-    uses, so a skip there would hide a broken install step."""
+    uses (not TensorRT, not a GPU: those tests are marked ``gpu`` and keep skipping), so a skip there would hide a
+    broken install step. ``module_level``: called while a test module is collected."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: CI installs it, so this is a failure, not a skip)", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=module_level)
+
+
+def require(module: str, reason: str, *, module_level: bool = False) -> ModuleType:
+    """``import module``, or :func:`missing_in_ci` with ``reason`` and why the import failed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing_in_ci(f"{reason} ({type(e).__name__}: {e})", module_level=module_level)
+        raise  # unreachable: skip and fail raise

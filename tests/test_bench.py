@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import require
 from test_cli import run
 
 from benchmarks.report import CSV_FIELDS, SCHEMA_VERSION
@@ -142,7 +143,7 @@ def test_int8_record_beside_fp32_in_one_run(tmp_path: Path) -> None:
 
 
 def test_openvino_pairs_in_one_run_with_their_own_peaks(tmp_path: Path) -> None:
-    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    require("openvino", "OpenVINO is not installed (the test extra has it)")
     from exporters.runners import bf16_missing
     from vanilladeploy.bench import BenchOptions, run_bench
 

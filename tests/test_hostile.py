@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
 from safetensors.torch import save as save_safetensors
 from test_cli import export, run
 
@@ -196,7 +197,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_torchvision_resnet50_state_dict(tmp_path: Path) -> None:
-    models = pytest.importorskip("torchvision.models", reason="torchvision is in the test extra")
+    models = require("torchvision.models", "torchvision is in the test extra")
     path = tmp_path / "resnet50.pth"
     torch.save(models.resnet50().state_dict(), path)
     result = export(path, tmp_path / "out")

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 from PIL import Image
 
 from vanilladeploy.images import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Preprocess, iter_batches, scan_folder
 
-transforms = pytest.importorskip("torchvision.transforms", reason="torchvision is the reference transform")
+transforms = require("torchvision.transforms", "torchvision is the reference transform", module_level=True)
 
 
 def reference(input_size: int, crop_pct: float | None, default_mean_std: bool = True):
@@ -116,7 +117,7 @@ def _png(path: Path, seed: int = 0) -> None:
 
 
 def test_classes_and_samples_equal_torchvision_image_folder(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("torchvision.datasets", reason="torchvision's ImageFolder is the reference")
+    datasets = require("torchvision.datasets", "torchvision's ImageFolder is the reference")
     names = [".hidden", "B_upper", "a", "a-b", "a b", "10", "9", "ünï", "_x"]  # dot-names are classes too
     for i, name in enumerate(names):
         _png(tmp_path / name / f"{i}.png", i)

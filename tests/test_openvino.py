@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import ALL_VARIANTS, SMALL_IMG, random_model
+from conftest import ALL_VARIANTS, SMALL_IMG, random_model, require
 from typer.testing import CliRunner
 
 from exporters.onnx_export import build_onnx
@@ -20,7 +20,7 @@ from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.cli import app
 from vanilladeploy.verify import random_inputs, verify_outputs
 
-pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'vanilladeploy[openvino]')")
+require("openvino", "OpenVINO is not installed (pip install 'vanilladeploy[openvino]')", module_level=True)
 
 
 def _img(variant: str) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 from exporters import triton_python_model as python_model
 from exporters.triton_repo import RepoOptions, parse_config
@@ -17,7 +18,7 @@ from vanilladeploy.errors import CheckpointError, UsageError
 from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
 from vanilladeploy.serving.repository import write_repository
 
-pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient) is not installed")
+require("tritonclient.grpc", "the serve extra (tritonclient) is not installed", module_level=True)
 
 
 @pytest.fixture(scope="module")

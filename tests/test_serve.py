@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import missing_in_ci, require
 
 import vanilladeploy.serving.process as process_module
 import vanilladeploy.serving.server as serve_module
@@ -55,7 +56,9 @@ try:
 except (MissingDependencyError, ImportError) as e:
     MISSING = f"Triton server cannot start here: {e}"
 
-pytestmark = [pytest.mark.triton, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
+if MISSING is not None:
+    missing_in_ci(MISSING, module_level=True)
+pytestmark = [pytest.mark.triton]
 MAX_BATCH = 8
 MODEL = "vanillanet_5"
 UNBATCHED = "vanillanet_5_unbatched"  # the same export at --max-batch 0: dims are the whole shape, [-1, 3, 32, 32]
@@ -225,7 +228,7 @@ def test_serve_bench_measures_triton_and_in_process_onnxruntime(export_dir: Path
 
 
 def test_serve_bench_with_openvino_inside_triton_beside_an_in_process_baseline(export_dir: Path) -> None:
-    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    require("openvino", "OpenVINO is not installed (the test extra has it)")
     fp32 = export_dir / f"{MODEL}.onnx"
     result = run_serve_bench(fp32, concurrency=[2], requests=4, protocol="grpc", runtime="openvino", baseline=fp32)
     seen = {r["backend"]: r for r in result.records}

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from conftest import missing_in_ci
@@ -182,7 +181,7 @@ def train(x: Tensor, y: Tensor, *, log: bool = True) -> VanillaNet:
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(1) == y[idx]).sum())
         if log:
             print(f"[trained] epoch {epoch} λ={lambda_at(epoch):.3f} loss {loss_sum / len(x):.4f} "
@@ -244,6 +243,7 @@ def trained_network() -> Trained:
         finally:
             shutil.rmtree(temp, ignore_errors=True)
     meta = json.loads((final / "meta.json").read_text())
+    assert meta["accuracy"] >= MIN_ACCURACY, f"{final}: trained to only {meta['accuracy']:.2f}% on the held-out digits"
     return Trained(final / CHECKPOINT_NAME, final / "images", meta["accuracy"], meta["train_seconds"],
                    meta["epochs"], meta["decay_epochs"])
 
@@ -255,11 +255,3 @@ def _publish(temp: Path, final: Path) -> None:
     except OSError:
         if not (final / "meta.json").is_file():
             raise
-
-
-@pytest.fixture(scope="session")
-def trained() -> Trained:
-    """VanillaNet-5 (official widths) trained to ≥ ``MIN_ACCURACY`` % on held-out MNIST digits, from the cache."""
-    result = trained_network()
-    assert result.accuracy >= MIN_ACCURACY, f"trained to only {result.accuracy:.2f}% on the held-out digits"
-    return result

@@ -1,0 +1,158 @@
+"""INT8 proven on a trained VanillaNet (slow): the real CLI on VanillaNet-5 (official widths) trained on MNIST.
+
+The network comes from :mod:`trained` (cached; the first run trains it for a few minutes). A trained network's
+logits are well separated, so here — unlike on random weights — int8 has to keep the classifications: the export
+must pass at the default ``--min-agreement`` (99 %) and ``eval`` must find int8 within a point of fp32 on 1,000
+held-out digits. Accuracy is also recomputed by code written here (own preprocessing, plain torch), so that a bug
+shared by ``eval`` and the exporter cannot hide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from trained import CLASSES, DECAY_EPOCHS, MIN_ACCURACY, VARIANT, Trained, trained_network
+from typer.testing import CliRunner, Result
+
+from models.vanillanet import create_vanillanet
+from vanilladeploy.cli import app
+
+pytestmark = pytest.mark.slow
+
+runner = CliRunner()
+
+
+def run(*args: object) -> Result:
+    """The real CLI, in process."""
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def trained() -> Trained:
+    """VanillaNet-5 trained to ≥ ``MIN_ACCURACY`` % on held-out MNIST digits (from the cache after the first run)."""
+    return trained_network()
+
+
+def read_report(out: Path) -> dict[str, Any]:
+    return json.loads((out / f"{VARIANT}.report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fp32_out(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``vanilladeploy export CKPT --out OUT``: the fp32 export, exit 0 required."""
+    out = tmp_path_factory.mktemp("fp32") / "out"
+    result = run("export", trained.checkpoint, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_out(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``export --precision int8 --calib IMAGES`` at the default --calib-count, method and --min-agreement."""
+    out = tmp_path_factory.mktemp("int8") / "out"
+    result = run("export", trained.checkpoint, "--out", out, "--precision", "int8", "--calib", trained.images)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained: Trained, int8_out: Path) -> dict[str, Any]:
+    """``vanilladeploy eval CKPT fp32.onnx int8.onnx --data IMAGES --json``: stdout holds the JSON only."""
+    result = run("eval", trained.checkpoint, int8_out / f"{VARIANT}.onnx", int8_out / f"{VARIANT}.int8.onnx",
+                 "--data", trained.images, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def independent_top1(checkpoint: Path, images: Path) -> float:
+    """Top-1 % of the checkpoint over the PNG tree, by code that shares nothing with vanilladeploy's: the
+    training-form model with λ = 1, images read here (x/255, ImageNet mean/std, NCHW), labels = folder names."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    model = create_vanillanet(VARIANT, num_classes=CLASSES)
+    model.load_state_dict(state)
+    model.set_lambda(1.0)
+    model.eval()
+    files = sorted(images.glob("*/*.png"))
+    labels = torch.tensor([int(f.parent.name) for f in files])
+    x = torch.from_numpy(np.stack([_preprocess(f) for f in files]))
+    with torch.no_grad():
+        predicted = torch.cat([model(xb).argmax(1) for xb in x.split(250)])
+    return 100.0 * int((predicted == labels).sum()) / len(files)
+
+
+def _preprocess(file: Path) -> np.ndarray:
+    """32×32 RGB PNG → (3, 32, 32) float32, ToTensor then Normalize(ImageNet mean, std)."""
+    with Image.open(file) as image:
+        assert image.mode == "RGB" and image.size == (32, 32), (file, image.mode, image.size)
+        x = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+
+
+def test_trained_network_classifies_held_out_digits(trained: Trained) -> None:
+    """Training asserted it already; re-asserted here from what the (possibly cached) run recorded."""
+    print(f"\n[trained] {trained.checkpoint}: {trained.epochs} epochs (E = {trained.decay_epochs}), "
+          f"{trained.train_seconds:.0f} s of training, held-out top-1 {trained.accuracy:.2f}%")
+    assert trained.accuracy >= MIN_ACCURACY
+    assert len(list(trained.images.glob("*/*.png"))) == 1000
+
+
+def test_inspect_reads_an_exact_lambda(trained: Trained) -> None:
+    """The checkpoint reads as the official trainer's after its last epoch: λ = 1 exactly, not assumed."""
+    result = run("inspect", trained.checkpoint, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["architecture"]["variant"] == VARIANT and info["architecture"]["num_classes"] == CLASSES
+    lam = info["lambda"]
+    assert lam["value"] == 1.0 and lam["exact"] and not lam["assumed"], lam
+    assert lam["epoch"] == lam["decay_epochs"] == DECAY_EPOCHS, lam
+
+
+def test_fp32_export_is_verified(fp32_out: Path) -> None:
+    report = read_report(fp32_out)
+    assert report["lambda"]["exact"] and report["lambda"]["value"] == 1.0
+    torch_check, ort_check = report["verification"]["torch"], report["verification"]["onnxruntime"]
+    print(f"\n[fp32] rel L2 torch {torch_check['rel_l2']:.2e}, onnxruntime {ort_check['rel_l2']:.2e}")
+    assert torch_check["passed"] is True and ort_check["passed"] is True
+    assert (fp32_out / f"{VARIANT}.onnx").is_file()
+
+
+def test_int8_export_passes_the_default_agreement(int8_out: Path, trained: Trained) -> None:
+    int8 = read_report(int8_out)["int8"]
+    check = int8["verification"]
+    print(f"\n[int8] held-out {int8['holdout']['images']} images: agreement {check['agreement_top1']}%, "
+          f"mean rel L2 {check['mean_rel_l2']:.4f}, worst {check['worst']['rel_l2']:.4f}")
+    assert int8["verified"] is True and check["passed"] is True
+    assert check["min_agreement"] == 99.0 and check["agreement_top1"] >= 99.0
+    assert check["mean_rel_l2"] < 0.1
+    assert check["worst"]["rel_l2"] >= check["mean_rel_l2"] and Path(check["worst"]["path"]).is_file()
+    calibration = int8["calibration"]
+    assert calibration["method"] == "minmax" and calibration["split_seed"] == 0
+    assert calibration["images"] == 256 and calibration["skipped"] == 0
+    assert int8["holdout"]["images"] == 256 and int8["holdout"]["skipped"] == 0
+    assert calibration["folder"] == str(trained.images)
+
+
+def test_eval_agrees_with_an_independent_computation(evaluation: dict[str, Any], trained: Trained) -> None:
+    """fp32 ONNX = checkpoint (same network); int8 within a point; the checkpoint's top-1 = our own count."""
+    checkpoint, fp32, int8 = evaluation["artifacts"]
+    assert evaluation["images"] == 1000 and evaluation["labelled"] and evaluation["skipped"]["count"] == 0
+    assert checkpoint["kind"].startswith("torch train")
+    assert (fp32["kind"], int8["kind"]) == ("onnx fp32", "onnx int8")
+    ours = independent_top1(trained.checkpoint, trained.images)
+    print(f"\n[eval] top-1: checkpoint {checkpoint['top1']}%, fp32 ONNX {fp32['top1']}%, int8 {int8['top1']}% "
+          f"(agreement with the checkpoint {int8['agreement_top1']}%, mean rel L2 {int8['mean_rel_l2']:.4f}); "
+          f"independent {ours:.2f}%, at training {trained.accuracy:.2f}%")
+    assert fp32["top1"] == checkpoint["top1"]
+    assert abs(int8["top1"] - fp32["top1"]) <= 1.0
+    assert abs(ours - checkpoint["top1"]) <= 0.01
+    assert abs(ours - trained.accuracy) <= 0.1  # the PNGs are the digits training held out (one image of slack)
