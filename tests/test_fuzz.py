@@ -1,7 +1,8 @@
 """Fuzzing the loader (hypothesis, derandomized): mutated bytes and odd structures of a small valid checkpoint.
 
-Whatever the input, reading it (load, detect, λ) either succeeds or raises our documented error type — never
-another exception — and every example finishes within the deadline.
+Whatever the input, reading it (load, detect, λ) either succeeds or raises one of the bad-input errors that exit 2
+at the CLI (``CheckpointError``, ``ArchitectureError``, ``InexactMergeError``) — never another exception, nor another
+member of our error family — and every example finishes within the deadline.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vanilladeploy.checkpoint import lambda_of, load_checkpoint
-from vanilladeploy.errors import VanillaDeployError
+from vanilladeploy.errors import ArchitectureError, CheckpointError, ExitCode, InexactMergeError
 from vanilladeploy.source import detect
 
 FUZZ = settings(derandomize=True, max_examples=150, deadline=2000, database=None,
@@ -40,8 +41,8 @@ def _read(path: Path) -> None:
         ckpt = load_checkpoint(path)
         lambda_of(ckpt)
         detect(ckpt)
-    except VanillaDeployError:
-        pass
+    except (CheckpointError, ArchitectureError, InexactMergeError) as e:
+        assert e.exit_code == ExitCode.BAD_INPUT
 
 
 mutation = st.tuples(st.integers(0, len(BASE) - 1), st.integers(0, 255))

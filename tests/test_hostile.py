@@ -190,7 +190,9 @@ def test_unreadable_file(tmp_path: Path) -> None:
         result = subprocess.run([sys.executable, "-m", "vanilladeploy", "export", str(path), "--out",
                                  str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
                                 preexec_fn=_without_root_file_access)
-    except subprocess.SubprocessError as e:
+    except subprocess.TimeoutExpired:
+        raise  # a hang is a failure, never a skip
+    except subprocess.SubprocessError as e:  # preexec_fn could not drop the capabilities
         pytest.skip(f"cannot drop root's file-access capabilities here: {e}")
     assert result.returncode == 2 and "Permission denied" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
