@@ -16,7 +16,7 @@ import io
 import itertools
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,23 +83,28 @@ def rebatch(batches: Iterable[np.ndarray], size: int | None) -> Iterator[np.ndar
         yield np.stack(pending + [pending[-1]] * (size - len(pending)))
 
 
-def quantize_qdq(fp32_onnx: Path, out: Path, calibration: Iterable[np.ndarray], *, method: str = "minmax"
-                 ) -> Int8Result:
+def quantize_qdq(fp32_onnx: Path, out: Path, calibration: Iterable[np.ndarray], *, method: str = "minmax",
+                 keep_float: Sequence[str] = (), ranges: Path | None = None) -> Int8Result:
     """Calibrate ``fp32_onnx`` on the ``calibration`` batches (N×3×H×W float32; regrouped to the graph's batch when
-    it is fixed) and write the QDQ model to ``out``. Raises :class:`CalibrationDataError` before any calibration
-    run when there is no batch at all."""
+    it is fixed) and write the QDQ model to ``out``, the Convs named in ``keep_float`` left in float32. ``ranges``:
+    a file of activation ranges — read when it exists (no calibration pass: the same ranges give the same scales,
+    so variants of one calibration differ only in their float layers), else computed and saved there. Raises
+    :class:`CalibrationDataError` before any calibration run when there is no batch at all."""
     if method not in METHODS:
         raise ValueError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}")
     graph_input = onnx.load(fp32_onnx, load_external_data=False).graph.input[0]
-    batches = rebatch(calibration, fixed_batch_of(graph_input))
-    first = next(batches, None)
-    if first is None:
-        raise CalibrationDataError("no calibration batches were given (every calibration image was unreadable?)")
-    reader = _Reader(graph_input.name, itertools.chain([first], batches))
-    _quantize_static(fp32_onnx, out, reader, method)
+    if ranges is not None and ranges.is_file():
+        reader = _Reader(graph_input.name, ())
+    else:
+        batches = rebatch(calibration, fixed_batch_of(graph_input))
+        first = next(batches, None)
+        if first is None:
+            raise CalibrationDataError("no calibration batches were given (every calibration image was unreadable?)")
+        reader = _Reader(graph_input.name, itertools.chain([first], batches))
+    _quantize_static(fp32_onnx, out, reader, method, keep_float=keep_float, ranges=ranges)
     model = onnx.load(out)
-    problems = tuple(check_qdq(model))
-    convs = sum(1 for n in model.graph.node if n.op_type == "Conv")
+    problems = tuple(check_qdq(model, keep_float=frozenset(keep_float)))
+    convs = sum(1 for n in model.graph.node if n.op_type == "Conv") - len(keep_float)
     return Int8Result(out, method, reader.count, convs, problems)
 
 
@@ -109,7 +114,8 @@ ONNX Runtime's ``quantize_static`` builds its entropy calibrator with 128 and 12
 single candidate — the full range — so "entropy" would silently equal "minmax"; we calibrate with these instead."""
 
 
-def _quantize_static(fp32_onnx: Path, out: Path, reader: _Reader, method: str) -> None:
+def _quantize_static(fp32_onnx: Path, out: Path, reader: _Reader, method: str, *, keep_float: Sequence[str] = (),
+                     ranges: Path | None = None) -> None:
     """ONNX Runtime's static quantization, symmetric int8 QDQ, per-channel weights, float bias; quietly."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -120,21 +126,24 @@ def _quantize_static(fp32_onnx: Path, out: Path, reader: _Reader, method: str) -
     try:  # ORT writes its augmented calibration model into a temporary directory of its own, and prints progress
         with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory(prefix="vanilladeploy-calib-") \
                 as scratch:
-            ranges: dict[str, object] = {}
-            if method == "entropy":
-                ranges["calibration_cache_path"] = _entropy_ranges(fp32_onnx, reader, Path(scratch))
-            quantize_static(str(fp32_onnx), str(out), None if ranges else reader, quant_format=QuantFormat.QDQ,
+            cache: dict[str, object] = {}
+            if method == "entropy" and not (ranges is not None and ranges.is_file()):
+                cache["calibration_cache_path"] = _entropy_ranges(fp32_onnx, reader, Path(scratch), save_to=ranges)
+            elif ranges is not None:
+                cache["calibration_cache_path"] = ranges  # read when it exists, else computed and written there
+            hit = "calibration_cache_path" in cache and Path(cache["calibration_cache_path"]).is_file()
+            quantize_static(str(fp32_onnx), str(out), None if hit else reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
-                            calibrate_method=calibrate,
+                            calibrate_method=calibrate, nodes_to_exclude=list(keep_float),
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False}, **ranges)
+                                           "QuantizeBias": False}, **cache)
     finally:
         logging.getLogger().setLevel(quiet)
 
 
-def _entropy_ranges(fp32_onnx: Path, reader: _Reader, scratch: Path) -> Path:
+def _entropy_ranges(fp32_onnx: Path, reader: _Reader, scratch: Path, *, save_to: Path | None = None) -> Path:
     """Activation ranges by the entropy method with :data:`ENTROPY_BINS`, saved where ``quantize_static`` reads
-    precomputed ranges (its ``calibration_cache_path``)."""
+    precomputed ranges (its ``calibration_cache_path``): ``save_to``, else a file in ``scratch``."""
     import inspect
 
     from onnxruntime.quantization import CalibrationMethod, quantize_static
@@ -149,19 +158,28 @@ def _entropy_ranges(fp32_onnx: Path, reader: _Reader, scratch: Path) -> Path:
                                    extra_options={"symmetric": True, "num_bins": bins,
                                                   "num_quantized_bins": quantized_bins})
     calibrator.collect_data(reader)
-    cache = scratch / "entropy-ranges.json"
+    cache = save_to or scratch / "entropy-ranges.json"
     save_tensors_data(calibrator.compute_data(), cache)
     return cache
 
 
-def check_qdq(model: onnx.ModelProto) -> list[str]:
+def check_qdq(model: onnx.ModelProto, *, keep_float: frozenset[str] = frozenset()) -> list[str]:
     """Problems with the int8 contract: each Conv's data input and weight come from a DequantizeLinear of int8
     data with zero point 0 (symmetric), the data's QuantizeLinear quantizes to int8 with zero point 0 too, and the
-    weight scales are per output channel."""
+    weight scales are per output channel — except the Convs named in ``keep_float``, whose weight must be a float
+    initializer (computed in float), and only those."""
     producers = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name: i for i in model.graph.initializer}
     problems = []
-    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    unknown = sorted(keep_float - {n.name for n in convs})
+    if unknown:
+        problems.append(f"float layers {unknown} are not Conv nodes of the graph")
+    for conv in (n for n in convs if n.name in keep_float):
+        weight = conv.input[1]
+        if weight not in inits or inits[weight].data_type != onnx.TensorProto.FLOAT:
+            problems.append(f"Conv {conv.name} is listed as float but its weight is not a float32 initializer")
+    for conv in (n for n in convs if n.name not in keep_float):
         for role, name in (("data", conv.input[0]), ("weight", conv.input[1])):
             dq = producers.get(name)
             if dq is None or dq.op_type != "DequantizeLinear":

@@ -116,6 +116,8 @@ def _builder_config(trt: Any, builder: Any, network: Any, opts: TrtBuildOptions,
         config.set_flag(trt.BuilderFlag.FP16)
     if opts.precision == "int8" and not strongly_typed:  # explicit quantization: the Q/DQ of the int8 ONNX
         config.set_flag(trt.BuilderFlag.INT8)
+        if opts.float_layers:  # the Convs --fallback kept in float: fp16 kernels allowed for them
+            config.set_flag(trt.BuilderFlag.FP16)
     if opts.detailed_log:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profile, p, dynamic = builder.create_optimization_profile(), opts.profile, False

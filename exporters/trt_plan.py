@@ -58,6 +58,9 @@ class TrtBuildOptions:
     timing_cache: Path | None = None
     opt_level: int = DEFAULT_OPT_LEVEL
     detailed_log: bool = False
+    float_layers: tuple[str, ...] = ()
+    """int8 only: the Convs the QDQ ONNX leaves in float (``--fallback``); TensorRT 10 builds them with the FP16 flag
+    on (weakly typed: fp16 kernels allowed), TensorRT 11 as typed in the graph (float32)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -109,6 +112,8 @@ def trtexec_command(onnx_path: Path, engine_path: Path, *, input_name: str, inpu
         args.append("--fp16")
     if opts.precision == "int8" and tensorrt_major < 11:  # the QDQ ONNX: explicit quantization
         args.append("--int8")
+        if opts.float_layers:  # the Convs --fallback kept in float run in fp16 rather than fp32
+            args.append("--fp16")
     if opts.precision == "fp32":
         args.append("--noTF32")
     workspace = opts.workspace_bytes

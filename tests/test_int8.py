@@ -317,3 +317,72 @@ def test_trt_int8_without_tensorrt_exits_3_with_the_qdq_onnx_verified(images: Pa
     assert "vanillanet_5.int8.onnx" in line10 and "--int8" in line10  # explicit quantization from the QDQ graph
     assert "vanillanet_5.int8.onnx" in line11 and "--int8" not in line11  # TensorRT 11: strongly typed, no flag
     assert "vanillanet_5.int8.engine" in line10
+
+
+def _float_convs(model: onnx.ModelProto) -> set[str]:
+    """The Convs whose weight is a float32 initializer (no DequantizeLinear): computed in float."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return {n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] in inits
+            and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT}
+
+
+def test_explicit_fallback_layers_are_exactly_the_float_convs(images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli_export(images, out, "--min-agreement", "0", "--fallback", "stem/conv,cls/conv")
+    assert result.exit_code == 0, result.output
+    model = onnx.load(out / "vanillanet_5.int8.onnx")
+    assert _float_convs(model) == {"stem/conv", "cls/conv"}
+    assert check_qdq(model, keep_float=frozenset({"stem/conv", "cls/conv"})) == []
+    assert check_qdq(model)  # without the list, the two float Convs break the contract
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["float_layers"]) == ["stem/conv", "cls/conv"]
+    report = json.loads((out / "vanillanet_5.report.json").read_text())["int8"]
+    assert report["float_layers"] == ["stem/conv", "cls/conv"] and report["fallback"]["mode"] == "layers"
+    assert report["calibration"]["quantized_convs"] == 7 and "sensitivity" not in report  # no search was needed
+    cost = report["latency_ms"]
+    assert cost["runtime"] == "onnxruntime" and all(cost[f"{k}_median_ms"] > 0 for k in ("fp32", "int8", "mixed"))
+
+
+def test_an_unknown_fallback_layer_is_refused_with_the_names(images: Path, tmp_path: Path) -> None:
+    result = cli_export(images, tmp_path / "out", "--fallback", "stages.9/conv")
+    assert result.exit_code == 2 and "stages.9/conv" in result.output and "stem/conv" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_auto_fallback_records_sensitivity_and_steps(clipping_images: Path, tmp_path: Path) -> None:
+    """Calibrated on flat grey, judged on noise: no float layer rescues it (0 % → at most a few %), so auto tries
+    up to --max-fallback, keeps the best, and still exits 1 with the model marked unverified."""
+    out = tmp_path / "out"
+    result = cli_export(clipping_images, out, "--max-fallback", "2")
+    assert result.exit_code == 1 and "after keeping" in result.output, result.output
+    int8 = json.loads((out / "vanillanet_5.report.json").read_text())["int8"]
+    table = int8["sensitivity"]
+    assert len(table) == 9 and sorted({s["kind"] for s in table}) == ["dense", "depthwise"]
+    assert [s["agreement_top1"] for s in table] == sorted((s["agreement_top1"] for s in table), reverse=True)
+    steps = int8["fallback"]["steps"]
+    assert steps[0]["float_layers"] == [] and len(steps) == 3  # the full int8 model, then two fallback steps
+    assert steps[1]["float_layers"] == [table[0]["layer"]] and steps[2]["float_layers"][:1] == [table[0]["layer"]]
+    assert int8["verified"] is False and len(int8["float_layers"]) <= 2
+    assert _float_convs(onnx.load(out / "vanillanet_5.int8.onnx")) == set(int8["float_layers"])
+
+
+def test_fallback_none_searches_nothing(clipping_images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli_export(clipping_images, out, "--fallback", "none")
+    assert result.exit_code == 1 and "after keeping" not in result.output
+    int8 = json.loads((out / "vanillanet_5.report.json").read_text())["int8"]
+    assert int8["fallback"] == {"mode": "none", "max_fallback": 2, "float_layers": [], "steps": []}
+    assert "sensitivity" not in int8 and int8["float_layers"] == []
+
+
+def test_the_calib_count_hint_counts_readable_images(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", classes=4, per_class=12, seed=3)  # 48 readable images
+    (folder / "class_0" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    hint = CliRunner().invoke(app, ["export", "vanillanet_5", "--img-size", str(IMG), "--precision", "int8",
+                                    "--calib", str(folder), "--out", str(tmp_path / "o")])
+    assert hint.exit_code == 2 and "49 images (1 unreadable)" in hint.output and "pass --calib-count 16" in \
+        hint.output, hint.output
+    done = CliRunner().invoke(app, ["export", "vanillanet_5", "--img-size", str(IMG), "--precision", "int8",
+                                    "--calib", str(folder), "--calib-count", "16", "--min-agreement", "0",
+                                    "--out", str(tmp_path / "o")])
+    assert done.exit_code == 0, done.output  # the hint holds: 32 readable held-out images remain

@@ -100,3 +100,14 @@ def test_sidecar_check_refuses_other_gpu_or_version() -> None:
 def test_tensorrt_missing_names_the_fix() -> None:
     reason = tensorrt_missing()
     assert reason is not None and "pip install 'vanilladeploy[trt]'" in reason
+
+
+def test_int8_float_layers_run_in_fp16_on_tensorrt_10_and_as_typed_on_11() -> None:
+    def line(float_layers: tuple[str, ...], major: int) -> list[str]:
+        opts = TrtBuildOptions(precision="int8", float_layers=float_layers)
+        return _args(trtexec_command(Path("m.int8.onnx"), Path("m.int8.engine"), input_name="input",
+                                     input_shape=SHAPE, dynamic_batch=False, opts=opts, tensorrt_major=major))
+
+    assert "--int8" in line((), 10) and "--fp16" not in line((), 10)
+    assert {"--int8", "--fp16"} <= set(line(("stem/conv",), 10))  # the float Convs may use fp16 kernels
+    assert not {"--int8", "--fp16"} & set(line(("stem/conv",), 11))  # strongly typed: as the graph types them

@@ -53,6 +53,14 @@ def export(
                                                            "held-out images.",
                                                            show_default=f"{Int8Options.min_agreement:g}",
                                                            rich_help_panel=INT8)] = None,
+    fallback: Annotated[Optional[str], typer.Option("--fallback", help="auto: when int8 misses --min-agreement, keep "
+                                                    "the most sensitive Convs in float32, one at a time, until it "
+                                                    "passes; none; or Conv names (comma-separated, as the exported "
+                                                    "ONNX names them, e.g. stem/conv,cls/conv) kept in float.",
+                                                    show_default=Int8Options.fallback, rich_help_panel=INT8)] = None,
+    max_fallback: Annotated[Optional[int], typer.Option("--max-fallback", min=1, help="At most this many float "
+                                                        "Convs for --fallback auto.", show_default="a quarter of "
+                                                        "the Convs", rich_help_panel=INT8)] = None,
     openvino: Annotated[bool, typer.Option("--openvino", help="Also write the OpenVINO IR (<variant>.xml + .bin, "
                                            "fp32 weights) and verify it in OpenVINO (needs the openvino extra).")
                         ] = False,
@@ -89,11 +97,13 @@ def export(
                              "--opt-level": opt_level})
         needs("--precision int8", precision == "int8", {"--calib": calib, "--calib-count": calib_count,
                                                         "--calib-method": calib_method,
-                                                        "--min-agreement": min_agreement})
+                                                        "--min-agreement": min_agreement, "--fallback": fallback,
+                                                        "--max-fallback": max_fallback})
         opts = pipeline.export_options(
             out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset, static_batch=static_batch,
             simplify=not no_simplify, allow_inexact=allow_inexact, precision=precision, calib=calib, openvino=openvino,
-            calib_count=calib_count, calib_method=calib_method, min_agreement=min_agreement, trt=trt,
+            calib_count=calib_count, calib_method=calib_method, min_agreement=min_agreement, fallback=fallback,
+            max_fallback=max_fallback, trt=trt,
             workspace=workspace, batch=batch, timing_cache=timing_cache, opt_level=opt_level, verbose=verbose)
         with ProgressDisplay() as progress:
             result = pipeline.export_checkpoint(source, opts, progress=progress)
@@ -121,6 +131,7 @@ def _render(report: dict[str, Any], artifacts: dict[str, Path]) -> None:
         else:
             table.add_row(f"TensorRT {trt['precision']} engine", "[yellow]not built[/]", escape(trt.get("reason", "")))
     out.print(table)
+    _render_fallback(report.get("int8") or {})
     for path in artifacts.values():
         wrote(path)
     onnx_path = next(p for p in artifacts.values() if p.name == f"{arch['variant']}.onnx")
@@ -174,3 +185,20 @@ def _verification_row(table: Table, label: str, v: dict[str, Any]) -> None:
     if "top1" in v:
         detail += f", top-1 {v['top1']['agree']}/{v['top1']['total']}"
     table.add_row(label, "[green]pass[/]" if v["passed"] else "[red]FAIL[/]", detail)
+
+
+def _render_fallback(int8: dict[str, Any]) -> None:
+    """The most sensitive Convs (agreement with only that one in float) and the fallback's steps and cost."""
+    table = int8.get("sensitivity") or []
+    if table:
+        out.print("int8 sensitivity, most sensitive first (top-1 agreement % with only that Conv in float):")
+        for s in table[:5]:
+            out.print(f"  {escape(s['layer']):<16} {s['kind']:<9} {s['agreement_top1']:7.2f}  rel L2 "
+                      f"{s['mean_rel_l2']:.2e}")
+    for step in (int8.get("fallback") or {}).get("steps", [])[1:]:
+        out.print(f"  fallback: {escape(', '.join(step['float_layers']))} in float → {step['agreement_top1']:.2f}%")
+    cost = int8.get("latency_ms")
+    if cost:
+        out.print(f"  cost (ONNX Runtime, batch {cost['batch']}, median ms): fp32 {cost['fp32_median_ms']}, int8 "
+                  f"{cost['int8_median_ms']}, with {len(int8['float_layers'])} float Convs {cost['mixed_median_ms']}")
+

@@ -11,19 +11,25 @@ model is still published, marked unverified in the report, and the export exits 
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from benchmarks.harness import measure_interleaved, summarize, timed_on_clock
 from exporters.int8 import METHODS, CalibrationDataError, Int8Result, OnnxRuntimeTooOld, quantize_qdq
 from exporters.onnx_export import set_metadata
+from exporters.runners import OnnxRuntimeRunner
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError, VerificationError
 from vanilladeploy.evaluate import evaluate
+from vanilladeploy.export.fallback import Step, conv_layers, default_max_fallback, parse_fallback, search
 from vanilladeploy.export.options import Int8Options
 from vanilladeploy.images import ImageFolder, NoReadableImagesError, Preprocess, iter_batches, scan_folder
 from vanilladeploy.steps import StepTimer
@@ -31,6 +37,9 @@ from vanilladeploy.validate import check_path
 
 SPLIT_SEED = 0
 CALIB_BATCH = 8
+EVAL_BATCH = 32
+"""Images per batch of the held-out verification (and of the fallback's latency comparison)."""
+LATENCY_ROUNDS = 5
 MIN_HOLDOUT = 32
 """The fewest held-out images an int8 verdict is given on (fewer refuse the export, exit 2, before any work)."""
 
@@ -42,6 +51,10 @@ def check_int8_options(opts: Int8Options) -> None:
         raise UsageError(f"--calib-method {opts.calib_method}: choose one of {', '.join(METHODS)}.")
     if opts.calib_count < 1 or opts.holdout_count < 1 or not 0 <= opts.min_agreement <= 100:
         raise UsageError("--calib-count must be ≥ 1 and --min-agreement between 0 and 100.")
+    if not opts.fallback.strip(" ,"):
+        raise UsageError("--fallback is empty: give auto, none, or a comma list of Conv names.")
+    if opts.max_fallback is not None and opts.max_fallback < 1:
+        raise UsageError(f"--max-fallback {opts.max_fallback}: give a number of layers ≥ 1.")
     check_path("--calib", opts.calib, directory=True, must_exist=True)
     split_folder(scan_folder(opts.calib), calib_count=opts.calib_count, holdout_count=opts.holdout_count)
 
@@ -66,14 +79,28 @@ def split_folder(folder: ImageFolder, *, calib_count: int, holdout_count: int, s
     least :func:`holdout_needed` must remain held out (a verdict on fewer images says little)."""
     n, need = len(folder.files), holdout_needed(holdout_count)
     if n - calib_count < need:
-        more = f"add at least {calib_count + need - n} images"
-        fix = (f"pass --calib-count {n - need} or {more}" if n - need >= 1 else
-               f"{more} (or {1 + need - n} with --calib-count 1)")
-        raise UsageError(f"--calib {folder.root}: {n} images, but --calib-count {calib_count} leaves "
+        readable = sum(map(_readable, folder.files))  # the hint must hold: a broken file is neither kind of image
+        more = f"add at least {calib_count + need - readable} images"
+        fix = (f"pass --calib-count {readable - need} or {more}" if readable - need >= 1 else
+               f"{more} (or {1 + need - readable} with --calib-count 1)")
+        broken = f" ({n - readable} unreadable)" if readable < n else ""
+        raise UsageError(f"--calib {folder.root}: {n} images{broken}, but --calib-count {calib_count} leaves "
                          f"{max(0, n - calib_count)} held out, fewer than the {need} needed to verify the int8 model; "
                          f"{fix}.")
     order = np.random.default_rng(seed).permutation(n).tolist()
     return Split(tuple(order[:calib_count]), tuple(order[calib_count:calib_count + holdout_count]))
+
+
+def _readable(path: Path) -> bool:
+    """Whether Pillow can decode ``path`` (the check ``iter_batches`` will make)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except Exception:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError … for broken files
+        return False
 
 
 def _calibration_batches(folder: ImageFolder, pre: Preprocess, split: Split,
@@ -85,47 +112,119 @@ def _calibration_batches(folder: ImageFolder, pre: Preprocess, split: Split,
 def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preprocess, opts: Int8Options,
               writer: ArtifactWriter, timer: StepTimer, report: dict[str, Any]
               ) -> tuple[Path, VanillaDeployError | None]:
-    """Stage ``<name>.int8.onnx`` (calibrated and checked with ``pre``, the export's preprocessing) and fill
-    ``report["int8"]``; the error returned (agreement too low) is for after publishing."""
+    """Stage ``<name>.int8.onnx`` (calibrated and checked with ``pre``, the export's preprocessing; with the float
+    layers ``--fallback`` names or finds) and fill ``report["int8"]``; the error returned (agreement too low) is for
+    after publishing."""
     folder = scan_folder(opts.calib)
     split = split_folder(folder, calib_count=opts.calib_count, holdout_count=opts.holdout_count)
+    layers = conv_layers(model)
+    mode, keep = parse_fallback(opts.fallback, layers)
+    max_fallback = opts.max_fallback or default_max_fallback(layers)
     path, skipped = writer.stage(f"{name}.int8.onnx"), []
-    result = _calibrate(fp32_onnx, path, folder, pre, split, opts, timer, skipped)
-    int8_model = onnx.load(path)
-    set_metadata(int8_model, {**{p.key: p.value for p in model.metadata_props}, "precision": "int8",
-                              "calibration_method": opts.calib_method,
-                              "calibration_images": str(len(split.calibration) - len(skipped))})
-    onnx.save(int8_model, path)
-    with timer.step("int8_verify_s", f"Verifying int8 against fp32 on {len(split.holdout)} held-out images"):
-        held = _held_out(fp32_onnx, path, pre, split, opts)
-    row = held["artifacts"][1]
-    passed = row["agreement_top1"] is not None and row["agreement_top1"] >= opts.min_agreement
+    with tempfile.TemporaryDirectory(prefix="vanilladeploy-int8-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        ranges, full = scratch / "ranges.json", scratch / "full-int8.onnx"
+
+        def quantize(out: Path, float_layers: tuple[str, ...]) -> Path:
+            variant = quantize_qdq(fp32_onnx, out, (), method=opts.calib_method, keep_float=float_layers,
+                                   ranges=ranges)
+            if not variant:
+                raise VerificationError(f"the int8 graph breaks the QDQ contract: {variant.problems[0]}")
+            return out
+
+        result = _calibrate(fp32_onnx, full, folder, pre, split, opts, timer, skipped, ranges=ranges)
+        if keep:
+            quantize(path, keep)
+        else:
+            shutil.copyfile(full, path)
+        with timer.step("int8_verify_s", f"Verifying int8 against fp32 on {len(split.holdout)} held-out images"):
+            held = _held_out(fp32_onnx, path, pre, split, opts)
+        row, searched = held["artifacts"][1], None
+        if not _passes(row, opts) and mode == "auto":
+            with timer.step("int8_fallback_s", f"int8 missed --min-agreement: searching float layers (at most "
+                                               f"{max_fallback} of {len(layers)} Convs)"):
+                searched = search(fp32_onnx, layers, quantize, scratch, opts.calib, split.holdout, pre,
+                                  min_agreement=opts.min_agreement, max_fallback=max_fallback,
+                                  start=Step((), row["agreement_top1"], row["mean_rel_l2"]))
+            keep = searched.float_layers
+            if keep:
+                quantize(path, keep)
+                held = _held_out(fp32_onnx, path, pre, split, opts)
+                row = held["artifacts"][1]
+        latency = _latency(fp32_onnx, full, path, batch=min(EVAL_BATCH, len(split.holdout))) if keep else None
+    passed = _passes(row, opts)
+    _finish_metadata(path, model, opts, len(split.calibration) - len(skipped), keep)
     report["int8"] = {
         "file": path.name, "verified": passed, "preprocessing": pre.as_dict(),
         "calibration": {"method": opts.calib_method, "folder": str(opts.calib), "images": len(split.calibration)
                         - len(skipped), "skipped": len(skipped), "split_seed": SPLIT_SEED,
-                        "files_sha256": split.files_sha256(folder), "quantized_convs": result.quantized_convs},
+                        "files_sha256": split.files_sha256(folder),
+                        "quantized_convs": result.quantized_convs - len(keep)},
         "holdout": {"images": held["images"], "skipped": held["skipped"]["count"]},
         "verification": {"against": "fp32 ONNX (ONNX Runtime)", "agreement_top1": row["agreement_top1"],
                          "mean_rel_l2": row["mean_rel_l2"], "worst": row["worst"],
                          "min_agreement": opts.min_agreement, "passed": passed},
+        "float_layers": list(keep),
+        "fallback": {"mode": mode, "max_fallback": max_fallback, "float_layers": list(keep),
+                     "steps": [asdict(s) for s in searched.steps] if searched else []},
     }
+    if searched:
+        report["int8"]["sensitivity"] = [asdict(s) for s in searched.sensitivity]
+    if latency:
+        report["int8"]["latency_ms"] = latency
     if not passed:
+        tried = (f" after keeping {len(keep)} Convs in float ({', '.join(keep)}; --max-fallback {max_fallback})"
+                 if searched else "")
         return path, VerificationError(
-            f"the int8 model agrees with fp32 on {row['agreement_top1']}% of {held['images']} held-out images, below "
-            f"--min-agreement {opts.min_agreement}%. It was written but is marked unverified in the report; try "
-            f"--calib-method {' or '.join(m for m in METHODS if m != opts.calib_method)}, or more calibration "
-            "images.")
+            f"the int8 model agrees with fp32 on {row['agreement_top1']}% of {held['images']} held-out images{tried}, "
+            f"below --min-agreement {opts.min_agreement}%. It was written but is marked unverified in the report; "
+            f"try --calib-method {' or '.join(m for m in METHODS if m != opts.calib_method)}, more calibration "
+            "images, or a larger --max-fallback.")
     return path, None
 
 
+def _passes(row: dict[str, Any], opts: Int8Options) -> bool:
+    return row["agreement_top1"] is not None and row["agreement_top1"] >= opts.min_agreement
+
+
+def _finish_metadata(path: Path, model: onnx.ModelProto, opts: Int8Options, images: int,
+                     float_layers: tuple[str, ...]) -> None:
+    """The fp32 export's metadata, plus what makes this int8 model: its calibration and its float layers."""
+    int8_model = onnx.load(path)
+    set_metadata(int8_model, {**{p.key: p.value for p in model.metadata_props}, "precision": "int8",
+                              "calibration_method": opts.calib_method, "calibration_images": str(images),
+                              "float_layers": json.dumps(list(float_layers))})
+    onnx.save(int8_model, path)
+
+
+def _latency(fp32: Path, full: Path, mixed: Path, *, batch: int) -> dict[str, Any]:
+    """What the float layers cost: fp32, fully int8 and the chosen mix in ONNX Runtime, one interleaved run."""
+    x = np.random.default_rng(0).standard_normal((batch, *_input_shape(fp32)), dtype=np.float32)
+    runners = {"fp32": OnnxRuntimeRunner(fp32), "int8": OnnxRuntimeRunner(full), "mixed": OnnxRuntimeRunner(mixed)}
+    for runner in runners.values():
+        runner.activate()
+    try:
+        samples = measure_interleaved({k: timed_on_clock(lambda r=r: r.infer(x)) for k, r in runners.items()},
+                                      warmup=1, iters=LATENCY_ROUNDS)
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+    medians = {f"{k}_median_ms": round(summarize(v, batch=batch).median_ms, 3) for k, v in samples.items()}
+    return {"runtime": "onnxruntime", "batch": batch, "rounds": LATENCY_ROUNDS, **medians}
+
+
+def _input_shape(path: Path) -> tuple[int, ...]:
+    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value for d in dims[1:])
+
+
 def _calibrate(fp32_onnx: Path, path: Path, folder: ImageFolder, pre: Preprocess, split: Split, opts: Int8Options,
-               timer: StepTimer, skipped: list[tuple[Path, str]]) -> Int8Result:
+               timer: StepTimer, skipped: list[tuple[Path, str]], *, ranges: Path) -> Int8Result:
     """Quantize on the calibration images; every one unreadable is refused (exit 2), a broken contract is exit 1."""
     with timer.step("int8_calibrate_s", f"Calibrating int8 on {len(split.calibration)} images ({opts.calib_method})"):
         try:
             result = quantize_qdq(fp32_onnx, path, _calibration_batches(folder, pre, split, skipped),
-                                  method=opts.calib_method)
+                                  method=opts.calib_method, ranges=ranges)
         except CalibrationDataError:
             example = f", e.g. {skipped[0][0].name}: {skipped[0][1]}" if skipped else ""
             raise NoReadableImagesError(
@@ -143,7 +242,8 @@ def _held_out(fp32_onnx: Path, int8_onnx: Path, pre: Preprocess, split: Split, o
     """The int8 ONNX beside the fp32 one on the held-out images (``evaluate`` fits batches to a fixed-batch graph);
     fewer readable ones than :func:`holdout_needed` (none included) refuse the export (exit 2)."""
     try:
-        held = evaluate([str(fp32_onnx), str(int8_onnx)], opts.calib, indices=split.holdout, preprocess=pre).as_dict()
+        held = evaluate([str(fp32_onnx), str(int8_onnx)], opts.calib, indices=split.holdout, preprocess=pre,
+                        batch=EVAL_BATCH).as_dict()
     except NoReadableImagesError:
         held = {"images": 0, "skipped": {"count": len(split.holdout)}}
     need = holdout_needed(len(split.holdout))

@@ -18,6 +18,11 @@ class Int8Options:
     min_agreement: float = 99.0
     """Top-1 agreement (%) with the fp32 ONNX required on the held-out images."""
     holdout_count: int = 256
+    fallback: str = "auto"
+    """auto: when the gate is missed, keep the most sensitive Convs in float until it is met; none; or a comma list
+    of Conv names (as in the exported fp32 ONNX) kept in float from the start."""
+    max_fallback: int | None = None
+    """auto's limit of float Convs; None: a quarter of the Convs."""
 
 
 __all__ = ["Int8Options"]

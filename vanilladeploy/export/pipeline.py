@@ -91,7 +91,7 @@ class ExportResult:
 
 def export_options(*, precision: str = "fp32", calib: Path | str | None = None, calib_count: int | None = None,
                    calib_method: str | None = None, min_agreement: float | None = None,
-                   holdout_count: int | None = None,
+                   holdout_count: int | None = None, fallback: str | None = None, max_fallback: int | None = None,
                    trt: bool = False, workspace: str | int | None = None, batch: str | None = None,
                    timing_cache: Path | str | None = None, opt_level: int | None = None, verbose: bool = False,
                    out_dir: Path | str | None = None, **common: Any) -> ExportOptions:
@@ -99,8 +99,8 @@ def export_options(*, precision: str = "fp32", calib: Path | str | None = None, 
     keywords make ``int8`` (when ``calib`` is given), the TensorRT ones ``trt`` (when ``trt`` is true); None = the
     default. ``common`` are the other fields of :class:`ExportOptions`."""
     given = {k: v for k, v in {"calib_count": calib_count, "calib_method": calib_method,
-                               "min_agreement": min_agreement, "holdout_count": holdout_count}.items()
-             if v is not None}
+                               "min_agreement": min_agreement, "holdout_count": holdout_count, "fallback": fallback,
+                               "max_fallback": max_fallback}.items() if v is not None}
     int8 = Int8Options(Path(calib), **given) if calib is not None else None
     trt_opts = trt_options(precision, workspace=workspace, batch=batch, opt_level=opt_level,
                            timing_cache=None if timing_cache is None else Path(timing_cache),
@@ -285,7 +285,8 @@ def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, meta
             int8_path, error = int8_copy(name, onnx_tmp, model, run.preprocess, run.opts.int8, writer, run.timer,
                                          report)
         if run.opts.trt is not None:
-            job = EngineJob(name, onnx_tmp, model, writer.out_dir, run.opts.trt, run.inputs, run.references,
+            trt = replace(run.opts.trt, float_layers=tuple(report.get("int8", {}).get("float_layers", ())))
+            job = EngineJob(name, onnx_tmp, model, writer.out_dir, trt, run.inputs, run.references,
                             run.opts.static_batch)
             engine_error = export_engine(job, writer, run.timer, report, int8_onnx=int8_path)
             error = error or engine_error
