@@ -105,11 +105,11 @@ def _cpu_kernels(precision: str, shapes: list[tuple[int, int, int]], convs: Sequ
     if precision == "int8":
         n = shapes[0][0]
         return [*(_ort_matmul_integer(n, a, threads) for a in ("uint8", "int8")),
-                *(_ort_qdq_conv1x1(cin, cout, pixels, threads) for cin, cout, pixels in convs), *openvino]
+                *(_ort_conv1x1("int8", cin, cout, pixels, threads) for cin, cout, pixels in convs), *openvino]
     found = [_torch_mm("cpu", precision, s) for s in shapes]
     if precision == "fp32":
         found += [_ort_matmul(s, threads) for s in shapes]
-        found += [_ort_conv1x1(cin, cout, pixels, threads) for cin, cout, pixels in convs]
+        found += [_ort_conv1x1("fp32", cin, cout, pixels, threads) for cin, cout, pixels in convs]
         found += openvino
     return found
 
@@ -240,29 +240,19 @@ def _conv1x1_graph(cin: int, cout: int, side: int, seed: int) -> tuple[object, d
     return model, {"x": rng.standard_normal((1, cin, side, side), dtype=np.float32)}
 
 
-def _ort_conv1x1(cin: int, cout: int, pixels: int, threads: int | None) -> PeakCandidate:
+def _ort_conv1x1(precision: str, cin: int, cout: int, pixels: int, threads: int | None) -> PeakCandidate:
+    """A models' 1×1 conv shape in ONNX Runtime: fp32, or (int8) the symmetric QDQ graph our int8 export writes, run
+    with its quantized conv kernel; 2·cin·cout·pixels FLOP (int8: ops)."""
     side = int(round(pixels ** 0.5))
 
     def prepare() -> Subject:
-        model, feed = _conv1x1_graph(cin, cout, side, seed=1)
+        build, seed = (_qdq_conv1x1_graph, 3) if precision == "int8" else (_conv1x1_graph, 1)
+        model, feed = build(cin, cout, side, seed=seed)
         session = _ort_session(model, threads)
         return _subject("cpu", lambda: session.run(None, feed))
 
-    return PeakCandidate(f"onnxruntime Conv1x1 {cin}→{cout} @{side}×{side} fp32", "compute", "fp32",
-                         2.0 * cin * cout * side * side, prepare)
-
-
-def _ort_qdq_conv1x1(cin: int, cout: int, pixels: int, threads: int | None) -> PeakCandidate:
-    """A models' 1×1 conv shape as the symmetric QDQ graph our int8 export writes (ONNX Runtime runs it with its
-    quantized conv kernel); 2·cin·cout·pixels int8 ops."""
-    side = int(round(pixels ** 0.5))
-
-    def prepare() -> Subject:
-        model, feed = _qdq_conv1x1_graph(cin, cout, side, seed=3)
-        session = _ort_session(model, threads)
-        return _subject("cpu", lambda: session.run(None, feed))
-
-    return PeakCandidate(f"onnxruntime QDQ Conv1x1 {cin}→{cout} @{side}×{side} int8", "compute", "int8",
+    what = "QDQ Conv1x1" if precision == "int8" else "Conv1x1"
+    return PeakCandidate(f"onnxruntime {what} {cin}→{cout} @{side}×{side} {precision}", "compute", precision,
                          2.0 * cin * cout * side * side, prepare)
 
 

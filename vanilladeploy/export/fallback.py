@@ -26,6 +26,8 @@ from vanilladeploy.errors import UsageError
 from vanilladeploy.evaluate import evaluate
 from vanilladeploy.images import Preprocess
 
+GROUP = 6
+"""Variants judged together in one pass over the held-out images (each holds an ONNX Runtime session)."""
 Quantize = Callable[[Path, tuple[str, ...]], Path]
 """Writes the int8 model with the given Convs in float to the path, from the one calibration."""
 
@@ -93,8 +95,11 @@ def _judge(fp32: Path, variants: dict[str, Path], calib: Path, holdout: Sequence
 def sensitivity(fp32: Path, layers: dict[str, str], quantize: Quantize, scratch: Path, calib: Path,
                 holdout: Sequence[int], pre: Preprocess) -> list[LayerSensitivity]:
     """Every Conv's sensitivity (only it in float), most sensitive first (highest agreement, then lowest L2)."""
-    variants = {layer: quantize(scratch / f"only-{i}.onnx", (layer,)) for i, layer in enumerate(layers)}
-    judged = _judge(fp32, variants, calib, holdout, pre)
+    names, judged = list(layers), {}
+    for start in range(0, len(names), GROUP):  # a few sessions at a time: memory stays bounded for deep variants
+        group = names[start:start + GROUP]
+        variants = {layer: quantize(scratch / f"only-{start + i}.onnx", (layer,)) for i, layer in enumerate(group)}
+        judged |= _judge(fp32, variants, calib, holdout, pre)
     table = [LayerSensitivity(layer, layers[layer], *judged[layer]) for layer in layers]
     return sorted(table, key=lambda s: (-s.agreement_top1, s.mean_rel_l2))
 
