@@ -46,6 +46,8 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (EXPORT, "--calib-method", ["entropy"]),
     (EXPORT, "--min-agreement", ["90"]),
     (EXPORT, "--fallback", ["auto"]),
+    (EXPORT, "--max-rel-l2", ["0.1"]),
+    (INT8, "--max-rel-l2", ["x", "0", "-1", ""]),
     (EXPORT, "--max-fallback", ["2"]),
     (INT8, "--fallback", ["", ","]),
     (INT8, "--max-fallback", ["x", "0", ""]),

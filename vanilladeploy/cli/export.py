@@ -53,6 +53,10 @@ def export(
                                                            "held-out images.",
                                                            show_default=f"{Int8Options.min_agreement:g}",
                                                            rich_help_panel=INT8)] = None,
+    max_rel_l2: Annotated[Optional[float], typer.Option("--max-rel-l2", help="Also require the mean relative L2 "
+                                                        "of the logits against fp32 on the held-out images to be at "
+                                                        "most this.", show_default="no bound",
+                                                        rich_help_panel=INT8)] = None,
     fallback: Annotated[Optional[str], typer.Option("--fallback", help="auto: when int8 misses --min-agreement, keep "
                                                     "the most sensitive Convs in float32, one at a time, until it "
                                                     "passes; none; or Conv names (comma-separated, as the exported "
@@ -97,13 +101,14 @@ def export(
                              "--opt-level": opt_level})
         needs("--precision int8", precision == "int8", {"--calib": calib, "--calib-count": calib_count,
                                                         "--calib-method": calib_method,
-                                                        "--min-agreement": min_agreement, "--fallback": fallback,
+                                                        "--min-agreement": min_agreement, "--max-rel-l2": max_rel_l2,
+                                                        "--fallback": fallback,
                                                         "--max-fallback": max_fallback})
         opts = pipeline.export_options(
             out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset, static_batch=static_batch,
             simplify=not no_simplify, allow_inexact=allow_inexact, precision=precision, calib=calib, openvino=openvino,
-            calib_count=calib_count, calib_method=calib_method, min_agreement=min_agreement, fallback=fallback,
-            max_fallback=max_fallback, trt=trt,
+            calib_count=calib_count, calib_method=calib_method, min_agreement=min_agreement, max_rel_l2=max_rel_l2,
+            fallback=fallback, max_fallback=max_fallback, trt=trt,
             workspace=workspace, batch=batch, timing_cache=timing_cache, opt_level=opt_level, verbose=verbose)
         with ProgressDisplay() as progress:
             result = pipeline.export_checkpoint(source, opts, progress=progress)

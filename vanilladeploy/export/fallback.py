@@ -105,7 +105,7 @@ def sensitivity(fp32: Path, layers: dict[str, str], quantize: Quantize, scratch:
 
 
 def search(fp32: Path, layers: dict[str, str], quantize: Quantize, scratch: Path, calib: Path,
-           holdout: Sequence[int], pre: Preprocess, *, min_agreement: float, max_fallback: int,
+           holdout: Sequence[int], pre: Preprocess, *, passes: Callable[[float, float], bool], max_fallback: int,
            start: Step) -> FallbackResult:
     """``auto``: float layers added in sensitivity order until the gate is met or ``max_fallback`` is reached;
     ``start`` is the fully quantized model's verdict. The result names the best model seen (gate met, or the
@@ -117,7 +117,7 @@ def search(fp32: Path, layers: dict[str, str], quantize: Quantize, scratch: Path
         path = quantize(scratch / f"fallback-{len(chosen)}.onnx", chosen)
         agreement, rel_l2 = _judge(fp32, {"mix": path}, calib, holdout, pre)["mix"]
         steps.append(Step(chosen, agreement, rel_l2))
-        if agreement >= min_agreement:
+        if passes(agreement, rel_l2):
             return FallbackResult(chosen, True, steps, table)
     best = max(steps, key=lambda s: (s.agreement_top1, -s.mean_rel_l2))
     return FallbackResult(best.float_layers, False, steps, table)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ def check_int8_options(opts: Int8Options) -> None:
         raise UsageError("--calib-count must be ≥ 1 and --min-agreement between 0 and 100.")
     if not opts.fallback.strip(" ,"):
         raise UsageError("--fallback is empty: give auto, none, or a comma list of Conv names.")
+    if opts.max_rel_l2 is not None and not opts.max_rel_l2 > 0:
+        raise UsageError(f"--max-rel-l2 {opts.max_rel_l2}: give a positive bound such as 0.05.")
     if opts.max_fallback is not None and opts.max_fallback < 1:
         raise UsageError(f"--max-fallback {opts.max_fallback}: give a number of layers ≥ 1.")
     check_path("--calib", opts.calib, directory=True, must_exist=True)
@@ -141,10 +143,10 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preproces
             held = _held_out(fp32_onnx, path, pre, split, opts)
         row, searched = held["artifacts"][1], None
         if not _passes(row, opts) and mode == "auto":
-            with timer.step("int8_fallback_s", f"int8 missed --min-agreement: searching float layers (at most "
+            with timer.step("int8_fallback_s", f"int8 missed its gate: searching float layers (at most "
                                                f"{max_fallback} of {len(layers)} Convs)"):
                 searched = search(fp32_onnx, layers, quantize, scratch, opts.calib, split.holdout, pre,
-                                  min_agreement=opts.min_agreement, max_fallback=max_fallback,
+                                  passes=gate(opts), max_fallback=max_fallback,
                                   start=Step((), row["agreement_top1"], row["mean_rel_l2"]))
             keep = searched.float_layers
             if keep:
@@ -163,7 +165,7 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preproces
         "holdout": {"images": held["images"], "skipped": held["skipped"]["count"]},
         "verification": {"against": "fp32 ONNX (ONNX Runtime)", "agreement_top1": row["agreement_top1"],
                          "mean_rel_l2": row["mean_rel_l2"], "worst": row["worst"],
-                         "min_agreement": opts.min_agreement, "passed": passed},
+                         "min_agreement": opts.min_agreement, "max_rel_l2": opts.max_rel_l2, "passed": passed},
         "float_layers": list(keep),
         "fallback": {"mode": mode, "max_fallback": max_fallback, "float_layers": list(keep),
                      "steps": [asdict(s) for s in searched.steps] if searched else []},
@@ -175,16 +177,24 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preproces
     if not passed:
         tried = (f" after keeping {len(keep)} Convs in float ({', '.join(keep)}; --max-fallback {max_fallback})"
                  if searched else "")
+        bound = f" and --max-rel-l2 {opts.max_rel_l2}" if opts.max_rel_l2 is not None else ""
         return path, VerificationError(
-            f"the int8 model agrees with fp32 on {row['agreement_top1']}% of {held['images']} held-out images{tried}, "
-            f"below --min-agreement {opts.min_agreement}%. It was written but is marked unverified in the report; "
+            f"the int8 model agrees with fp32 on {row['agreement_top1']}% of {held['images']} held-out images (mean "
+            f"rel. L2 {row['mean_rel_l2']:.3g}){tried}, below --min-agreement {opts.min_agreement}%{bound}. It was "
+            "written but is marked unverified in the report; "
             f"try --calib-method {' or '.join(m for m in METHODS if m != opts.calib_method)}, more calibration "
             "images, or a larger --max-fallback.")
     return path, None
 
 
 def _passes(row: dict[str, Any], opts: Int8Options) -> bool:
-    return row["agreement_top1"] is not None and row["agreement_top1"] >= opts.min_agreement
+    return row["agreement_top1"] is not None and gate(opts)(row["agreement_top1"], row["mean_rel_l2"])
+
+
+def gate(opts: Int8Options) -> Callable[[float, float], bool]:
+    """The int8 gate on (top-1 agreement %, mean rel. L2): ``min_agreement``, and ``max_rel_l2`` when given."""
+    return lambda agreement, rel_l2: agreement >= opts.min_agreement and (
+        opts.max_rel_l2 is None or rel_l2 <= opts.max_rel_l2)
 
 
 def _finish_metadata(path: Path, model: onnx.ModelProto, opts: Int8Options, images: int,

@@ -18,6 +18,8 @@ class Int8Options:
     min_agreement: float = 99.0
     """Top-1 agreement (%) with the fp32 ONNX required on the held-out images."""
     holdout_count: int = 256
+    max_rel_l2: float | None = None
+    """Also required on the held-out images: mean relative L2 of the logits against fp32 at most this."""
     fallback: str = "auto"
     """auto: when the gate is missed, keep the most sensitive Convs in float until it is met; none; or a comma list
     of Conv names (as in the exported fp32 ONNX) kept in float from the start."""

@@ -91,7 +91,8 @@ class ExportResult:
 
 def export_options(*, precision: str = "fp32", calib: Path | str | None = None, calib_count: int | None = None,
                    calib_method: str | None = None, min_agreement: float | None = None,
-                   holdout_count: int | None = None, fallback: str | None = None, max_fallback: int | None = None,
+                   holdout_count: int | None = None, max_rel_l2: float | None = None, fallback: str | None = None,
+                   max_fallback: int | None = None,
                    trt: bool = False, workspace: str | int | None = None, batch: str | None = None,
                    timing_cache: Path | str | None = None, opt_level: int | None = None, verbose: bool = False,
                    out_dir: Path | str | None = None, **common: Any) -> ExportOptions:
@@ -99,7 +100,8 @@ def export_options(*, precision: str = "fp32", calib: Path | str | None = None, 
     keywords make ``int8`` (when ``calib`` is given), the TensorRT ones ``trt`` (when ``trt`` is true); None = the
     default. ``common`` are the other fields of :class:`ExportOptions`."""
     given = {k: v for k, v in {"calib_count": calib_count, "calib_method": calib_method,
-                               "min_agreement": min_agreement, "holdout_count": holdout_count, "fallback": fallback,
+                               "min_agreement": min_agreement, "holdout_count": holdout_count, "max_rel_l2": max_rel_l2,
+                               "fallback": fallback,
                                "max_fallback": max_fallback}.items() if v is not None}
     int8 = Int8Options(Path(calib), **given) if calib is not None else None
     trt_opts = trt_options(precision, workspace=workspace, batch=batch, opt_level=opt_level,
