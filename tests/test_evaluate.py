@@ -25,7 +25,14 @@ from vanilladeploy.cli import app
 from vanilladeploy.errors import UsageError
 from vanilladeploy.evaluate import Artifact, choose_preprocess, evaluate, open_artifact
 from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint, export_preprocess
-from vanilladeploy.images import NoReadableImagesError, Preprocess, load_image, scan_folder
+from vanilladeploy.images import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    NoReadableImagesError,
+    Preprocess,
+    load_image,
+    scan_folder,
+)
 
 IMG = 64
 
@@ -270,3 +277,42 @@ def test_choose_preprocess_labels_where_each_value_came_from() -> None:
                      recorded=Preprocess.from_metadata(Preprocess(img_size=96, crop_pct=0.9).metadata()))
     with pytest.raises(UsageError, match="different preprocessing"):
         choose_preprocess([onnx_file, other])
+
+
+def _channel_mean_model(path: Path, *, swap01: bool) -> None:
+    """An ONNX whose logits are the 3 channel means of its (preprocessed) input — classes 0 and 1 swapped when
+    ``swap01``: its top-1 disagrees with the unswapped model exactly on the images whose top-1 is class 0 or 1."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat" if swap01 else "logits"])]
+    if swap01:
+        index = helper.make_tensor("order", TensorProto.INT64, [3], [1, 0, 2])
+        nodes.append(helper.make_node("Gather", ["flat", "order"], ["logits"], axis=1))
+    graph = helper.make_graph(nodes, "means", [x], [y], [index] if swap01 else [])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_agreement_and_rel_l2_equal_a_hand_computation(tmp_path: Path) -> None:
+    """Two artifacts that disagree on exactly k = 3 of n = 10 images: eval's agreement is 70 % and its mean rel. L2
+    is the mean of √2·|a0 − a1| / ‖a‖ over the images, computed here by hand from the normalized channel means."""
+    data = tmp_path / "images"
+    data.mkdir()
+    colours = [(200, 30, 40), (30, 210, 50), (180, 60, 20)] + [(20, 40, 230 - 5 * i) for i in range(7)]
+    for i, rgb in enumerate(colours):
+        Image.fromarray(np.full((32, 32, 3), rgb, np.uint8)).save(data / f"{i:02d}.png")
+    _channel_mean_model(tmp_path / "a.onnx", swap01=False)
+    _channel_mean_model(tmp_path / "b.onnx", swap01=True)
+    info = evaluate([str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx")], data).as_dict()
+    mean, std = np.array(IMAGENET_DEFAULT_MEAN), np.array(IMAGENET_DEFAULT_STD)
+    a = (np.array(colours, dtype=np.float64) / 255 - mean) / std  # what the model outputs: the normalized means
+    disagree = np.isin(a.argmax(1), [0, 1])
+    assert disagree.sum() == 3  # by construction: three red/green-dominant images, seven blue-dominant
+    rel = np.sqrt(2) * np.abs(a[:, 0] - a[:, 1]) / np.linalg.norm(a, axis=1)
+    row = info["artifacts"][1]
+    assert info["images"] == 10 and row["agreement_top1"] == 70.0
+    assert row["mean_rel_l2"] == pytest.approx(rel.mean(), rel=1e-5)
+    assert row["worst"]["rel_l2"] == pytest.approx(rel.max(), rel=1e-5)
+    assert Path(row["worst"]["path"]).name == f"{int(rel.argmax()):02d}.png"
