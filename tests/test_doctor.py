@@ -137,3 +137,20 @@ def test_install_lines_come_from_the_one_table() -> None:
     assert TRT_INSTALL == INSTALL_HINT == install_hint("trt")
     assert TRT_INSTALL == "pip install 'vanilladeploy[trt]' on a machine with an NVIDIA GPU and driver"
     assert install_hint("core") == "pip install vanilladeploy"
+
+
+@pytest.mark.parametrize(("flags", "bf16", "int8"), [
+    (frozenset({"avx2", "fma"}), False, False),
+    (frozenset({"avx512f", "avx512_vnni", "avx512_bf16"}), True, True),
+    (frozenset({"amx_tile", "amx_bf16", "amx_int8"}), True, True),
+])
+def test_openvino_and_the_cpus_bf16_and_int8_readiness(monkeypatch: pytest.MonkeyPatch, flags: frozenset[str],
+                                                       bf16: bool, int8: bool) -> None:
+    monkeypatch.setattr("vanilladeploy.doctor.cpu_flags", lambda: flags)
+    caps, parts = _caps(), _parts()
+    assert parts["openvino"]["ok"] and "CPU plugin" in parts["openvino"]["detail"]
+    assert caps["export --openvino, eval --runtime openvino"]["ready"]
+    assert caps["OpenVINO bf16"]["ready"] == bf16
+    if not bf16:
+        assert "avx512_bf16" in caps["OpenVINO bf16"]["reason"] and "amx_bf16" in caps["OpenVINO bf16"]["reason"]
+    assert caps["int8 kernels (VNNI/AMX)"]["ready"] == int8
