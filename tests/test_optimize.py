@@ -123,3 +123,21 @@ def test_the_winner_and_openvino_are_served_for_real_and_answer_like_in_process(
         served, served_openvino = (_infer_http(server.http_url, m, x) for m in ("vanillanet_5", "v5_openvino"))
     assert compare(served, expected), "the winner served by Triton differs from the winner in process"
     assert compare(served_openvino, expected_openvino), "OpenVINO in Triton differs from OpenVINO in process"
+
+
+@pytest.mark.gpu
+def test_tensorrt_candidates_are_built_verified_and_timed(images: Path, tmp_path: Path) -> None:
+    from exporters.trt_plan import tensorrt_missing
+
+    missing = tensorrt_missing()
+    if missing:
+        pytest.skip(f"needs TensorRT and a CUDA GPU: {missing}")
+    result = CliRunner().invoke(app, ["optimize", "vanillanet_5", "--calib", str(images), "--calib-count", "16",
+                                      "--img-size", str(SMALL_IMG), "--out", str(tmp_path / "o"), "--iters", "5",
+                                      "--runtimes", "onnxruntime,tensorrt", "--min-agreement", "0"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "o" / "optimize.json").read_text())
+    trt = {c["precision"]: c for c in doc["candidates"] if c["runtime"] == "tensorrt"}
+    assert trt["fp32"]["verified"] and trt["fp32"]["rel_l2"] <= 1e-4 and trt["fp32"]["median_ms"] > 0
+    assert trt["fp32"]["artifact"].endswith(".fp32.engine") and Path(trt["fp32"]["artifact"]).is_file()
+    assert Path(trt["fp32"]["artifact"] + ".json").is_file()  # the sidecar repo and eval read

@@ -26,9 +26,10 @@ from exporters.fp16 import fp16_export
 from exporters.runners import RUNTIMES, OnnxRuntimeRunner, PrecisionUnavailable, Runner, bf16_missing, onnx_runner
 from exporters.triton_repo import RepoOptions
 from vanilladeploy.atomic import ArtifactWriter
+from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import UsageError
 from vanilladeploy.evaluate import Artifact, evaluate
-from vanilladeploy.export.int8 import split_folder
+from vanilladeploy.export.int8 import EVAL_BATCH, split_folder
 from vanilladeploy.export.options import Int8Options
 from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
 from vanilladeploy.extras import available, install_hint
@@ -36,7 +37,7 @@ from vanilladeploy.images import Preprocess, scan_folder
 from vanilladeploy.machine import machine_info
 from vanilladeploy.steps import Progress, Step, silent
 from vanilladeploy.validate import check_path
-from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_FP32
+from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_FP32, TOLERANCE_TRT_FP32
 
 OPTIMIZE_RUNTIMES = (*RUNTIMES, "tensorrt")
 PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8"),
@@ -152,7 +153,7 @@ def _unavailable(runtime: str, precision: str) -> str | None:
     if runtime == "tensorrt":
         from exporters.trt_plan import tensorrt_missing
 
-        return tensorrt_missing() or "TensorRT engines are built by `vanilladeploy export --trt` (not timed here)"
+        return tensorrt_missing()
     if runtime == "openvino" and not available("openvino"):
         return f"openvino is not installed: {install_hint('openvino')}"
     if precision == "bf16":
@@ -166,8 +167,7 @@ def _verify(candidates: list[Candidate], fp32: Path, opts: OptimizeOptions, pre:
     folder = scan_folder(opts.calib)
     split = split_folder(folder, calib_count=opts.calib_count, holdout_count=opts.holdout_count)
     runnable = [c for c in candidates if c.reason is None]
-    runners = {c.name: onnx_runner(Path(c.artifact), c.runtime, precision="bf16" if c.precision == "bf16" else
-                                   "fp32") for c in runnable}
+    runners = {c.name: _runner(c, opts, progress) for c in runnable}
     reference = Artifact("reference", "onnx fp32", OnnxRuntimeRunner(fp32), pre.img_size)
     opened = [reference, *(Artifact(c.name, c.name, runners[c.name], pre.img_size) for c in runnable)]
     progress(Step(f"Verifying {len(runnable)} candidates on {len(split.holdout)} held-out images"))
@@ -181,10 +181,37 @@ def _verify(candidates: list[Candidate], fp32: Path, opts: OptimizeOptions, pre:
     return {c.name: runners[c.name] for c in runnable if c.verified}
 
 
+def _runner(c: Candidate, opts: OptimizeOptions, progress: Progress) -> Runner:
+    """ONNX Runtime or OpenVINO on the candidate's ONNX; for TensorRT, the engine built from it here (its file
+    written beside the ONNX, so ``c.artifact`` names the engine)."""
+    if c.runtime != "tensorrt":
+        return onnx_runner(Path(c.artifact), c.runtime, precision="bf16" if c.precision == "bf16" else "fp32")
+    from exporters.tensorrt_engine import TensorRTRunner, build_engine, gpu_identity
+    from exporters.trt_compat import BatchProfile
+    from exporters.trt_plan import TrtBuildOptions, engine_name, engine_sidecar
+
+    progress(Step(f"Building the TensorRT {c.precision} engine (minutes)"))
+    onnx_file = Path(c.artifact)
+    trt_opts = TrtBuildOptions(precision=c.precision, profile=BatchProfile(1, opts.batch, max(opts.batch, EVAL_BATCH)))
+    built = build_engine(onnx_file, trt_opts)
+    engine = onnx_file.with_name(engine_name(onnx_file.name.split(".")[0], c.precision))
+    engine.write_bytes(built.plan)
+    gpu_name, cc = gpu_identity()
+    shape = tuple(d.dim_value for d in onnx.load(onnx_file, load_external_data=False).graph.input[0].type
+                  .tensor_type.shape.dim)
+    sidecar = engine_sidecar(trt_version=built.tensorrt_version, gpu_name=gpu_name, compute_capability=cc,
+                             opts=trt_opts, onnx_sha256=sha256_of(onnx_file), onnx_name=onnx_file.name,
+                             input_shape=shape, build_s=built.build_s, strongly_typed=built.strongly_typed)
+    engine.with_name(engine.name + ".json").write_text(json.dumps(sidecar, indent=2) + "\n")  # what repo reads
+    c.artifact = str(engine)
+    return TensorRTRunner(built.plan)
+
+
 def _gate(c: Candidate, min_agreement: float) -> tuple[bool, str | None]:
     if c.precision == "fp32":
-        ok = c.rel_l2 <= TOLERANCE_FP32
-        return ok, None if ok else f"mean rel. L2 {c.rel_l2:.2e} > {TOLERANCE_FP32:.0e} against the fp32 reference"
+        bound = TOLERANCE_TRT_FP32 if c.runtime == "tensorrt" else TOLERANCE_FP32  # design §5
+        ok = c.rel_l2 <= bound
+        return ok, None if ok else f"mean rel. L2 {c.rel_l2:.2e} > {bound:.0e} against the fp32 reference"
     if c.precision in ("fp16", "bf16") and c.rel_l2 > TOLERANCE_FP16:
         return False, f"mean rel. L2 {c.rel_l2:.2e} > {TOLERANCE_FP16:.0e} against the fp32 reference"
     ok = c.agreement >= min_agreement
@@ -216,6 +243,10 @@ def _triton(chosen: Candidate, files: dict[str, Path], work: Path, name: str) ->
     """A Triton model repository for the winner: the python backend running its runtime and precision."""
     from vanilladeploy.serving.repository import write_repository
 
+    if chosen.runtime == "tensorrt":  # Triton's native TensorRT backend, on the GPU the engine was built for
+        write_repository(Path(chosen.artifact), work / "triton", RepoOptions(name=name, backend="tensorrt",
+                                                                            max_batch=EVAL_BATCH))
+        return
     params = {"runtime": chosen.runtime, "precision": chosen.precision}
     write_repository(Path(chosen.artifact), work / "triton",
                      RepoOptions(name=name, backend="python", parameters=params))

@@ -84,5 +84,7 @@ def _render(result: OptimizeResult) -> None:
                       ms(c.p90_ms), speedup, escape(c.reason or ""))
     wide(180).print(table)
     out.print(f"[green]chosen:[/] {escape(chosen.name)} ({chosen.median_ms:.3g} ms median)")
-    out.print(f"Serve it: [bold]vanilladeploy serve {escape(shlex.quote(str(result.out_dir / 'triton')))}[/]",
-              soft_wrap=True)
+    repository = escape(shlex.quote(str(result.out_dir / "triton")))
+    command = (f"tritonserver --model-repository {repository}" if chosen.runtime == "tensorrt" else
+               f"vanilladeploy serve {repository}")  # an engine needs Triton's TensorRT backend on its GPU
+    out.print(f"Serve it: [bold]{command}[/]", soft_wrap=True)
