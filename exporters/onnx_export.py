@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -149,6 +150,12 @@ def max_supported_opset() -> int:
         except Exception:  # this opset is too new for one of them: try the next older
             continue
     return MIN_OPSET - 1
+
+
+def input_shape(path: Path) -> tuple[int, ...]:
+    """The shape of an ONNX file's first graph input (0 for a dynamic dimension), read without its weights."""
+    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value for d in dims)
 
 
 def set_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> None:

@@ -23,6 +23,7 @@ import onnx
 
 from benchmarks.harness import measure_interleaved, summarize, timed_on_clock
 from exporters.fp16 import fp16_export
+from exporters.onnx_export import input_shape
 from exporters.runners import RUNTIMES, OnnxRuntimeRunner, PrecisionUnavailable, Runner, bf16_missing, onnx_runner
 from exporters.triton_repo import RepoOptions
 from vanilladeploy.atomic import ArtifactWriter
@@ -118,10 +119,11 @@ def optimize(source: str, opts: OptimizeOptions, *, progress: Progress = silent)
         exported = export_checkpoint(source, replace(export_opts, out_dir=work / "export"), progress=progress)
         name, report = exported.report["architecture"]["variant"], exported.report
         fp16 = work / "export" / f"{name}.fp16.onnx"
-        onnx.save(fp16_export(onnx.load(exported.onnx)), fp16)
+        fp32_model = onnx.load(exported.onnx)
+        onnx.save(fp16_export(fp32_model), fp16)
         files = {"fp32": exported.onnx, "fp16": fp16, "int8": work / "export" / f"{name}.int8.onnx"}
         candidates = _candidates(opts.runtimes, files)
-        meta = {p.key: p.value for p in onnx.load(exported.onnx, load_external_data=False).metadata_props}
+        meta = {p.key: p.value for p in fp32_model.metadata_props}
         pre = Preprocess.from_metadata(meta)
         runners = _verify(candidates, files["fp32"], opts, pre, progress)
         _time(candidates, runners, opts, pre.img_size, progress)
@@ -197,8 +199,7 @@ def _runner(c: Candidate, opts: OptimizeOptions, progress: Progress) -> Runner:
     engine = onnx_file.with_name(engine_name(onnx_file.name.split(".")[0], c.precision))
     engine.write_bytes(built.plan)
     gpu_name, cc = gpu_identity()
-    shape = tuple(d.dim_value for d in onnx.load(onnx_file, load_external_data=False).graph.input[0].type
-                  .tensor_type.shape.dim)
+    shape = input_shape(onnx_file)
     sidecar = engine_sidecar(trt_version=built.tensorrt_version, gpu_name=gpu_name, compute_capability=cc,
                              opts=trt_opts, onnx_sha256=sha256_of(onnx_file), onnx_name=onnx_file.name,
                              input_shape=shape, build_s=built.build_s, strongly_typed=built.strongly_typed)

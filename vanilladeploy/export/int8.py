@@ -24,7 +24,7 @@ import onnx
 
 from benchmarks.harness import measure_interleaved, summarize, timed_on_clock
 from exporters.int8 import METHODS, CalibrationDataError, Int8Result, OnnxRuntimeTooOld, quantize_qdq
-from exporters.onnx_export import set_metadata
+from exporters.onnx_export import input_shape, set_metadata
 from exporters.runners import OnnxRuntimeRunner
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError, VerificationError
@@ -209,7 +209,7 @@ def _finish_metadata(path: Path, model: onnx.ModelProto, opts: Int8Options, imag
 
 def _latency(fp32: Path, full: Path, mixed: Path, *, batch: int) -> dict[str, Any]:
     """What the float layers cost: fp32, fully int8 and the chosen mix in ONNX Runtime, one interleaved run."""
-    x = np.random.default_rng(0).standard_normal((batch, *_input_shape(fp32)), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((batch, *input_shape(fp32)[1:]), dtype=np.float32)
     runners = {"fp32": OnnxRuntimeRunner(fp32), "int8": OnnxRuntimeRunner(full), "mixed": OnnxRuntimeRunner(mixed)}
     for runner in runners.values():
         runner.activate()
@@ -221,11 +221,6 @@ def _latency(fp32: Path, full: Path, mixed: Path, *, batch: int) -> dict[str, An
             runner.deactivate()
     medians = {f"{k}_median_ms": round(summarize(v, batch=batch).median_ms, 3) for k, v in samples.items()}
     return {"runtime": "onnxruntime", "batch": batch, "rounds": LATENCY_ROUNDS, **medians}
-
-
-def _input_shape(path: Path) -> tuple[int, ...]:
-    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return tuple(d.dim_value for d in dims[1:])
 
 
 def _calibrate(fp32_onnx: Path, path: Path, folder: ImageFolder, pre: Preprocess, split: Split, opts: Int8Options,
