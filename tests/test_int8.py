@@ -22,9 +22,9 @@ from exporters.trt_compat import check_trt_compat
 from exporters.trt_plan import tensorrt_missing
 from vanilladeploy.cli import app
 from vanilladeploy.evaluate import evaluate, open_artifact
-from vanilladeploy.export.int8 import MIN_HOLDOUT, Int8Options, split_folder
+from vanilladeploy.export.int8 import MIN_HOLDOUT, SPLIT_SEED, Int8Options, split_folder
 from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
-from vanilladeploy.images import scan_folder
+from vanilladeploy.images import Preprocess, load_image, scan_folder
 
 IMG = 64
 CALIB = 8
@@ -106,6 +106,26 @@ def test_report_records_calibration_and_holdout(exported: Path, images: Path) ->
     assert int8["calibration"]["files_sha256"] == split.files_sha256(folder)
     assert int8["preprocessing"]["img_size"] == IMG and int8["verified"] is True
     assert 0 <= int8["verification"]["agreement_top1"] <= 100
+    assert int8["calibration"]["method"] == "minmax" and int8["calibration"]["split_seed"] == SPLIT_SEED == 0
+
+
+def test_reported_mean_and_worst_rel_l2_equal_a_hand_computation(exported: Path, images: Path) -> None:
+    """The report's held-out figures, recomputed image by image: fp32 and int8 ONNX on the held-out split."""
+    int8 = json.loads((exported / "vanillanet_5.report.json").read_text())["int8"]
+    folder = scan_folder(images)
+    holdout = split_folder(folder, calib_count=CALIB, holdout_count=256).holdout
+    pre = Preprocess(img_size=int8["preprocessing"]["img_size"], crop_pct=int8["preprocessing"]["crop_pct"],
+                     mean=tuple(int8["preprocessing"]["mean"]), std=tuple(int8["preprocessing"]["std"]))
+    x = np.stack([load_image(folder.files[i], pre) for i in holdout])
+    with OnnxRuntimeRunner(exported / "vanillanet_5.onnx") as fp32, OnnxRuntimeRunner(exported / int8["file"]) as q:
+        reference, quantized = fp32.infer(x).astype(np.float64), q.infer(x).astype(np.float64)
+    rel = np.linalg.norm(quantized - reference, axis=1) / np.linalg.norm(reference, axis=1)
+    check = int8["verification"]
+    assert check["mean_rel_l2"] == pytest.approx(rel.mean(), rel=1e-4) and rel.mean() > 0
+    assert check["worst"]["rel_l2"] == pytest.approx(rel.max(), rel=1e-4)
+    assert Path(check["worst"]["path"]) == folder.files[holdout[int(rel.argmax())]]
+    agreement = 100.0 * (quantized.argmax(1) == reference.argmax(1)).mean()
+    assert check["agreement_top1"] == pytest.approx(agreement, abs=1e-3)
 
 
 def test_calibration_is_deterministic(exported: Path, tmp_path: Path) -> None:

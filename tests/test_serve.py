@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import missing_in_ci, require
+from triton_helpers import serve, server_processes, shm_of, stubs, wait_for_line
 
 import vanilladeploy.serving.process as process_module
 import vanilladeploy.serving.server as serve_module
@@ -62,7 +63,6 @@ pytestmark = [pytest.mark.triton]
 MAX_BATCH = 8
 MODEL = "vanillanet_5"
 UNBATCHED = "vanillanet_5_unbatched"  # the same export at --max-batch 0: dims are the whole shape, [-1, 3, 32, 32]
-STUB = "triton_python_backend_stub"
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +81,12 @@ def server(export_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                                    labels=str(labels)))
     write_repository(export_dir, repo, RepoOptions(backend="python", max_batch=0, name=UNBATCHED))
     with TritonServer(repo, free_ports(), start_timeout_s=120) as s:
-        assert s.shm_entries() and len(_stubs(s.shm_prefix)) == 2  # one stub per model, our regions
+        assert s.shm_entries() and len(stubs(s.shm_prefix)) == 2  # one stub per model, our regions
         group = s.process.pid if s.process else -1
         yield s
     # a graceful stop: Triton removes its Python backend's shared memory itself; stop() had to remove none
     assert s.leaked_shm == [] and not s.shm_entries()
-    assert not group_members(group) and not _stubs(s.shm_prefix), "processes of the server's group left"
+    assert not group_members(group) and not stubs(s.shm_prefix), "processes of the server's group left"
 
 
 def _inputs(batch: int, seed: int = 0) -> np.ndarray:
@@ -117,6 +117,15 @@ def _metric(server: TritonServer, name: str) -> float:
     return float(found.group(1))
 
 
+def _metric_reaching(server: TritonServer, name: str, expected: float, timeout_s: float = 15.0) -> float:
+    """``name`` polled until it reaches ``expected`` (Triton updates its counters after the answers go out), or
+    its last value once ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while (value := _metric(server, name)) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
+
+
 def test_concurrent_clients_are_answered_correctly_and_batched(server: TritonServer, export_dir: Path) -> None:
     inputs = [_inputs(1, seed=10 + i) for i in range(8)]
     references = [_reference(export_dir, x) for x in inputs]
@@ -125,7 +134,8 @@ def test_concurrent_clients_are_answered_correctly_and_batched(server: TritonSer
                          concurrency=8, requests=8 * 16, warmup=0,
                          check=lambda i, y: None if compare(y, references[i]) else "wrong logits")
     assert stats.errors == 0, stats.first_error
-    requests = _metric(server, "nv_inference_request_success") - before["nv_inference_request_success"]
+    requests = _metric_reaching(server, "nv_inference_request_success", before["nv_inference_request_success"] + 128)
+    requests -= before["nv_inference_request_success"]
     executions = _metric(server, "nv_inference_exec_count") - before["nv_inference_exec_count"]
     assert requests == 128
     assert executions < requests, f"no dynamic batching: {executions:.0f} executions for {requests:.0f} requests"
@@ -199,12 +209,16 @@ def test_classification_returns_the_top_k_labels(server: TritonServer, export_di
     import tritonclient.http as httpclient
 
     module = httpclient if protocol == "http" else grpcclient
-    client = module.InferenceServerClient(server.http_url.removeprefix("http://") if protocol == "http"
-                                          else server.grpc_url)
+    if protocol == "http":
+        client = module.InferenceServerClient(server.http_url.removeprefix("http://"), network_timeout=30,
+                                              connection_timeout=30)
+    else:
+        client = module.InferenceServerClient(server.grpc_url)
     x = _inputs(2, seed=30)
     tensor = module.InferInput("input", [2, 3, 32, 32], "FP32")
     tensor.set_data_from_numpy(x)
-    answer = client.infer(MODEL, [tensor], outputs=[module.InferRequestedOutput("logits", class_count=5)])
+    timeout = {"client_timeout": 30} if protocol == "grpc" else {}  # every call bounded: a stall fails the test
+    answer = client.infer(MODEL, [tensor], outputs=[module.InferRequestedOutput("logits", class_count=5)], **timeout)
     top = answer.as_numpy("logits")  # "score:index:label" per class, best first
     logits = _reference(export_dir, x)
     assert top.shape == (2, 5)
@@ -248,83 +262,33 @@ def test_a_model_that_fails_to_load_is_reported_with_the_reason(export_dir: Path
 
 # --- the CLI: `vanilladeploy serve` as a user runs it -----------------------------------------------------------
 
-def _serve(export_dir: Path, ports: list[int], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    http, grpc, metrics = ports
-    return subprocess.Popen([sys.executable, "-m", "vanilladeploy", "serve", str(export_dir), "--http-port",
-                             str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--max-batch", "4"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def _cmdlines() -> dict[int, str]:
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-    return found
-
-
-def _stubs(shm_prefix: str) -> list[int]:
-    """Python-backend stubs of one server: their command line names its shared-memory region."""
-    return [pid for pid, cmdline in _cmdlines().items() if STUB in cmdline and f" {shm_prefix}" in cmdline]
-
-
-def _server_processes(port: int, cli_pid: int | None = None) -> list[int]:
-    """The tritonserver on ``port``, and the stubs of a server that ``vanilladeploy serve`` (``cli_pid``) ran
-    (its regions are named vanilladeploy-<pid>-…)."""
-    servers = [pid for pid, cmdline in _cmdlines().items()
-               if "tritonserver" in cmdline and STUB not in cmdline and f"--http-port={port}" in cmdline]
-    return servers + (_stubs(f"vanilladeploy-{cli_pid}-") if cli_pid is not None else [])
-
-
-def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout_s: float) -> str:
-    seen, deadline = [], time.monotonic() + timeout_s
-    assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line:
-            seen.append(line)
-            if needle in line:
-                return "".join(seen)
-        elif process.poll() is not None:
-            break
-        else:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError(f"{needle!r} never printed: {''.join(seen)}")
-
-
 @pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
 def test_serve_stops_cleanly_on_signal(export_dir: Path, sig: int, exit_code: int) -> None:
-    shm_before = set(os.listdir("/dev/shm"))
     ports = list(vars(free_ports()).values())
-    process = _serve(export_dir, ports)
+    process = serve(export_dir, ports)
     try:
-        output = _wait_for_line(process, "stops the server", timeout_s=120)
+        output = wait_for_line(process, "stops the server", timeout_s=120)
         assert f"http://127.0.0.1:{ports[0]}" in output and f"{sys.executable} -c" in output  # example command
-        assert len(_server_processes(ports[0], process.pid)) == 2, "no tritonserver and stub while serving"
+        assert len(server_processes(ports[0], process.pid)) == 2, "no tritonserver and stub while serving"
         process.send_signal(sig)
         assert process.wait(timeout=60) == exit_code
     finally:
         if process.poll() is None:
             process.kill()
-    assert not _server_processes(ports[0], process.pid), "tritonserver or its stub left running"
-    assert set(os.listdir("/dev/shm")) - shm_before == set(), "shared memory left behind"
+    assert not server_processes(ports[0], process.pid), "tritonserver or its stub left running"
+    assert not shm_of(process.pid), "shared memory left behind"
 
 
 @pytest.mark.parametrize("phase", ["writing the repository", "starting the server"])
 def test_sigterm_during_startup_aborts_it_cleanly(export_dir: Path, tmp_path: Path, phase: str) -> None:
-    shm_before, scratch = set(os.listdir("/dev/shm")), tmp_path / "tmp"
+    scratch = tmp_path / "tmp"
     scratch.mkdir()
     ports = list(vars(free_ports()).values())
-    process = _serve(export_dir, ports, env={**os.environ, "TMPDIR": str(scratch)})
+    process = serve(export_dir, ports, env={**os.environ, "TMPDIR": str(scratch)})
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
-            if any(scratch.iterdir()) if phase.startswith("writing") else _server_processes(ports[0]):
+            if any(scratch.iterdir()) if phase.startswith("writing") else server_processes(ports[0]):
                 break
             time.sleep(0.01)
         process.send_signal(signal.SIGTERM)
@@ -337,7 +301,7 @@ def test_sigterm_during_startup_aborts_it_cleanly(export_dir: Path, tmp_path: Pa
     # that uses it: not ours to remove
     left = [p.name for p in scratch.iterdir() if p.name != ".ses"]
     assert not left, f"scratch repository or server directory left: {left}"
-    assert not _server_processes(ports[0], process.pid) and set(os.listdir("/dev/shm")) - shm_before == set()
+    assert not server_processes(ports[0], process.pid) and not shm_of(process.pid)
 
 
 def test_serve_on_a_busy_port_exits_2_naming_it(export_dir: Path) -> None:
@@ -352,7 +316,7 @@ def test_serve_on_a_busy_port_exits_2_naming_it(export_dir: Path) -> None:
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"--grpc-port {port}" in lines[0] and "in use" in lines[0], result.stderr
-    assert not _server_processes(others.http)
+    assert not server_processes(others.http)
 
 
 # --- the lifecycle's corners ------------------------------------------------------------------------------------
@@ -366,7 +330,7 @@ def test_stop_kills_the_group_and_cleans_up_on_every_path(export_dir: Path, tmp_
     with server:
         assert server.process is not None
         group, workdir, regions = server.process.pid, server.log_path.parent, server.shm_entries()
-        assert regions and _stubs(server.shm_prefix)
+        assert regions and stubs(server.shm_prefix)
         if how.startswith("second"):  # Ctrl-C lands while stop() waits for the graceful exit
             graceful = process_module.wait_exited
 
@@ -379,7 +343,7 @@ def test_stop_kills_the_group_and_cleans_up_on_every_path(export_dir: Path, tmp_
             monkeypatch.setattr(process_module, "wait_exited", interrupted_wait)
             with pytest.raises(KeyboardInterrupt):
                 server.stop()
-    assert not group_members(group) and not _stubs(server.shm_prefix), "server or stub left running"
+    assert not group_members(group) and not stubs(server.shm_prefix), "server or stub left running"
     assert not server.shm_entries() and not workdir.exists()
     if how == "stop timeout":  # SIGKILLed at once: Triton had no chance to remove its regions, stop() did
         assert server.leaked_shm == regions
@@ -391,7 +355,7 @@ def test_a_port_in_time_wait_reads_as_free_and_a_listening_one_as_busy() -> None
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        client = socket.create_connection(("127.0.0.1", port))
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
         accepted, _ = listener.accept()
         accepted.close()  # the server side closes first: its end of the connection goes to TIME_WAIT
         time.sleep(0.05)

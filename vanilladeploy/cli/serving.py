@@ -88,21 +88,27 @@ def serve(
 
     Needs the serve extra (vanilladeploy[serve]: the nvidia-pytriton wheel carries the tritonserver
     binary). The model runs in ONNX Runtime inside Triton's Python backend (on the GPU where one and
-    onnxruntime's CUDA provider exist, else the CPU). Exit 0 on SIGTERM, 130 on Ctrl-C.
+    onnxruntime's CUDA provider exist, else the CPU). A backend stub that dies is noticed and the
+    model reloaded (not ready meanwhile). Exit 0 on SIGTERM, 130 on Ctrl-C, 2 when the server dies or
+    a reload fails (with the reason from its log).
     """
     from exporters.triton_repo import RepoOptions
-    from vanilladeploy.serving.server import TritonPorts, check_serve_options, serve_forever
+    from vanilladeploy.serving.serve import serve_forever
+    from vanilladeploy.serving.server import TritonPorts
 
     def run() -> None:
         ports = TritonPorts(http=http_port, grpc=grpc_port, metrics=metrics_port)
         opts = RepoOptions(backend="python", max_batch=max_batch, instances=instances, kind=None,
                            max_queue_delay_us=max_queue_delay_us, labels=labels,
                            parameters={} if runtime is None else {"runtime": runtime})
-        check_serve_options(ports, opts)
-        err.print("Starting Triton Inference Server (loopback) …")
-        serve_forever(source, ports, opts, on_ready=_render_serving)
+        serve_forever(source, ports, opts, on_ready=_render_serving, on_event=_render_event)
 
     run_command(verbose, run)
+
+
+def _render_event(message: str) -> None:
+    err.print(escape(message[0].upper() + message[1:]) if message.startswith("starting") else
+              f"[yellow]{escape(message)}[/]", soft_wrap=True)
 
 
 def _render_serving(info: Any) -> None:
@@ -111,7 +117,7 @@ def _render_serving(info: Any) -> None:
               f"on the {escape(info.kind.upper())})",
               soft_wrap=True)
     out.print(f"  HTTP    {escape(info.http_url)}\n  gRPC    {escape(info.grpc_url)}\n  metrics "
-              f"{escape(info.metrics_url)}", soft_wrap=True)
+              f"{escape(info.metrics_url)}\n  ready   {escape(info.http_url)}/v2/health/ready", soft_wrap=True)
     out.print(f"Try: [bold]{escape(info.example_command)}[/]", soft_wrap=True)
     out.print("Ctrl-C or SIGTERM stops the server.")
 

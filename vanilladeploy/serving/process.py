@@ -48,6 +48,22 @@ def wait_exited(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
         time.sleep(0.05)
 
 
+def exit_description(process: subprocess.Popen[bytes]) -> str:
+    """How ``process`` ended ("killed by SIGKILL", "exit status 1"), read without reaping it; "running" while it
+    runs, "ended" once reaped."""
+    try:
+        info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        code = process.returncode
+        return "ended" if code is None else (f"killed by {signal.Signals(-code).name}" if code < 0
+                                             else f"exit status {code}")
+    if info is None:
+        return "running"
+    if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        return f"killed by {signal.Signals(info.si_status).name}"
+    return f"exit status {info.si_status}"
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid``, from ``/proc``."""
     members = []
@@ -69,4 +85,4 @@ def wait_group_gone(pgid: int, *, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-__all__ = ["group_members", "parent_death_signal", "signal_group", "wait_exited", "wait_group_gone"]
+__all__ = ["exit_description", "group_members", "parent_death_signal", "signal_group", "wait_exited", "wait_group_gone"]

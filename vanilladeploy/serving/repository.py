@@ -208,9 +208,20 @@ def check_labels(labels: str | None) -> None:
         check_path("--labels", Path(labels), directory=False, must_exist=True)
 
 
-def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
-    """Check, then write ``out/<name>/`` as one set; returns what was written."""
-    check_path("--out", out, directory=True)
+@dataclass(frozen=True)
+class RepoPlan:
+    """What :func:`write_repository` would write, every check passed, nothing written yet."""
+    src: RepoSource
+    digest: str
+    backend: str
+    opts: RepoOptions
+    labels: list[str] | None
+    config_text: str
+    model_file: str
+
+
+def plan_repository(source: Path, opts: RepoOptions) -> RepoPlan:
+    """Every check :func:`write_repository` makes (source, labels, backend, batch, runtime, name), nothing written."""
     check_labels(opts.labels)
     _require_serve_extra()
     src = resolve_repo_source(source, backend=opts.backend)
@@ -229,12 +240,22 @@ def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
     cfg = build_config(signature, opts, name=name, backend=backend, labels_file=LABELS_FILE if labels else None)
     text = config_text(cfg)
     parse_config(text)  # what Triton does first on load
-    model_dir = out / name
     model_file = plan_filename(signature) if backend == "tensorrt" else MODEL_FILES["onnxruntime"]
-    files, sums = _write_model_dir(model_dir, src, model_file, backend, text, labels, {
-        "tool": {"name": "vanilladeploy", "version": __version__}, "backend": backend,
-        "source": {"path": str(src.model_file), "sha256": digest}, "options": dict(vars(opts))})
-    return RepoResult(out, model_dir, backend, text, files, sums)
+    return RepoPlan(src, digest, backend, opts, labels, text, model_file)
+
+
+def write_repository(source: Path, out: Path, opts: RepoOptions, plan: RepoPlan | None = None) -> RepoResult:
+    """Check (or take ``plan``, made by :func:`plan_repository` for the same source and options), then write
+    ``out/<name>/`` as one set; returns what was written."""
+    check_path("--out", out, directory=True)
+    plan = plan_repository(source, opts) if plan is None else plan
+    src, opts = plan.src, plan.opts
+    assert opts.name is not None
+    model_dir = out / opts.name
+    files, sums = _write_model_dir(model_dir, src, plan.model_file, plan.backend, plan.config_text, plan.labels, {
+        "tool": {"name": "vanilladeploy", "version": __version__}, "backend": plan.backend,
+        "source": {"path": str(src.model_file), "sha256": plan.digest}, "options": dict(vars(opts))})
+    return RepoResult(out, model_dir, plan.backend, plan.config_text, files, sums)
 
 
 def _write_model_dir(model_dir: Path, src: RepoSource, model_file: str, backend: str, config: str,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -30,19 +29,18 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from exporters.triton_repo import RepoOptions, parse_config
 from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError
 from vanilladeploy.extras import install_hint
 from vanilladeploy.serving import process as pgroup
-from vanilladeploy.serving.repository import check_labels, check_runtime, model_repository_of, write_repository
 
 SERVE_INSTALL = install_hint("serve")
 SHM_DIR = Path("/dev/shm")
+LOG_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "CUDA driver")
+"""Error lines every start logs on a machine without a GPU: never the reason a server failed."""
 
 
 class ServerError(VanillaDeployError):
@@ -203,6 +201,8 @@ class TritonServer:
                 f"--http-port={self.ports.http}", f"--grpc-port={self.ports.grpc}",
                 f"--metrics-port={self.ports.metrics}", "--exit-timeout-secs=10", "--allow-gpu-metrics=false",
                 f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
+        if self.model:  # explicit model control: the one model is loaded, and can be reloaded (serving.watch)
+            args += ["--model-control-mode=explicit", f"--load-model={self.model}"]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=server_env(), start_new_session=True,
@@ -213,7 +213,8 @@ class TritonServer:
         path = f"/v2/models/{self.model}/ready" if self.model else "/v2/health/ready"
         while time.monotonic() < deadline:
             if not self.alive():
-                raise ServerError(f"Triton Inference Server exited while starting: {self.failure_reason()}")
+                raise ServerError(f"Triton Inference Server exited while starting ({self.exit_description()}): "
+                                  f"{self.failure_reason()}")
             if self._get(path) == 200:
                 return
             if self.abort.wait(0.25):
@@ -238,14 +239,17 @@ class TritonServer:
         except (OSError, AssertionError):
             return ""
 
+    def exit_description(self) -> str:
+        """How the server ended ("killed by SIGKILL", "exit status 1"); "running" while it runs."""
+        return "stopped" if self.process is None else pgroup.exit_description(self.process)
+
     def failure_reason(self) -> str:
-        """The first error line of the server's log (e.g. a model that failed to load, and why)."""
+        """The first error line of the server's log (e.g. a model that failed to load, and why), past the lines a
+        machine without a GPU always logs."""
         lines = [line for line in self.log().splitlines()
-                 if line.startswith("E") or "failed to load" in line or "error:" in line.lower()]
-        useful = [line for line in lines if "CudaDriverHelper" not in line and "NVML" not in line
-                  and "DCGM" not in line]
-        text = (useful or lines or ["no log output"])[0]
-        return text.split("] ", 1)[-1].strip().strip('"')[:600]
+                 if (line.startswith("E") or "failed to load" in line or "error:" in line.lower())
+                 and not any(noise in line for noise in LOG_NOISE)]
+        return lines[0].split("] ", 1)[-1].strip().strip('"')[:600] if lines else "no error in its log"
 
     def shm_entries(self) -> list[Path]:
         return sorted(SHM_DIR.glob(f"{self.shm_prefix}*")) if SHM_DIR.is_dir() else []
@@ -280,18 +284,6 @@ class TritonServer:
                     self._workdir = None
 
 
-@dataclass(frozen=True)
-class ServingInfo:
-    model: str
-    server_version: str
-    http_url: str
-    grpc_url: str
-    metrics_url: str
-    example_command: str
-    kind: str = "cpu"  # where the model's instances run
-    runtime: str = "onnxruntime"  # what runs the model inside the python backend (the config's ``runtime``)
-
-
 def server_version(server: TritonServer) -> str:
     import json
 
@@ -302,81 +294,5 @@ def server_version(server: TritonServer) -> str:
         return "?"
 
 
-def check_serve_options(ports: TritonPorts, opts: RepoOptions, host: str = "127.0.0.1") -> None:
-    """What ``serve`` refuses before it writes or starts anything: ports that clash or are busy, a missing labels
-    file, no Triton server binary."""
-    if len(set(ports.named().values())) < 3:
-        raise UsageError(f"--http-port, --grpc-port and --metrics-port must differ (got {ports.http}, {ports.grpc}, "
-                         f"{ports.metrics}).")
-    check_labels(opts.labels)
-    check_runtime(opts.parameters, "python")
-    find_tritonserver()
-    check_ports_free(ports, host)
-
-
-def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
-                  on_ready: Callable[[ServingInfo], None], host: str = "127.0.0.1") -> None:
-    """Write a repository for ``source`` in a scratch directory, serve it until SIGTERM (returns) or SIGINT
-    (``KeyboardInterrupt``); the server is stopped and the scratch directory removed either way. SIGTERM is
-    handled from the first line on: during start-up it aborts the start (and returns) at the next check.
-    ``opts.kind`` None: :func:`default_kind`."""
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        check_serve_options(ports, opts, host)
-        if opts.kind is None:
-            opts = replace(opts, kind=default_kind())
-        with tempfile.TemporaryDirectory(prefix="vanilladeploy-repo-") as scratch:
-            _serve_repository(source, Path(scratch), ports, opts, stop=stop, on_ready=on_ready, host=host)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _serve_repository(source: Path, scratch: Path, ports: TritonPorts, opts: RepoOptions, *, stop: threading.Event,
-                      on_ready: Callable[[ServingInfo], None], host: str) -> None:
-
-    if model_repository_of(source) is not None:  # written by repo or optimize: served as it is
-        shutil.copytree(source, scratch, dirs_exist_ok=True)
-        model_dir = model_repository_of(scratch)
-        config_text = (model_dir / "config.pbtxt").read_text()
-        backend = parse_config(config_text).backend
-        if backend != "python":
-            raise UsageError(f"{source}: its model runs on Triton's {backend} backend, which the nvidia-pytriton "
-                             "wheel's server does not have (it has the python backend only); serve it with a "
-                             "production Triton, or serve the export here with `vanilladeploy serve EXPORT "
-                             "--runtime openvino`.")
-    else:
-        result = write_repository(source, scratch, opts)
-        model_dir, config_text = result.model_dir, result.config_text
-    if stop.is_set():
-        return
-    model = model_dir.name
-    cfg = parse_config(config_text)
-    dims = [max(int(d), 1) for d in cfg.input[0].dims]  # a dynamic dimension (-1) as 1
-    shape = [1, *dims] if cfg.max_batch_size > 0 else dims
-    try:
-        with TritonServer(scratch, ports, host=host, model=model, abort=stop) as server:
-            runtime = cfg.parameters["runtime"].string_value if "runtime" in cfg.parameters else "onnxruntime"
-            on_ready(ServingInfo(model, server_version(server), server.http_url, server.grpc_url, server.metrics_url,
-                                 example_client_command(server.http_url, model, shape), opts.kind or "cpu",
-                                 runtime))
-            while not stop.wait(0.5):
-                if not server.alive():
-                    raise ServerError(f"Triton Inference Server exited: {server.failure_reason()}")
-    except StartAborted:
-        return
-
-
-def example_client_command(http_url: str, model: str, shape: list[int]) -> str:
-    """A one-line tritonclient request (a random batch of ``shape``, batch included) that prints the top class,
-    run by this interpreter (it has tritonclient and numpy)."""
-    host = http_url.removeprefix("http://")
-    return (f"{shlex.quote(sys.executable)} -c \"import numpy as np, tritonclient.http as t; "
-            f"c = t.InferenceServerClient('{host}'); x = t.InferInput('input', {shape}, 'FP32'); "
-            f"x.set_data_from_numpy(np.random.rand(*{shape}).astype('float32')); "
-            f"print(c.infer('{model}', [x]).as_numpy('logits').argmax(1))\"")
-
-
-__all__ = ["SERVE_INSTALL", "ServerError", "ServingInfo", "StartAborted", "TritonPorts", "TritonServer",
-           "check_ports_free", "check_serve_options", "default_kind", "find_tritonserver",
-           "serve_forever", "server_env", "tritonserver_version"]
+__all__ = ["SERVE_INSTALL", "ServerError", "StartAborted", "TritonPorts", "TritonServer", "check_ports_free",
+           "default_kind", "find_tritonserver", "server_env", "server_version", "tritonserver_version"]

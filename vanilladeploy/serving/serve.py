@@ -1,0 +1,139 @@
+"""``serve``: write a repository for a source in a scratch directory, run a real Triton server on it, and keep the
+model honest while it serves (:mod:`vanilladeploy.serving.watch`) until SIGTERM or Ctrl-C.
+
+Everything ``serve`` can refuse is refused by :func:`check_serve_options` before anything is written or started.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from exporters.triton_repo import RepoOptions, parse_config
+from vanilladeploy.errors import UsageError
+from vanilladeploy.serving.repository import (
+    RepoPlan,
+    check_labels,
+    check_runtime,
+    model_repository_of,
+    plan_repository,
+    write_repository,
+)
+from vanilladeploy.serving.server import (
+    StartAborted,
+    TritonPorts,
+    TritonServer,
+    check_ports_free,
+    default_kind,
+    find_tritonserver,
+    server_version,
+)
+from vanilladeploy.serving.watch import ModelWatch
+
+WATCH_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class ServingInfo:
+    model: str
+    server_version: str
+    http_url: str
+    grpc_url: str
+    metrics_url: str
+    example_command: str
+    kind: str = "cpu"  # where the model's instances run
+    runtime: str = "onnxruntime"  # what runs the model inside the python backend (the config's ``runtime``)
+
+
+def check_serve_options(source: Path, ports: TritonPorts, opts: RepoOptions,
+                        host: str = "127.0.0.1") -> RepoPlan | None:
+    """Everything ``serve`` refuses, before it writes or starts anything: ports that clash or are busy, a source it
+    cannot serve (or a repository whose model is not on the python backend), options Triton would refuse for that
+    model (e.g. ``--max-batch`` > 0 for an export with a fixed batch), a missing labels file, no Triton server
+    binary. Returns the repository to write (``opts.kind`` None: :func:`default_kind`), or None for a repository
+    that is served as it is."""
+    if len(set(ports.named().values())) < 3:
+        raise UsageError(f"--http-port, --grpc-port and --metrics-port must differ (got {ports.http}, {ports.grpc}, "
+                         f"{ports.metrics}).")
+    check_labels(opts.labels)
+    check_runtime(opts.parameters, "python")
+    find_tritonserver()
+    check_ports_free(ports, host)
+    model_dir = model_repository_of(source)
+    if model_dir is None:
+        return plan_repository(source, opts if opts.kind is not None else replace(opts, kind=default_kind()))
+    backend = parse_config((model_dir / "config.pbtxt").read_text()).backend
+    if backend != "python":
+        raise UsageError(f"{source}: its model runs on Triton's {backend} backend, which the nvidia-pytriton "
+                         "wheel's server does not have (it has the python backend only); serve it with a "
+                         "production Triton, or serve the export here with `vanilladeploy serve EXPORT "
+                         "--runtime openvino`.")
+    return None
+
+
+def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
+                  on_ready: Callable[[ServingInfo], None], on_event: Callable[[str], None] = lambda _: None,
+                  host: str = "127.0.0.1") -> None:
+    """Check everything (:func:`check_serve_options`), write a repository for ``source`` in a scratch directory,
+    serve it until SIGTERM (returns) or SIGINT (``KeyboardInterrupt``); the server is stopped and the scratch
+    directory removed either way. SIGTERM is handled from the first line on: during start-up it aborts the start
+    (and returns) at the next check. While it serves, a backend stub that dies is noticed and the model reloaded
+    (``on_event`` hears of it, and of the start); a server that dies, or a reload that fails, raises
+    :class:`ServerError` with the reason."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        plan = check_serve_options(source, ports, opts, host)
+        on_event("starting Triton Inference Server (loopback) …")
+        with tempfile.TemporaryDirectory(prefix="vanilladeploy-repo-") as scratch:
+            if plan is None:  # written by repo or optimize: served as it is
+                shutil.copytree(source, scratch, dirs_exist_ok=True)
+                model_dir = model_repository_of(Path(scratch))
+                assert model_dir is not None
+                config_text = (model_dir / "config.pbtxt").read_text()
+            else:
+                result = write_repository(source, Path(scratch), plan.opts, plan)
+                model_dir, config_text = result.model_dir, result.config_text
+            if not stop.is_set():
+                _serve(Path(scratch), model_dir.name, parse_config(config_text), ports, stop=stop, on_ready=on_ready,
+                       on_event=on_event, host=host)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(repository: Path, model: str, cfg: Any, ports: TritonPorts, *, stop: threading.Event,
+           on_ready: Callable[[ServingInfo], None], on_event: Callable[[str], None], host: str) -> None:
+    dims = [max(int(d), 1) for d in cfg.input[0].dims]  # a dynamic dimension (-1) as 1
+    shape = [1, *dims] if cfg.max_batch_size > 0 else dims
+    kind = "gpu" if any(group.kind == 1 for group in cfg.instance_group) else "cpu"  # KIND_GPU
+    runtime = cfg.parameters["runtime"].string_value if "runtime" in cfg.parameters else "onnxruntime"
+    try:
+        with TritonServer(repository, ports, host=host, model=model, abort=stop) as server:
+            on_ready(ServingInfo(model, server_version(server), server.http_url, server.grpc_url, server.metrics_url,
+                                 example_client_command(server.http_url, model, shape), kind, runtime))
+            watch = ModelWatch(server, model, on_event=on_event)
+            while not stop.wait(WATCH_INTERVAL_S):
+                watch.check()
+    except StartAborted:
+        return
+
+
+def example_client_command(http_url: str, model: str, shape: list[int]) -> str:
+    """A one-line tritonclient request (a random batch of ``shape``, batch included) that prints the top class,
+    run by this interpreter (it has tritonclient and numpy)."""
+    host = http_url.removeprefix("http://")
+    return (f"{shlex.quote(sys.executable)} -c \"import numpy as np, tritonclient.http as t; "
+            f"c = t.InferenceServerClient('{host}'); x = t.InferInput('input', {shape}, 'FP32'); "
+            f"x.set_data_from_numpy(np.random.rand(*{shape}).astype('float32')); "
+            f"print(c.infer('{model}', [x]).as_numpy('logits').argmax(1))\"")
+
+
+__all__ = ["ServingInfo", "check_serve_options", "example_client_command", "serve_forever"]
