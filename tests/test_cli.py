@@ -252,3 +252,34 @@ def test_the_old_json_path_spelling_becomes_json_out(args: list[str], expected: 
     from vanilladeploy.cli import legacy_json_args
 
     assert legacy_json_args(args) == (expected, rewritten)
+
+
+FORCED_BUG = """
+import sys
+import vanilladeploy.source
+
+def broken(*args, **kwargs):
+    raise RuntimeError("forced by a test")
+
+vanilladeploy.source.inspect_source = broken  # what `inspect` calls: a bug inside the command
+sys.argv = ["vanilladeploy", "inspect", "vanillanet_5", *sys.argv[1:]]
+from vanilladeploy.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_an_internal_error_exits_4_with_one_line_and_the_hint(verbose: bool) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FORCED_BUG, *(["--verbose"] if verbose else [])],
+                          capture_output=True, text=True, timeout=120, env=os.environ | {"COLUMNS": "200"})
+    assert done.returncode == 4 and done.stdout == "", done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    last = ("internal error: RuntimeError: forced by a test. Re-run with --verbose for the traceback and report it.")
+    assert lines[-1] == last, done.stderr
+    if verbose:  # the traceback first, naming where it was raised
+        assert len(lines) > 3 and "Traceback" in done.stderr and "broken" in done.stderr
+    else:
+        assert len(lines) == 1, done.stderr

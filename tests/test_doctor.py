@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import missing_in_ci
 from typer.testing import CliRunner
 
 from vanilladeploy.cli import app
@@ -37,6 +38,22 @@ def test_this_machine() -> None:
         trt = caps["export --trt"]
         assert not trt["ready"] and "pip install 'vanilladeploy[trt]'" in trt["fix"]
         assert not caps["bench: tensorrt (cpu)"]["ready"] and caps["bench: onnxruntime (cpu)"]["ready"]
+
+
+def test_serving_is_ready_where_the_serve_extra_is_installed() -> None:
+    """CI installs the serve extra: doctor must report serve, repo and the Triton binary ready there (elsewhere a
+    machine without the extra skips, with doctor's own reason)."""
+    parts, caps = _parts(), _caps()
+    not_ready = {name: caps[name]["reason"] for name in ("serve, serve-bench", "repo") if not caps[name]["ready"]}
+    if not parts["tritonserver"]["ok"]:
+        not_ready["tritonserver"] = parts["tritonserver"]["detail"]
+    if not_ready:
+        missing_in_ci(f"doctor reports serving not ready: {not_ready}")
+    assert parts["tritonserver"]["version"].startswith("nvidia-pytriton ")
+    assert Path(parts["tritonserver"]["detail"]).name == "tritonserver" and parts["tritonclient"]["ok"]
+    table = CliRunner().invoke(app, ["doctor", "--json"])
+    shown = {c["command"]: c["ready"] for c in json.loads(table.output)["capabilities"]}
+    assert shown["serve, serve-bench"] is True and shown["repo"] is True
 
 
 @pytest.mark.parametrize(("module", "capability", "fix"), [

@@ -373,3 +373,20 @@ def test_a_refused_option_writes_nothing_and_starts_nothing(export_dir: Path, tm
     # (.ses: ONNX Runtime's import leaves it in the temp directory, shared by every process that imports it)
     assert [p.name for p in scratch.iterdir() if p.name != ".ses"] == [], "a scratch repository was written"
     assert not tritonservers(http) and not shm_of(process.pid)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "both"])
+def test_serve_bench_runs_end_to_end_on_each_protocol(export_dir: Path, tmp_path: Path, protocol: str) -> None:
+    import json
+
+    out = tmp_path / "serve.json"
+    done = subprocess.run([sys.executable, "-m", "vanilladeploy", "serve-bench", str(export_dir), "--concurrency", "2",
+                           "--requests", "4", "--protocol", protocol, "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = json.loads(out.read_text())["records"]
+    expected = {"grpc": ["triton-grpc"], "both": ["triton-grpc", "triton-http"]}[protocol]
+    assert sorted(r["backend"] for r in records) == ["onnxruntime-inprocess", *expected]
+    assert all(r["errors"] == 0 and r["requests"] == 4 and r["throughput_img_s"] > 0 for r in records)  # all checked
+    for backend in expected:
+        assert backend in done.stdout  # the table
