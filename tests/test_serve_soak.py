@@ -34,6 +34,7 @@ try:
     find_tritonserver()
 except MissingDependencyError as e:
     missing_in_ci(f"Triton server cannot start here: {e}", module_level=True)
+require("tritonclient.grpc", "tritonclient is not installed (the test extra has it)", module_level=True)
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 MODEL, IMG, MAX_BATCH = "vanillanet_5", 32, 8
 WARMUP_S, SOAK_S = 10.0, 60.0  # the load's budget: 70 s (≤ 90 s with the start and the stop)
@@ -146,7 +147,6 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_bounded_soak_with_malformed_requests(export_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    require("tritonclient.grpc", "tritonclient is not installed (the test extra has it)")
     ports = list(vars(free_ports()).values())
     process = serve(export_dir, ports, max_batch=MAX_BATCH)
     soak = Soak(ports[0], ports[1], export_dir / f"{MODEL}.onnx")
