@@ -448,3 +448,20 @@ def test_the_server_version_is_the_wheel_that_carries_the_binary() -> None:
 
 def test_this_machine_counts_its_gpus_without_failing() -> None:
     assert serve_module._cuda_devices() >= 0  # 0 without libcuda or a GPU; never an exception
+
+
+def test_leftovers_of_a_dead_owner_are_swept_and_a_live_owners_kept(tmp_path: Path) -> None:
+    from vanilladeploy.serving.process import sweep_leftovers
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)  # its pid now names no process
+    dead = [tmp_path / f"vanilladeploy-repo-{gone.pid}-abc", tmp_path / f"vanilladeploy-triton-{gone.pid}-def"]
+    live = [tmp_path / f"vanilladeploy-repo-{os.getpid()}-abc", tmp_path / "vanilladeploy-repo-djo6lo1g"]
+    for directory in dead + live:
+        (directory / "vanillanet_5" / "1").mkdir(parents=True)
+    shm = tmp_path / f"vanilladeploy-{gone.pid}-0a1b2c3d-vanillanet_5_0_0"  # a region's name
+    shm.write_bytes(b"\0" * 64)
+    other = tmp_path / f"someone-else-{gone.pid}-x"
+    other.write_text("not ours")
+    assert sorted(sweep_leftovers(tmp_path, tmp_path / "missing")) == sorted([*dead, shm])
+    assert sorted(tmp_path.iterdir()) == sorted([*live, other])

@@ -92,15 +92,21 @@ def _nothing_left(port: int, cli_pid: int, timeout_s: float = 15.0) -> None:
 # --- one server on the default ports, as the README's `vanilladeploy serve EXPORT` starts it ------------------
 
 @pytest.fixture(scope="module")
-def served(export_dir: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``vanilladeploy serve EXPORT`` with every default (ports 8000-8002, --max-batch 32), and what it printed."""
+def served_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("served-tmp")
+
+
+@pytest.fixture(scope="module")
+def served(export_dir: Path, served_tmp: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``vanilladeploy serve EXPORT`` with every default (ports 8000-8002, --max-batch 32; ``served_tmp`` as its
+    temp directory), and what it printed."""
     try:
         check_ports_free(TritonPorts())
     except UsageError as e:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"the default ports must be free on a CI machine: {e}", pytrace=False)
         pytest.skip(f"the default ports are taken here: {e}")
-    process = serve(export_dir, None, max_batch=None)
+    process = serve(export_dir, None, max_batch=None, env=os.environ | {"TMPDIR": str(served_tmp)})
     try:
         yield process, wait_for_line(process, READY, timeout_s=120)
     finally:
@@ -174,6 +180,25 @@ def test_sigkill_of_serve_leaves_no_server_and_frees_the_ports(served: tuple[sub
             return False
 
     assert wait_until(ports_free, 15), "the default ports are still taken"
+
+
+def test_the_next_start_removes_what_a_killed_serve_left(served: tuple[subprocess.Popen[str], str],
+                                                          served_tmp: Path, export_dir: Path) -> None:
+    """Nobody is left to remove a SIGKILLed serve's scratch repository and server directory (~60 MB for
+    VanillaNet-5): the next server start removes those of owners that are gone."""
+    killed, _ = served
+    assert killed.poll() is not None  # by the test before
+    left = sorted(p.name.rsplit("-", 1)[0] for p in served_tmp.glob(f"vanilladeploy-*-{killed.pid}-*"))
+    assert left == [f"vanilladeploy-repo-{killed.pid}", f"vanilladeploy-triton-{killed.pid}"]
+    ports = list(vars(free_ports()).values())
+    process = serve(export_dir, ports, env=os.environ | {"TMPDIR": str(served_tmp)})
+    try:
+        wait_for_line(process, READY, timeout_s=120)
+        assert not list(served_tmp.glob(f"vanilladeploy-*-{killed.pid}-*"))
+        assert len(list(served_tmp.glob(f"vanilladeploy-*-{process.pid}-*"))) == 2  # its own: kept
+    finally:
+        _stop(process)
+    assert process.returncode == 0 and not list(served_tmp.glob("vanilladeploy-*"))
 
 
 # --- the model's stub killed: reloaded under load, readiness false meanwhile -------------------------------------

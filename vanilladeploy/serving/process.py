@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -64,6 +66,43 @@ def exit_description(process: subprocess.Popen[bytes]) -> str:
     return f"exit status {info.si_status}"
 
 
+LEFTOVER = re.compile(r"vanilladeploy-(?:repo-|triton-)?(\d+)-")
+"""What a server run leaves when its owner is SIGKILLed (nobody is left to remove it): the scratch repository and
+the server's directory (``$TMPDIR/vanilladeploy-repo-<pid>-…``, ``vanilladeploy-triton-<pid>-…``) and shared
+memory the server did not get to remove (``/dev/shm/vanilladeploy-<pid>-…``); ``<pid>`` is the owner's."""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_leftovers(*directories: Path) -> list[Path]:
+    """Remove the :data:`LEFTOVER` entries in ``directories`` whose owner process is gone; returns them. An entry
+    of a live process (ours, another ``serve``, or a process that reuses a dead owner's pid) is kept."""
+    removed = []
+    for directory in directories:
+        try:
+            entries = list(directory.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            found = LEFTOVER.match(entry.name)
+            if found is None or alive(int(found.group(1))):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid``, from ``/proc``."""
     members = []
@@ -85,4 +124,5 @@ def wait_group_gone(pgid: int, *, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-__all__ = ["exit_description", "group_members", "parent_death_signal", "signal_group", "wait_exited", "wait_group_gone"]
+__all__ = ["LEFTOVER", "alive", "exit_description", "group_members", "parent_death_signal", "signal_group",
+           "sweep_leftovers", "wait_exited", "wait_group_gone"]

@@ -6,6 +6,7 @@ Everything ``serve`` can refuse is refused by :func:`check_serve_options` before
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import signal
@@ -93,7 +94,7 @@ def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
     try:
         plan = check_serve_options(source, ports, opts, host)
         on_event("starting Triton Inference Server (loopback) …")
-        with tempfile.TemporaryDirectory(prefix="vanilladeploy-repo-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=f"vanilladeploy-repo-{os.getpid()}-") as scratch:
             if plan is None:  # written by repo or optimize: served as it is
                 shutil.copytree(source, scratch, dirs_exist_ok=True)
                 model_dir = model_repository_of(Path(scratch))

@@ -180,7 +180,8 @@ class TritonServer:
     def __enter__(self) -> TritonServer:
         binary = find_tritonserver()
         check_ports_free(self.ports, self.host)
-        self._workdir = Path(tempfile.mkdtemp(prefix="vanilladeploy-triton-"))
+        pgroup.sweep_leftovers(Path(tempfile.gettempdir()), SHM_DIR)  # of runs whose owner was SIGKILLed
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"vanilladeploy-triton-{os.getpid()}-"))
         try:
             self._start(binary)
             self._wait_ready()
