@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import missing_in_ci, require
-from triton_helpers import serve, server_processes, shm_of, stubs, wait_for_line
+from conftest import require
+from triton_helpers import require_triton, serve, server_processes, shm_of, stubs, wait_for_line
 
 import vanilladeploy.serving.process as process_module
 import vanilladeploy.serving.server as serve_module
@@ -48,17 +48,7 @@ from vanilladeploy.serving.server import (
 )
 from vanilladeploy.verify import compare
 
-try:
-    find_tritonserver()
-    import tritonclient.grpc  # noqa: F401
-    import tritonclient.http  # noqa: F401
-
-    MISSING = None
-except (MissingDependencyError, ImportError) as e:
-    MISSING = f"Triton server cannot start here: {e}"
-
-if MISSING is not None:
-    missing_in_ci(MISSING, module_level=True)
+require_triton()
 pytestmark = [pytest.mark.triton]
 MAX_BATCH = 8
 MODEL = "vanillanet_5"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import missing_in_ci
 from triton_helpers import (
+    require_triton,
     rest_of_output,
     serve,
     server_processes,
@@ -34,22 +34,13 @@ from triton_helpers import (
 )
 
 from exporters.runners import OnnxRuntimeRunner
-from vanilladeploy.errors import MissingDependencyError, UsageError
+from vanilladeploy.errors import UsageError
 from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
 from vanilladeploy.serving.bench import free_ports
-from vanilladeploy.serving.server import TritonPorts, check_ports_free, find_tritonserver
+from vanilladeploy.serving.server import TritonPorts, check_ports_free
 from vanilladeploy.verify import compare
 
-try:
-    find_tritonserver()
-    import tritonclient.http  # noqa: F401
-
-    MISSING = None
-except (MissingDependencyError, ImportError) as e:
-    MISSING = f"Triton server cannot start here: {e}"
-
-if MISSING is not None:
-    missing_in_ci(MISSING, module_level=True)
+require_triton()
 pytestmark = [pytest.mark.triton]
 MODEL = "vanillanet_5"
 IMG = 64  # the official eval transform resizes and crops above 32 px (the docs client loads a JPEG)

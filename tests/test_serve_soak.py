@@ -20,21 +20,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import missing_in_ci, require
-from triton_helpers import serve, server_processes, shm_of, stubs, tritonservers, wait_for_line, wait_until
+from triton_helpers import (
+    require_triton,
+    serve,
+    server_processes,
+    shm_of,
+    stubs,
+    tritonservers,
+    wait_for_line,
+    wait_until,
+)
 
 from exporters.runners import OnnxRuntimeRunner
-from vanilladeploy.errors import MissingDependencyError
 from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
 from vanilladeploy.serving.bench import free_ports
-from vanilladeploy.serving.server import find_tritonserver
 from vanilladeploy.verify import compare
 
-try:
-    find_tritonserver()
-except MissingDependencyError as e:
-    missing_in_ci(f"Triton server cannot start here: {e}", module_level=True)
-require("tritonclient.grpc", "tritonclient is not installed (the test extra has it)", module_level=True)
+require_triton()
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 MODEL, IMG, MAX_BATCH = "vanillanet_5", 32, 8
 WARMUP_S, SOAK_S = 10.0, 60.0  # the load's budget: 70 s (≤ 90 s with the start and the stop)

@@ -10,8 +10,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-STUB = "triton_python_backend_stub"
+from conftest import missing_in_ci
+
+from vanilladeploy.errors import MissingDependencyError
+from vanilladeploy.serving.server import find_tritonserver
+from vanilladeploy.serving.watch import STUB, stub_pids
+
 SHM_DIR = Path("/dev/shm")
+
+
+def require_triton(*, module_level: bool = True) -> None:
+    """The Triton server binary and tritonclient (HTTP and gRPC), or :func:`conftest.missing_in_ci` with why not:
+    a skip here, a failure under ``CI=true`` (CI installs them)."""
+    try:
+        find_tritonserver()
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.http  # noqa: F401
+    except (MissingDependencyError, ImportError) as e:
+        missing_in_ci(f"Triton server cannot start here: {e}", module_level=module_level)
 
 
 def serve(source: Path, ports: list[int] | None, *extra: str, env: dict[str, str] | None = None,
@@ -39,8 +55,8 @@ def cmdlines() -> dict[int, str]:
 
 
 def stubs(shm_prefix: str) -> list[int]:
-    """Python-backend stubs of one server: their command line names its shared-memory region."""
-    return [pid for pid, cmdline in cmdlines().items() if STUB in cmdline and f" {shm_prefix}" in cmdline]
+    """Python-backend stubs of one server (:func:`vanilladeploy.serving.watch.stub_pids`, sorted)."""
+    return sorted(stub_pids(shm_prefix))
 
 
 def tritonservers(port: int) -> list[int]:
