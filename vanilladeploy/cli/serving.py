@@ -101,14 +101,10 @@ def serve(
         opts = RepoOptions(backend="python", max_batch=max_batch, instances=instances, kind=None,
                            max_queue_delay_us=max_queue_delay_us, labels=labels,
                            parameters={} if runtime is None else {"runtime": runtime})
-        serve_forever(source, ports, opts, on_ready=_render_serving, on_event=_render_event)
+        serve_forever(source, ports, opts, on_ready=_render_serving,
+                      on_event=lambda message: err.print(escape(message), soft_wrap=True))
 
     run_command(verbose, run)
-
-
-def _render_event(message: str) -> None:
-    err.print(escape(message[0].upper() + message[1:]) if message.startswith("starting") else
-              f"[yellow]{escape(message)}[/]", soft_wrap=True)
 
 
 def _render_serving(info: Any) -> None:

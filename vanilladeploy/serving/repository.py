@@ -244,17 +244,19 @@ def plan_repository(source: Path, opts: RepoOptions) -> RepoPlan:
     return RepoPlan(src, digest, backend, opts, labels, text, model_file)
 
 
-def write_repository(source: Path, out: Path, opts: RepoOptions, plan: RepoPlan | None = None) -> RepoResult:
-    """Check (or take ``plan``, made by :func:`plan_repository` for the same source and options), then write
-    ``out/<name>/`` as one set; returns what was written."""
+def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
+    """Check, then write ``out/<name>/`` as one set; returns what was written."""
     check_path("--out", out, directory=True)
-    plan = plan_repository(source, opts) if plan is None else plan
-    src, opts = plan.src, plan.opts
-    assert opts.name is not None
-    model_dir = out / opts.name
-    files, sums = _write_model_dir(model_dir, src, plan.model_file, plan.backend, plan.config_text, plan.labels, {
+    return write_planned(plan_repository(source, opts), out)
+
+
+def write_planned(plan: RepoPlan, out: Path) -> RepoResult:
+    """Write what :func:`plan_repository` planned as ``out/<name>/`` (``out``: a usable directory), as one set."""
+    assert plan.opts.name is not None
+    model_dir = out / plan.opts.name
+    files, sums = _write_model_dir(model_dir, plan.src, plan.model_file, plan.backend, plan.config_text, plan.labels, {
         "tool": {"name": "vanilladeploy", "version": __version__}, "backend": plan.backend,
-        "source": {"path": str(src.model_file), "sha256": plan.digest}, "options": dict(vars(opts))})
+        "source": {"path": str(plan.src.model_file), "sha256": plan.digest}, "options": dict(vars(plan.opts))})
     return RepoResult(out, model_dir, plan.backend, plan.config_text, files, sums)
 
 
@@ -293,4 +295,5 @@ def _labels(labels: str | None, *, classes: int) -> list[str] | None:
     return list(names)
 
 
-__all__ = ["RepoResult", "RepoSource", "resolve_repo_source", "write_repository"]
+__all__ = ["RepoPlan", "RepoResult", "RepoSource", "plan_repository", "resolve_repo_source", "write_planned",
+           "write_repository"]

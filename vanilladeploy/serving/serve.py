@@ -26,7 +26,7 @@ from vanilladeploy.serving.repository import (
     check_runtime,
     model_repository_of,
     plan_repository,
-    write_repository,
+    write_planned,
 )
 from vanilladeploy.serving.server import (
     StartAborted,
@@ -93,7 +93,7 @@ def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         plan = check_serve_options(source, ports, opts, host)
-        on_event("starting Triton Inference Server (loopback) …")
+        on_event("Starting Triton Inference Server (loopback) …")
         with tempfile.TemporaryDirectory(prefix=f"vanilladeploy-repo-{os.getpid()}-") as scratch:
             if plan is None:  # written by repo or optimize: served as it is
                 shutil.copytree(source, scratch, dirs_exist_ok=True)
@@ -101,7 +101,7 @@ def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
                 assert model_dir is not None
                 config_text = (model_dir / "config.pbtxt").read_text()
             else:
-                result = write_repository(source, Path(scratch), plan.opts, plan)
+                result = write_planned(plan, Path(scratch))
                 model_dir, config_text = result.model_dir, result.config_text
             if not stop.is_set():
                 _serve(Path(scratch), model_dir.name, parse_config(config_text), ports, stop=stop, on_ready=on_ready,
@@ -112,9 +112,11 @@ def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
 
 def _serve(repository: Path, model: str, cfg: Any, ports: TritonPorts, *, stop: threading.Event,
            on_ready: Callable[[ServingInfo], None], on_event: Callable[[str], None], host: str) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc  # parse_config made ``cfg`` with it
+
     dims = [max(int(d), 1) for d in cfg.input[0].dims]  # a dynamic dimension (-1) as 1
     shape = [1, *dims] if cfg.max_batch_size > 0 else dims
-    kind = "gpu" if any(group.kind == 1 for group in cfg.instance_group) else "cpu"  # KIND_GPU
+    kind = "gpu" if any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in cfg.instance_group) else "cpu"
     runtime = cfg.parameters["runtime"].string_value if "runtime" in cfg.parameters else "onnxruntime"
     try:
         with TritonServer(repository, ports, host=host, model=model, abort=stop) as server:

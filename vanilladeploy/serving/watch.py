@@ -52,7 +52,6 @@ class ModelWatch:
                  load_timeout_s: float = LOAD_TIMEOUT_S) -> None:
         self.server, self.model, self.on_event, self.load_timeout_s = server, model, on_event, load_timeout_s
         self.stubs = stub_pids(server.shm_prefix)  # after the start: every instance's stub is up
-        self.reloads = 0
 
     def check(self) -> None:
         if not self.server.alive():
@@ -63,7 +62,7 @@ class ModelWatch:
             self.reload(sorted(gone))
 
     def reload(self, dead: list[int]) -> None:
-        self.on_event(f"the backend stub of {self.model} (pid {', '.join(map(str, dead))}) died: reloading the "
+        self.on_event(f"The backend stub of {self.model} (pid {', '.join(map(str, dead))}) died: reloading the "
                       "model, not ready until it is back")
         started = time.monotonic()
         self._control("unload", UNLOAD_TIMEOUT_S)  # readiness answers 400 from here on
@@ -74,7 +73,6 @@ class ModelWatch:
             raise ServerError(f"{self.model} could not be reloaded after its backend stub died: "
                               f"{error or self.server.failure_reason()}")
         self.stubs = stub_pids(self.server.shm_prefix)
-        self.reloads += 1
         self.on_event(f"{self.model} reloaded in {time.monotonic() - started:.1f} s: ready")
 
     def _control(self, action: str, timeout_s: float) -> tuple[int | None, str]:
