@@ -1,9 +1,11 @@
-"""Backends behind one small interface: ``missing(cfg)`` says why a backend cannot run here (or None), ``prepare``
-turns a model into a timed *subject* (see :mod:`benchmarks.harness`).
+"""What ``bench`` times, per runtime: ``missing(cfg)`` says why it cannot run here (or None), ``prepare`` turns a
+model into a timed *subject* (see :mod:`vanilladeploy.benchmarks.harness`).
 
-Inputs rotate among ``cfg.num_inputs`` random tensors. On CUDA every iteration is timed with CUDA events and
-synchronized; host↔device copies are outside the timed region unless ``cfg.include_copies``. CUDA-graph and
-TensorRT subjects rotate inputs by a device copy into their bound input buffer before the timed region.
+The artifact runtimes (ONNX Runtime, OpenVINO, TensorRT) are the runners of :mod:`vanilladeploy.runtimes.runners`
+timed by their own ``subject`` (the one timing method per device that ``optimize`` uses too); the torch subjects
+time the eager module itself (on its device, in its dtype and memory format, or replayed as a CUDA graph). Inputs
+rotate among ``cfg.num_inputs`` random tensors. On CUDA every iteration is timed with CUDA events and synchronized;
+host↔device copies are outside the timed region unless ``cfg.include_copies``.
 """
 
 from __future__ import annotations
@@ -19,14 +21,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.harness import Subject, timed_on_clock
-from benchmarks.onnx_files import INT8_CALIBRATION, SkipModel, export_onnx, fp16_onnx, int8_onnx, onnx_missing
-from benchmarks.zoo import ModelEntry
-from vanilladeploy.extras import available, install_hint
+from vanilladeploy.benchmarks.onnx_files import (
+    INT8_CALIBRATION,
+    SkipModel,
+    export_onnx,
+    fp16_onnx,
+    int8_onnx,
+    onnx_missing,
+)
+from vanilladeploy.benchmarks.zoo import ModelEntry
+from vanilladeploy.extras import install_hint
+from vanilladeploy.runtimes import RUNTIMES
+from vanilladeploy.runtimes.timing import Subject, cuda_subject, timed_on_clock
+
+CACHE_DIR = Path.home() / ".cache" / "vanilladeploy"
+"""Where ``bench`` keeps exported ONNX files and TensorRT's timing cache (``--cache-dir``); its own files go in
+``bench/`` below it."""
 
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """What one prepared subject is timed with: one device and one precision (:class:`~vanilladeploy.benchmarks.run.
+    BenchOptions` gives one per precision asked, :meth:`~vanilladeploy.benchmarks.run.BenchOptions.configs`)."""
+
     device: str = "cpu"
     precision: str = "fp32"
     batch: int = 1
@@ -35,7 +52,7 @@ class BenchConfig:
     include_copies: bool = False
     threads: int | None = None
     num_inputs: int = 4
-    cache_dir: Path = Path(".vanilladeploy-cache")
+    cache_dir: Path = CACHE_DIR / "bench"
 
 
 @dataclass
@@ -54,24 +71,11 @@ def _inputs(cfg: BenchConfig, *, device: str, dtype: torch.dtype) -> list[torch.
     return [x.to(device=device, dtype=dtype).contiguous(memory_format=fmt) for x in xs]
 
 
-def cuda_subject(step: Callable[[], object], *, before: Callable[[], object] | None = None,
-                 stream: torch.cuda.Stream | None = None) -> Subject:
-    """Time ``step`` between two CUDA events on ``stream`` and wait for it; ``before`` runs untimed."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    def subject() -> float:
-        if before is not None:
-            before()
-        start.record(stream)
-        step()
-        end.record(stream)
-        end.synchronize()
-        return start.elapsed_time(end)
-
-    return subject
+def _host_inputs(cfg: BenchConfig) -> list[np.ndarray]:
+    """The same seeded inputs as NumPy float32 arrays, for runners (they cast to their own input type)."""
+    return [x.numpy() for x in _inputs(cfg, device="cpu", dtype=torch.float32)]
 
 
-INT8_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 def _dtype(precision: str) -> torch.dtype:
     return torch.float16 if precision == "fp16" else torch.float32
 
@@ -88,17 +92,26 @@ def _peak_memory(cfg: BenchConfig) -> tuple[float | None, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS so far"
 
 
+def _runs(precision: str, *, labels: bool = False) -> str:
+    return ", ".join(r.label.split(" (")[0] if labels else name for name, r in RUNTIMES.items()
+                     if precision in r.precisions)
+
+
 class Backend(ABC):
+    """One way ``bench`` times a model: ``name`` as in ``--runtimes``, ``runtime`` the entry of
+    :data:`vanilladeploy.runtimes.RUNTIMES` it is (torch-cudagraph is torch)."""
+
     name: str = "backend"
+    runtime: str = "torch"
 
     def missing(self, cfg: BenchConfig) -> str | None:
         """Why this backend cannot run with ``cfg`` on this machine, or None."""
         if cfg.precision == "fp16" and cfg.device == "cpu":
-            return "fp16 is measured on CUDA only (CPU backends have no fast fp16 kernels)"
-        if cfg.precision == "int8" and self.name not in INT8_BACKENDS:
-            return "int8 runs as a QDQ graph in onnxruntime, openvino and tensorrt only"
-        if cfg.precision == "bf16" and self.name != "openvino":
-            return "bf16 is OpenVINO's inference precision here (--backends openvino)"
+            return "fp16 is measured on CUDA only (CPU runtimes have no fast fp16 kernels)"
+        if cfg.precision == "int8" and "int8" not in RUNTIMES[self.runtime].precisions:
+            return f"int8 runs as a QDQ graph in {_runs('int8')} only"
+        if cfg.precision == "bf16" and "bf16" not in RUNTIMES[self.runtime].precisions:
+            return f"bf16 is {_runs('bf16', labels=True)}'s inference precision here (--runtimes {_runs('bf16')})"
         return None
 
     @abstractmethod
@@ -175,75 +188,49 @@ class TorchCudaGraphBackend(TorchBackend):
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime: the CPU execution provider, or CUDA's when onnxruntime-gpu is installed (I/O bound on device)."""
 
-    name = "onnxruntime"
+    name = runtime = "onnxruntime"
 
     def missing(self, cfg: BenchConfig) -> str | None:
         try:
             import onnxruntime as ort
         except ImportError:
-            return "onnxruntime is not installed"
+            return RUNTIMES[self.runtime].missing() or "onnxruntime cannot be imported"
         if cfg.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             return f"no CUDA execution provider: {install_hint('onnxruntime-gpu')}"
         return onnx_missing() or super().missing(cfg)
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
-        import onnxruntime as ort
+        from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
 
         path = export_onnx(entry, model, img_size=cfg.img_size, cache_dir=cfg.cache_dir)
         if cfg.precision == "fp16":
             path = fp16_onnx(path)
         if cfg.precision == "int8":
             path = int8_onnx(path, cfg.img_size)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if cfg.threads:
-            options.intra_op_num_threads, options.inter_op_num_threads = cfg.threads, 1
         provider = "CUDAExecutionProvider" if cfg.device == "cuda" else "CPUExecutionProvider"
-        session = ort.InferenceSession(str(path), options, providers=[provider])
-        host = itertools.cycle([x.numpy() for x in _inputs(cfg, device="cpu", dtype=torch.float32)])
-        if cfg.device == "cpu" or cfg.include_copies:
-            def step() -> None:
-                session.run(None, {"input": next(host)})
-        else:
-            step = _bound_cuda_step(session, cfg)
-        step()
-        subject = cuda_subject(step) if cfg.device == "cuda" else timed_on_clock(step)
+        runner = OnnxRuntimeRunner(path, providers=[provider], threads=cfg.threads)
+        runner.activate()
+        subject = runner.subject(_host_inputs(cfg), include_copies=cfg.include_copies)
         return Prepared(subject, *(_peak_memory(cfg) if cfg.device == "cpu" else (None, "not tracked (ORT arena)")),
-                        calibration=INT8_CALIBRATION if cfg.precision == "int8" else None)
-
-
-def _bound_cuda_step(session: object, cfg: BenchConfig) -> Callable[[], None]:
-    """Inputs and outputs stay on the GPU (I/O binding to torch CUDA tensors): no host copies in the loop."""
-    inputs = itertools.cycle(_inputs(cfg, device="cuda", dtype=torch.float32))
-    binding = session.io_binding()
-
-    def step() -> None:
-        x = next(inputs)
-        binding.bind_input("input", "cuda", 0, np.float32, tuple(x.shape), x.data_ptr())
-        binding.bind_output("logits", "cuda")
-        session.run_with_iobinding(binding)
-
-    return step
+                        [runner.deactivate], calibration=INT8_CALIBRATION if cfg.precision == "int8" else None)
 
 
 class TensorRTBackend(Backend):
     """A TensorRT engine (built here for the batch asked, fp32 with TF32 off or fp16), replayed as a CUDA graph."""
 
-    name = "tensorrt"
+    name = runtime = "tensorrt"
 
     def missing(self, cfg: BenchConfig) -> str | None:
-        from exporters.trt_plan import tensorrt_missing
+        from vanilladeploy.runtimes.trt_plan import tensorrt_missing
 
         if cfg.device != "cuda":
             return "TensorRT needs --device cuda"
         return tensorrt_missing() or onnx_missing()
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
-        from exporters.tensorrt_engine import TensorRTRunner, build_engine, strongly_typed_only
-        from exporters.trt_compat import BatchProfile
-        from exporters.trt_plan import EngineBuildError, TrtBuildOptions
+        from vanilladeploy.exporters.trt_compat import BatchProfile
+        from vanilladeploy.runtimes.tensorrt import TensorRTRunner, build_engine, strongly_typed_only
+        from vanilladeploy.runtimes.trt_plan import EngineBuildError, TrtBuildOptions
 
         path = export_onnx(entry, model, img_size=cfg.img_size, cache_dir=cfg.cache_dir)
         if cfg.precision == "fp16" and strongly_typed_only():
@@ -258,64 +245,40 @@ class TensorRTBackend(Backend):
             raise SkipModel(str(e)) from None
         runner = TensorRTRunner(built.plan, cuda_graph=not cfg.include_copies)
         runner.activate()
-        buffer = runner.prepare((cfg.batch, 3, cfg.img_size, cfg.img_size))
-        inputs = itertools.cycle(_inputs(cfg, device="cuda", dtype=buffer.dtype))
-        pinned = itertools.cycle([x.cpu().pin_memory() for x in _inputs(cfg, device="cpu", dtype=buffer.dtype)])
-
-        def step() -> None:
-            if cfg.include_copies:
-                with torch.cuda.stream(runner.stream):
-                    buffer.copy_(next(pinned), non_blocking=True)
-            runner.launch()
-            if cfg.include_copies:
-                with torch.cuda.stream(runner.stream):
-                    runner.output.cpu()
-
-        def before() -> None:
-            if not cfg.include_copies:
-                with torch.cuda.stream(runner.stream):
-                    buffer.copy_(next(inputs))
-
-        return Prepared(cuda_subject(step, before=before, stream=runner.stream), None, "not tracked (TensorRT)",
-                        [runner.deactivate])
+        subject = runner.subject(_host_inputs(cfg), include_copies=cfg.include_copies)
+        return Prepared(subject, None, "not tracked (TensorRT)", [runner.deactivate])
 
 
 class OpenVinoBackend(Backend):
     """OpenVINO's CPU plugin on the same ONNX files (fp32, the int8 QDQ graph read as is; bf16 as its inference
     precision, only on a CPU with native bf16), ``PERFORMANCE_HINT`` LATENCY."""
 
-    name = "openvino"
+    name = runtime = "openvino"
 
     def missing(self, cfg: BenchConfig) -> str | None:
-        if not available("openvino"):
-            return f"openvino is not installed: {install_hint('openvino')}"
+        if RUNTIMES[self.runtime].missing():
+            return RUNTIMES[self.runtime].missing()
         if cfg.device != "cpu":
             return "OpenVINO runs on the CPU here (--device cpu)"
         if cfg.precision == "bf16":
-            from exporters.runners import bf16_missing
+            from vanilladeploy.runtimes.runners import bf16_missing
 
             return bf16_missing()
         return onnx_missing() or super().missing(cfg)
 
     def prepare(self, entry: ModelEntry, model: nn.Module, cfg: BenchConfig) -> Prepared:
-        from exporters.runners import OpenVinoRunner
+        from vanilladeploy.runtimes.runners import OpenVinoRunner
 
         path = export_onnx(entry, model, img_size=cfg.img_size, cache_dir=cfg.cache_dir)
         if cfg.precision == "int8":
             path = int8_onnx(path, cfg.img_size)
         runner = OpenVinoRunner(path, precision="bf16" if cfg.precision == "bf16" else "fp32", threads=cfg.threads)
         runner.activate()
-        host = itertools.cycle([x.numpy() for x in _inputs(cfg, device="cpu", dtype=torch.float32)])
-
-        def step() -> None:
-            runner.infer(next(host))
-
-        step()
-        return Prepared(timed_on_clock(step), *_peak_memory(cfg), [runner.deactivate],
+        return Prepared(runner.subject(_host_inputs(cfg)), *_peak_memory(cfg), [runner.deactivate],
                         calibration=INT8_CALIBRATION if cfg.precision == "int8" else None)
 
 
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, TorchCudaGraphBackend, OnnxRuntimeBackend,
                                                           OpenVinoBackend, TensorRTBackend)}
 
-__all__ = ["BACKENDS", "Backend", "BenchConfig", "Prepared", "cuda_subject"]
+__all__ = ["BACKENDS", "Backend", "BenchConfig", "Prepared"]

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.peaks import PeakCandidate
+from vanilladeploy.benchmarks.peaks import PeakCandidate
+from vanilladeploy.machine import parse_cpu_flags
 
 UPPER_REFERENCE = "upper reference (ISA-derived)"
 NOT_A_BOUND = "reference, not a bound (a measured peak exceeds it: {why})"
@@ -186,7 +187,7 @@ def theoretical_peak(precision: str, cores: int, cpuinfo: str | None = None, *,
     """cores × SIMD lanes × 2 (FMA) × FMA units × clock, labelled with what it assumes and which clock it used;
     ``flops`` None when the ISA or the clock cannot be read (and for GPUs, which callers do not ask)."""
     text = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    flags = set(parse_cpu_flags(text))
     mhz, source = cpu_clock_mhz(text, sysfs)
     if mhz is None or not flags:
         return TheoreticalPeak(None, "not derivable (no ISA flags or clock in /proc/cpuinfo)")
@@ -221,8 +222,8 @@ def _read(path: str) -> str:
 def vanillanet_conv_shapes(variants: Sequence[str], img_size: int, *, count: int = 2) -> list[tuple[int, int, int]]:
     """(in, out, pixels) of the deployed VanillaNets' dense 1×1 stage convolutions with the most FLOPs: stage i maps
     dims[i] → dims[i+1] at the spatial size it receives."""
-    from exporters.onnx_export import feature_sizes
-    from models.vanillanet import get_variant
+    from vanilladeploy.exporters.onnx_export import feature_sizes
+    from vanilladeploy.models.vanillanet import get_variant
 
     shapes = set()
     for name in variants:

@@ -1,9 +1,9 @@
 """Timing: warm-up, then interleaved rounds (A B C, A B C, …) so drift on a shared machine hits every model alike;
 statistics over the per-iteration latencies.
 
-A *subject* is a callable that runs one synchronized iteration and returns its latency in milliseconds (CPU:
-``perf_counter_ns`` around the call; GPU: CUDA events, see :mod:`benchmarks.backends`). The clock is injectable, so
-the statistics and the loop are tested on a fake clock.
+A *subject* runs one synchronized iteration and returns its latency in milliseconds; subjects are made the one way
+per device of :mod:`vanilladeploy.runtimes.timing`. The clock is injectable, so the statistics and the loop are
+tested on a fake clock.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-Clock = Callable[[], int]
-"""Nanoseconds, monotonic (``time.perf_counter_ns``)."""
-Subject = Callable[[], float]
-"""Runs one iteration, returns its latency in ms."""
+from vanilladeploy.runtimes.timing import Clock, Subject
 
 
 @dataclass(frozen=True)
@@ -52,17 +49,6 @@ def summarize(samples_ms: list[float], *, batch: int) -> LatencyStats:
     )
 
 
-def timed_on_clock(step: Callable[[], object], clock: Clock = time.perf_counter_ns) -> Subject:
-    """A subject timing a synchronous ``step`` with ``clock`` (CPU, or anything that returns when done)."""
-
-    def subject() -> float:
-        start = clock()
-        step()
-        return (clock() - start) / 1e6
-
-    return subject
-
-
 def measure_interleaved(subjects: Mapping[str, Subject], *, warmup: int, iters: int, budget_s: float | None = None,
                         clock: Clock = time.perf_counter_ns,
                         on_round: Callable[[int, int], None] | None = None) -> dict[str, list[float]]:
@@ -83,4 +69,4 @@ def measure_interleaved(subjects: Mapping[str, Subject], *, warmup: int, iters: 
     return samples
 
 
-__all__ = ["Clock", "LatencyStats", "Subject", "measure_interleaved", "summarize", "timed_on_clock"]
+__all__ = ["LatencyStats", "measure_interleaved", "summarize"]

@@ -1,9 +1,10 @@
 """Load generation: N client threads send requests as fast as their answers come back (closed loop), each request
 timed with ``perf_counter_ns``; throughput = images answered / wall time; latency statistics as in the harness.
 
-A *sender* maps an input batch to logits (a Triton client over HTTP or gRPC, or in-process ONNX Runtime shared by the
-threads as a server would share it). Every thread gets its own sender from the factory (tritonclient clients are
-not thread-safe). Answers can be checked, so a fast wrong answer counts as an error, not as throughput.
+A *sender* maps an input batch to logits (a Triton client over HTTP or gRPC, or a model in process shared by the
+threads as a server would share it: ONNX Runtime's thread-safe session, or any runner one request at a time). Every
+thread gets its own sender from the factory (tritonclient clients are not thread-safe). Answers can be checked, so
+a fast wrong answer counts as an error, not as throughput.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import LatencyStats, summarize
+from vanilladeploy.benchmarks.harness import LatencyStats, summarize
 
 Send = Callable[[np.ndarray], np.ndarray]
 SenderFactory = Callable[[], Send]
@@ -128,12 +129,9 @@ def triton_sender_factory(url: str, protocol: str, model: str, *, timeout_s: flo
 
 def onnxruntime_sender_factory(onnx_path: str, *, threads: int | None = None) -> SenderFactory:
     """One ONNX Runtime session shared by every thread (``run`` is thread-safe), as one server instance would."""
-    import onnxruntime as ort
+    from vanilladeploy.runtimes.runners import ort_session
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path, threads=threads)
     name = session.get_inputs()[0].name
 
     def factory() -> Send:
@@ -142,4 +140,16 @@ def onnxruntime_sender_factory(onnx_path: str, *, threads: int | None = None) ->
     return factory
 
 
-__all__ = ["LoadStats", "measure_load", "onnxruntime_sender_factory", "triton_sender_factory"]
+def shared_sender_factory(infer: Send) -> SenderFactory:
+    """``infer`` (an active runner's) shared by every thread, one request at a time, as one server instance runs
+    them: for a runtime whose request object cannot run two inferences at once (OpenVINO's infer request)."""
+    lock = threading.Lock()
+
+    def send(x: np.ndarray) -> np.ndarray:
+        with lock:
+            return infer(x)
+
+    return lambda: send
+
+
+__all__ = ["LoadStats", "measure_load", "onnxruntime_sender_factory", "shared_sender_factory", "triton_sender_factory"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.zoo import ModelEntry, onnx_path_for
-from exporters.files import write_atomically
+from vanilladeploy.atomic import write_atomically
+from vanilladeploy.benchmarks.zoo import ModelEntry, onnx_path_for
 
 
 class SkipModel(Exception):
@@ -26,7 +26,7 @@ def int8_onnx(path: Path, img_size: int) -> Path:
     not judge accuracy."""
     import onnx
 
-    from exporters.int8 import quantize_qdq
+    from vanilladeploy.exporters.qdq import quantize_qdq
 
     target = path.with_name(path.stem + ".int8.onnx")
     if not target.exists():
@@ -55,8 +55,8 @@ def export_onnx(entry: ModelEntry, model: nn.Module, *, img_size: int, cache_dir
     import onnx
 
     if entry.family == "vanillanet" and entry.form == "deploy":
-        from exporters.onnx_export import build_onnx
-        from models.vanillanet import get_variant
+        from vanilladeploy.exporters.onnx_export import build_onnx
+        from vanilladeploy.models.vanillanet import get_variant
 
         emitted = build_onnx(model.state_dict(), get_variant(entry.base), act_num=model.stem[1].act_num,
                              img_size=img_size)
@@ -76,7 +76,7 @@ def export_onnx(entry: ModelEntry, model: nn.Module, *, img_size: int, cache_dir
 def fp16_onnx(path: Path) -> Path:
     import onnx
 
-    from exporters.fp16 import convert_to_fp16
+    from vanilladeploy.exporters.fp16 import convert_to_fp16
 
     target = path.with_name(path.stem + ".fp16.onnx")
     if not target.exists():

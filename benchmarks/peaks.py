@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import Subject, timed_on_clock
+from vanilladeploy.runtimes.timing import Subject, cuda_subject, timed_on_clock
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,6 @@ REPEATS = 3
 
 def _subject(device: str, step: Callable[[], object]) -> Subject:
     if device == "cuda":
-        from benchmarks.backends import cuda_subject  # lazy: backends imports this module's siblings
 
         return _fastest_of(cuda_subject(step))
     return _fastest_of(timed_on_clock(step))
@@ -195,13 +194,9 @@ def _fastest_of(subject: Subject, repeats: int = REPEATS) -> Subject:
 
 
 def _ort_session(model: object, threads: int | None) -> object:
-    import onnxruntime as ort
+    from vanilladeploy.runtimes.runners import ort_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort_session(model.SerializeToString(), threads=threads)
 
 
 def _graph(node: object, inputs: list[object], initializers: list[object], out_type: int) -> object:
@@ -280,7 +275,7 @@ def _qdq_conv1x1_graph(cin: int, cout: int, side: int, seed: int) -> tuple[objec
 
     import onnx
 
-    from exporters.int8 import quantize_qdq
+    from vanilladeploy.exporters.qdq import quantize_qdq
 
     model, feed = _conv1x1_graph(cin, cout, side, seed=seed)
     with tempfile.TemporaryDirectory(prefix="vanilladeploy-peak-") as scratch:
@@ -297,17 +292,12 @@ def _openvino_conv1x1(precision: str, cin: int, cout: int, pixels: int, threads:
     def prepare() -> Subject:
         import openvino as ov
 
-        from exporters.runners import bf16_missing
+        from vanilladeploy.runtimes.runners import compile_openvino
 
-        if precision == "bf16" and bf16_missing():
-            raise RuntimeError(bf16_missing())
         model, feed = (_qdq_conv1x1_graph if precision == "int8" else _conv1x1_graph)(cin, cout, side, seed=4)
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = str(threads)
         core = ov.Core()
-        request = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU", config
-                                     ).create_infer_request()
+        request = compile_openvino(core.read_model(model.SerializeToString(), b""), "bf16" if precision == "bf16"
+                                   else "fp32", hint="LATENCY", threads=threads, core=core).create_infer_request()
         x = feed["x"]
         return _subject("cpu", lambda: request.infer({0: x}))
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from exporters.files import write_atomically
+from vanilladeploy.atomic import write_atomically
 
 SCHEMA_VERSION = 3
 """3: ``peaks`` lists every precision asked (``available`` false with a reason where none was measured), failed peak

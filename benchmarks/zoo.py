@@ -15,8 +15,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.baselines import BASELINES, create_baseline, main_path_depth
-from models.vanillanet import VARIANTS, create_vanillanet, randomize_
+from vanilladeploy.models.baselines import BASELINES, create_baseline, main_path_depth
+from vanilladeploy.models.vanillanet import VARIANTS, create_vanillanet, randomize_
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from exporters.onnx_export import INPUT_NAME, OUTPUT_NAME
-from models.vanillanet import VariantSpec
+from vanilladeploy.exporters.onnx_export import INPUT_NAME, OUTPUT_NAME
+from vanilladeploy.models.vanillanet import VariantSpec
 
 ALLOWED_OPS = {"Conv", "Relu", "MaxPool", "Gather", "GlobalAveragePool", "Flatten", "Reshape"}
 FORBIDDEN_OPS = ("BatchNormalization", "LeakyRelu", "Add", "Mul")
@@ -86,3 +86,9 @@ def check_graph_contract(model: onnx.ModelProto, spec: VariantSpec) -> ContractR
         problems.append(f"{counts['Gather']} Gather nodes in a variant without adaptive pooling")
     problems += _io_problems(graph) + _chain_problems(graph)
     return ContractResult(problems, dict(sorted(counts.items())), len(graph.node))
+
+
+def fixed_batch_of(model_input: onnx.ValueInfoProto) -> int | None:
+    """The fixed batch size of an ONNX graph input, or None when it is dynamic (symbolic or unset)."""
+    dims = model_input.type.tensor_type.shape.dim
+    return dims[0].dim_value if len(dims) > 0 and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None

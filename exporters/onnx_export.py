@@ -9,7 +9,6 @@ torch model in ONNX Runtime, so it is an independent second implementation rathe
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor
 
-from models.pooling import adaptive_gather_index, is_plain_max_pool
-from models.vanillanet import VariantSpec
+from vanilladeploy.models.pooling import adaptive_gather_index, is_plain_max_pool
+from vanilladeploy.models.vanillanet import VariantSpec
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MIN_OPSET = 17
@@ -129,27 +128,6 @@ def _make_model(g: _Graph, spec: VariantSpec, sd: Mapping[str, Tensor], *, img_s
     set_metadata(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-@functools.lru_cache(maxsize=1)
-def max_supported_opset() -> int:
-    """The newest default-domain opset that the installed onnx (full check) and ONNX Runtime (session creation) both
-    accept, probed from onnx's newest downwards on a one-node graph; ``MIN_OPSET - 1`` when none is accepted."""
-    import onnxruntime as ort
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
-    for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
-        opsets = [helper.make_opsetid("", opset)]
-        try:
-            model = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
-            onnx.checker.check_model(model, full_check=True)
-            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-            return opset
-        except Exception:  # this opset is too new for one of them: try the next older
-            continue
-    return MIN_OPSET - 1
 
 
 def input_shape(path: Path) -> tuple[int, ...]:

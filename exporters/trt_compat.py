@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING
 
-from exporters.trt_ops import OPSET_RANGE, SUPPORTED_TYPES, UNSUPPORTED
+from vanilladeploy.exporters.trt_ops import OPSET_RANGE, SUPPORTED_TYPES, UNSUPPORTED
 
 if TYPE_CHECKING:  # onnx is imported where a graph is checked: BatchProfile (and doctor) work without it
     import onnx

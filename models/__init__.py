@@ -3,6 +3,14 @@
 Depends on torch only.
 """
 
-from models.vanillanet import BN_EPS, VARIANTS, VanillaNet, VariantSpec, create_vanillanet, get_variant, randomize_
+from vanilladeploy.models.vanillanet import (
+    BN_EPS,
+    VARIANTS,
+    VanillaNet,
+    VariantSpec,
+    create_vanillanet,
+    get_variant,
+    randomize_,
+)
 
 __all__ = ["BN_EPS", "VARIANTS", "VanillaNet", "VariantSpec", "create_vanillanet", "get_variant", "randomize_"]

@@ -231,10 +231,10 @@ def randomize_(model: VanillaNet, *, seed: int = 0) -> VanillaNet:
     g = torch.Generator().manual_seed(seed)
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, SeriesActivation)):
-            fan_in = module.weight[0].numel()
-            module.weight.copy_(torch.randn(module.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
+            fan_in = module.weight[0].numel()  # drawn in place: no temporary as large as the weight
+            module.weight.normal_(generator=g).mul_(math.sqrt(2.0 / fan_in))  # as randn: same stream
             if module.bias is not None:
-                module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
+                module.bias.normal_(generator=g).mul_(0.1)
         elif isinstance(module, nn.BatchNorm2d):
             c = module.num_features
             module.running_mean.copy_(torch.randn(c, generator=g) * 0.1)

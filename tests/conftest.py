@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from models.vanillanet import VARIANTS, VanillaNet, create_vanillanet, randomize_
+from vanilladeploy.models.vanillanet import VARIANTS, VanillaNet, create_vanillanet, randomize_
 
 SMALL_IMG = 32
 """The smallest input every non-ada variant accepts (stem /4, then three stride-2 pools)."""
@@ -73,3 +73,79 @@ def require(module: str, reason: str, *, module_level: bool = False) -> ModuleTy
     except ImportError as e:
         missing_in_ci(f"{reason} ({type(e).__name__}: {e})", module_level=module_level)
         raise  # unreachable: skip and fail raise
+
+
+CPUINFO = Path(__file__).parent / "fixtures" / "cpuinfo"
+"""Real CPU descriptions (see its README): decisions made on a CPU are tested on these, not on hand-written flags."""
+AVX2_ONLY, AVX512_BF16_NO_AMX, AMX = ("amd-epyc-7302p-avx2.cpuinfo", "amd-epyc-avx512-bf16-no-amx.cpuinfo",
+                                      "intel-xeon-sapphire-rapids-amx.flags")
+
+
+def cpu_flags_of(name: str) -> frozenset[str]:
+    from vanilladeploy.machine import parse_cpu_flags
+
+    return parse_cpu_flags((CPUINFO / name).read_text(encoding="utf-8"))
+
+
+def _native_bf16_cpu() -> bool:
+    from vanilladeploy.machine import BF16_FLAGS, cpu_flags
+
+    return any(f in cpu_flags() for f in BF16_FLAGS)
+
+
+def require_bf16() -> None:
+    """Skip a bf16 test where this CPU or OpenVINO cannot compute in bf16 (the reason says which). Under
+    ``CI=true`` on a CPU whose flags have native bf16, the skip is a failure (see the hook below)."""
+    import openvino as ov
+
+    from vanilladeploy.machine import bf16_missing
+
+    reason = bf16_missing(capabilities=ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    if reason:
+        pytest.skip(f"bf16: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """Under ``CI=true``, on a CPU with avx512_bf16 or amx_bf16, a skipped bf16 test is a failure: the bf16 path
+    is exactly what such a CPU must run, and a skip there once hid a crash on every bf16 CPU."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and "bf16" in item.nodeid and os.environ.get("CI", "").lower() == "true" \
+            and _native_bf16_cpu():
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} skipped on a CPU with native bf16 under CI=true: {report.longrepr}"
+
+
+@pytest.fixture
+def openvino_compiles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, object]]:
+    """Every OpenVINO compile while the test runs: (the INFERENCE_PRECISION_HINT it was given, or None; the
+    precision the compiled model reports, an ``openvino.Type``). Wraps the real ``Core.compile_model``."""
+    return spy_openvino_compiles(monkeypatch)
+
+
+def spy_openvino_compiles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, object]]:
+    ov = require("openvino", "OpenVINO is not installed (the test extra has it)")
+
+    seen: list[tuple[object, object]] = []
+    real = ov.Core.compile_model
+
+    def compile_model(self: object, model: object, device_name: str | None = None, config: dict | None = None,
+                      **kwargs: object) -> object:
+        compiled = real(self, model, device_name, config, **kwargs)
+        seen.append(((config or {}).get("INFERENCE_PRECISION_HINT"), compiled.get_property("INFERENCE_PRECISION_HINT")))
+        return compiled
+
+    monkeypatch.setattr(ov.Core, "compile_model", compile_model)
+    return seen
+
+
+def assert_precision_stated(seen: list[tuple[object, object]], asked: set[str]) -> None:
+    """Each compile stated its precision and the compiled model reports one of ``asked`` (our names)."""
+    from vanilladeploy.runtimes.runners import OPENVINO_TYPE_NAMES, openvino_precision_name
+
+    assert seen, "nothing was compiled by OpenVINO on this path"
+    for hint, reported in seen:
+        assert hint is not None, "compiled without INFERENCE_PRECISION_HINT (a bf16 CPU would compute in bf16)"
+        runs_in = openvino_precision_name(reported)
+        assert runs_in == OPENVINO_TYPE_NAMES.get(str(hint)) and runs_in in asked, (hint, reported)

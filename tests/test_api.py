@@ -4,6 +4,7 @@ refusals as the CLI, and ``Model.predict`` applying the preprocessing the artifa
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import re
 import subprocess
@@ -48,10 +49,11 @@ def test_import_is_light() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
-def test_export_is_the_callable_wing_in_every_import_order() -> None:
-    import vanilladeploy.export.pipeline  # noqa: F401  (binds the subpackage to vanilladeploy.export)
+def test_export_is_a_plain_function_in_every_import_order() -> None:
+    import vanilladeploy.pipeline.export  # noqa: F401  (a module of that name must not shadow the function)
+    from vanilladeploy.api import export
 
-    assert callable(vd.export) and vd.export.__name__ == "vanilladeploy.export"
+    assert vd.export is export and inspect.isfunction(vd.export)
 
 
 def test_result_is_truthy_and_names_its_files(exported: vd.ExportResult) -> None:
@@ -94,3 +96,12 @@ def test_every_artifact_kind_predicts_the_same(exported: vd.ExportResult) -> Non
     pth = exported.artifacts["vanillanet_5_deploy.pth"]
     with vd.load(exported.onnx) as onnx_model, vd.load(pth) as torch_model:
         assert compare(torch_model.predict(x), onnx_model.predict(x))  # rel. L2 ≤ 1e-5
+
+
+def test_the_old_profile_keyword_still_works_with_a_warning() -> None:
+    from vanilladeploy.pipeline.export import export_options
+
+    with pytest.warns(DeprecationWarning, match="trt_profile"):
+        opts = export_options(trt=True, batch="2/4/8")
+    assert (opts.trt.profile.min, opts.trt.profile.opt, opts.trt.profile.max) == (2, 4, 8)
+    assert export_options(trt=True, trt_profile="16").trt.profile.max == 16

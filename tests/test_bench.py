@@ -1,4 +1,4 @@
-"""vanilladeploy/bench.py and benchmarks/report.py: one tiny CPU run through the real CLI; its JSON, CSV and plot;
+"""benchmarks/run.py and benchmarks/report.py: one tiny CPU run through the real CLI; its JSON, CSV and plot;
 backends that cannot run here are listed as skipped with the reason. No timing thresholds."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import assert_precision_stated, require
 from test_cli import run
 
-from benchmarks.report import CSV_FIELDS, SCHEMA_VERSION
-from vanilladeploy.bench import BenchOptions
+from vanilladeploy.benchmarks.report import CSV_FIELDS, SCHEMA_VERSION
+from vanilladeploy.benchmarks.run import BenchOptions
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -21,7 +21,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     out = tmp_path_factory.mktemp("bench")
     result = run("bench", "--models", "vanillanet_5,resnet18", "--train-form", "--device", "cpu",
-                 "--backends", "torch,onnxruntime,torch-cudagraph,tensorrt", "--img-size", 32, "--warmup", 1,
+                 "--runtimes", "torch,onnxruntime,torch-cudagraph,tensorrt", "--img-size", 32, "--warmup", 1,
                  "--iters", 3, "--threads", 1, "--json-out", out / "r.json", "--csv", out / "r.csv", "--plot",
                  out / "r.png", "--cache-dir", out / "cache")
     return result, out
@@ -76,11 +76,11 @@ def test_bench_csv_and_plot(bench_run: tuple) -> None:
 
 @pytest.mark.parametrize("args,words", [
     (("--models", "resnet51"), "unknown model 'resnet51'"),
-    (("--backends", "tvm"), "unknown backend 'tvm'"),
+    (("--runtimes", "tvm"), "unknown runtime 'tvm'"),
     (("--precision", "int9"), "--precision 'int9'"),
     (("--precision", "fp32,int4"), "--precision 'int4'"),
     (("--device", "tpu"), "--device tpu"),
-    (("--channels-last", "--backends", "onnxruntime"), "--channels-last has no effect without a torch backend"),
+    (("--channels-last", "--runtimes", "onnxruntime"), "--channels-last has no effect without a torch runtime"),
     (("--include-copies", "--device", "cpu"), "--include-copies has no effect on cpu"),
     (("--train-form", "--models", "resnet18,swin_t"), "--train-form has no effect"),
     (("--train-form", "--models", "vanillanet_5:train"), "--train-form has no effect"),
@@ -98,7 +98,7 @@ def test_thread_pinning_is_restored(tmp_path: Path) -> None:
     import torch
 
     before = (os.sched_getaffinity(0), torch.get_num_threads())
-    result = run("bench", "--models", "vanillanet_5", "--backends", "torch", "--device", "cpu", "--img-size", 32,
+    result = run("bench", "--models", "vanillanet_5", "--runtimes", "torch", "--device", "cpu", "--img-size", 32,
                  "--warmup", 0, "--iters", 1, "--threads", 1, "--json-out", tmp_path / "r.json", "--csv",
                  tmp_path / "r.csv", "--plot", tmp_path / "r.png", "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 0, result.output
@@ -125,9 +125,9 @@ def test_missing_matplotlib_is_reported_before_timing(tmp_path: Path, monkeypatc
 
 
 def test_int8_record_beside_fp32_in_one_run(tmp_path: Path) -> None:
-    from vanilladeploy.bench import BenchOptions, run_bench
+    from vanilladeploy.benchmarks.run import BenchOptions, run_bench
 
-    result = run_bench(BenchOptions(models="vanillanet_5", backends=["onnxruntime", "torch"], device="cpu",
+    result = run_bench(BenchOptions(models="vanillanet_5", runtimes=["onnxruntime", "torch"], device="cpu",
                                     precision="fp32,int8", img_size=64, warmup=1, iters=3, threads=1,
                                     cache_dir=tmp_path, gemm_n=256, copy_bytes=8 << 20))
     records = {(r["backend"], r["precision"]): r for r in result.records}
@@ -142,12 +142,13 @@ def test_int8_record_beside_fp32_in_one_run(tmp_path: Path) -> None:
     assert (tmp_path / "bench").is_dir() and list((tmp_path / "bench").glob("*.int8.onnx"))
 
 
-def test_openvino_pairs_in_one_run_with_their_own_peaks(tmp_path: Path) -> None:
+def test_openvino_pairs_in_one_run_with_their_own_peaks(tmp_path: Path,
+                                                        openvino_compiles: list[tuple[object, object]]) -> None:
     require("openvino", "OpenVINO is not installed (the test extra has it)")
-    from exporters.runners import bf16_missing
-    from vanilladeploy.bench import BenchOptions, run_bench
+    from vanilladeploy.benchmarks.run import BenchOptions, run_bench
+    from vanilladeploy.runtimes.runners import bf16_missing
 
-    result = run_bench(BenchOptions(models="vanillanet_5", backends=["onnxruntime", "openvino"], device="cpu",
+    result = run_bench(BenchOptions(models="vanillanet_5", runtimes=["onnxruntime", "openvino"], device="cpu",
                                     precision="fp32,bf16,int8", img_size=32, warmup=1, iters=3, threads=1,
                                     cache_dir=tmp_path, gemm_n=256, copy_bytes=8 << 20))
     records = {(r["backend"], r["precision"]): r for r in result.records}
@@ -164,6 +165,7 @@ def test_openvino_pairs_in_one_run_with_their_own_peaks(tmp_path: Path) -> None:
         assert bf16["status"] == "skipped" and "avx512_bf16" in bf16["reason"]
     else:
         assert bf16["status"] == "ok" and bf16["floor_ms"] is not None
+    assert_precision_stated(openvino_compiles, {"fp32", "bf16"})  # the models and OpenVINO's peak kernels alike
 
 
 def test_depth_axis_has_plain_integer_ticks(tmp_path: Path) -> None:
@@ -172,7 +174,7 @@ def test_depth_axis_has_plain_integer_ticks(tmp_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks import report
+    from vanilladeploy.benchmarks import report
 
     records = [{"status": "ok", "backend": "onnxruntime", "precision": "fp32", "family": f, "model": m, "depth": d,
                 "stats": {"median_ms": ms}, "published": {"top1": t}}
@@ -192,15 +194,15 @@ def test_depth_axis_has_plain_integer_ticks(tmp_path: Path) -> None:
 
 
 def _tiny(tmp_path: Path, **changes: object) -> BenchOptions:
-    base = dict(models="vanillanet_5", backends=["torch"], device="cpu", img_size=32, warmup=0, iters=2, threads=1,
+    base = dict(models="vanillanet_5", runtimes=["torch"], device="cpu", img_size=32, warmup=0, iters=2, threads=1,
                 cache_dir=tmp_path, gemm_n=64, copy_bytes=1 << 16)
     return BenchOptions(**(base | changes))
 
 
 def test_a_failing_peak_candidate_is_recorded_and_only_timed_precisions_get_candidates(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmarks import peaks
-    from vanilladeploy import bench
+    from vanilladeploy.benchmarks import peaks
+    from vanilladeploy.benchmarks import run as bench
 
     def broken_session(shape: tuple[int, int, int], threads: int | None) -> peaks.PeakCandidate:
         def prepare() -> peaks.Subject:
@@ -228,8 +230,8 @@ def test_a_failing_peak_candidate_is_recorded_and_only_timed_precisions_get_cand
 
 
 def test_more_threads_than_cpus_is_a_warning(tmp_path: Path) -> None:
-    from benchmarks.floor import usable_cores
-    from vanilladeploy.bench import option_warnings, run_bench
+    from vanilladeploy.benchmarks.floor import usable_cores
+    from vanilladeploy.benchmarks.run import option_warnings, run_bench
 
     too_many = usable_cores(None) + 1
     assert option_warnings(_tiny(tmp_path)) == []
@@ -240,11 +242,11 @@ def test_more_threads_than_cpus_is_a_warning(tmp_path: Path) -> None:
 
 
 def test_refusals_come_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vanilladeploy import bench
+    from vanilladeploy.benchmarks import run as bench
     from vanilladeploy.errors import UsageError
 
     monkeypatch.setattr(bench, "_run_pinned", lambda *a: pytest.fail("timing started"))
-    for change in ({"channels_last": True, "backends": ["onnxruntime"]}, {"include_copies": True},
+    for change in ({"channels_last": True, "runtimes": ["onnxruntime"]}, {"include_copies": True},
                    {"train_form": True, "models": "resnet18"}):
         with pytest.raises(UsageError, match="has no effect"):
             bench.run_bench(_tiny(tmp_path, **change))

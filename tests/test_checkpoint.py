@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 from test_cli import run
 from test_hostile import _in_torch_zip
 
-from models.vanillanet import create_vanillanet
 from vanilladeploy.arch import check_keys_and_shapes, detect_architecture
 from vanilladeploy.checkpoint import lambda_of, load_checkpoint, trained_lambda
 from vanilladeploy.errors import ArchitectureError, CheckpointError
+from vanilladeploy.models.vanillanet import create_vanillanet
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +230,36 @@ def test_a_damaged_central_directory_size_is_a_checkpoint_error(tmp_path: Path, 
     result = run("inspect", path)
     assert result.exit_code == 2 and "unpack requires" in result.output, result.output
     assert "internal error" not in result.output
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_finite_check_is_exact_even_where_the_sum_overflows(dtype: torch.dtype) -> None:
+    from vanilladeploy.checkpoint import _all_finite
+
+    big = torch.full((1000,), torch.finfo(dtype).max, dtype=dtype)  # every value finite, their sum is not
+    assert not torch.isfinite(big.sum()) and _all_finite(big)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        t = torch.randn(1000, dtype=torch.float32).to(dtype)
+        t[437] = bad
+        assert not _all_finite(t)
+        big[3] = bad
+        assert not _all_finite(big)
+        big[3] = torch.finfo(dtype).max
+    assert _all_finite(torch.randn(10, dtype=torch.float32).to(dtype))
+
+
+def test_the_digest_names_the_bytes_that_were_read(tmp_path: Path, sd: dict) -> None:
+    import hashlib
+
+    from vanilladeploy.checkpoint import sha256_of
+
+    path = _save(official_checkpoint(sd, variant="vanillanet_5", epoch=299), tmp_path / "c.pth")
+    ckpt = load_checkpoint(path)
+    original = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert ckpt.sha256 == original == sha256_of(path)
+    changed = load_checkpoint(path)
+    with path.open("ab") as f:  # the file changes after it was read, before anyone asked for its digest
+        f.write(b"\0")
+    with pytest.raises(CheckpointError, match="changed after it was read"):
+        changed.sha256  # noqa: B018
+    assert ckpt.sha256 == original != sha256_of(path)  # asked before the change: the digest of what was read

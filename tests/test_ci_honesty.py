@@ -30,3 +30,29 @@ def test_serving_tests_fail_under_ci_when_tritonclient_is_unimportable(tmp_path:
         skipped = f"{len(serving)} skipped"
         assert done.returncode in (0, 5) and skipped in done.stdout, done.stdout[-2000:]  # 5: none ran
         assert "tritonclient made unimportable" in done.stdout
+
+
+@pytest.mark.parametrize(("cpu", "ci", "outcome"), [
+    ("amd-epyc-avx512-bf16-no-amx.cpuinfo", "true", "1 failed"),
+    ("amd-epyc-avx512-bf16-no-amx.cpuinfo", "", "1 skipped"),
+    ("amd-epyc-7302p-avx2.cpuinfo", "true", "1 skipped"),
+])
+def test_a_skipped_bf16_test_fails_under_ci_on_a_cpu_with_native_bf16(tmp_path: Path, cpu: str, ci: str,
+                                                                       outcome: str) -> None:
+    """The suite's own hook (tests/conftest.py), on a real CPU description: a bf16 test that skips is a failure
+    under CI=true where the CPU computes bf16 natively, and stays a skip elsewhere."""
+    (tmp_path / "conftest.py").write_text(f'''
+import importlib.util
+import vanilladeploy.machine as machine
+spec = importlib.util.spec_from_file_location("suite_conftest", {str(ROOT / "tests" / "conftest.py")!r})
+suite = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(suite)
+pytest_runtest_makereport = suite.pytest_runtest_makereport
+flags = suite.cpu_flags_of({cpu!r})
+machine.cpu_flags = lambda: flags
+''')
+    (tmp_path / "test_x.py").write_text("import pytest\n\ndef test_bf16_path():\n    pytest.skip('no bf16 here')\n")
+    env = os.environ | {"PYTHONPATH": str(ROOT), "CI": ci}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_x.py"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert outcome in done.stdout, done.stdout[-2000:]

@@ -7,6 +7,8 @@ import json
 import os
 import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -219,7 +221,7 @@ def test_out_directory_with_foreign_files_is_refused(official_ckpt_path: Path, t
 def test_both_ends_of_the_supported_opset_range_export_and_verify(tmp_path: Path) -> None:
     """--opset is checked against max_supported_opset(); the newest one must also get through onnxsim, the graph
     contract and ONNX Runtime, not only the one-node probe."""
-    from exporters.onnx_export import max_supported_opset
+    from vanilladeploy.runtimes.runners import max_supported_opset
 
     for opset in (17, max_supported_opset()):
         result = export("vanillanet_5", tmp_path / f"o{opset}", "--opset", str(opset))
@@ -252,6 +254,30 @@ def test_the_old_json_path_spelling_becomes_json_out(args: list[str], expected: 
     from vanilladeploy.cli import legacy_json_args
 
     assert legacy_json_args(args) == (expected, rewritten)
+
+
+@pytest.mark.parametrize("args, expected, lines", [
+    (["bench", "--backends", "torch,onnxruntime"], ["bench", "--runtimes", "torch,onnxruntime"],
+     ["deprecated: bench --backends is now --runtimes."]),
+    (["export", "vanillanet_5", "--trt", "--batch=1/2/8"], ["export", "vanillanet_5", "--trt", "--trt-profile=1/2/8"],
+     ["deprecated: export --batch is now --trt-profile."]),
+    (["check", "m.onnx", "--batch", "4"], ["check", "m.onnx", "--trt-profile", "4"],
+     ["deprecated: check --batch is now --trt-profile."]),
+    (["eval", "a.onnx", "--batch", "8"], ["eval", "a.onnx", "--batch", "8"], []),  # images per inference: kept
+    (["serve-bench", "x", "--batch", "2"], ["serve-bench", "x", "--batch", "2"], []),
+])
+def test_renamed_options_keep_working_with_one_line(args: list[str], expected: list[str], lines: list[str]) -> None:
+    from vanilladeploy.cli import renamed_args
+
+    assert renamed_args(args) == (expected, lines)
+
+
+def test_the_old_spelling_reaches_the_command(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "vanilladeploy", "check", str(tmp_path / "none.onnx"), "--batch",
+                             "8/4/2"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "deprecated: check --batch is now --trt-profile." in result.stderr
+    assert "--trt-profile" in result.stderr.splitlines()[-1]  # the profile was parsed (and refused: 8 > 2)
 
 
 FORCED_BUG = """

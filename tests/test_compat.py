@@ -1,4 +1,4 @@
-"""vanilladeploy/compat.py: ``vanilladeploy check model.onnx`` through the real CLI."""
+"""vanilladeploy/check.py: ``vanilladeploy check model.onnx`` through the real CLI."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from conftest import SMALL_IMG, random_model
 from onnx import helper
 from test_cli import run
 
-from exporters.onnx_export import build_onnx
-from models.vanillanet import get_variant
+from vanilladeploy.exporters.onnx_export import build_onnx
+from vanilladeploy.models.vanillanet import get_variant
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def vanilla_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_check_passes_a_vanillanet(vanilla_onnx: Path) -> None:
     result = run("check", vanilla_onnx)
     assert result.exit_code == 0 and "TensorRT-compatible" in result.output and "0 errors" in result.output
-    info = json.loads(run("check", vanilla_onnx, "--json", "--batch", "4").output)
+    info = json.loads(run("check", vanilla_onnx, "--json", "--trt-profile", "4").output)
     assert info["passed"] and info["profile"] == "1/1/4" and info["nodes"] == 18
 
 
@@ -47,6 +47,7 @@ def test_check_reports_a_planted_problem_and_exits_1(vanilla_onnx: Path, tmp_pat
 def test_check_bad_input(vanilla_onnx: Path, tmp_path: Path, case: str) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07garbage" * 10)
-    args = {"missing": (tmp_path / "none.onnx",), "not onnx": (junk,), "bad batch": (vanilla_onnx, "--batch", "x")}
+    args = {"missing": (tmp_path / "none.onnx",), "not onnx": (junk,),
+            "bad batch": (vanilla_onnx, "--trt-profile", "x")}
     result = run("check", *args[case])
     assert result.exit_code == 2 and result.output.startswith("error:") and "Traceback" not in result.output

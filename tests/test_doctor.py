@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import missing_in_ci
+from conftest import AMX, AVX2_ONLY, AVX512_BF16_NO_AMX, cpu_flags_of, missing_in_ci
 from typer.testing import CliRunner
 
 from vanilladeploy.cli import app
@@ -139,7 +139,7 @@ def test_gpu_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     assert part["ok"] and part["detail"] == "CUDA 12.8: NVIDIA H100 80GB HBM3 (compute capability 9.0)"
     caps = _caps()
     assert "bench: torch (cuda)" in caps and "bench: torch (cpu)" not in caps
-    from exporters.trt_plan import tensorrt_missing
+    from vanilladeploy.runtimes.trt_plan import tensorrt_missing
 
     assert caps["export --trt"]["ready"] == (tensorrt_missing() is None)  # with a GPU, it is TensorRT that decides
     table = CliRunner().invoke(app, ["doctor"])
@@ -147,22 +147,20 @@ def test_gpu_lines(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_install_lines_come_from_the_one_table() -> None:
-    from exporters.trt_plan import INSTALL_HINT
     from vanilladeploy.doctor import TRT_INSTALL
     from vanilladeploy.extras import install_hint
+    from vanilladeploy.runtimes.trt_plan import INSTALL_HINT
 
     assert TRT_INSTALL == INSTALL_HINT == install_hint("trt")
     assert TRT_INSTALL == "pip install 'vanilladeploy[trt]' on a machine with an NVIDIA GPU and driver"
     assert install_hint("core") == "pip install vanilladeploy"
 
 
-@pytest.mark.parametrize(("flags", "bf16", "int8"), [
-    (frozenset({"avx2", "fma"}), False, False),
-    (frozenset({"avx512f", "avx512_vnni", "avx512_bf16"}), True, True),
-    (frozenset({"amx_tile", "amx_bf16", "amx_int8"}), True, True),
-])
-def test_openvino_and_the_cpus_bf16_and_int8_readiness(monkeypatch: pytest.MonkeyPatch, flags: frozenset[str],
+@pytest.mark.parametrize(("cpu", "bf16", "int8"), [(AVX2_ONLY, False, False), (AVX512_BF16_NO_AMX, True, True),
+                                                   (AMX, True, True)])
+def test_openvino_and_the_cpus_bf16_and_int8_readiness(monkeypatch: pytest.MonkeyPatch, cpu: str,
                                                        bf16: bool, int8: bool) -> None:
+    flags = cpu_flags_of(cpu)  # a real CPU's description (tests/fixtures/cpuinfo)
     monkeypatch.setattr("vanilladeploy.doctor.cpu_flags", lambda: flags)
     caps, parts = _caps(), _parts()
     assert parts["openvino"]["ok"] and "CPU plugin" in parts["openvino"]["detail"]
@@ -171,3 +169,19 @@ def test_openvino_and_the_cpus_bf16_and_int8_readiness(monkeypatch: pytest.Monke
     if not bf16:
         assert "avx512_bf16" in caps["OpenVINO bf16"]["reason"] and "amx_bf16" in caps["OpenVINO bf16"]["reason"]
     assert caps["int8 kernels (VNNI/AMX)"]["ready"] == int8
+
+
+def test_one_row_per_runtime_of_the_one_table() -> None:
+    from vanilladeploy.runtimes import RUNTIMES
+
+    rows = [c for c in _caps() if c.startswith("runtime ")]
+    assert [r.split(":")[0].removeprefix("runtime ") for r in rows] == list(RUNTIMES)
+    caps = _caps()
+    assert caps["runtime onnxruntime: fp32/fp16/int8 on cpu/cuda"]["ready"]  # the core install has it
+    assert not caps["runtime tensorrt: fp32/fp16/int8 on cuda"]["ready"] or _trt_here()
+
+
+def _trt_here() -> bool:
+    from vanilladeploy.runtimes.trt_plan import tensorrt_missing
+
+    return tensorrt_missing() is None

@@ -1,5 +1,6 @@
-"""vanilladeploy/engine.py through the real CLI: ``export --trt`` where TensorRT or a GPU is missing still exports
-and verifies the ONNX (and the fp16 copy), writes the trtexec lines, then exits 3 with one line naming the fix."""
+"""vanilladeploy/pipeline/tensorrt.py through the real CLI: ``export --trt`` where TensorRT or a GPU is missing still
+exports and verifies the ONNX (and the fp16 copy), writes the trtexec lines, then exits 3 with one line naming
+the fix."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _report(out: Path) -> dict:
 @without_tensorrt
 def test_trt_without_tensorrt_exports_verified_onnx_then_exits_3(official_ckpt_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = export(official_ckpt_path, out, "--trt", "--batch", "1/2/8", "--timing-cache", tmp_path / "t.cache")
+    result = export(official_ckpt_path, out, "--trt", "--trt-profile", "1/2/8", "--timing-cache", tmp_path / "t.cache")
     assert result.exit_code == 3, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "pip install 'vanilladeploy[trt]'" in errors[0] and "Traceback" not in result.output
@@ -60,11 +61,11 @@ def test_trt_fp16_writes_a_verified_fp16_onnx(official_ckpt_path: Path, tmp_path
 
 
 @pytest.mark.parametrize("extra,words", [
-    (("--batch", "8/1/2"), "MIN ≤ OPT ≤ MAX"),
+    (("--trt-profile", "8/1/2"), "MIN ≤ OPT ≤ MAX"),
     (("--workspace", "lots"), "size 'lots'"),
     (("--precision", "int4"), "'int4' is not one of 'fp32', 'fp16', 'int8'"),
     (("--precision", "int8"), "--precision int8 needs --calib DIR"),
-    (("--static-batch", "2", "--batch", "1/1/4"), "--static-batch 2 fixes the batch"),
+    (("--static-batch", "2", "--trt-profile", "1/1/4"), "--static-batch 2 fixes the batch"),
 ])
 def test_trt_usage_errors(official_ckpt_path: Path, tmp_path: Path, extra: tuple[str, ...], words: str) -> None:
     result = export(official_ckpt_path, tmp_path / "out", "--trt", *extra)

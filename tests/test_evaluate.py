@@ -18,13 +18,11 @@ from conftest import official_checkpoint, random_model
 from PIL import Image
 from typer.testing import CliRunner
 
-from exporters.onnx_export import set_metadata
-from exporters.runners import ChunkedRunner, OnnxRuntimeRunner, Runner, TorchRunner
 from vanilladeploy.checkpoint import Checkpoint
 from vanilladeploy.cli import app
 from vanilladeploy.errors import UsageError
 from vanilladeploy.evaluate import Artifact, choose_preprocess, evaluate, open_artifact
-from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint, export_preprocess
+from vanilladeploy.exporters.onnx_export import set_metadata
 from vanilladeploy.images import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -33,6 +31,8 @@ from vanilladeploy.images import (
     load_image,
     scan_folder,
 )
+from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint, export_preprocess
+from vanilladeploy.runtimes.runners import ChunkedRunner, OnnxRuntimeRunner, Runner, TorchRunner
 
 IMG = 64
 

@@ -15,7 +15,7 @@ import torch
 from conftest import ALL_VARIANTS, official_checkpoint, random_model
 from test_cli import run
 
-from models.vanillanet import VARIANTS
+from vanilladeploy.models.vanillanet import VARIANTS
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""exporters/files.py: a file is replaced whole or not at all, and a failed write leaves nothing behind."""
+"""vanilladeploy/atomic.py: a file is replaced whole or not at all, and a failed write leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exporters.files import write_atomically
+from vanilladeploy.atomic import write_atomically
 
 
 def test_writes_creating_parents(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.floor import (
+from vanilladeploy.benchmarks.floor import (
     BOOST_CLOCK,
     REPORTED_CLOCK,
     DevicePeak,
@@ -23,9 +23,9 @@ from benchmarks.floor import (
     theoretical_peak,
     vanillanet_conv_shapes,
 )
-from benchmarks.harness import measure_interleaved, summarize
-from benchmarks.peaks import PeakCandidate, gemm_shapes, guard, int_mm_accepts, peak_candidates
-from vanilladeploy.bench import _finish, _peaks
+from vanilladeploy.benchmarks.harness import measure_interleaved, summarize
+from vanilladeploy.benchmarks.peaks import PeakCandidate, gemm_shapes, guard, int_mm_accepts, peak_candidates
+from vanilladeploy.benchmarks.run import _finish, _peaks
 
 PEAK = DevicePeak("test device", "fp32", peak_flops=100e9, bandwidth_bytes_s=10e9, winner="gemm")
 
@@ -231,13 +231,18 @@ def test_real_candidates_run_in_the_rounds() -> None:
     assert {n for n in names if n.startswith(("torch.mm", "onnxruntime MatMul "))} == {
         "torch.mm 128 fp32 (cpu)", "torch.mm 64 fp32 (cpu)", "torch.mm 96×32×64 fp32 (cpu)",
         "onnxruntime MatMul 128 fp32", "onnxruntime MatMul 64 fp32", "onnxruntime MatMul 96×32×64 fp32"}
-    assert any("MatMulInteger" in n for n in names) and any("QDQ Conv1x1 64→128" in n for n in names)
+    int8 = ["onnxruntime MatMulInteger 128 uint8×int8", "onnxruntime MatMulInteger 128 int8×int8",
+            "onnxruntime QDQ Conv1x1 64→128 @8×8 int8", "openvino Conv1x1 64→128 @8×8 int8"]
+    assert [c.name for c in candidates if c.precision == "int8"] == int8
     guarded = guard(candidates)
     assert [g.error for g in guarded] == [None] * len(guarded)
     samples = measure_interleaved({g.name: g for g in guarded}, warmup=1, iters=2)
     measured = rates(candidates, samples)
     assert all(m["status"] == "ok" and m["rate"] > 1e6 for m in measured)
-    assert device_peak("cpu", "int8", measured).winner.endswith(("int8", "uint8×int8", "int8×int8"))
+    peak = device_peak("cpu", "int8", measured)
+    int8_rates = {str(m["name"]): m["rate"] for m in measured if m["name"] in int8}
+    assert peak.winner in int8 and peak.peak_flops == int8_rates[peak.winner]  # an int8 kernel's own rate
+    assert [m["name"] for m in peak.candidates] == [*int8, "copy 1 MiB (cpu)"]  # only int8 ones competed
 
 
 @pytest.mark.gpu

@@ -10,10 +10,10 @@ import pytest
 from conftest import SMALL_IMG, random_model
 from onnx import TensorProto, helper
 
-from exporters.fp16 import convert_to_fp16
-from exporters.onnx_export import build_onnx
-from exporters.trt_compat import check_trt_compat
-from models.vanillanet import get_variant
+from vanilladeploy.exporters.fp16 import convert_to_fp16
+from vanilladeploy.exporters.onnx_export import build_onnx
+from vanilladeploy.exporters.trt_compat import check_trt_compat
+from vanilladeploy.models.vanillanet import get_variant
 from vanilladeploy.verify import TOLERANCE_FP16, random_inputs, top1_agreement, verify_outputs
 
 

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.harness import measure_interleaved, summarize, timed_on_clock
+from vanilladeploy.benchmarks.harness import measure_interleaved, summarize
+from vanilladeploy.runtimes.timing import timed_on_clock
 
 
 class FakeClock:

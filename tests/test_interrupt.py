@@ -80,7 +80,7 @@ def _interrupted_in_command(monkeypatch: pytest.MonkeyPatch) -> None:
     def export_checkpoint(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("vanilladeploy.export.pipeline.export_checkpoint", export_checkpoint)
+    monkeypatch.setattr("vanilladeploy.pipeline.export.export_checkpoint", export_checkpoint)
     monkeypatch.setattr(sys, "argv", ["vanilladeploy", "export", "vanillanet_5"])  # the real app from here
 
 

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from benchmarks.load import measure_load
+from vanilladeploy.benchmarks.load import measure_load, shared_sender_factory
 
 
 def test_every_request_is_counted_and_timed() -> None:
@@ -52,23 +52,29 @@ def test_errors_and_wrong_answers_are_counted_not_raised() -> None:
 
 
 def test_clients_really_run_concurrently() -> None:
-    active, peak, lock = 0, 0, threading.Lock()
+    """The same 16 requests at concurrency 1 and 4, on this machine in the same test: 4 at a time, not one after
+    the other (ideally a quarter of the time; the bound leaves this machine's scheduling half of it)."""
+    walls, peaks = {}, {}
+    for concurrency in (1, 4):
+        active, peak, lock = 0, 0, threading.Lock()
 
-    def factory():
-        def send(x: np.ndarray) -> np.ndarray:
-            nonlocal active, peak
-            with lock:
-                active += 1
-                peak = max(peak, active)
-            time.sleep(0.02)
-            with lock:
-                active -= 1
-            return x
-        return send
+        def factory():
+            def send(x: np.ndarray) -> np.ndarray:
+                nonlocal active, peak
+                with lock:
+                    active += 1
+                    peak = max(peak, active)
+                time.sleep(0.02)
+                with lock:
+                    active -= 1
+                return x
+            return send
 
-    stats = measure_load(factory, [np.zeros((1, 1), np.float32)], concurrency=4, requests=16, warmup=0)
-    assert stats.errors == 0 and peak == 4
-    assert stats.wall_s < 16 * 0.02 * 0.75  # 4 at a time, not one after the other
+        stats = measure_load(factory, [np.zeros((1, 1), np.float32)], concurrency=concurrency, requests=16, warmup=0)
+        assert stats.errors == 0 and stats.requests == 16
+        walls[concurrency], peaks[concurrency] = stats.wall_s, peak
+    assert peaks == {1: 1, 4: 4}
+    assert walls[4] < 0.5 * walls[1], walls
 
 
 def test_a_client_that_cannot_connect_fails_its_requests() -> None:
@@ -77,3 +83,23 @@ def test_a_client_that_cannot_connect_fails_its_requests() -> None:
 
     stats = measure_load(factory, [np.zeros((1, 1), np.float32)], concurrency=2, requests=6)
     assert stats.errors == 6 and stats.latency is None and "connection refused" in (stats.first_error or "")
+
+
+def test_a_shared_runner_answers_one_request_at_a_time() -> None:
+    active, peak, lock = 0, 0, threading.Lock()
+
+    def infer(x: np.ndarray) -> np.ndarray:  # like one OpenVINO infer request: never two inferences at once
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.005)
+        with lock:
+            active -= 1
+        return x + 1
+
+    inputs = [np.full((1, 2), i, np.float32) for i in range(4)]
+    stats = measure_load(shared_sender_factory(infer), inputs, concurrency=4, requests=24, warmup=1,
+                         check=lambda i, y: None if np.array_equal(y, inputs[i] + 1) else "wrong")
+    assert stats.errors == 0 and stats.latency is not None and stats.latency.iterations == 24
+    assert peak == 1  # four client threads, one inference at a time

@@ -8,10 +8,10 @@ import torch
 from conftest import SMALL_IMG, random_model
 from onnx import helper
 
-from exporters.contract import check_graph_contract
-from exporters.onnx_export import build_onnx, feature_sizes, simplify_onnx
-from exporters.runners import OnnxRuntimeRunner, TorchRunner
-from models.vanillanet import VARIANTS
+from vanilladeploy.exporters.contract import check_graph_contract
+from vanilladeploy.exporters.onnx_export import build_onnx, feature_sizes, simplify_onnx
+from vanilladeploy.models.vanillanet import VARIANTS
+from vanilladeploy.runtimes.runners import OnnxRuntimeRunner, TorchRunner
 from vanilladeploy.verify import random_inputs, verify_outputs
 
 

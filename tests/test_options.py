@@ -24,7 +24,7 @@ INT8 = ("export", "vanillanet_5", "--precision", "int8", "--calib", "{images}")
 REPO = ("repo", "{onnx}", "--out", "{tmp}/repo")
 SERVE = ("serve", "{onnx}")
 SERVE_BENCH = ("serve-bench", "{onnx}")
-BENCH = ("bench", "--models", "vanillanet_5", "--backends", "onnxruntime", "--cache-dir", "{tmp}/cache")
+BENCH = ("bench", "--models", "vanillanet_5", "--runtimes", "onnxruntime", "--cache-dir", "{tmp}/cache")
 EVAL = ("eval", "{onnx}", "--data", "{images}")
 OPTIMIZE = ("optimize", "vanillanet_5", "--calib", "{images}")
 
@@ -38,7 +38,7 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (EXPORT, "--key", ["model"]),  # no effect for a variant name (no file)
     (EXPORT, "--out", ["", "{file}"]),
     (EXPORT, "--workspace", ["4GiB"]),  # no effect without --trt
-    (EXPORT, "--batch", ["1/1/8"]),
+    (EXPORT, "--trt-profile", ["1/1/8"]),
     (EXPORT, "--opt-level", ["3"]),
     (EXPORT, "--timing-cache", ["{tmp}/cache.bin"]),
     (EXPORT, "--calib", ["{images}"]),  # no effect without --precision int8
@@ -52,7 +52,7 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (INT8, "--fallback", ["", ","]),
     (INT8, "--max-fallback", ["x", "0", ""]),
     (TRT, "--workspace", ["lots", "-1", ""]),
-    (TRT, "--batch", ["a/b/c", "0", "8/4/2", ""]),
+    (TRT, "--trt-profile", ["a/b/c", "0", "8/4/2", ""]),
     (TRT, "--opt-level", ["x", "9", ""]),
     (TRT, "--timing-cache", ["", "{tmp}"]),
     (INT8, "--calib", ["", "{tmp}/missing", "{file}"]),
@@ -61,10 +61,10 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (INT8, "--min-agreement", ["x", "101", "-1", ""]),
     (("inspect", "vanillanet_5"), "--arch", ["vanillanet_99", ""]),
     (("inspect", "vanillanet_5"), "--key", ["model"]),
-    (("check", "{onnx}"), "--batch", ["a/b/c", "0", ""]),
+    (("check", "{onnx}"), "--trt-profile", ["a/b/c", "0", ""]),
     (BENCH, "--batch", ["x", "0", ""]),
     (BENCH, "--models", ["resnet9000", "", ","]),
-    (("bench", "--models", "vanillanet_5", "--cache-dir", "{tmp}/cache"), "--backends", ["tpu", "", ","]),
+    (("bench", "--models", "vanillanet_5", "--cache-dir", "{tmp}/cache"), "--runtimes", ["tpu", "", ","]),
     (BENCH, "--device", ["tpu", ""]),
     (BENCH, "--precision", ["int9", ""]),
     (BENCH, "--img-size", ["x", "0", ""]),
@@ -75,7 +75,7 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (BENCH, "--json-out", ["", "{tmp}"]),
     (BENCH, "--csv", ["", "{tmp}"]),
     (BENCH, "--plot", ["", "{tmp}"]),
-    (("bench", "--models", "vanillanet_5", "--backends", "onnxruntime"), "--cache-dir", ["", "{file}"]),
+    (("bench", "--models", "vanillanet_5", "--runtimes", "onnxruntime"), "--cache-dir", ["", "{file}"]),
     (REPO, "--out", ["", "{file}"]),
     (REPO, "--name", ["", ".", "..", "../x", "a/b", ".hidden"]),
     (REPO, "--backend", ["tflite", ""]),
@@ -102,6 +102,7 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (EVAL, "--arch", ["vanillanet_99", ""]),
     (EVAL, "--json-out", ["", "{tmp}"]),
     (EVAL, "--runtime", ["tvm", ""]),
+    (EVAL, "--precision", ["fp8", "", "bf16"]),  # bf16 is OpenVINO's: refused with the default onnxruntime
     (REPO, "--runtime", ["tvm", ""]),
     (REPO + ("--backend", "onnxruntime"), "--runtime", ["openvino"]),  # runs inside the python backend only
     (SERVE, "--runtime", ["tvm", ""]),
@@ -125,7 +126,7 @@ FLAGS_WITHOUT_EFFECT: list[tuple[tuple[str, ...], str]] = [
     # (command and the arguments that make the flag meaningless, flag)
     (BENCH, "--channels-last"),  # no torch backend
     (BENCH + ("--device", "cpu"), "--include-copies"),  # on the CPU there is nothing to copy
-    (("bench", "--models", "resnet18", "--backends", "onnxruntime", "--cache-dir", "{tmp}/cache"), "--train-form"),
+    (("bench", "--models", "resnet18", "--runtimes", "onnxruntime", "--cache-dir", "{tmp}/cache"), "--train-form"),
 ]
 
 

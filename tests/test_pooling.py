@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper
 
-from exporters.onnx_export import _Graph
-from models.pooling import ExactAdaptiveMaxPool2d, adaptive_gather_index, adaptive_windows
+from vanilladeploy.exporters.onnx_export import _Graph
+from vanilladeploy.models.pooling import ExactAdaptiveMaxPool2d, adaptive_gather_index, adaptive_windows
 
 VARIANT_SIZES = [(75, 38), (38, 19), (19, 10)]  # what vanillanet_13_x1_5_ada_pool pools at 224x224
 MORE_SIZES = [(n, m) for n in (1, 2, 5, 7, 11, 16, 23, 40, 57) for m in (1, 2, 3, 5, 8, 10, 19, 38) ]

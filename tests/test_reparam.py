@@ -9,7 +9,7 @@ import torch
 from conftest import ALL_VARIANTS, SMALL_IMG, random_model
 from torch import nn
 
-from models.vanillanet import BN_EPS, create_vanillanet
+from vanilladeploy.models.vanillanet import BN_EPS, create_vanillanet
 from vanilladeploy.reparam import BatchNormStats, fuse_conv_bn, merge_1x1, reparameterize_state_dict, to_float32
 from vanilladeploy.verify import compare
 

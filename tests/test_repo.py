@@ -1,5 +1,6 @@
-"""exporters/triton_repo.py + vanilladeploy/repo.py: Triton model repositories from an export, checked against
-Triton's own config schema (``ModelConfig``) and refused where Triton would refuse them at load time."""
+"""vanilladeploy/serving/triton_config.py + vanilladeploy/serving/repository.py: Triton model repositories from an
+export, checked against Triton's own config schema (``ModelConfig``) and refused where Triton would refuse them at
+load time."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import numpy as np
 import pytest
 from conftest import require
 
-from exporters import triton_python_model as python_model
-from exporters.triton_repo import RepoOptions, parse_config
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import CheckpointError, UsageError
-from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
+from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
+from vanilladeploy.serving import triton_python_model as python_model
 from vanilladeploy.serving.repository import write_repository
+from vanilladeploy.serving.triton_config import RepoOptions, parse_config
 
 require("tritonclient.grpc", "the serve extra (tritonclient) is not installed", module_level=True)
 
@@ -277,11 +278,19 @@ def test_python_model_checks_the_full_shape(dims: list[int], max_batch: int, goo
 
 
 def test_python_model_runs_on_cuda_only_for_a_gpu_instance_that_has_it() -> None:
-    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert python_model.providers("GPU", both) == both
-    assert python_model.providers("GPU", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert python_model.providers("CPU", both) == ["CPUExecutionProvider"]
-    assert python_model.providers(None, both) == ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    known = ort.get_all_providers()  # onnxruntime's own provider names, in its priority order
+    gpu_build = [p for p in known if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                           "CPUExecutionProvider")]  # what onnxruntime-gpu reports available
+    here = ort.get_available_providers()  # this machine's real answer (the CPU wheel: Azure + CPU)
+    assert len(gpu_build) == 3 and "CPUExecutionProvider" in here
+    assert python_model.providers("GPU", gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert python_model.providers("CPU", gpu_build) == ["CPUExecutionProvider"]
+    assert python_model.providers(None, gpu_build) == ["CPUExecutionProvider"]
+    expected = ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in here else \
+        ["CPUExecutionProvider"]
+    assert python_model.providers("GPU", here) == expected
 
 
 def test_repo_through_the_cli_writes_what_it_prints(export_dir: Path, tmp_path: Path) -> None:
@@ -301,3 +310,106 @@ def test_repo_through_the_cli_writes_what_it_prints(export_dir: Path, tmp_path: 
                                        "tensorrt"])
     assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused.output
     assert not (tmp_path / "repo2").exists()
+
+
+# --- how the python backend runs the model: recorded in the config, read by model.py -------------------------------
+
+def test_the_config_records_instances_threads_and_batching(export_dir: Path, tmp_path: Path) -> None:
+    from vanilladeploy.serving.triton_config import PYTHON_PARAMETERS
+
+    chosen = RepoOptions()
+    for runtime in ("onnxruntime", "openvino"):
+        result = write_repository(export_dir, tmp_path / runtime, RepoOptions(backend="python",
+                                                                              parameters={"runtime": runtime}))
+        cfg = _config(result.model_dir)
+        assert [(g.count, g.kind) for g in cfg.instance_group] == [(chosen.instances, 2)]  # KIND_CPU
+        assert cfg.HasField("dynamic_batching")  # present even where the chosen delay is 0
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == chosen.max_queue_delay_us
+        assert tuple(cfg.dynamic_batching.preferred_batch_size) == chosen.preferred_batch_sizes
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
+        assert params == {"runtime": runtime, **PYTHON_PARAMETERS[runtime]}
+    assert PYTHON_PARAMETERS["onnxruntime"]["ort_spinning"] == "0"  # idle ORT threads leave the cores to Triton
+    assert PYTHON_PARAMETERS["openvino"]["openvino_hint"] in python_model.OPENVINO_HINTS
+
+
+def test_what_is_asked_for_wins_over_the_measured_defaults(export_dir: Path, tmp_path: Path) -> None:
+    asked = {"runtime": "openvino", "openvino_hint": "THROUGHPUT", "precision": "int8"}
+    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(
+        backend="python", instances=2, max_batch=16, max_queue_delay_us=0, preferred_batch_sizes=(4, 8),
+        parameters=asked))
+    cfg = _config(result.model_dir)
+    assert {k: cfg.parameters[k].string_value for k in asked} == asked
+    assert [g.count for g in cfg.instance_group] == [2]
+    assert (cfg.dynamic_batching.max_queue_delay_microseconds, list(cfg.dynamic_batching.preferred_batch_size)) == (
+        0, [4, 8])
+
+
+@pytest.mark.parametrize(("opts", "message"), [
+    (RepoOptions(backend="python", max_batch=8, preferred_batch_sizes=(4, 16)), "each must be 1..--max-batch"),
+    (RepoOptions(backend="python", parameters={"runtime": "openvino", "openvino_hint": "FAST"}), "openvino_hint"),
+    (RepoOptions(backend="python", parameters={"runtime": "openvino", "precision": "fp16"}), "precision 'fp16'"),
+])
+def test_settings_model_py_would_refuse_are_refused_before_writing(export_dir: Path, tmp_path: Path,
+                                                                   opts: RepoOptions, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        write_repository(export_dir, tmp_path / "repo", opts)
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
+
+
+def test_python_model_sets_onnxruntime_threads_and_spinning(export_dir: Path) -> None:
+    assert python_model.ort_settings({"ort_threads": "2", "ort_spinning": "0"}, {}) == {
+        "intra_op_num_threads": 2, "allow_spinning": False}
+    assert python_model.ort_settings({}, {}) == {"intra_op_num_threads": 0, "allow_spinning": True}  # ORT's own
+    assert python_model.ort_settings({"ort_threads": "2"}, {"VANILLADEPLOY_ORT_THREADS": "1"})[
+        "intra_op_num_threads"] == 1
+    session = python_model.onnxruntime_session(str(export_dir / "vanillanet_5.onnx"),
+                                               {"ort_threads": "1", "ort_spinning": "0"}, {})
+    xs = [np.random.default_rng(i).standard_normal((n, 3, 32, 32), dtype=np.float32) for i, n in enumerate([1, 3])]
+    assert [y.shape for y in session("input", xs)] == [(1, 1000), (3, 1000)]
+
+
+def _openvino_flags_allow_bf16() -> bool:
+    from vanilladeploy.machine import BF16_FLAGS, cpu_flags
+
+    return any(f in cpu_flags() for f in BF16_FLAGS)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "bf16"])
+def test_openvino_compiles_in_the_precision_it_states(export_dir: Path, precision: str) -> None:
+    ov = require("openvino", "OpenVINO is not installed (the test extra has it)")
+    if precision == "bf16" and not _openvino_flags_allow_bf16():
+        pytest.skip("this CPU has neither avx512_bf16 nor amx_bf16: OpenVINO cannot compute in bf16 here")
+    session = python_model.openvino_session(str(export_dir / "vanillanet_5.onnx"), {"precision": precision})
+    wanted = "bf16" if precision == "bf16" else "f32"  # int8 is the QDQ graph's; OpenVINO computes the rest in f32
+    assert session.config["INFERENCE_PRECISION_HINT"] == wanted  # stated, never left to the plugin's default
+    reported = session.compiled.get_property("INFERENCE_PRECISION_HINT")
+    assert reported == (ov.Type.bf16 if precision == "bf16" else ov.Type.f32) and session.precision == wanted
+
+
+def test_a_compiled_model_in_another_precision_is_refused() -> None:
+    ov = require("openvino", "OpenVINO is not installed (the test extra has it)")
+
+    class Compiled:  # what OpenVINO's compiled model answers when its plugin chose bf16 on its own
+        def get_property(self, name: str) -> object:
+            return ov.Type.bf16
+
+    with pytest.raises(RuntimeError, match="compiled the model in bf16, not the f32 asked for"):
+        python_model.compiled_precision(Compiled(), "f32")
+
+
+def test_openvino_latency_and_throughput_answer_each_request_with_its_own_rows(export_dir: Path) -> None:
+    require("openvino", "OpenVINO is not installed (the test extra has it)")
+    from vanilladeploy.runtimes.runners import onnx_runner
+    from vanilladeploy.verify import compare
+
+    path = export_dir / "vanillanet_5.onnx"
+    xs = [np.random.default_rng(i).standard_normal((n, 3, 32, 32), dtype=np.float32) for i, n in enumerate([1, 2, 1])]
+    with onnx_runner(path, "openvino") as runner:
+        expected = [runner.infer(x) for x in xs]
+    for hint in python_model.OPENVINO_HINTS:
+        session = python_model.openvino_session(str(path), {"openvino_hint": hint})
+        assert session.config["PERFORMANCE_HINT"] == hint
+        outputs = session("input", xs)
+        assert [y.shape for y in outputs] == [(1, 1000), (2, 1000), (1, 1000)]
+        for y, e in zip(outputs, expected):
+            assert compare(y, e, tolerance=1e-5), hint

@@ -1,6 +1,6 @@
 """A REAL Triton Inference Server (the binary of the nvidia-pytriton wheel) on loopback, started and stopped by
-vanilladeploy/serve.py, answering tritonclient over HTTP and gRPC. Bounded: every client call has a timeout, request
-counts are fixed, and every server is stopped (the fixtures and the lifecycle make sure).
+vanilladeploy/serving/server.py, answering tritonclient over HTTP and gRPC. Bounded: every client call has a
+timeout, request counts are fixed, and every server is stopped (the fixtures and the lifecycle make sure).
 
 Skipped, with the reason, only where the server binary is not installed; a server that is installed but fails to
 start FAILS these tests.
@@ -30,12 +30,11 @@ from triton_helpers import require_triton, serve, server_processes, shm_of, stub
 
 import vanilladeploy.serving.process as process_module
 import vanilladeploy.serving.server as serve_module
-from benchmarks.load import measure_load, triton_sender_factory
-from exporters.runners import OnnxRuntimeRunner
-from exporters.triton_repo import RepoOptions
+from vanilladeploy.benchmarks.load import measure_load, triton_sender_factory
 from vanilladeploy.errors import MissingDependencyError, UsageError
-from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
-from vanilladeploy.serving.bench import free_ports, run_serve_bench
+from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
+from vanilladeploy.runtimes.runners import OnnxRuntimeRunner, onnx_runner
+from vanilladeploy.serving.bench import BASELINE, IN_PROCESS, SERVED, add_ratios, free_ports, run_serve_bench
 from vanilladeploy.serving.process import group_members, parent_death_signal
 from vanilladeploy.serving.repository import write_repository
 from vanilladeploy.serving.server import (
@@ -46,6 +45,7 @@ from vanilladeploy.serving.server import (
     default_kind,
     find_tritonserver,
 )
+from vanilladeploy.serving.triton_config import PYTHON_PARAMETERS, RepoOptions, parse_config
 from vanilladeploy.verify import compare
 
 require_triton()
@@ -229,17 +229,77 @@ def test_serve_bench_measures_triton_and_in_process_onnxruntime(export_dir: Path
         assert record["errors"] == 0 and record["requests"] == 6, record
         assert record["stats"]["iterations"] == 6 and record["throughput_img_s"] > 0
     assert result.config["protocols"] == ["http"] and result.config["triton"] not in ("", "?")
+    for level in (1, 2):  # ONNX Runtime serving its own file: in-process and baseline are one row
+        served, local = seen[("triton-http", level)], seen[("onnxruntime-inprocess", level)]
+        assert local["roles"] == [IN_PROCESS, BASELINE] and served["roles"] == [SERVED]
+        assert served["vs_in_process"] == served["vs_baseline"] == pytest.approx(
+            served["throughput_img_s"] / local["throughput_img_s"], abs=1e-3)
 
 
-def test_serve_bench_with_openvino_inside_triton_beside_an_in_process_baseline(export_dir: Path) -> None:
+def test_serve_bench_shows_served_in_process_and_baseline_per_concurrency(export_dir: Path, tmp_path: Path) -> None:
     require("openvino", "OpenVINO is not installed (the test extra has it)")
-    fp32 = export_dir / f"{MODEL}.onnx"
-    result = run_serve_bench(fp32, concurrency=[2], requests=4, protocol="grpc", runtime="openvino", baseline=fp32)
-    seen = {r["backend"]: r for r in result.records}
-    assert sorted(seen) == ["onnxruntime-inprocess", "triton-grpc (openvino fp32)"]
-    assert all(r["errors"] == 0 and r["requests"] == 4 for r in seen.values())  # every answer checked
-    assert result.config["triton_backend"] == "python (openvino)"
-    assert result.config["in_process"] == {"runtime": "onnxruntime", "file": str(fp32)}
+    from typer.testing import CliRunner
+
+    from vanilladeploy.cli import app
+
+    fp32, out = export_dir / f"{MODEL}.onnx", tmp_path / "serve.json"
+    done = CliRunner().invoke(app, ["serve-bench", str(fp32), "--runtime", "openvino", "--baseline", str(fp32),
+                                    "--protocol", "grpc", "--concurrency", "1,3", "--requests", "4",
+                                    "--json-out", str(out)])
+    assert done.exit_code == 0, done.output
+    document = json.loads(out.read_text())
+    for level in (1, 3):
+        rows = {r["roles"][0]: r for r in document["records"] if r["concurrency"] == level}
+        assert {role: r["backend"] for role, r in rows.items()} == {
+            SERVED: "triton-grpc (openvino fp32)", IN_PROCESS: "openvino-inprocess (fp32)",
+            BASELINE: "onnxruntime-inprocess"}
+        assert all(r["errors"] == 0 and r["requests"] == 4 for r in rows.values())  # every answer checked
+        served = rows[SERVED]
+        for role, key in ((IN_PROCESS, "vs_in_process"), (BASELINE, "vs_baseline")):
+            assert served[key] == pytest.approx(served["throughput_img_s"] / rows[role]["throughput_img_s"], abs=1e-3)
+    config = document["config"]
+    assert config["in_process"]["runtime"] == "openvino" and config["baseline"] == {"runtime": "onnxruntime",
+                                                                                     "file": str(fp32)}
+    served_config = parse_config(config["model_config"])  # what Triton served, as written
+    assert served_config.parameters["runtime"].string_value == "openvino"
+    assert served_config.parameters["openvino_hint"].string_value == PYTHON_PARAMETERS["openvino"]["openvino_hint"]
+    assert "× in-process" in done.output and "openvino-inprocess (fp32)" in done.output
+
+
+def test_ratios_are_served_over_each_row_at_the_same_concurrency() -> None:
+    def row(roles: list[str], level: int, img_s: float) -> dict[str, object]:
+        return {"roles": roles, "concurrency": level, "throughput_img_s": img_s}
+
+    records = [row([SERVED], 1, 30.0), row([IN_PROCESS], 1, 40.0), row([BASELINE], 1, 10.0),
+               row([SERVED], 4, 20.0), row([SERVED], 4, 36.0), row([IN_PROCESS, BASELINE], 4, 0.0)]
+    add_ratios(records)
+    assert [(r.get("vs_in_process"), r.get("vs_baseline")) for r in records] == [
+        (0.75, 3.0), (None, None), (None, None), (None, None), (None, None), (None, None)]
+    records[-1]["throughput_img_s"] = 40.0
+    add_ratios(records)
+    assert [(r["vs_in_process"], r["vs_baseline"]) for r in records[3:5]] == [(0.5, 0.5), (0.9, 0.9)]
+
+
+def test_openvino_inside_triton_answers_like_openvino_in_process(export_dir: Path,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    require("openvino", "OpenVINO is not installed (the test extra has it)")
+    repo = tmp_path_factory.mktemp("ov-repo")
+    for hint in ("LATENCY", "THROUGHPUT"):  # one dynamic batch as one inference / each request on its own stream
+        write_repository(export_dir, repo, RepoOptions(
+            backend="python", name=f"ov_{hint.lower()}", max_batch=MAX_BATCH, max_queue_delay_us=20000,
+            parameters={"runtime": "openvino", "openvino_hint": hint}))
+    inputs = [_inputs(n, seed=30 + i) for i, n in enumerate([1, 1, 2, 1, 4, 1])]
+    with OnnxRuntimeRunner(export_dir / f"{MODEL}.onnx") as ort_runner:
+        ort_references = [ort_runner.infer(x) for x in inputs]
+    with onnx_runner(export_dir / f"{MODEL}.onnx", "openvino") as runner:
+        references = [runner.infer(x) for x in inputs]
+    assert all(compare(r, o, tolerance=1e-4) for r, o in zip(references, ort_references))
+    with TritonServer(repo, free_ports(), start_timeout_s=120) as server:
+        for model in ("ov_latency", "ov_throughput"):
+            stats = measure_load(triton_sender_factory(server.grpc_url, "grpc", model, timeout_s=30), inputs,
+                                 concurrency=6, requests=6 * 4, warmup=0,
+                                 check=lambda i, y: None if compare(y, references[i]) else "wrong logits")
+            assert stats.errors == 0, (model, stats.first_error)
 
 
 def test_a_model_that_fails_to_load_is_reported_with_the_reason(export_dir: Path, tmp_path: Path) -> None:
@@ -402,16 +462,19 @@ def _running(pid: int) -> bool:
         return False
 
 
+CPU_WHEEL = ["AzureExecutionProvider", "CPUExecutionProvider"]  # onnxruntime 1.32's CPU wheel, as read here
+GPU_WHEEL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]  # onnxruntime-gpu's
+
+
 @pytest.mark.parametrize(("providers", "gpus", "kind"), [
-    (["CPUExecutionProvider"], 0, "cpu"), (["CPUExecutionProvider"], 1, "cpu"),
-    (["CUDAExecutionProvider", "CPUExecutionProvider"], 0, "cpu"),
-    (["CUDAExecutionProvider", "CPUExecutionProvider"], 1, "gpu"),
+    (CPU_WHEEL, 0, "cpu"), (CPU_WHEEL, 1, "cpu"), (GPU_WHEEL, 0, "cpu"), (GPU_WHEEL, 1, "gpu"),
 ])
 def test_default_kind_is_gpu_only_with_a_gpu_and_the_cuda_provider(monkeypatch: pytest.MonkeyPatch,
                                                                    providers: list[str], gpus: int,
                                                                    kind: str) -> None:
     import onnxruntime as ort
 
+    assert set(providers) <= set(ort.get_all_providers())  # names onnxruntime itself defines
     monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
     monkeypatch.setattr(serve_module, "_cuda_devices", lambda: gpus)
     assert default_kind() == kind
@@ -436,8 +499,58 @@ def test_the_server_version_is_the_wheel_that_carries_the_binary() -> None:
     assert serve_module.tritonserver_version(Path("/usr/bin/true")) == "unknown"  # not the wheel's binary
 
 
-def test_this_machine_counts_its_gpus_without_failing() -> None:
-    assert serve_module._cuda_devices() >= 0  # 0 without libcuda or a GPU; never an exception
+class _Libcuda:
+    """The two driver calls ``_cuda_devices`` makes; a CUresult of 0 is success."""
+
+    def __init__(self, *, count: int, init_result: int = 0, count_result: int = 0) -> None:
+        self.count, self.init_result, self.count_result = count, init_result, count_result
+
+    def cuInit(self, flags: int) -> int:
+        assert flags == 0
+        return self.init_result
+
+    def cuDeviceGetCount(self, count: object) -> int:
+        count._obj.value = self.count  # type: ignore[attr-defined]  # through ctypes.byref, as the driver writes it
+        return self.count_result
+
+
+@pytest.mark.parametrize(("libcuda", "expected"), [
+    (None, 0),  # no NVIDIA driver: libcuda.so.1 does not load
+    (_Libcuda(count=2), 2),
+    (_Libcuda(count=2, init_result=100), 0),  # cuInit: CUDA_ERROR_NO_DEVICE
+    (_Libcuda(count=3, count_result=999), 0),  # a failed count call: its figure is not trusted
+])
+def test_gpus_are_counted_by_the_driver_and_any_failure_counts_none(monkeypatch: pytest.MonkeyPatch,
+                                                                     libcuda: _Libcuda | None, expected: int) -> None:
+    def load(name: str) -> _Libcuda:
+        assert name == "libcuda.so.1"
+        if libcuda is None:
+            raise OSError("libcuda.so.1: cannot open shared object file: No such file or directory")
+        return libcuda
+
+    monkeypatch.setattr(serve_module.ctypes, "CDLL", load)
+    assert serve_module._cuda_devices() == expected
+
+
+def test_this_machine_counts_its_gpus_like_another_route_to_them() -> None:
+    """0 without libcuda; with it, what torch's CUDA runtime (or ``nvidia-smi -L``) counts; never an exception."""
+    import shutil
+
+    import torch
+
+    count = serve_module._cuda_devices()
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        assert count == 0
+        return
+    if torch.version.cuda is not None:
+        assert count == torch.cuda.device_count()
+    elif shutil.which("nvidia-smi") and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
+        assert count == len([line for line in listed.splitlines() if line.startswith("GPU ")])
+    else:
+        pytest.fail("libcuda loads, but neither a CUDA build of torch nor nvidia-smi is here to count against")
 
 
 def test_leftovers_of_a_dead_owner_are_swept_and_a_live_owners_kept(tmp_path: Path) -> None:

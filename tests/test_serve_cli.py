@@ -22,20 +22,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from triton_helpers import (
+    assert_nothing_left,
     require_triton,
     rest_of_output,
     serve,
     server_processes,
     shm_of,
+    stop,
     stubs,
     tritonservers,
     wait_for_line,
     wait_until,
 )
 
-from exporters.runners import OnnxRuntimeRunner
 from vanilladeploy.errors import UsageError
-from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
+from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
+from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
 from vanilladeploy.serving.bench import free_ports
 from vanilladeploy.serving.server import TritonPorts, check_ports_free
 from vanilladeploy.verify import compare
@@ -60,24 +62,8 @@ def _reference(onnx_file: Path, x: np.ndarray) -> np.ndarray:
         return runner.infer(x)
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 def _error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith(("error:", "internal error:"))]
-
-
-def _nothing_left(port: int, cli_pid: int, timeout_s: float = 15.0) -> None:
-    assert wait_until(lambda: not server_processes(port, cli_pid), timeout_s), \
-        f"tritonserver or stub left running: {server_processes(port, cli_pid)}"
-    assert not shm_of(cli_pid), f"shared memory left behind: {shm_of(cli_pid)}"
 
 
 # --- one server on the default ports, as the README's `vanilladeploy serve EXPORT` starts it ------------------
@@ -101,7 +87,7 @@ def served(export_dir: Path, served_tmp: Path) -> Iterator[tuple[subprocess.Pope
     try:
         yield process, wait_for_line(process, READY, timeout_s=120)
     finally:
-        _stop(process)
+        stop(process)
 
 
 def test_the_client_command_serve_prints_answers(served: tuple[subprocess.Popen[str], str]) -> None:
@@ -156,16 +142,21 @@ def test_it_binds_to_loopback_only(served: tuple[subprocess.Popen[str], str]) ->
     print(f"\n[serve] loopback only: refused on {', '.join(others)} (ports 8000-8002)")
 
 
-def test_sigkill_of_serve_leaves_no_server_and_frees_the_ports(served: tuple[subprocess.Popen[str], str]) -> None:
-    process, _ = served  # runs last of the tests that use this server
-    assert len(server_processes(8000, process.pid)) == 2  # tritonserver and its stub
-    process.kill()
-    process.wait(timeout=10)
-    _nothing_left(8000, process.pid)  # the server got SIGTERM with us (PR_SET_PDEATHSIG) and stopped its stubs
+def test_sigkill_of_serve_leaves_no_server_and_frees_the_ports(export_dir: Path, tmp_path: Path) -> None:
+    """Its own serve (no other test's server is killed, so the order of tests does not matter)."""
+    ports = free_ports()
+    process = serve(export_dir, [ports.http, ports.grpc, ports.metrics], env=os.environ | {"TMPDIR": str(tmp_path)})
+    try:
+        wait_for_line(process, READY, timeout_s=120)
+        assert len(server_processes(ports.http, process.pid)) == 2  # tritonserver and its stub
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    assert_nothing_left(ports.http, process.pid)  # the server got SIGTERM with us (PR_SET_PDEATHSIG), stubs stopped
 
     def ports_free() -> bool:
         try:
-            check_ports_free(TritonPorts())
+            check_ports_free(ports)
             return True
         except UsageError:
             return False
@@ -173,23 +164,29 @@ def test_sigkill_of_serve_leaves_no_server_and_frees_the_ports(served: tuple[sub
     assert wait_until(ports_free, 15), "the default ports are still taken"
 
 
-def test_the_next_start_removes_what_a_killed_serve_left(served: tuple[subprocess.Popen[str], str],
-                                                          served_tmp: Path, export_dir: Path) -> None:
+def test_the_next_start_removes_what_a_killed_serve_left(export_dir: Path, tmp_path: Path) -> None:
     """Nobody is left to remove a SIGKILLed serve's scratch repository and server directory (~60 MB for
-    VanillaNet-5): the next server start removes those of owners that are gone."""
-    killed, _ = served
-    assert killed.poll() is not None  # by the test before
-    left = sorted(p.name.rsplit("-", 1)[0] for p in served_tmp.glob(f"vanilladeploy-*-{killed.pid}-*"))
+    VanillaNet-5): the next server start removes those of owners that are gone. Its own serve, killed here, in
+    its own temp directory: it needs no other test to have run."""
+    env = os.environ | {"TMPDIR": str(tmp_path)}
+    first = list(vars(free_ports()).values())
+    killed = serve(export_dir, first, env=env)
+    try:
+        wait_for_line(killed, READY, timeout_s=120)
+    finally:
+        killed.kill()
+        killed.wait(timeout=10)
+    assert_nothing_left(first[0], killed.pid)  # its server got SIGTERM with it (PR_SET_PDEATHSIG) and stopped
+    left = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.glob(f"vanilladeploy-*-{killed.pid}-*"))
     assert left == [f"vanilladeploy-repo-{killed.pid}", f"vanilladeploy-triton-{killed.pid}"]
-    ports = list(vars(free_ports()).values())
-    process = serve(export_dir, ports, env=os.environ | {"TMPDIR": str(served_tmp)})
+    process = serve(export_dir, list(vars(free_ports()).values()), env=env)
     try:
         wait_for_line(process, READY, timeout_s=120)
-        assert not list(served_tmp.glob(f"vanilladeploy-*-{killed.pid}-*"))
-        assert len(list(served_tmp.glob(f"vanilladeploy-*-{process.pid}-*"))) == 2  # its own: kept
+        assert not list(tmp_path.glob(f"vanilladeploy-*-{killed.pid}-*"))
+        assert len(list(tmp_path.glob(f"vanilladeploy-*-{process.pid}-*"))) == 2  # its own: kept
     finally:
-        _stop(process)
-    assert process.returncode == 0 and not list(served_tmp.glob("vanilladeploy-*"))
+        stop(process)
+    assert process.returncode == 0 and not list(tmp_path.glob("vanilladeploy-*"))
 
 
 # --- the model's stub killed: reloaded under load, readiness false meanwhile -------------------------------------
@@ -271,7 +268,7 @@ def test_a_killed_stub_is_reloaded_under_load_with_readiness_false_meanwhile(exp
                 time.sleep(1)
             end = time.monotonic()
     finally:
-        _stop(process)
+        stop(process)
     assert process.returncode == 0
     assert load.count("wrong") == 0, "a wrong answer"
     for killed, back in windows:
@@ -286,7 +283,7 @@ def test_a_killed_stub_is_reloaded_under_load_with_readiness_false_meanwhile(exp
     errors = load.count("error")
     print(f"\n[serve] stub killed twice under 4 clients: {load.count('ok')} correct answers, 0 wrong, {errors} "
           f"errors while reloading; reloads took {', '.join(f'{b - k:.1f} s' for k, b in windows)}")
-    _nothing_left(ports[0], process.pid)
+    assert_nothing_left(ports[0], process.pid)
 
 
 def test_a_reload_that_fails_exits_2_with_the_reason(export_dir: Path, tmp_path: Path) -> None:
@@ -302,12 +299,12 @@ def test_a_reload_that_fails_exits_2_with_the_reason(export_dir: Path, tmp_path:
         os.kill(stub, signal.SIGKILL)
         output = rest_of_output(process, timeout_s=120)
     finally:
-        _stop(process)
+        stop(process)
     assert process.returncode == 2, output
     (error,) = _error_lines(output)
     assert "could not be reloaded after its backend stub died" in error and re.search(r"(?i)onnx|protobuf|pars",
                                                                                       error), error
-    _nothing_left(ports[0], process.pid)
+    assert_nothing_left(ports[0], process.pid)
     assert [p.name for p in scratch.iterdir() if p.name != ".ses"] == []  # (.ses: ONNX Runtime's, shared)
 
 
@@ -320,11 +317,11 @@ def test_a_killed_server_makes_serve_exit_2_with_one_line_naming_it(export_dir: 
         os.kill(server, signal.SIGKILL)
         output = rest_of_output(process, timeout_s=30)
     finally:
-        _stop(process)
+        stop(process)
     assert process.returncode == 2
     lines = [line for line in output.splitlines() if line.strip()]
     assert lines == ["error: Triton Inference Server exited (killed by SIGKILL): no error in its log"], output
-    _nothing_left(ports[0], process.pid)
+    assert_nothing_left(ports[0], process.pid)
 
 
 # --- a fixed-batch export, and options refused before anything is written or started ---------------------------
@@ -353,7 +350,7 @@ def test_a_static_batch_export_is_served_with_max_batch_0(tmp_path: Path) -> Non
         tensor.set_data_from_numpy(x)
         y = client.infer(MODEL, [tensor]).as_numpy("logits")
     finally:
-        _stop(process)
+        stop(process)
     assert process.returncode == 0
     result = compare(y, _reference(static / f"{MODEL}.onnx", x), tolerance=1e-5)
     assert y.shape == (2, 1000) and result, result

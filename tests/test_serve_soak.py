@@ -31,8 +31,8 @@ from triton_helpers import (
     wait_until,
 )
 
-from exporters.runners import OnnxRuntimeRunner
-from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
+from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
+from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
 from vanilladeploy.serving.bench import free_ports
 from vanilladeploy.verify import compare
 

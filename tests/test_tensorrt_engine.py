@@ -1,4 +1,4 @@
-"""exporters/tensorrt_engine.py on a real GPU with real TensorRT (10.x or 11.x): build, run, verify fp32, fp16 and
+"""vanilladeploy/runtimes/tensorrt.py on a real GPU with real TensorRT (10.x or 11.x): build, run, verify fp32, fp16 and
 int8 (explicit quantization from the QDQ ONNX, verified against that int8 ONNX in ONNX Runtime, as export does).
 
 Skipped, with the reason, where ``tensorrt`` or a CUDA GPU is missing (CI has neither); run with ``pytest -m gpu``
@@ -17,14 +17,14 @@ from conftest import SMALL_IMG, random_model
 from test_cli import export
 from test_evaluate import make_folder
 
-from exporters.fp16 import convert_to_fp16
-from exporters.int8 import quantize_qdq
-from exporters.onnx_export import build_onnx
-from exporters.runners import OnnxRuntimeRunner
-from exporters.trt_compat import BatchProfile
-from exporters.trt_plan import EngineMismatchError, TrtBuildOptions, engine_sidecar, tensorrt_missing
-from models.vanillanet import get_variant
-from vanilladeploy.export.tensorrt import TOLERANCE_INT8_ENGINE
+from vanilladeploy.exporters.fp16 import convert_to_fp16
+from vanilladeploy.exporters.onnx_export import build_onnx
+from vanilladeploy.exporters.qdq import quantize_qdq
+from vanilladeploy.exporters.trt_compat import BatchProfile
+from vanilladeploy.models.vanillanet import get_variant
+from vanilladeploy.pipeline.tensorrt import TOLERANCE_INT8_ENGINE
+from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
+from vanilladeploy.runtimes.trt_plan import EngineMismatchError, TrtBuildOptions, engine_sidecar, tensorrt_missing
 from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_TRT_FP32, random_inputs, top1_agreement, verify_outputs
 
 MISSING = tensorrt_missing()
@@ -58,7 +58,7 @@ def _reference(path: Path, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _build(onnx_paths: dict[str, Path], precision: str, **kw: object):
-    from exporters.tensorrt_engine import build_engine, strongly_typed_only
+    from vanilladeploy.runtimes.tensorrt import build_engine, strongly_typed_only
 
     source = onnx_paths["fp16" if precision == "fp16" and strongly_typed_only() else "fp32"]
     return build_engine(source, TrtBuildOptions(precision=precision, profile=BatchProfile(1, 2, 4), **kw))
@@ -66,7 +66,7 @@ def _build(onnx_paths: dict[str, Path], precision: str, **kw: object):
 
 @pytest.mark.parametrize("precision,tolerance", [("fp32", TOLERANCE_TRT_FP32), ("fp16", TOLERANCE_FP16)])
 def test_build_run_verify(onnx_paths: dict[str, Path], precision: str, tolerance: float) -> None:
-    from exporters.tensorrt_engine import TensorRTRunner
+    from vanilladeploy.runtimes.tensorrt import TensorRTRunner
 
     built = _build(onnx_paths, precision)
     xs = random_inputs(3, batch=2, img_size=SMALL_IMG, seed=7) + random_inputs(1, batch=1, img_size=SMALL_IMG)
@@ -80,7 +80,7 @@ def test_build_run_verify(onnx_paths: dict[str, Path], precision: str, tolerance
 
 
 def test_int8_build_run_verify(int8_onnx: Path) -> None:
-    from exporters.tensorrt_engine import TensorRTRunner, build_engine
+    from vanilladeploy.runtimes.tensorrt import TensorRTRunner, build_engine
 
     built = build_engine(int8_onnx, TrtBuildOptions(precision="int8", profile=BatchProfile(1, 2, 4)))
     xs = random_inputs(3, batch=2, img_size=SMALL_IMG, seed=7) + random_inputs(1, batch=4, img_size=SMALL_IMG)
@@ -101,7 +101,7 @@ def test_export_trt_int8_through_the_cli(official_ckpt_path: Path, tmp_path: Pat
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["export", str(official_ckpt_path), "--out", str(out), "--img-size", "64",
                                       "--precision", "int8", "--calib", str(images), "--calib-count", "8",
-                                      "--min-agreement", "0", "--trt", "--batch", "4", "--verbose"])
+                                      "--min-agreement", "0", "--trt", "--trt-profile", "4", "--verbose"])
     assert result.exit_code == 0, result.output
     sidecar = json.loads((out / "vanillanet_5.int8.engine.json").read_text())
     assert sidecar["verified"] and sidecar["precision"] == "int8"
@@ -112,7 +112,7 @@ def test_export_trt_int8_through_the_cli(official_ckpt_path: Path, tmp_path: Pat
 
 
 def test_cuda_graph_replay_matches_and_timing_cache_is_written(onnx_paths: dict[str, Path], tmp_path: Path) -> None:
-    from exporters.tensorrt_engine import TensorRTRunner
+    from vanilladeploy.runtimes.tensorrt import TensorRTRunner
 
     cache = tmp_path / "timing.cache"
     built = _build(onnx_paths, "fp32", timing_cache=cache)
@@ -125,7 +125,7 @@ def test_cuda_graph_replay_matches_and_timing_cache_is_written(onnx_paths: dict[
 
 
 def test_engine_built_elsewhere_is_refused(onnx_paths: dict[str, Path]) -> None:
-    from exporters.tensorrt_engine import TensorRTRunner
+    from vanilladeploy.runtimes.tensorrt import TensorRTRunner
 
     built = _build(onnx_paths, "fp32")
     sidecar = engine_sidecar(trt_version=built.tensorrt_version, gpu_name="Some Other GPU",
@@ -142,7 +142,7 @@ def test_export_trt_through_the_cli(official_ckpt_path: Path, tmp_path: Path, pr
     import tensorrt
 
     out = tmp_path / "out"
-    result = export(official_ckpt_path, out, "--trt", "--precision", precision, "--batch", "4", "--verbose")
+    result = export(official_ckpt_path, out, "--trt", "--precision", precision, "--trt-profile", "4", "--verbose")
     assert result.exit_code == 0, result.output
     engine = out / f"vanillanet_5.{precision}.engine"
     sidecar = json.loads((out / f"vanillanet_5.{precision}.engine.json").read_text())
@@ -155,7 +155,7 @@ def test_export_trt_through_the_cli(official_ckpt_path: Path, tmp_path: Path, pr
 
 
 def test_engine_file_is_checked_against_its_sidecar(onnx_paths: dict[str, Path], tmp_path: Path) -> None:
-    from exporters.tensorrt_engine import TensorRTRunner
+    from vanilladeploy.runtimes.tensorrt import TensorRTRunner
 
     built = _build(onnx_paths, "fp32")
     engine = tmp_path / "m.fp32.engine"

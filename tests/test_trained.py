@@ -21,8 +21,8 @@ from PIL import Image
 from trained import CLASSES, DECAY_EPOCHS, MIN_ACCURACY, VARIANT, Trained, trained_network
 from typer.testing import CliRunner, Result
 
-from models.vanillanet import create_vanillanet
 from vanilladeploy.cli import app
+from vanilladeploy.models.vanillanet import create_vanillanet
 
 pytestmark = pytest.mark.slow
 
@@ -163,17 +163,27 @@ def test_eval_agrees_with_an_independent_computation(evaluation: dict[str, Any],
 
 # --- accuracy-aware int8 on the trained network -----------------------------------------------------------------
 
-REL_L2_GATE = 0.07
-"""Below what the fully quantized trained network reaches on the held-out digits (measured: 0.078), so the gate is
-missed and ``--fallback auto`` has to keep Convs in float until the mean relative L2 is under it."""
+def _full_int8_rel_l2(int8_out: Path) -> float:
+    """The held-out mean rel. L2 of the fully quantized network, as this CPU's int8 kernels compute it (0.078 on an
+    AVX2-only EPYC, lower with VNNI)."""
+    int8 = read_report(int8_out)["int8"]
+    steps = int8["fallback"]["steps"]
+    if steps:  # the search's first step is the full int8 model
+        return steps[0]["mean_rel_l2"]
+    assert int8["float_layers"] == [], int8["float_layers"]
+    return int8["verification"]["mean_rel_l2"]
 
 
 @pytest.fixture(scope="module")
-def fallback_out(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+def fallback_out(trained: Trained, int8_out: Path, tmp_path_factory: pytest.TempPathFactory
+                 ) -> tuple[Path, Result, float]:
+    """``--max-rel-l2`` at 0.9 × the full int8 model's error measured HERE: the gate is missed on every CPU, so
+    ``--fallback auto`` has to keep Convs in float until the mean relative L2 is under it (all 9 in float would)."""
+    gate = round(0.9 * _full_int8_rel_l2(int8_out), 5)
     out = tmp_path_factory.mktemp("fallback") / "out"
     result = run("export", trained.checkpoint, "--out", out, "--precision", "int8", "--calib", trained.images,
-                 "--max-rel-l2", REL_L2_GATE, "--max-fallback", 9)
-    return out, result
+                 "--max-rel-l2", gate, "--max-fallback", 9)
+    return out, result, gate
 
 
 def _float_convs(path: Path) -> set[str]:
@@ -187,13 +197,14 @@ def _float_convs(path: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_fallback_auto_keeps_the_most_sensitive_convs_until_the_gate_is_met(
-        fallback_out: tuple[Path, Result]) -> None:
-    out, result = fallback_out
+        fallback_out: tuple[Path, Result, float]) -> None:
+    out, result, gate = fallback_out
     assert result.exit_code == 0, result.output
     int8 = read_report(out)["int8"]
     steps = int8["fallback"]["steps"]
-    assert steps[0]["float_layers"] == [] and steps[0]["mean_rel_l2"] > REL_L2_GATE  # the full int8 model missed
-    assert len(steps) >= 2 and steps[-1]["mean_rel_l2"] <= REL_L2_GATE and int8["verified"]
+    assert steps, f"premise: the full int8 model should miss --max-rel-l2 {gate} ({int8['verification']})"
+    assert steps[0]["float_layers"] == [] and steps[0]["mean_rel_l2"] > gate  # the full int8 model missed
+    assert len(steps) >= 2 and steps[-1]["mean_rel_l2"] <= gate and int8["verified"]
     errors = [s["mean_rel_l2"] for s in steps]
     assert all(b < a for a, b in zip(errors, errors[1:])), errors  # every fallback step improves the gate's figure
     table = int8["sensitivity"]
@@ -222,7 +233,7 @@ def test_calibration_methods_end_to_end_differ_from_minmax(method: str, trained:
                                                             tmp_path: Path) -> None:
     import onnx
 
-    from exporters.int8 import quantization_scales
+    from vanilladeploy.exporters.qdq import quantization_scales
 
     result = run("export", trained.checkpoint, "--out", tmp_path / "o", "--precision", "int8", "--calib",
                  trained.images, "--calib-method", method)
@@ -238,7 +249,7 @@ def test_openvino_int8_and_bf16_pass_their_gates_on_the_trained_network(trained:
     """OpenVINO runs the same int8 QDQ file: it must pass the same gate against fp32 on the same digits; bf16
     (OpenVINO's precision) rel. L2 ≤ 1e-2 and the agreement gate, where this CPU computes bf16."""
     import vanilladeploy as vd
-    from exporters.runners import OpenVinoRunner, bf16_missing
+    from vanilladeploy.runtimes.runners import OpenVinoRunner, bf16_missing
 
     images = sorted(trained.images.glob("*/*.png"))[::4]  # 250 digits, every class
     with vd.load(int8_out / f"{VARIANT}.onnx") as fp32:

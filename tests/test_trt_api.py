@@ -258,7 +258,8 @@ def _check(path: Path, api: StubApi) -> Checker:
 
 def test_every_file_importing_tensorrt_is_checked() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in CHECKED}
-    assert {"exporters/tensorrt_engine.py", "exporters/trt_plan.py", "vanilladeploy/doctor.py"} <= names, names
+    expected = {"vanilladeploy/runtimes/tensorrt.py", "vanilladeploy/runtimes/trt_plan.py", "vanilladeploy/doctor.py"}
+    assert expected <= names, names
 
 
 def test_the_scan_finds_every_import_form(tmp_path: Path) -> None:
@@ -271,13 +272,13 @@ def test_the_scan_finds_every_import_form(tmp_path: Path) -> None:
 
 
 ESSENTIAL = {  # per file, calls that must be among the followed ones (else the type inference lost track of them)
-    "tensorrt_engine.py": ("module.Builder", "Builder.create_network", "module.OnnxParser",
+    "vanilladeploy/runtimes/tensorrt.py": ("module.Builder", "Builder.create_network", "module.OnnxParser",
                            "OnnxParser.parse_from_file", "Builder.build_serialized_network",
                            "IBuilderConfig.set_memory_pool_limit", "IOptimizationProfile.set_shape",
                            "IExecutionContext.set_tensor_address", "IExecutionContext.execute_async_v3",
                            "Runtime.deserialize_cuda_engine", "IBuilderConfig.set_timing_cache", "module.BuilderFlag",
                            "ICudaEngine.get_tensor_mode"),
-    "doctor.py": ("module.Builder", "module.Logger", "Logger.WARNING"),
+    "vanilladeploy/doctor.py": ("module.Builder", "module.Logger", "Logger.WARNING"),
 }
 
 
@@ -288,15 +289,15 @@ def test_every_tensorrt_name_exists_in_the_stubs(path: Path, api: StubApi) -> No
     assert not checker.untyped, ("attribute used on a name of unknown type; add it to PARAMETERS (a TensorRT type) "
                                  f"or NOT_TENSORRT: {checker.untyped}")
     used = {f"{owner}.{name}" for owner, name, _ in checker.used}
-    for essential in ESSENTIAL.get(path.name, ()):
+    for essential in ESSENTIAL.get(path.relative_to(ROOT).as_posix(), ()):
         assert essential in used, f"{essential} was not followed: the type inference lost track of it"
 
 
 @pytest.mark.parametrize(("file", "right", "wrong"), [
-    ("exporters/tensorrt_engine.py", "execute_async_v3", "execute_async_v4"),
-    ("exporters/tensorrt_engine.py", "trt.BuilderFlag.FP16", "trt.BuilderFlag.FP17"),
-    ("exporters/tensorrt_engine.py", "create_optimization_profile", "create_profile"),
-    ("exporters/tensorrt_engine.py", "set_input_shape", "set_binding_shape"),
+    ("vanilladeploy/runtimes/tensorrt.py", "execute_async_v3", "execute_async_v4"),
+    ("vanilladeploy/runtimes/tensorrt.py", "trt.BuilderFlag.FP16", "trt.BuilderFlag.FP17"),
+    ("vanilladeploy/runtimes/tensorrt.py", "create_optimization_profile", "create_profile"),
+    ("vanilladeploy/runtimes/tensorrt.py", "set_input_shape", "set_binding_shape"),
     ("vanilladeploy/doctor.py", "trt.Logger.WARNING", "trt.Logger.WARN"),
     ("vanilladeploy/doctor.py", "trt.Builder(", "trt.builder("),
 ])
@@ -324,7 +325,7 @@ def test_tensorrt_11_only_is_exactly_the_branch_names_the_stubs_lack(api: StubAp
 
 
 def test_an_unlisted_tensorrt_11_name_in_a_version_branch_is_caught(api: StubApi, tmp_path: Path) -> None:
-    source = (ROOT / "exporters" / "tensorrt_engine.py").read_text(encoding="utf-8")
+    source = (ROOT / "vanilladeploy" / "runtimes" / "tensorrt.py").read_text(encoding="utf-8")
     right = "    if opts.precision == \"fp16\" and not strongly_typed:\n"
     assert right in source
     broken = tmp_path / "engine_11.py"

@@ -9,9 +9,9 @@ import torch
 from conftest import ALL_VARIANTS
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters.onnx_export import build_onnx
-from exporters.trt_compat import BatchProfile, check_trt_compat
-from models.vanillanet import create_vanillanet, get_variant
+from vanilladeploy.exporters.onnx_export import build_onnx
+from vanilladeploy.exporters.trt_compat import BatchProfile, check_trt_compat
+from vanilladeploy.models.vanillanet import create_vanillanet, get_variant
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)

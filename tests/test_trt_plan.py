@@ -1,4 +1,5 @@
-"""exporters/trt_plan.py: options, sizes, trtexec lines for TensorRT 10 and 11, the engine sidecar and its check."""
+"""vanilladeploy/runtimes/trt_plan.py: options, sizes, trtexec lines for TensorRT 10 and 11, the engine sidecar and
+its check."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from exporters.trt_compat import BatchProfile
-from exporters.trt_plan import (
+from vanilladeploy.exporters.trt_compat import BatchProfile
+from vanilladeploy.runtimes.trt_plan import (
     EngineMismatchError,
     TrtBuildOptions,
     check_engine_sidecar,
@@ -64,6 +65,8 @@ def test_trtexec_fp16_differs_between_tensorrt_10_and_11() -> None:
     eleven = _args(trtexec_command(Path("m.fp16.onnx"), Path("m.fp16.engine"), input_name="input",
                                    input_shape=SHAPE, dynamic_batch=False, opts=opts, tensorrt_major=11))
     assert "--fp16" in ten and "--fp16" not in eleven  # TensorRT 11 removed the precision flags
+    assert {"--useCudaGraph", "--noDataTransfers"} <= set(ten)  # timing switches TensorRT 11 ignores with a warning
+    assert not {"--useCudaGraph", "--noDataTransfers"} & set(eleven)
     assert "--onnx=m.fp16.onnx" in eleven and "--memPoolSize=workspace:1000B" in ten
     assert not any(a.startswith(("--minShapes", "--shapes")) for a in ten)  # static batch: no shapes
     assert "--noTF32" not in ten

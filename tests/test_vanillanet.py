@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import SMALL_IMG, random_model
 
-from models.vanillanet import VARIANTS, create_vanillanet, get_variant
+from vanilladeploy.models.vanillanet import VARIANTS, create_vanillanet, get_variant
 
 # DESIGN §2: deploy parameters in millions (1000 classes) and the depth N of VanillaNet-N.
 DEPLOY_PARAMS_M = {"vanillanet_5": 15.5, "vanillanet_6": 32.5, "vanillanet_7": 32.8, "vanillanet_8": 37.1,

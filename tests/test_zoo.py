@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.zoo import PAPER_SET, PUBLISHED, get_entry, model_cost, resolve_models
+from vanilladeploy.benchmarks.zoo import PAPER_SET, PUBLISHED, get_entry, model_cost, resolve_models
 
 
 def test_paper_set_and_train_form() -> None:

@@ -41,7 +41,7 @@ from conftest import missing_in_ci
 from PIL import Image
 from torch import Tensor
 
-from models.vanillanet import VanillaNet, create_vanillanet
+from vanilladeploy.models.vanillanet import VanillaNet, create_vanillanet
 
 VARIANT = "vanillanet_5"
 CLASSES = 10

@@ -4,6 +4,7 @@ and find what it started (the ``tritonserver``, the Python backend's stubs, thei
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -117,3 +118,21 @@ def wait_until(condition: Callable[[], object], timeout_s: float, interval_s: fl
             return False
         time.sleep(interval_s)
     return True
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM ``vanilladeploy serve`` and wait for it (SIGKILL after 60 s)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def assert_nothing_left(port: int, cli_pid: int, timeout_s: float = 15.0) -> None:
+    """No ``tritonserver`` on ``port``, no stub and no ``/dev/shm`` entry of the servers ``cli_pid`` ran."""
+    assert wait_until(lambda: not server_processes(port, cli_pid), timeout_s), \
+        f"tritonserver or stub left running: {server_processes(port, cli_pid)}"
+    assert not shm_of(cli_pid), f"shared memory left behind: {shm_of(cli_pid)}"

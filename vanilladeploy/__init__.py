@@ -20,10 +20,6 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "export":  # the export wing, callable as the API's export (see vanilladeploy/export/__init__.py)
-        import importlib
-
-        return importlib.import_module("vanilladeploy.export")
     if name in _API:
         from vanilladeploy import api
 

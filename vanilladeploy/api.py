@@ -16,8 +16,8 @@ import numpy as np
 
 from vanilladeploy.evaluate import Artifact, EvalResult, choose_preprocess, open_artifact
 from vanilladeploy.evaluate import evaluate as _evaluate
-from vanilladeploy.export.pipeline import ExportResult, export_checkpoint, export_options
 from vanilladeploy.images import Preprocess, load_image
+from vanilladeploy.pipeline.export import ExportResult, export_checkpoint, export_options
 from vanilladeploy.steps import Progress, silent
 
 
@@ -71,17 +71,20 @@ class Model:
         self.close()
 
 
-def load(artifact: str | Path, *, arch: str | None = None, runtime: str = "onnxruntime") -> Model:
+def load(artifact: str | Path, *, arch: str | None = None, runtime: str = "onnxruntime",
+         precision: str = "fp32") -> Model:
     """A training checkpoint (run in training form with λ as trained), a deploy ``.pth``, an ``.onnx`` (fp32, fp16
-    or int8, in ``runtime``: ONNX Runtime or OpenVINO) or a TensorRT ``.engine``, ready to ``predict``."""
-    return Model(open_artifact(str(artifact), arch=arch, runtime=runtime))
+    or int8, in ``runtime``: ONNX Runtime, or OpenVINO computing in ``precision`` fp32 or bf16) or a TensorRT
+    ``.engine``, ready to ``predict``."""
+    return Model(open_artifact(str(artifact), arch=arch, runtime=runtime, precision=precision))
 
 
 def evaluate(artifacts: Sequence[str | Path], data: str | Path, *, limit: int | None = None, batch: int = 32,
-             arch: str | None = None, runtime: str = "onnxruntime", progress: Progress = silent) -> EvalResult:
+             arch: str | None = None, runtime: str = "onnxruntime", precision: str = "fp32",
+             progress: Progress = silent) -> EvalResult:
     """``vanilladeploy eval``: accuracy and agreement with the first artifact on an image folder."""
     return _evaluate([str(a) for a in artifacts], Path(data), limit=limit, batch=batch, arch=arch, progress=progress,
-                     runtime=runtime)
+                     runtime=runtime, precision=precision)
 
 
 __all__ = ["ExportResult", "Model", "Preprocess", "evaluate", "export", "load"]

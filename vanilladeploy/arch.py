@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from models.vanillanet import VARIANTS, VanillaNet, VariantSpec, create_vanillanet, get_variant
 from vanilladeploy.checkpoint import Form
 from vanilladeploy.errors import ArchitectureError
+from vanilladeploy.models.vanillanet import VARIANTS, VanillaNet, VariantSpec, create_vanillanet, get_variant
 
 _STAGE_KEY = re.compile(r"^stages\.(\d+)\.")
 

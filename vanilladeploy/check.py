@@ -6,14 +6,15 @@ from pathlib import Path
 
 import onnx
 
-from exporters.trt_compat import BatchProfile, CompatResult, check_trt_compat
 from vanilladeploy.errors import CheckpointError
-from vanilladeploy.validate import batch_profile
+from vanilladeploy.exporters.trt_compat import BatchProfile, CompatResult, check_trt_compat
+from vanilladeploy.validate import trt_profile
 
 
-def check_onnx_file(path: Path, *, batch: str | None = None) -> CompatResult:
-    """Load ``path`` (with external data beside it, if any) and check it against ``batch`` (MIN/OPT/MAX or MAX)."""
-    profile = batch_profile(batch) if batch is not None else BatchProfile()
+def check_onnx_file(path: Path, *, profile: str | None = None) -> CompatResult:
+    """Load ``path`` (with external data beside it, if any) and check it against the TensorRT batch ``profile``
+    (MIN/OPT/MAX or MAX)."""
+    batches = trt_profile(profile) if profile is not None else BatchProfile()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file." if not path.exists() else f"{path} is not a file.")
     try:
@@ -22,4 +23,4 @@ def check_onnx_file(path: Path, *, batch: str | None = None) -> CompatResult:
         raise CheckpointError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}).") from None
     if not model.graph.node and not model.graph.output:
         raise CheckpointError(f"{path} is not an ONNX model (no graph).")
-    return check_trt_compat(model, profile=profile)
+    return check_trt_compat(model, profile=batches)

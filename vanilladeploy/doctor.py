@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-from vanilladeploy.extras import install_hint
-from vanilladeploy.machine import BF16_FLAGS, INT8_FLAGS, ISA_FLAGS, cpu_flags, cpu_model, usable_cores
+from vanilladeploy.extras import EXTRAS, install_hint
+from vanilladeploy.machine import INT8_FLAGS, ISA_FLAGS, bf16_missing, cpu_flags, cpu_model, usable_cores
 
 TRT_INSTALL, SERVE_INSTALL, BENCH_INSTALL, CORE_INSTALL = (install_hint(n) for n in ("trt", "serve", "bench", "core"))
 
@@ -148,6 +148,19 @@ def capabilities(parts: list[Component]) -> list[Capability]:
     caps.append(serve)
     caps.append(_needs("repo", ok, ["onnx", "tritonclient"], SERVE_INSTALL))
     caps += _cpu_runtimes(ok)
+    caps += _runtimes()
+    return caps
+
+
+def _runtimes() -> list[Capability]:
+    """One line per entry of the one table of runtimes: what it runs (precisions, devices) and whether it is here."""
+    from vanilladeploy.runtimes import RUNTIMES
+
+    caps = []
+    for name, r in RUNTIMES.items():
+        reason = _trt_reason() if name == "tensorrt" else r.missing()
+        fix = EXTRAS[r.extra].install
+        caps.append(_from_reason(f"runtime {name}: {'/'.join(r.precisions)} on {'/'.join(r.devices)}", reason, fix))
     return caps
 
 
@@ -156,9 +169,9 @@ def _cpu_runtimes(ok: dict[str, Component]) -> list[Capability]:
     AMX; int8 runs anywhere, with less speed-up without them)."""
     flags, hint = cpu_flags(), install_hint("openvino")
     caps = [_needs("export --openvino, eval --runtime openvino", ok, ["openvino"], hint)]
-    if not any(f in flags for f in BF16_FLAGS):
-        caps.append(Capability("OpenVINO bf16", False, f"no native bf16: neither {' nor '.join(BF16_FLAGS)} in "
-                               "/proc/cpuinfo (bf16 is refused here, never run as fp32)",
+    missing = bf16_missing(flags)
+    if missing:
+        caps.append(Capability("OpenVINO bf16", False, f"{missing} (bf16 is refused here, never run as fp32)",
                                "a CPU with AVX-512 BF16 or AMX"))
     else:
         caps.append(_needs("OpenVINO bf16", ok, ["openvino"], hint))
@@ -182,7 +195,7 @@ def _from_reason(command: str, reason: str | None, fix: str) -> Capability:
 
 def _trt_reason() -> str | None:
     try:
-        from exporters.trt_plan import tensorrt_missing
+        from vanilladeploy.runtimes.trt_plan import tensorrt_missing
 
         return tensorrt_missing()
     except Exception as e:
@@ -194,7 +207,7 @@ def _bench(ok: dict[str, Component]) -> list[Capability]:
     try:
         import torch
 
-        from benchmarks.backends import BACKENDS, BenchConfig
+        from vanilladeploy.benchmarks.backends import BACKENDS, BenchConfig
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         for name, backend in BACKENDS.items():

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporters.runners import RUNTIMES, ChunkedRunner, Runner, TorchRunner, fixed_batch_of, onnx_runner
 from vanilladeploy.errors import MissingDependencyError, UsageError
+from vanilladeploy.exporters.contract import fixed_batch_of
 from vanilladeploy.extras import require
 from vanilladeploy.images import (
     IMAGE_EXTENSIONS,
@@ -33,6 +33,14 @@ from vanilladeploy.images import (
     Preprocess,
     iter_batches,
     scan_folder,
+)
+from vanilladeploy.runtimes import ONNX_RUNTIMES
+from vanilladeploy.runtimes.runners import (
+    OPENVINO_PRECISIONS,
+    ChunkedRunner,
+    Runner,
+    TorchRunner,
+    onnx_runner,
 )
 from vanilladeploy.source import check_source_options
 from vanilladeploy.steps import Progress, Step, silent
@@ -59,18 +67,19 @@ class Artifact:
     size_source: str = "ONNX graph input"
 
 
-def open_artifact(path: str, *, arch: str | None = None, runtime: str = "onnxruntime") -> Artifact:
+def open_artifact(path: str, *, arch: str | None = None, runtime: str = "onnxruntime",
+                  precision: str = "fp32") -> Artifact:
     """A runner for a checkpoint (training form, λ as trained), a deploy .pth, an .onnx (in ``runtime``: ONNX
-    Runtime or OpenVINO) or an .engine."""
+    Runtime, or OpenVINO computing in ``precision`` fp32 or bf16) or an .engine."""
     file = Path(path)
     if file.suffix == ".onnx":
-        return _onnx_artifact(file, runtime)
+        return _onnx_artifact(file, runtime, precision)
     if file.suffix == ".engine":
         return _engine_artifact(file)
     return _torch_artifact(path, arch)
 
 
-def _onnx_artifact(file: Path, runtime: str = "onnxruntime") -> Artifact:
+def _onnx_artifact(file: Path, runtime: str = "onnxruntime", precision: str = "fp32") -> Artifact:
     """An ONNX in ``runtime``; a fixed batch dimension is respected (any --batch is split and padded to it)."""
     import onnx
 
@@ -89,11 +98,12 @@ def _onnx_artifact(file: Path, runtime: str = "onnxruntime") -> Artifact:
     graph_input = model.graph.input[0]
     dims = graph_input.type.tensor_type.shape.dim
     size = dims[-1].dim_value if len(dims) == 4 and dims[-1].HasField("dim_value") else None
-    runner = onnx_runner(file, runtime)
+    runner = onnx_runner(file, runtime, precision=precision)
     fixed = fixed_batch_of(graph_input)
     if fixed is not None:
         runner = ChunkedRunner(runner, min_batch=fixed, max_batch=fixed)
-    kind = f"onnx {onnx_precision(model, meta)}" + ("" if runtime == "onnxruntime" else f" ({runtime})")
+    kind = f"onnx {onnx_precision(model, meta)}" + ("" if runtime == "onnxruntime" else
+                                                    f" ({runtime}{'' if precision == 'fp32' else ' ' + precision})")
     return Artifact(file.name, kind, runner, size, recorded=recorded)
 
 
@@ -113,12 +123,12 @@ def onnx_precision(model: onnx.ModelProto, meta: dict[str, str]) -> str:
 
 def _engine_artifact(file: Path) -> Artifact:
     """A TensorRT engine; with its JSON sidecar, batches are fitted to the engine's profile (min..max)."""
-    from exporters.trt_plan import tensorrt_missing
+    from vanilladeploy.runtimes.trt_plan import tensorrt_missing
 
     missing = tensorrt_missing()
     if missing:
         raise MissingDependencyError(f"{file}: {missing}")
-    from exporters.tensorrt_engine import TensorRTRunner
+    from vanilladeploy.runtimes.tensorrt import TensorRTRunner
 
     sidecar = file.with_name(file.name + ".json")
     if not sidecar.is_file():
@@ -220,10 +230,13 @@ class EvalResult:
 
 
 def check_eval_options(data: Path, *, arch: str | None = None, json_path: Path | None = None,
-                       runtime: str = "onnxruntime") -> None:
+                       runtime: str = "onnxruntime", precision: str = "fp32") -> None:
     """What ``eval`` refuses before opening any artifact."""
-    if runtime not in RUNTIMES:
-        raise UsageError(f"--runtime {runtime}: choose {', '.join(RUNTIMES)}.")
+    if runtime not in ONNX_RUNTIMES:
+        raise UsageError(f"--runtime {runtime}: choose {', '.join(ONNX_RUNTIMES)}.")
+    if precision not in OPENVINO_PRECISIONS or (precision != "fp32" and runtime != "openvino"):
+        raise UsageError(f"--precision {precision}: ONNX Runtime computes in the graph's own precision (fp32); "
+                         f"OpenVINO (--runtime openvino) in {' or '.join(OPENVINO_PRECISIONS)}.")
     if runtime == "openvino":
         require("openvino", "--runtime openvino")
     check_path("--data", data, directory=True, must_exist=True)
@@ -235,16 +248,17 @@ def check_eval_options(data: Path, *, arch: str | None = None, json_path: Path |
 def evaluate(artifacts: Sequence[str | Artifact], data: Path, *, limit: int | None = None, batch: int = 32,
              arch: str | None = None, progress: Progress = silent,
              indices: Sequence[int] | None = None, preprocess: Preprocess | None = None,
-             runtime: str = "onnxruntime") -> EvalResult:
+             runtime: str = "onnxruntime", precision: str = "fp32") -> EvalResult:
     """Run every artifact (a path, or an :class:`Artifact` already opened) on the folder's images (the first
     ``limit``, or ``indices``), batch by batch, with ``preprocess`` or the one the artifacts imply
     (:func:`choose_preprocess`). Raises
     :class:`~vanilladeploy.images.NoReadableImagesError` before any inference when no selected image is readable."""
     if not artifacts:
         raise UsageError("give at least one artifact to evaluate.")
-    check_eval_options(data, arch=arch, runtime=runtime)
+    check_eval_options(data, arch=arch, runtime=runtime, precision=precision)
     folder = scan_folder(data)
-    opened = [a if isinstance(a, Artifact) else open_artifact(a, arch=arch, runtime=runtime) for a in artifacts]
+    opened = [a if isinstance(a, Artifact) else open_artifact(a, arch=arch, runtime=runtime, precision=precision)
+              for a in artifacts]
     pre = preprocess or choose_preprocess(opened)
     order = list(indices) if indices is not None else list(range(len(folder.files)))[:limit]
     skipped = folder.ignored_with_reasons() if indices is None else []

@@ -51,11 +51,13 @@ def install_hint(name: str) -> str:
 
 
 def available(module: str) -> bool:
-    """Whether ``module`` can be found, without importing it."""
+    """Whether ``module`` can be found, without importing it. A bare namespace directory (no code: what a stubs-only
+    package such as ``tensorrt-stubs`` leaves behind) does not count."""
     try:
-        return importlib.util.find_spec(module) is not None
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):  # a parent package is missing, or a broken __spec__
         return False
+    return spec is not None and (spec.loader is not None or spec.origin not in (None, "namespace"))
 
 
 def require(name: str, what: str) -> None:

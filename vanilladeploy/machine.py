@@ -9,6 +9,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -37,10 +38,41 @@ def cpu_model() -> str:
                 platform.processor() or platform.machine())
 
 
+def parse_cpu_flags(text: str) -> frozenset[str]:
+    """The feature flags in a CPU description: the first ``flags`` line of /proc/cpuinfo, lscpu's ``Flags:``
+    line, or a bare line of flags (as ``lscpu`` or a cloud provider lists them); empty when there is none."""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "flags":
+            return frozenset(value.split())
+    lines = [line for line in text.splitlines() if line.strip()]
+    return frozenset(lines[0].split()) if len(lines) == 1 and ":" not in lines[0] else frozenset()
+
+
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo is unreadable)."""
-    return frozenset(next((line.split(":", 1)[1].split() for line in _cpuinfo().splitlines()
-                           if line.startswith("flags")), []))
+    """This CPU's feature flags (empty where /proc/cpuinfo is unreadable)."""
+    return parse_cpu_flags(_cpuinfo())
+
+
+def bf16_missing(flags: frozenset[str] | None = None, capabilities: Sequence[str] | None = None) -> str | None:
+    """Why this CPU cannot compute in bf16 natively, or None when it can: its /proc/cpuinfo ``flags`` need
+    avx512_bf16 or amx_bf16 (elsewhere OpenVINO would emulate bf16 or fall back to fp32), and OpenVINO's CPU plugin
+    must list BF16 among its ``OPTIMIZATION_CAPABILITIES`` (when given)."""
+    flags = cpu_flags() if flags is None else flags
+    if not any(f in flags for f in BF16_FLAGS):
+        return (f"this CPU has no native bf16 (neither {' nor '.join(BF16_FLAGS)} in /proc/cpuinfo); it would run "
+                "in fp32 — use fp32 or int8 here, or a CPU with AVX-512 BF16 or AMX")
+    if capabilities is not None and "BF16" not in capabilities:
+        return (f"OpenVINO's CPU plugin reports no BF16 capability on this CPU (OPTIMIZATION_CAPABILITIES: "
+                f"{' '.join(capabilities)}); update openvino")
+    return None
+
+
+def describe_cpu(info: dict[str, Any]) -> str:
+    """``AMD EPYC (2 threads) [avx2 fma avx512f …]``: the CPU of a :func:`machine_info` and the ISA flags that
+    decide its kernels, as every quoted figure should carry them."""
+    isa = info.get("cpu_isa")
+    return f"{info['cpu']} [{' '.join(isa)}]" if isa else str(info["cpu"])
 
 
 def usable_cores() -> int:
@@ -79,6 +111,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     torch = sys.modules.get("torch")
     threads = torch.get_num_threads() if torch is not None else usable_cores()
     info: dict[str, Any] = {"cpu": f"{cpu_model()} ({threads} threads)", "cpu_count": os.cpu_count(),
+                            "cpu_isa": [f for f in ISA_FLAGS if f in cpu_flags()],
                             "platform": platform.platform(), "versions": versions}
     if device == "cuda":
         import torch
@@ -87,5 +120,5 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
-__all__ = ["BF16_FLAGS", "INT8_FLAGS", "ISA_FLAGS", "cpu_flags", "cpu_model", "gpu_state", "machine_info",
-           "usable_cores"]
+__all__ = ["BF16_FLAGS", "INT8_FLAGS", "ISA_FLAGS", "bf16_missing", "cpu_flags", "cpu_model", "describe_cpu",
+           "gpu_state", "machine_info", "parse_cpu_flags", "usable_cores"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,26 +22,33 @@ from typing import Any
 import numpy as np
 import onnx
 
-from benchmarks.harness import measure_interleaved, summarize, timed_on_clock
-from exporters.fp16 import fp16_export
-from exporters.onnx_export import input_shape
-from exporters.runners import RUNTIMES, OnnxRuntimeRunner, PrecisionUnavailable, Runner, bf16_missing, onnx_runner
-from exporters.triton_repo import RepoOptions
 from vanilladeploy.atomic import ArtifactWriter
+from vanilladeploy.benchmarks.harness import measure_interleaved, summarize
 from vanilladeploy.checkpoint import sha256_of
-from vanilladeploy.errors import UsageError
+from vanilladeploy.errors import UsageError, VerificationError
 from vanilladeploy.evaluate import Artifact, evaluate
-from vanilladeploy.export.int8 import EVAL_BATCH, split_folder
-from vanilladeploy.export.options import Int8Options
-from vanilladeploy.export.pipeline import ExportOptions, export_checkpoint
+from vanilladeploy.exporters.fp16 import fp16_export
+from vanilladeploy.exporters.onnx_export import input_shape
 from vanilladeploy.extras import available, install_hint
 from vanilladeploy.images import Preprocess, scan_folder
 from vanilladeploy.machine import machine_info
+from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
+from vanilladeploy.pipeline.int8 import EVAL_BATCH, split_folder
+from vanilladeploy.pipeline.options import Int8Options
+from vanilladeploy.runtimes import ARTIFACT_RUNTIMES
+from vanilladeploy.runtimes.runners import (
+    OnnxRuntimeRunner,
+    PrecisionUnavailable,
+    Runner,
+    bf16_missing,
+    onnx_runner,
+)
+from vanilladeploy.serving.triton_config import RepoOptions
 from vanilladeploy.steps import Progress, Step, silent
 from vanilladeploy.validate import check_path
 from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_FP32, TOLERANCE_TRT_FP32
 
-OPTIMIZE_RUNTIMES = (*RUNTIMES, "tensorrt")
+OPTIMIZE_RUNTIMES = ARTIFACT_RUNTIMES  # from the one table of runtimes
 PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8"),
               "tensorrt": ("fp32", "fp16", "int8")}
 """What each runtime is asked to run: the graph's precision (ONNX Runtime, TensorRT) or its own (OpenVINO bf16)."""
@@ -78,6 +86,8 @@ class Candidate:
     median_ms: float | None = None
     p90_ms: float | None = None
     reason: str | None = None
+    inference_precision: str | None = None
+    """What the runtime reports it computes in once compiled (OpenVINO's ``INFERENCE_PRECISION_HINT``)."""
 
     @property
     def name(self) -> str:
@@ -127,7 +137,7 @@ def optimize(source: str, opts: OptimizeOptions, *, progress: Progress = silent)
         pre = Preprocess.from_metadata(meta)
         runners = _verify(candidates, files["fp32"], opts, pre, progress)
         _time(candidates, runners, opts, pre.img_size, progress)
-        chosen = min((c for c in candidates if c.verified), key=lambda c: c.median_ms)
+        chosen = _choose(candidates)
         _triton(chosen, files, work, name)
         out_dir = opts.out_dir or Path("optimize") / name
         for c in candidates:  # paths as they will be once published
@@ -153,7 +163,7 @@ def _candidates(runtimes: tuple[str, ...], files: dict[str, Path]) -> list[Candi
 
 def _unavailable(runtime: str, precision: str) -> str | None:
     if runtime == "tensorrt":
-        from exporters.trt_plan import tensorrt_missing
+        from vanilladeploy.runtimes.trt_plan import tensorrt_missing
 
         return tensorrt_missing()
     if runtime == "openvino" and not available("openvino"):
@@ -165,22 +175,43 @@ def _unavailable(runtime: str, precision: str) -> str | None:
 
 def _verify(candidates: list[Candidate], fp32: Path, opts: OptimizeOptions, pre: Preprocess,
             progress: Progress) -> dict[str, Runner]:
-    """Each runnable candidate on the held-out images beside the fp32 reference; sets its gate's figures."""
+    """Each candidate that runs here on the held-out images beside the fp32 reference; sets its gate's figures.
+    A candidate that cannot be built or run on this machine keeps a row with the reason, never ends the run."""
     folder = scan_folder(opts.calib)
     split = split_folder(folder, calib_count=opts.calib_count, holdout_count=opts.holdout_count)
-    runnable = [c for c in candidates if c.reason is None]
-    runners = {c.name: _runner(c, opts, progress) for c in runnable}
+    probe = np.zeros((1, 3, pre.img_size, pre.img_size), dtype=np.float32)
+    runners = {}
+    for c in (c for c in candidates if c.reason is None):
+        runner = _try_runner(c, lambda: _runner(c, opts, progress), probe)
+        if runner is not None:
+            runners[c.name] = runner
+    runnable = [c for c in candidates if c.name in runners]
     reference = Artifact("reference", "onnx fp32", OnnxRuntimeRunner(fp32), pre.img_size)
     opened = [reference, *(Artifact(c.name, c.name, runners[c.name], pre.img_size) for c in runnable)]
     progress(Step(f"Verifying {len(runnable)} candidates on {len(split.holdout)} held-out images"))
-    try:
-        rows = evaluate(opened, opts.calib, indices=split.holdout, preprocess=pre, progress=progress).rows[1:]
-    except PrecisionUnavailable as e:  # the plugin refused at compile time: say which, never run it as fp32
-        raise UsageError(str(e)) from None
+    rows = evaluate(opened, opts.calib, indices=split.holdout, preprocess=pre, progress=progress).rows[1:]
     for c, row in zip(runnable, rows):
         c.agreement, c.rel_l2 = row["agreement_top1"], row["mean_rel_l2"]
         c.verified, c.reason = _gate(c, opts.min_agreement)
     return {c.name: runners[c.name] for c in runnable if c.verified}
+
+
+def _try_runner(c: Candidate, build: Callable[[], Runner], probe: np.ndarray) -> Runner | None:
+    """The candidate's runner once it has started and answered ``probe`` here, else None with ``c.reason`` set:
+    a runtime that refuses the precision on this CPU (:class:`PrecisionUnavailable`, its own reason), an engine
+    that does not build, a graph the runtime cannot compile."""
+    try:
+        runner = build()
+        with runner:
+            runner.infer(probe)
+            c.inference_precision = getattr(runner, "compiled_precision", None)
+        return runner
+    except PrecisionUnavailable as e:
+        c.reason = str(e)
+    except Exception as e:  # any other failure of one candidate is that candidate's result, not the run's
+        first = str(e).splitlines()[0] if str(e) else ""
+        c.reason = f"could not run on this machine: {type(e).__name__}: {first}"
+    return None
 
 
 def _runner(c: Candidate, opts: OptimizeOptions, progress: Progress) -> Runner:
@@ -188,9 +219,9 @@ def _runner(c: Candidate, opts: OptimizeOptions, progress: Progress) -> Runner:
     written beside the ONNX, so ``c.artifact`` names the engine)."""
     if c.runtime != "tensorrt":
         return onnx_runner(Path(c.artifact), c.runtime, precision="bf16" if c.precision == "bf16" else "fp32")
-    from exporters.tensorrt_engine import TensorRTRunner, build_engine, gpu_identity
-    from exporters.trt_compat import BatchProfile
-    from exporters.trt_plan import TrtBuildOptions, engine_name, engine_sidecar
+    from vanilladeploy.exporters.trt_compat import BatchProfile
+    from vanilladeploy.runtimes.tensorrt import TensorRTRunner, build_engine, gpu_identity
+    from vanilladeploy.runtimes.trt_plan import TrtBuildOptions, engine_name, engine_sidecar
 
     progress(Step(f"Building the TensorRT {c.precision} engine (minutes)"))
     onnx_file = Path(c.artifact)
@@ -226,7 +257,7 @@ def _time(candidates: list[Candidate], runners: dict[str, Runner], opts: Optimiz
     for runner in runners.values():
         runner.activate()
     try:
-        subjects = {name: timed_on_clock(lambda r=runner: r.infer(x)) for name, runner in runners.items()}
+        subjects = _subjects(runners, x)
         samples = measure_interleaved(subjects, warmup=opts.warmup, iters=opts.iters, budget_s=opts.budget_s,
                                       on_round=lambda done, total: progress(Step("Timing (interleaved rounds)",
                                                                                  done, total)))
@@ -238,6 +269,22 @@ def _time(candidates: list[Candidate], runners: dict[str, Runner], opts: Optimiz
             stats = summarize(samples[c.name], batch=opts.batch)
             c.median_ms, c.p90_ms = round(stats.median_ms, 3), round(stats.p90_ms, 3)
     candidates.sort(key=lambda c: (not c.verified, c.median_ms or 0.0))
+
+
+def _subjects(runners: dict[str, Runner], x: np.ndarray) -> dict[str, Callable[[], float]]:
+    """One timed subject per runner, latency in ms, made by the runner the one way of its device (the way ``bench``
+    times it too: the clock on the CPU, CUDA events with the input already on the GPU for TensorRT): the one seam
+    every timing passes through, so a test can force the timings, and with them the winner."""
+    return {name: runner.subject([x]) for name, runner in runners.items()}
+
+
+def _choose(candidates: list[Candidate]) -> Candidate:
+    """The fastest verified candidate; none verified is a failed verification (exit 1), with every reason."""
+    verified = [c for c in candidates if c.verified]
+    if not verified:
+        reasons = "; ".join(f"{c.name}: {c.reason}" for c in candidates)
+        raise VerificationError(f"no candidate passed its gate on this machine ({reasons}).")
+    return min(verified, key=lambda c: c.median_ms)
 
 
 def _triton(chosen: Candidate, files: dict[str, Path], work: Path, name: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from models.vanillanet import BN_EPS
+from vanilladeploy.models.vanillanet import BN_EPS
 
 Pair = tuple[Tensor, Tensor]
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from models.vanillanet import VARIANTS, create_vanillanet, get_variant, randomize_
 from vanilladeploy import __version__
 from vanilladeploy.arch import Architecture, check_keys_and_shapes, detect_architecture
 from vanilladeploy.checkpoint import Checkpoint, LambdaInfo, lambda_of, load_checkpoint
 from vanilladeploy.errors import CheckpointError, UsageError
+from vanilladeploy.models.vanillanet import VARIANTS, create_vanillanet, get_variant, randomize_
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

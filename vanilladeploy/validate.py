@@ -55,7 +55,8 @@ def name_list(option: str, text: str | None) -> list[str] | None:
 
 def check_opset(opset: int) -> None:
     """``--opset``: from the oldest we emit to the newest that the installed onnx and onnxruntime both support."""
-    from exporters.onnx_export import MIN_OPSET, max_supported_opset
+    from vanilladeploy.exporters.onnx_export import MIN_OPSET
+    from vanilladeploy.runtimes.runners import max_supported_opset
 
     newest = max_supported_opset()
     if not MIN_OPSET <= opset <= newest:
@@ -66,14 +67,14 @@ def check_opset(opset: int) -> None:
                          f"onnxruntime {onnxruntime.__version__} installed here both support).")
 
 
-def batch_profile(text: str) -> Any:
-    """``--batch MIN/OPT/MAX`` or ``MAX`` as a TensorRT batch profile."""
-    from exporters.trt_compat import BatchProfile
+def trt_profile(text: str) -> Any:
+    """``--trt-profile MIN/OPT/MAX`` or ``MAX`` as a TensorRT batch profile: the one place it is parsed."""
+    from vanilladeploy.exporters.trt_compat import BatchProfile
 
     try:
         return BatchProfile.parse(text)
     except ValueError as e:
-        raise UsageError(f"--batch: {e}.") from None
+        raise UsageError(f"--trt-profile: {e}.") from None
 
 
-__all__ = ["batch_profile", "check_opset", "check_path", "int_list", "name_list", "needs"]
+__all__ = ["check_opset", "check_path", "int_list", "name_list", "needs", "trt_profile"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.vanillanet import VanillaNet
+from vanilladeploy.models.vanillanet import VanillaNet
 
 TOLERANCE_FP32 = 1e-5
 """DESIGN §5: fused torch fp32 and ONNX Runtime fp32 against the training-form reference."""

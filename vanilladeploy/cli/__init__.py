@@ -50,6 +50,29 @@ def legacy_json_args(args: list[str]) -> tuple[list[str], bool]:
     return result, changed
 
 
+RENAMED_OPTIONS = {("bench", "--backends"): "--runtimes", ("export", "--batch"): "--trt-profile",
+                   ("check", "--batch"): "--trt-profile"}
+"""(command, old option) → its new name: "runtime" names what executes a model ("backend" is only Triton's), and
+``--batch`` is images per inference everywhere (the TensorRT profile has its own option)."""
+
+
+def renamed_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """``args`` with every renamed option of its command spelled the new way (``--old V`` and ``--old=V``), and one
+    deprecation line per renamed option used."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    renames = {old: new for (cmd, old), new in RENAMED_OPTIONS.items() if cmd == command}
+    result, lines = [], []
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if name in renames and arg is not command:
+            result.append(renames[name] + eq + value)
+            line = f"deprecated: {command} {name} is now {renames[name]}."
+            lines += [] if line in lines else [line]
+        else:
+            result.append(arg)
+    return result, lines
+
+
 class _OneLineUsageErrors(TyperGroup):
     """Usage errors (bad type, out-of-range value, unknown option) as ONE red line and exit 2, like every other
     error of this CLI, instead of click's four-line usage block."""
@@ -59,6 +82,9 @@ class _OneLineUsageErrors(TyperGroup):
         args, legacy = legacy_json_args(list(sys.argv[1:] if args is None else args))
         if legacy:
             err.print("[yellow]deprecated:[/] --json PATH is now --json-out PATH (--json prints the JSON).")
+        args, renamed = renamed_args(args)
+        for line in renamed:
+            err.print(f"[yellow]deprecated:[/]{escape(line.removeprefix('deprecated:'))}")
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:

@@ -1,4 +1,4 @@
-"""``vanilladeploy bench``: parse, call :func:`vanilladeploy.bench.run_bench`, render the tables, write the
+"""``vanilladeploy bench``: parse, call :func:`vanilladeploy.benchmarks.run.run_bench`, render the tables, write the
 results (JSON, CSV, plot)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from rich.table import Table
 from vanilladeploy.cli.console import ProgressDisplay, ms, out, print_json, run_command, wide, wrote
 from vanilladeploy.cli.options import JsonPrint, Verbose
 from vanilladeploy.errors import MissingDependencyError
+from vanilladeploy.machine import describe_cpu
 from vanilladeploy.validate import name_list
 
 
@@ -22,9 +23,9 @@ def bench(
                                                   "vanillanet_13_x1_5_ada_pool (':train' for the training form), "
                                                   "resnet18 … resnet152, swin_t/s/b; 'paper' = the official latency "
                                                   "table's models; 'all'.", show_default="paper")] = None,
-    backends: Annotated[Optional[str], typer.Option("--backends", help="Comma-separated: torch, torch-cudagraph, "
+    runtimes: Annotated[Optional[str], typer.Option("--runtimes", help="Comma-separated: torch, torch-cudagraph, "
                                                     "onnxruntime, openvino, tensorrt. Unavailable ones are listed "
-                                                    "as skipped.",
+                                                    "as skipped. Was --backends.",
                                                     show_default="all")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda.",
                                                   show_default="cuda if available")] = None,
@@ -57,16 +58,16 @@ def bench(
                                                       show_default="~/.cache/vanilladeploy")] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Batch latency of deployed VanillaNets against ResNet and Swin on the same backends, in one run.
+    """Batch latency of deployed VanillaNets against ResNet and Swin on the same runtimes, in one run.
 
     Models are timed in interleaved rounds; the table gives median/p90/p99, throughput, the physical floor
     max(FLOPs/peak, weight bytes/bandwidth) from measured peaks, efficiency = floor/median, and the published A100
     numbers beside ours.
     """
-    from vanilladeploy.bench import BenchOptions, check_bench_options, run_bench, write_results
+    from vanilladeploy.benchmarks.run import BenchOptions, check_bench_options, run_bench, write_results
 
     def run() -> None:
-        opts = BenchOptions(models=models, backends=name_list("--backends", backends), device=device,
+        opts = BenchOptions(models=models, runtimes=name_list("--runtimes", runtimes), device=device,
                             precision=precision, batch=batch, img_size=img_size, warmup=warmup, iters=iters,
                             budget_s=budget, threads=threads, channels_last=channels_last,
                             include_copies=include_copies, train_form=train_form)
@@ -93,7 +94,7 @@ def bench(
 
 def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peaks: dict[str, Any],
                   unavailable: dict[str, dict[str, Any]]) -> None:
-    where = machine.get("gpu") or machine["cpu"]
+    where = machine.get("gpu") or describe_cpu(machine)
     out.print(f"[bold]{escape(where)}[/]", soft_wrap=True)
     for precision, peak in peaks.items():
         unit = "GOP/s" if precision == "int8" else "GFLOP/s"

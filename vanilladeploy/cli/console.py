@@ -80,7 +80,7 @@ def print_json(info: Any) -> None:
 
 def write_json(path: Path, info: Any, *, quiet: bool = False) -> None:
     """Write ``info`` to ``path`` atomically and say so."""
-    from exporters.files import write_atomically
+    from vanilladeploy.atomic import write_atomically
 
     text = json.dumps(info, indent=2, ensure_ascii=False) + "\n"
     write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from vanilladeploy.cli.console import ProgressDisplay, fmt, out, pct, print_json, run_command, wide, write_json
 from vanilladeploy.cli.options import ArchOpt, JsonPrint, Verbose
+from vanilladeploy.runtimes import ONNX_RUNTIMES
 
 
 def eval_(
@@ -24,8 +25,13 @@ def eval_(
                                                  show_default="all")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per inference batch.")] = 32,
     arch: ArchOpt = None,
-    runtime: Annotated[str, typer.Option("--runtime", help="What runs the .onnx artifacts: onnxruntime or "
-                                         "openvino (OpenVINO's CPU plugin; the openvino extra).")] = "onnxruntime",
+    runtime: Annotated[str, typer.Option("--runtime", help="What runs the .onnx artifacts: "
+                                         f"{' or '.join(ONNX_RUNTIMES)} (OpenVINO: its CPU plugin, the openvino "
+                                         "extra).")] = "onnxruntime",
+    precision: Annotated[str, typer.Option("--precision", help="What OpenVINO computes the .onnx artifacts in: "
+                                           "fp32, or bf16 on a CPU with native bf16 (avx512_bf16 or amx_bf16; "
+                                           "refused elsewhere). ONNX Runtime runs the graph's own precision.")]
+    = "fp32",
     as_json: JsonPrint = False,
     json_path: Annotated[Optional[Path], typer.Option("--json-out", help="Also write the results as JSON to this "
                                                       "file.", show_default=False)] = None,
@@ -36,10 +42,10 @@ def eval_(
     from vanilladeploy.evaluate import check_eval_options, evaluate
 
     def run() -> None:
-        check_eval_options(data, arch=arch, json_path=json_path, runtime=runtime)
+        check_eval_options(data, arch=arch, json_path=json_path, runtime=runtime, precision=precision)
         with ProgressDisplay() as progress:
             result = evaluate(artifacts, data, limit=limit, batch=batch, arch=arch, progress=progress,
-                              runtime=runtime)
+                              runtime=runtime, precision=precision)
         info = result.as_dict()
         if as_json:
             print_json(info)

@@ -1,18 +1,23 @@
-"""``vanilladeploy export``: parse, call :func:`vanilladeploy.export.pipeline.export_checkpoint`, render."""
+"""``vanilladeploy export``: parse, call :func:`vanilladeploy.pipeline.export.export_checkpoint`, render."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from exporters.trt_plan import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_BYTES
 from vanilladeploy.cli.console import ProgressDisplay, fmt, out, run_command, wrote
 from vanilladeploy.cli.options import ArchOpt, KeyOpt, SourceArg, Verbose
-from vanilladeploy.export.options import Int8Options
+from vanilladeploy.pipeline.options import Int8Options
+from vanilladeploy.runtimes.trt_plan import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_BYTES
+
+if TYPE_CHECKING:  # the pipeline (torch, onnx) is imported when a command runs, never for --help
+    from vanilladeploy.pipeline.checks import RunFailure, RuntimeCheck
+    from vanilladeploy.pipeline.report import ExportReport, Int8Section
 
 INT8, TRT = "INT8", "TensorRT"
 Precision = Literal["fp32", "fp16", "int8"]
@@ -74,8 +79,9 @@ def export(
     workspace: Annotated[Optional[str], typer.Option("--workspace", help="Builder workspace: bytes or 512MiB, "
                                                      "4GiB …", show_default=f"{DEFAULT_WORKSPACE_BYTES >> 30}GiB",
                                                      rich_help_panel=TRT)] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch optimization profile MIN/OPT/MAX, or MAX "
-                                                 "(= 1/1/MAX) [default: 1/1/32, or the --static-batch].",
+    trt_profile: Annotated[Optional[str], typer.Option("--trt-profile", help="TensorRT batch optimization profile "
+                                                       "MIN/OPT/MAX, or MAX (= 1/1/MAX) [default: 1/1/32, or the "
+                                                       "--static-batch]. Was --batch.",
                                                  show_default=False, rich_help_panel=TRT)] = None,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file, read if "
                                                          "present and updated after the build (faster rebuilds).",
@@ -93,11 +99,11 @@ def export(
     <variant>.<precision>.engine and its .json sidecar (and a .build.log with --verbose), and the equivalent trtexec
     command in the report. On any failure before publishing nothing is written.
     """
-    from vanilladeploy.export import pipeline
+    from vanilladeploy.pipeline import export as pipeline
     from vanilladeploy.validate import needs
 
     def run() -> None:
-        needs("--trt", trt, {"--workspace": workspace, "--batch": batch, "--timing-cache": timing_cache,
+        needs("--trt", trt, {"--workspace": workspace, "--trt-profile": trt_profile, "--timing-cache": timing_cache,
                              "--opt-level": opt_level})
         needs("--precision int8", precision == "int8", {"--calib": calib, "--calib-count": calib_count,
                                                         "--calib-method": calib_method,
@@ -109,101 +115,110 @@ def export(
             simplify=not no_simplify, allow_inexact=allow_inexact, precision=precision, calib=calib, openvino=openvino,
             calib_count=calib_count, calib_method=calib_method, min_agreement=min_agreement, max_rel_l2=max_rel_l2,
             fallback=fallback, max_fallback=max_fallback, trt=trt,
-            workspace=workspace, batch=batch, timing_cache=timing_cache, opt_level=opt_level, verbose=verbose)
+            workspace=workspace, trt_profile=trt_profile, timing_cache=timing_cache, opt_level=opt_level,
+            verbose=verbose)
         with ProgressDisplay() as progress:
             result = pipeline.export_checkpoint(source, opts, progress=progress)
-        _render(result.report, result.artifacts)
+        _render(result.typed_report, result.artifacts)
         if result.error is not None:
             raise result.error
 
     run_command(verbose, run)
 
 
-def _render(report: dict[str, Any], artifacts: dict[str, Path]) -> None:
-    arch = report["architecture"]
-    table = Table(title=f"{arch['variant']} exported", show_header=True, header_style="bold")
+def _render(report: ExportReport, artifacts: dict[str, Path]) -> None:
+    variant = report.architecture.variant
+    table = Table(title=f"{variant} exported", show_header=True, header_style="bold")
     for col in ("check", "result", "detail"):
         table.add_column(col)
     _source_rows(table, report)
     _verification_rows(table, report)
-    trt = report.get("tensorrt")
-    if trt:
-        compat = trt["compatibility"]
-        table.add_row("TensorRT compatibility", "[green]pass[/]", f"{len(compat['warnings'])} warnings, profile "
-                      f"{compat['profile']}")
-        if trt.get("status") == "built":
-            _verification_row(table, f"TensorRT {trt['precision']} engine", trt["verification"])
+    trt = report.tensorrt
+    if trt is not None:
+        compat = trt.compatibility
+        table.add_row("TensorRT compatibility", "[green]pass[/]", f"{len(compat.warnings)} warnings, profile "
+                      f"{compat.profile}")
+        if trt.built is not None:
+            _verification_row(table, f"TensorRT {trt.precision} engine", trt.built.verification)
         else:
-            table.add_row(f"TensorRT {trt['precision']} engine", "[yellow]not built[/]", escape(trt.get("reason", "")))
+            table.add_row(f"TensorRT {trt.precision} engine", "[yellow]not built[/]", escape(trt.missing or ""))
     out.print(table)
-    _render_fallback(report.get("int8") or {})
+    _render_fallback(report.int8)
     for path in artifacts.values():
         wrote(path)
-    onnx_path = next(p for p in artifacts.values() if p.name == f"{arch['variant']}.onnx")
-    if trt:
+    onnx_path = next(p for p in artifacts.values() if p.name == f"{variant}.onnx")
+    if trt is not None and trt.trtexec is not None:
         out.print("\nReproduce with TensorRT's own tools (TensorRT 10; the report also has the TensorRT 11 line):")
-        out.print(f"  {escape(trt['trtexec']['tensorrt10'])}", soft_wrap=True)
+        out.print(f"  {escape(trt.trtexec.tensorrt10)}", soft_wrap=True)
     else:
         out.print(f"\nNext: [bold]vanilladeploy check {escape(str(onnx_path))}[/] (TensorRT compatibility), then "
                   "export again with --trt on a machine with TensorRT.", soft_wrap=True)
 
 
-def _source_rows(table: Table, report: dict[str, Any]) -> None:
-    lam = report["lambda"]
-    if report["source"]["untrained"]:
+def _source_rows(table: Table, report: ExportReport) -> None:
+    lam = report.lambda_
+    if report.source.untrained:
         table.add_row("weights", "[yellow]untrained[/]", "seeded random weights and BN statistics (demo)")
-    table.add_row("λ", "[green]exact[/]" if lam["exact"] else "[yellow]inexact[/]", lam["note"])
-    pre = report.get("preprocessing")
-    if pre:
-        src = pre["sources"]
-        table.add_row("preprocessing", "", escape(f"{pre['img_size']} px ({src['img_size']}), crop_pct "
-                                                  f"{pre['crop_pct']:.4g} ({src['crop_pct']}), mean/std "
-                                                  f"{'ImageNet' if pre['mean'][0] != 0.5 else 'Inception 0.5'} "
-                                                  f"({src['mean_std']})"))
+    table.add_row("λ", "[green]exact[/]" if lam.exact else "[yellow]inexact[/]", lam.note)
+    pre, src = report.preprocessing, report.preprocessing.sources
+    table.add_row("preprocessing", "", escape(f"{pre.img_size} px ({src['img_size']}), crop_pct {pre.crop_pct:.4g} "
+                                              f"({src['crop_pct']}), mean/std "
+                                              f"{'ImageNet' if pre.mean[0] != 0.5 else 'Inception 0.5'} "
+                                              f"({src['mean_std']})"))
 
 
-def _verification_rows(table: Table, report: dict[str, Any]) -> None:
-    ver = report["verification"]
-    for name in ("torch", "onnxruntime", "onnxruntime_fp16", "openvino"):
-        if name in ver:
-            _verification_row(table, f"{name.replace('_', ' ')} vs training form", ver[name])
-    if "int8" in report:
-        int8, v = report["int8"], report["int8"]["verification"]
-        table.add_row(f"int8 vs fp32 ({int8['holdout']['images']} held-out images)",
-                      "[green]pass[/]" if v["passed"] else "[red]FAIL[/]",
-                      f"top-1 agreement {v['agreement_top1']}% (≥ {v['min_agreement']}%), mean rel L2 "
-                      f"{fmt(v['mean_rel_l2'])}; calibrated on {int8['calibration']['images']} images "
-                      f"({int8['calibration']['method']})")
-    if "against_trained_lambda" in ver:
+def _verification_rows(table: Table, report: ExportReport) -> None:
+    ver = report.verification
+    for name, check in (("torch", ver.torch), ("onnxruntime", ver.onnxruntime),
+                        ("onnxruntime fp16", ver.onnxruntime_fp16), ("openvino", ver.openvino)):
+        if check is not None:
+            _verification_row(table, f"{name} vs training form", check)
+    int8 = report.int8
+    if int8 is not None:
+        v = int8.verification
+        table.add_row(f"int8 vs fp32 ({int8.holdout.images} held-out images)",
+                      "[green]pass[/]" if v.passed else "[red]FAIL[/]",
+                      f"top-1 agreement {v.agreement_top1}% (≥ {v.min_agreement}%), mean rel L2 "
+                      f"{fmt(v.mean_rel_l2)}; calibrated on {int8.calibration.images} images "
+                      f"({int8.calibration.method})")
+    if ver.against_trained_lambda is not None:
         table.add_row("vs trained λ network", "[yellow]inexact[/]",
-                      f"rel L2 {fmt(ver['against_trained_lambda']['rel_l2'])}")
-    onnx_info = report["onnx"]
-    table.add_row("graph contract", "[green]pass[/]", f"{onnx_info['contract']['nodes']} nodes, opset "
-                  f"{onnx_info['opset']}")
+                      f"rel L2 {_number(ver.against_trained_lambda.result.rel_l2)}")
+    onnx_info = report.onnx
+    assert onnx_info is not None  # a written report always has its ONNX section
+    table.add_row("graph contract", "[green]pass[/]", f"{onnx_info.contract.node_count} nodes, opset "
+                  f"{onnx_info.opset}")
 
 
-def _verification_row(table: Table, label: str, v: dict[str, Any]) -> None:
-    if "error" in v:
-        table.add_row(label, "[red]FAIL[/]", escape(v["error"]))
+def _number(x: float) -> str:
+    """A measured error as the report writes it: non-finite ones as ``nan/inf``."""
+    return fmt(x) if math.isfinite(x) else "nan/inf"
+
+
+def _verification_row(table: Table, label: str, check: RuntimeCheck | RunFailure) -> None:
+    from vanilladeploy.pipeline.checks import RunFailure
+
+    if isinstance(check, RunFailure):
+        table.add_row(label, "[red]FAIL[/]", escape(check.error))
         return
-    detail = f"rel L2 {fmt(v['rel_l2'])}, max abs {fmt(v['max_abs'])} (≤ {v['tolerance']:.0e})"
-    if "top1" in v:
-        detail += f", top-1 {v['top1']['agree']}/{v['top1']['total']}"
-    table.add_row(label, "[green]pass[/]" if v["passed"] else "[red]FAIL[/]", detail)
+    result = check.result
+    detail = f"rel L2 {_number(result.rel_l2)}, max abs {_number(result.max_abs)} (≤ {result.tolerance:.0e})"
+    if check.top1 is not None:
+        detail += f", top-1 {check.top1.agree}/{check.top1.total}"
+    table.add_row(label, "[green]pass[/]" if check.passed else "[red]FAIL[/]", detail)
 
 
-def _render_fallback(int8: dict[str, Any]) -> None:
+def _render_fallback(int8: Int8Section | None) -> None:
     """The most sensitive Convs (agreement with only that one in float) and the fallback's steps and cost."""
-    table = int8.get("sensitivity") or []
-    if table:
+    if int8 is None:
+        return
+    if int8.sensitivity:
         out.print("int8 sensitivity, most sensitive first (top-1 agreement % with only that Conv in float):")
-        for s in table[:5]:
-            out.print(f"  {escape(s['layer']):<16} {s['kind']:<9} {s['agreement_top1']:7.2f}  rel L2 "
-                      f"{s['mean_rel_l2']:.2e}")
-    for step in (int8.get("fallback") or {}).get("steps", [])[1:]:
-        out.print(f"  fallback: {escape(', '.join(step['float_layers']))} in float → {step['agreement_top1']:.2f}%")
-    cost = int8.get("latency_ms")
-    if cost:
-        out.print(f"  cost (ONNX Runtime, batch {cost['batch']}, median ms): fp32 {cost['fp32_median_ms']}, int8 "
-                  f"{cost['int8_median_ms']}, with {len(int8['float_layers'])} float Convs {cost['mixed_median_ms']}")
-
+        for s in int8.sensitivity[:5]:
+            out.print(f"  {escape(s.layer):<16} {s.kind:<9} {s.agreement_top1:7.2f}  rel L2 {s.mean_rel_l2:.2e}")
+    for step in int8.fallback.steps[1:]:
+        out.print(f"  fallback: {escape(', '.join(step.float_layers))} in float → {step.agreement_top1:.2f}%")
+    cost = int8.latency_ms
+    if cost is not None:
+        out.print(f"  cost (ONNX Runtime, batch {cost.batch}, median ms): fp32 {cost.fp32_median_ms}, int8 "
+                  f"{cost.int8_median_ms}, with {len(int8.float_layers)} float Convs {cost.mixed_median_ms}")

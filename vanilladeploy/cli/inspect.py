@@ -37,8 +37,9 @@ def inspect(source: SourceArg, arch: ArchOpt = None, key: KeyOpt = None, as_json
 
 def check(
     onnx_path: Annotated[Path, typer.Argument(help="The ONNX model to check.", show_default=False)],
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch optimization profile MIN/OPT/MAX or MAX "
-                                                 "(= 1/1/MAX) [default: 1/1/32].", show_default=False)] = None,
+    trt_profile: Annotated[Optional[str], typer.Option("--trt-profile", help="TensorRT batch optimization profile "
+                                                       "MIN/OPT/MAX or MAX (= 1/1/MAX) [default: 1/1/32]. Was "
+                                                       "--batch.", show_default=False)] = None,
     as_json: JsonPrint = False,
     verbose: Verbose = False,
 ) -> None:
@@ -47,7 +48,7 @@ def check(
     from vanilladeploy.check import check_onnx_file
 
     def run() -> None:
-        result = check_onnx_file(onnx_path, batch=batch)
+        result = check_onnx_file(onnx_path, profile=trt_profile)
         _render_check(onnx_path, result.as_dict(), as_json=as_json)
         if not result:
             raise typer.Exit(int(ExitCode.VERIFICATION_FAILED))

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from vanilladeploy.cli.console import ProgressDisplay, fmt, ms, out, print_json, run_command, wide, wrote
 from vanilladeploy.cli.options import ArchOpt, JsonPrint, KeyOpt, SourceArg, Verbose
-from vanilladeploy.export.options import Int8Options
+from vanilladeploy.machine import describe_cpu
+from vanilladeploy.pipeline.options import Int8Options
+from vanilladeploy.runtimes import ARTIFACT_RUNTIMES
 
 if TYPE_CHECKING:
     from vanilladeploy.optimize import OptimizeResult
@@ -25,13 +27,14 @@ def optimize(
                                         "held-out ones after them.", show_default=False)],
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory [default: "
                                                     "./optimize/<variant>/].", show_default=False)] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size the candidates are timed at.")] = 1,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per inference the candidates are timed "
+                                       "at.")] = 1,
     min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=100.0, help="Top-1 agreement (%) "
                                                  "with fp32 that int8, fp16 and bf16 must reach on the held-out "
                                                  "images.")] = Int8Options.min_agreement,
-    runtimes: Annotated[str, typer.Option("--runtimes", help="Comma-separated: onnxruntime, openvino, tensorrt "
+    runtimes: Annotated[str, typer.Option("--runtimes", help=f"Comma-separated: {', '.join(ARTIFACT_RUNTIMES)} "
                                           "(those missing here are listed as skipped).")]
-    = "onnxruntime,openvino,tensorrt",
+    = ",".join(ARTIFACT_RUNTIMES),
     calib_count: Annotated[int, typer.Option("--calib-count", min=1, help="Images used to calibrate int8.")]
     = Int8Options.calib_count,
     img_size: Annotated[Optional[int], typer.Option("--img-size", min=1, help="Input height and width [default: "
@@ -71,8 +74,8 @@ def optimize(
 def _render(result: OptimizeResult) -> None:
     candidates, chosen = result.candidates, result.chosen
     reference = next((c for c in candidates if c.name == "onnxruntime fp32" and c.median_ms), None)
-    table = Table(title=f"candidates on {escape(result.machine['cpu'])}, batch {result.config['batch']}, best first",
-                  header_style="bold")
+    where = escape(describe_cpu(result.machine))
+    table = Table(title=f"candidates on {where}, batch {result.config['batch']}, best first", header_style="bold")
     for col in ("runtime", "precision", "verified", "agreement %", "mean rel L2", "median ms", "p90 ms",
                 "vs ORT fp32", "reason"):
         table.add_column(col, justify="left" if col in ("runtime", "precision", "verified", "reason") else "right")

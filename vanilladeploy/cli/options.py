@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from exporters.triton_repo import RepoOptions
+from vanilladeploy.runtimes import ONNX_RUNTIMES
+from vanilladeploy.serving.triton_config import RepoOptions
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok · 1 verification failed (an artifact does not match the reference, or `check` found "
@@ -38,7 +39,7 @@ QueueDelay = Annotated[int, typer.Option("--max-queue-delay-us", min=0, help="Dy
 Labels = Annotated[Optional[str], typer.Option("--labels", help="Class names for the output (one per line), or "
                                                "'imagenet'.", show_default=False)]
 Runtime = Annotated[Optional[str], typer.Option("--runtime", help="What runs the model inside Triton's python "
-                                                "backend: onnxruntime or openvino (OpenVINO's CPU plugin).",
+                                                f"backend: {' or '.join(ONNX_RUNTIMES)}.",
                                                 show_default="onnxruntime")]
 DEFAULT_MAX_BATCH = RepoOptions().max_batch
 DEFAULT_INSTANCES = RepoOptions().instances

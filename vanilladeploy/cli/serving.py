@@ -50,8 +50,8 @@ def repo(
     verbose: Verbose = False,
 ) -> None:
     """Write a Triton Inference Server model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/<model>."""
-    from exporters.triton_repo import RepoOptions
     from vanilladeploy.serving.repository import write_repository
+    from vanilladeploy.serving.triton_config import RepoOptions
 
     def run() -> None:
         opts = RepoOptions(name=name, backend=backend, max_batch=max_batch, instances=instances, kind=kind,
@@ -92,9 +92,9 @@ def serve(
     model reloaded (not ready meanwhile). Exit 0 on SIGTERM, 130 on Ctrl-C, 2 when the server dies or
     a reload fails (with the reason from its log).
     """
-    from exporters.triton_repo import RepoOptions
     from vanilladeploy.serving.serve import serve_forever
     from vanilladeploy.serving.server import TritonPorts
+    from vanilladeploy.serving.triton_config import RepoOptions
 
     def run() -> None:
         ports = TritonPorts(http=http_port, grpc=grpc_port, metrics=metrics_port)
@@ -123,7 +123,7 @@ def serve_bench(
     concurrency: Annotated[str, typer.Option("--concurrency", help="Comma-separated client concurrencies.")]
     = "1,4,16",
     requests: Annotated[Optional[int], typer.Option("--requests", min=1, help="Requests per concurrency level "
-                                                    "and backend.", show_default="per level")] = None,
+                                                    "and row.", show_default="per level")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per request.")] = 1,
     protocol: Annotated[Literal["http", "grpc", "both"], typer.Option("--protocol", help="Triton protocol(s).")]
     = "both",
@@ -135,8 +135,9 @@ def serve_bench(
     json_path: Annotated[Path, typer.Option("--json-out", help="Results JSON.")] = Path("bench/serve.json"),
     verbose: Verbose = False,
 ) -> None:
-    """Load-test a real Triton server (started here, on loopback) at several client concurrencies, beside
-    in-process ONNX Runtime on the same model: throughput, p50/p99 latency, errors."""
+    """What serving costs: per client concurrency, the artifact through a real Triton server (started here, on
+    loopback), the same file in the same runtime in process, and in-process ONNX Runtime on --baseline; throughput,
+    p50/p99 latency, errors, served ÷ in-process. Every answer is checked against its own model in process."""
     from vanilladeploy.serving.bench import run_serve_bench
     from vanilladeploy.validate import check_path, int_list
 
@@ -158,12 +159,27 @@ def serve_bench(
 
 
 def _render_load(records: list[dict[str, Any]]) -> None:
-    table = Table(title="load: requests through Triton vs in-process ONNX Runtime", header_style="bold")
-    for col in ("model", "backend", "concurrency", "batch", "requests", "errors", "img/s", "p50 ms", "p99 ms"):
-        table.add_column(col, justify="left" if col in ("model", "backend") else "right", no_wrap=True)
-    for r in records:
+    table = Table(title="serve-bench: served through Triton vs the same artifact in process vs the baseline",
+                  header_style="bold")
+    for col in ("concurrency", "role", "backend", "errors", "img/s", "p50 ms", "p99 ms", "× in-process",
+                "× baseline"):
+        table.add_column(col, justify="left" if col in ("role", "backend") else "right", no_wrap=True)
+    for r in sorted(records, key=lambda r: r["concurrency"]):  # stable: served, in-process, baseline per level
         s = r["stats"] or {}
-        table.add_row(r["model"], r["backend"], str(r["concurrency"]), str(r["batch"]), str(r["requests"]),
-                      str(r["errors"]), f"{r['throughput_img_s']:.1f}", ms(s.get("median_ms")),
-                      ms(s.get("p99_ms")))
+        table.add_row(str(r["concurrency"]), " + ".join(r["roles"]), r["backend"], str(r["errors"]),
+                      f"{r['throughput_img_s']:.1f}", ms(s.get("median_ms")), ms(s.get("p99_ms")),
+                      _ratio(r.get("vs_in_process")), _ratio(r.get("vs_baseline")),
+                      end_section=r is _last_of_level(records, r["concurrency"]))
     wide().print(table)
+    first = records[0] if records else {}
+    out.print(f"{first.get('model', '')}, batch {first.get('batch', '')}, {first.get('requests', '')} requests per "
+              "row and level; × in-process = served img/s ÷ the same file in the same runtime in process.",
+              soft_wrap=True)
+
+
+def _ratio(x: Any) -> str:
+    return "" if x is None else f"{x:.2f}×"
+
+
+def _last_of_level(records: list[dict[str, Any]], level: int) -> dict[str, Any]:
+    return [r for r in records if r["concurrency"] == level][-1]

@@ -1,32 +1,52 @@
-"""``vanilladeploy serve-bench``: the same model through a real Triton server (HTTP, gRPC) and in-process ONNX
-Runtime, at several client concurrencies, in one run. Every answer is checked against in-process ONNX Runtime
-(rel. L2 ≤ 1e-5), so throughput never counts wrong answers.
+"""``vanilladeploy serve-bench``: what serving costs. Per client concurrency, in one run, three rows:
+
+- **served**: the artifact through a real Triton server (HTTP, gRPC or both), run by ``runtime`` inside its python
+  backend with the config ``vanilladeploy repo`` writes;
+- **in-process**: the same file in the same runtime and precision in this process, shared by the client threads as
+  one server instance would share it (ONNX Runtime's thread-safe session; OpenVINO one request at a time, LATENCY);
+- **baseline**: in-process ONNX Runtime on ``baseline`` (default: the served file), e.g. the fp32 export beside a
+  served int8 one.
+
+Each served row carries ``vs_in_process`` (served ÷ in-process img/s: the serving overhead; 1.0 is free) and
+``vs_baseline``. When in-process and baseline are the same file in the same runtime (ONNX Runtime serving its own
+file) they are one row with both roles. Every answer is checked against its own model run in process (rel. L2
+≤ 1e-5), so throughput never counts wrong answers.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.load import Check, measure_load, onnxruntime_sender_factory, triton_sender_factory
-from exporters.runners import onnx_runner
-from exporters.triton_repo import RepoOptions, parse_config
+from vanilladeploy.benchmarks.load import (
+    Check,
+    SenderFactory,
+    measure_load,
+    onnxruntime_sender_factory,
+    shared_sender_factory,
+    triton_sender_factory,
+)
 from vanilladeploy.machine import machine_info
+from vanilladeploy.runtimes.runners import onnx_runner
 from vanilladeploy.serving.repository import check_runtime, write_repository
 from vanilladeploy.serving.server import TritonPorts, TritonServer, server_version
+from vanilladeploy.serving.triton_config import RepoOptions, parse_config, python_parameters
 from vanilladeploy.steps import Progress, Step, silent
 from vanilladeploy.validate import check_path
 from vanilladeploy.verify import compare
 
 DEFAULT_REQUESTS = 32
-"""Per concurrency level and backend: ~1 minute for VanillaNet-5 at 224 px on 2 cores, every level and backend."""
+"""Per concurrency level and row: ~1 minute for VanillaNet-5 at 224 px on 2 cores, every level and row."""
+SERVED, IN_PROCESS, BASELINE = "served", "in-process", "baseline"
 
 
 @dataclass
@@ -38,6 +58,16 @@ class LoadResult:
     def document(self) -> dict[str, Any]:
         return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": self.config,
                 "machine": self.machine, "records": self.records}
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One row per concurrency level: who answers, in which roles, checked against what."""
+
+    backend: str
+    roles: tuple[str, ...]
+    factory: SenderFactory
+    check: Check
 
 
 def free_ports(host: str = "127.0.0.1") -> TritonPorts:
@@ -52,63 +82,147 @@ def free_ports(host: str = "127.0.0.1") -> TritonPorts:
             s.close()
 
 
-def _checker(references: Sequence[np.ndarray]) -> Check:
+def _checker(references: Sequence[np.ndarray], what: str) -> Check:
     def check(i: int, y: np.ndarray) -> str | None:
         c = compare(y, references[i])
-        return None if c else f"wrong answer: rel L2 {c.rel_l2:.2e} against in-process ONNX Runtime"
+        return None if c else f"wrong answer: rel L2 {c.rel_l2:.2e} against {what} in process"
 
     return check
 
 
-def _references(onnx_path: Path, runtime: str, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """What the served model must answer: the same file in the same runtime, in process."""
-    with onnx_runner(onnx_path, runtime) as runner:
-        return [runner.infer(x) for x in inputs]
+def in_process_precision(parameters: dict[str, str]) -> str:
+    """The OpenVINO runner precision the served config computes in: bf16 when asked, else fp32 (int8 is the graph)."""
+    return "bf16" if parameters.get("precision") == "bf16" else "fp32"
+
+
+@contextmanager
+def _in_process(onnx_path: Path, parameters: dict[str, str], inputs: Sequence[np.ndarray],
+                precision: str) -> Iterator[Contender]:
+    """The served file in the served runtime and precision, in this process; its answers are every served
+    answer's reference."""
+    runtime = parameters["runtime"]
+    hint = "LATENCY"  # one request at a time over every core: what one instance does with its batches
+    threads = int(parameters.get("openvino_threads") or 0) or None
+    runner_precision = in_process_precision(parameters) if runtime == "openvino" else "fp32"
+    with onnx_runner(onnx_path, runtime, precision=runner_precision, hint=hint, threads=threads) as runner:
+        references = [runner.infer(x) for x in inputs]
+        factory = (shared_sender_factory(runner.infer) if runtime == "openvino"
+                   else onnxruntime_sender_factory(str(onnx_path)))
+        yield Contender(f"{runtime}-inprocess ({precision})", (IN_PROCESS,), factory,
+                        _checker(references, f"{runtime} {precision}"))
+
+
+def _baseline(path: Path, inputs: Sequence[np.ndarray]) -> Contender:
+    with onnx_runner(path, "onnxruntime") as runner:
+        references = [runner.infer(x) for x in inputs]
+    return Contender("onnxruntime-inprocess", (BASELINE,), onnxruntime_sender_factory(str(path)),
+                     _checker(references, "ONNX Runtime"))
+
+
+def _served(server: TritonServer, protocols: Sequence[str], model: str, label: str, check: Check) -> list[Contender]:
+    urls = {"http": server.http_url, "grpc": server.grpc_url}
+    return [Contender(f"triton-{p}{label}", (SERVED,), triton_sender_factory(urls[p], p, model), check)
+            for p in protocols]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    from vanilladeploy.checkpoint import sha256_of
+
+    return sha256_of(a) == sha256_of(b)
+
+
+def _record(contender: Contender, model: str, batch: int, stats: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "backend": contender.backend, "roles": list(contender.roles), "batch": batch, **stats}
+
+
+def add_ratios(records: list[dict[str, Any]]) -> None:
+    """Each served record gets ``vs_in_process`` and ``vs_baseline``: its img/s ÷ that row's at its concurrency, from
+    the rounded figures in the records (None where the divisor is 0)."""
+    for served in (r for r in records if SERVED in r["roles"]):
+        level = [r for r in records if r["concurrency"] == served["concurrency"]]
+        for role, key in ((IN_PROCESS, "vs_in_process"), (BASELINE, "vs_baseline")):
+            other = next(r["throughput_img_s"] for r in level if role in r["roles"])
+            served[key] = round(served["throughput_img_s"] / other, 3) if other > 0 else None
 
 
 def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), requests: int | None = None,
                     batch: int = 1, protocol: str = "both", runtime: str = "onnxruntime",
-                    baseline: Path | None = None, progress: Progress = silent) -> LoadResult:
-    """Start Triton on free loopback ports with ``source`` (run by ``runtime`` inside its python backend), load it,
-    and time in-process ONNX Runtime on ``baseline`` (default: the same ONNX) alike. Every answer is checked against
-    its own model run in process."""
-    check_runtime({"runtime": runtime}, "python")
+                    baseline: Path | None = None, options: RepoOptions | None = None,
+                    progress: Progress = silent) -> LoadResult:
+    """Start Triton on free loopback ports with ``source`` (run by ``runtime`` inside its python backend, with the
+    repository ``repo`` would write, or ``options``), load it, and time the same file in process and ONNX Runtime
+    on ``baseline`` (default: the served file) alike, every row at every concurrency."""
     check_path("--baseline", baseline, directory=False, must_exist=True)
+    opts = _serving_options(options, runtime, batch * max(concurrency))
+    check_runtime(opts.parameters, "python")
     requests = requests or DEFAULT_REQUESTS
     protocols = ["http", "grpc"] if protocol == "both" else [protocol]
-    max_batch = max(32, batch * max(concurrency))
-    with tempfile.TemporaryDirectory(prefix="vanilladeploy-serve-bench-") as scratch:
-        repo = write_repository(source, Path(scratch), RepoOptions(backend="python", max_batch=max_batch, kind="cpu",
-                                                                   parameters={"runtime": runtime}))
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="vanilladeploy-serve-bench-") as scratch, ExitStack() as stack:
+        repo = write_repository(source, Path(scratch), opts)
         model, onnx_path = repo.model_dir.name, repo.model_dir / "1" / "model.onnx"
-        served_precision = onnx_precision_of(onnx_path)
-        shape = (batch, *parse_config(repo.config_text).input[0].dims)
+        cfg = parse_config(repo.config_text)
+        parameters = {k: v.string_value for k, v in cfg.parameters.items()}
+        precision = onnx_precision_of(onnx_path)
         rng = np.random.default_rng(0)
-        inputs = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
-        check = _checker(_references(onnx_path, runtime, inputs))
-        local_path = baseline or onnx_path
-        local = onnxruntime_sender_factory(str(local_path))
-        local_check = _checker(_references(local_path, "onnxruntime", inputs))
-        records = []
+        inputs = [rng.standard_normal((batch, *cfg.input[0].dims), dtype=np.float32) for _ in range(4)]
+        local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision))
         progress(Step("Starting Triton Inference Server"))
-        with TritonServer(Path(scratch), free_ports(), model=model) as server:
-            version = server_version(server)
-            served = "" if runtime == "onnxruntime" else f" ({runtime} {served_precision})"
-            for level in concurrency:
-                urls = {"http": server.http_url, "grpc": server.grpc_url}
-                runs = [(f"triton-{p}{served}", triton_sender_factory(urls[p], p, model)) for p in protocols]
-                runs.append(("onnxruntime-inprocess", local))
-                for backend, factory in runs:
-                    progress(Step(f"{backend} · concurrency {level}"))
-                    stats = measure_load(factory, inputs, concurrency=level, requests=requests,
-                                         check=local_check if factory is local else check)
-                    records.append({"model": model, "backend": backend, "batch": batch, **stats.as_dict()})
+        server = stack.enter_context(TritonServer(Path(scratch), free_ports(), model=model))
+        label = "" if parameters["runtime"] == "onnxruntime" else f" ({parameters['runtime']} {precision})"
+        contenders = [*_served(server, protocols, model, label, local.check),
+                      *_local_rows(local, baseline, onnx_path, parameters["runtime"], inputs)]
+        records = _measure(contenders, inputs, concurrency, requests, model, progress)
+        version = server_version(server)
+    add_ratios(records)
     config = {"source": str(source), "concurrency": list(concurrency), "requests": requests, "batch": batch,
-              "protocols": protocols, "triton": version, "triton_backend": f"python ({runtime})",
-              "served_precision": served_precision, "in_process": {"runtime": "onnxruntime",
-                                                             "file": str(baseline or source)},
-              "max_batch": max_batch, "dynamic_batching_delay_us": RepoOptions().max_queue_delay_us}
+              "protocols": protocols, "triton": version, **_rows_config(source, baseline, parameters, precision),
+              "model_config": repo.config_text, "max_batch": opts.max_batch,
+              "dynamic_batching_delay_us": opts.max_queue_delay_us,
+              "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]}}
     return LoadResult(records, machine_info("cpu"), config)
+
+
+def _rows_config(source: Path, baseline: Path | None, parameters: dict[str, str], precision: str) -> dict[str, Any]:
+    runtime = parameters["runtime"]
+    return {"triton_backend": f"python ({runtime})", "served_precision": precision,
+            "in_process": {"runtime": runtime, "precision": precision, "file": str(source),
+                           "shared": _sharing(runtime)},
+            "baseline": {"runtime": "onnxruntime", "file": str(baseline or source)}}
+
+
+def _local_rows(local: Contender, baseline: Path | None, onnx_path: Path, runtime: str,
+                inputs: Sequence[np.ndarray]) -> list[Contender]:
+    """In-process and baseline rows: one row in both roles when they would time the same file in ONNX Runtime."""
+    if runtime == "onnxruntime" and (baseline is None or _same_file(baseline, onnx_path)):
+        return [replace(local, backend="onnxruntime-inprocess", roles=(IN_PROCESS, BASELINE))]
+    return [local, _baseline(baseline or onnx_path, inputs)]
+
+
+def _serving_options(options: RepoOptions | None, runtime: str, largest_request: int) -> RepoOptions:
+    """The repository to serve: ``options`` (default: what ``repo`` writes) on the python backend, on the CPU,
+    with ``runtime`` and a ``max_batch`` that fits the largest batch the clients can queue (at least 32)."""
+    opts = options or RepoOptions()
+    parameters = python_parameters({**opts.parameters, "runtime": runtime})
+    return replace(opts, backend="python", kind="cpu", max_batch=max(opts.max_batch, largest_request),
+                   parameters=parameters)
+
+
+def _sharing(runtime: str) -> str:
+    return ("one OpenVINO infer request (LATENCY) behind a lock, as one instance runs its batches"
+            if runtime == "openvino" else "one ONNX Runtime session, concurrent run() calls")
+
+
+def _measure(contenders: Sequence[Contender], inputs: Sequence[np.ndarray], concurrency: Sequence[int],
+             requests: int, model: str, progress: Progress) -> list[dict[str, Any]]:
+    records = []
+    for level in concurrency:
+        for contender in contenders:
+            progress(Step(f"{contender.backend} · concurrency {level}"))
+            stats = measure_load(contender.factory, inputs, concurrency=level, requests=requests,
+                                 check=contender.check)
+            records.append(_record(contender, model, len(inputs[0]), stats.as_dict()))
+    return records
 
 
 def onnx_precision_of(path: Path) -> str:
@@ -119,4 +233,5 @@ def onnx_precision_of(path: Path) -> str:
     return meta.get("precision", "fp32")
 
 
-__all__ = ["DEFAULT_REQUESTS", "LoadResult", "free_ports", "run_serve_bench"]
+__all__ = ["BASELINE", "DEFAULT_REQUESTS", "IN_PROCESS", "SERVED", "LoadResult", "add_ratios", "free_ports",
+           "in_process_precision", "run_serve_bench"]

@@ -8,13 +8,20 @@ new one. Other models in ``REPO`` are left alone. What Triton would refuse at lo
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from exporters.triton_repo import (
+from vanilladeploy import __version__
+from vanilladeploy.atomic import ArtifactWriter
+from vanilladeploy.checkpoint import sha256_of
+from vanilladeploy.errors import CheckpointError, MissingDependencyError, UsageError
+from vanilladeploy.extras import install_hint
+from vanilladeploy.runtimes import ONNX_RUNTIMES
+from vanilladeploy.serving.triton_config import (
     LABELS_FILE,
     MODEL_FILES,
     ModelSignature,
@@ -31,14 +38,10 @@ from exporters.triton_repo import (
     signature_from_onnx,
     signature_from_sidecar,
 )
-from vanilladeploy import __version__
-from vanilladeploy.atomic import ArtifactWriter
-from vanilladeploy.checkpoint import sha256_of
-from vanilladeploy.errors import CheckpointError, MissingDependencyError, UsageError
-from vanilladeploy.extras import install_hint
 from vanilladeploy.validate import check_path
 
-PYTHON_MODEL = Path(__file__).resolve().parents[2] / "exporters" / "triton_python_model.py"
+PYTHON_MODEL = importlib.resources.files("vanilladeploy.serving") / "triton_python_model.py"
+"""The Triton Python-backend model, found as a resource of the installed package (wherever it lives)."""
 EXPORT_AGAIN = "export again with `vanilladeploy export` (add --trt for an engine)"
 
 
@@ -185,13 +188,15 @@ def model_repository_of(path: Path) -> Path | None:
     return models[0].parent if models else None
 
 
-PYTHON_RUNTIMES = ("onnxruntime", "openvino")
-"""What the python backend's model.py can run the ONNX in (the config parameter ``runtime``)."""
+PYTHON_RUNTIMES = ONNX_RUNTIMES
+"""What the python backend's model.py can run the ONNX in (the config parameter ``runtime``): the runtimes of the
+one table that run our ONNX files on the CPU."""
 
 
 def check_runtime(parameters: dict[str, str], backend: str) -> None:
     """``--runtime`` names one of :data:`PYTHON_RUNTIMES` and needs the python backend (a native backend is its own
-    runtime)."""
+    runtime); OpenVINO's ``precision`` and ``openvino_hint`` are ones ``model.py`` accepts (it would refuse them at
+    load time, inside Triton)."""
     runtime = parameters.get("runtime")
     if runtime is None:
         return
@@ -200,6 +205,13 @@ def check_runtime(parameters: dict[str, str], backend: str) -> None:
     if backend != "python" and runtime != "onnxruntime":
         raise UsageError(f"--runtime {runtime} runs inside Triton's python backend, not the {backend} backend: add "
                          "--backend python.")
+    if runtime == "openvino":
+        from vanilladeploy.serving.triton_python_model import openvino_config
+
+        try:
+            openvino_config(parameters)
+        except ValueError as e:
+            raise UsageError(f"{e}.") from None
 
 
 def check_labels(labels: str | None) -> None:
@@ -267,7 +279,7 @@ def _write_model_dir(model_dir: Path, src: RepoSource, model_file: str, backend:
         writer.stage("config.pbtxt").write_text(config, encoding="utf-8")
         shutil.copyfile(src.model_file, writer.stage(f"1/{model_file}"))
         if backend == "python":
-            shutil.copyfile(PYTHON_MODEL, writer.stage(f"1/{MODEL_FILES['python']}"))
+            writer.stage(f"1/{MODEL_FILES['python']}").write_bytes(PYTHON_MODEL.read_bytes())
         if labels:
             writer.stage(LABELS_FILE).write_text("\n".join(labels) + "\n", encoding="utf-8")
         sums = {str(p.relative_to(writer.staged()[0].parent)): sha256_of(p) for p in writer.staged()}

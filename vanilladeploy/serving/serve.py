@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from exporters.triton_repo import RepoOptions, parse_config
 from vanilladeploy.errors import UsageError
 from vanilladeploy.serving.repository import (
     RepoPlan,
@@ -37,6 +36,7 @@ from vanilladeploy.serving.server import (
     find_tritonserver,
     server_version,
 )
+from vanilladeploy.serving.triton_config import RepoOptions, parse_config
 from vanilladeploy.serving.watch import ModelWatch
 
 WATCH_INTERVAL_S = 0.5
@@ -120,9 +120,9 @@ def _serve(repository: Path, model: str, cfg: Any, ports: TritonPorts, *, stop: 
     runtime = cfg.parameters["runtime"].string_value if "runtime" in cfg.parameters else "onnxruntime"
     try:
         with TritonServer(repository, ports, host=host, model=model, abort=stop) as server:
+            watch = ModelWatch(server, model, on_event=on_event)  # lists the stubs now, before it is announced
             on_ready(ServingInfo(model, server_version(server), server.http_url, server.grpc_url, server.metrics_url,
                                  example_client_command(server.http_url, model, shape), kind, runtime))
-            watch = ModelWatch(server, model, on_event=on_event)
             while not stop.wait(WATCH_INTERVAL_S):
                 watch.check()
     except StartAborted:

@@ -2,14 +2,27 @@
 
 Measured with Triton 2.51 (the nvidia-pytriton wheel): after the stub process of a model is killed, every request
 gets 500 "Stub process '<model>_0_0' is not healthy" for as long as the server runs, while ``/v2/health/ready`` and
-the model's readiness still answer ready. :class:`ModelWatch` notices (a stub it saw after the start is gone) and
-reloads the model through Triton's model-control API (the server runs with ``--model-control-mode=explicit``):
-``unload`` first — from then on the server's and the model's readiness answer 400, so a load balancer or a
-readiness probe stops sending traffic — then ``load``, which returns once the new stub has loaded the model. A load
-that fails raises :class:`~vanilladeploy.serving.server.ServerError` with the reason Triton gives.
+the model's readiness still answer ready. :class:`ModelWatch` notices (a stub it listed is gone, or one was missing
+when it listed them) and reloads the model through Triton's model-control API (the server runs with
+``--model-control-mode=explicit``): ``unload`` first — from then on the server's and the model's readiness answer
+400, so a load balancer or a readiness probe stops sending traffic — then ``load``, which returns once the new stub
+has loaded the model. A load that fails raises :class:`~vanilladeploy.serving.server.ServerError` with the reason
+Triton gives.
 
 An unload whose stub is dead stays in state UNLOADING (Triton waits for a stub that never answers); a load issued
 meanwhile starts a fresh instance at once, so the watch does not wait for the unload to finish.
+
+The invariant the watch keeps: it lists the model's stubs only right after Triton said the model is loaded (when the
+watch is made, right after the server's start, before anyone is told it serves; when a reload's ``load`` returned),
+and it expects one live stub per instance of the model (:func:`model_instances`, from Triton's own config of it). A
+listing that finds fewer means a stub died between the load and the listing — a death no comparison of two listings
+can see: it is handled like any other dead stub, so the watch never holds an empty or short set for a model meant to
+be ready, and never sits silent while a model without its stub says ready.
+
+A stub killed *while* Triton loads the model (the auto-complete stub, or an instance's stub before it has answered
+its initialization) is Triton's own limit: its Python backend waits for that stub's answer without a timeout, so the
+load does not return (measured: not within 300 s); readiness answers 400 meanwhile, and the watch gives up after
+``load_timeout_s`` (``serve`` exits 2).
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from vanilladeploy.serving.server import ServerError, TritonServer
 
@@ -44,27 +58,55 @@ def stub_pids(shm_prefix: str) -> frozenset[int]:
     return frozenset(found)
 
 
+def model_instances(config: dict[str, Any]) -> int:
+    """The instances, one stub each, that Triton makes of a model with this config (``/v2/models/<model>/config``):
+    each instance group's ``count``, times its GPUs for a ``KIND_GPU`` group (Triton lists them in the config of a
+    loaded model)."""
+    total = 0
+    for group in config.get("instance_group", []):
+        devices = len(group.get("gpus") or [0]) if group.get("kind") == "KIND_GPU" else 1
+        total += int(group.get("count", 1)) * devices
+    return max(total, 1)
+
+
 class ModelWatch:
     """Call :meth:`check` periodically while ``server`` serves ``model``: it raises :class:`ServerError` when the
-    server has died or a reload failed, and reloads the model when one of its stubs has died."""
+    server has died or a reload failed, and reloads the model when one of its stubs has died. Make it right after
+    the server's start: it lists the stubs then (see the module's invariant).
+
+    ``stubs``: the stubs listed right after the model's last load; ``instances``: how many it must hold."""
 
     def __init__(self, server: TritonServer, model: str, *, on_event: Callable[[str], None] = lambda _: None,
                  load_timeout_s: float = LOAD_TIMEOUT_S) -> None:
         self.server, self.model, self.on_event, self.load_timeout_s = server, model, on_event, load_timeout_s
-        self.stubs = stub_pids(server.shm_prefix)  # after the start: every instance's stub is up
+        self.instances = model_instances(self._config())
+        self.stubs = stub_pids(server.shm_prefix)  # the model is loaded: every instance's stub is up, or died
 
     def check(self) -> None:
         if not self.server.alive():
             raise ServerError(f"Triton Inference Server exited ({self.server.exit_description()}): "
                               f"{self.server.failure_reason()}")
+        lost = self._lost()
+        if lost:
+            self.reload(lost)
+
+    def _lost(self) -> str:
+        """What the model has lost since its stubs were listed, as the event says it ("(pid 123) died"); "" while
+        every instance has its live stub."""
         gone = self.stubs - stub_pids(self.server.shm_prefix)
         if gone:
-            self.reload(sorted(gone))
+            return f"(pid {', '.join(map(str, sorted(gone)))}) died"
+        if len(self.stubs) < self.instances:
+            return (f"({self.instances - len(self.stubs)} of {self.instances} instances) died right after the model "
+                    "loaded")
+        return ""
 
-    def reload(self, dead: list[int]) -> None:
-        self.on_event(f"The backend stub of {self.model} (pid {', '.join(map(str, dead))}) died: reloading the "
-                      "model, not ready until it is back")
-        started = time.monotonic()
+    def reload(self, lost: str) -> None:
+        """Unload and load the model, then list the new load's stubs: those alive now that were not before the
+        unload (a healthy stub of the old load may still be finishing). Fewer than ``instances`` — one died as the
+        load ended — and the next :meth:`check` reloads again instead of announcing a model without its stub."""
+        self.on_event(f"The backend stub of {self.model} {lost}: reloading the model, not ready until it is back")
+        started, old = time.monotonic(), stub_pids(self.server.shm_prefix)
         self._control("unload", UNLOAD_TIMEOUT_S)  # readiness answers 400 from here on
         status, error = self._control("load", self.load_timeout_s)
         if status != 200:
@@ -72,8 +114,18 @@ class ModelWatch:
                 self.check()  # raises: the server died while reloading
             raise ServerError(f"{self.model} could not be reloaded after its backend stub died: "
                               f"{error or self.server.failure_reason()}")
-        self.stubs = stub_pids(self.server.shm_prefix)
-        self.on_event(f"{self.model} reloaded in {time.monotonic() - started:.1f} s: ready")
+        self.stubs = stub_pids(self.server.shm_prefix) - old
+        if len(self.stubs) >= self.instances:
+            self.on_event(f"{self.model} reloaded in {time.monotonic() - started:.1f} s: ready")
+
+    def _config(self) -> dict[str, Any]:
+        """Triton's config of the loaded model (``GET /v2/models/<model>/config``)."""
+        try:
+            with urllib.request.urlopen(f"{self.server.http_url}/v2/models/{self.model}/config",
+                                        timeout=30) as response:
+                return dict(json.loads(response.read()))
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise ServerError(f"Triton Inference Server did not give the config of {self.model}: {e}") from None
 
     def _control(self, action: str, timeout_s: float) -> tuple[int | None, str]:
         """POST ``/v2/repository/models/<model>/<action>``: (HTTP status or None, Triton's error message)."""
@@ -96,4 +148,4 @@ def _error_message(body: bytes) -> str:
     return " ".join(text.split())[:600]
 
 
-__all__ = ["ModelWatch", "STUB", "stub_pids"]
+__all__ = ["ModelWatch", "STUB", "model_instances", "stub_pids"]

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.backends import BACKENDS, Backend, BenchConfig, Prepared
-from benchmarks.floor import (
+from vanilladeploy.benchmarks.backends import BACKENDS, CACHE_DIR, Backend, BenchConfig, Prepared
+from vanilladeploy.benchmarks.floor import (
     FLOOR_EXCEEDED,
     DevicePeak,
     NoPeakMeasured,
@@ -34,10 +34,10 @@ from benchmarks.floor import (
     usable_cores,
     vanillanet_conv_shapes,
 )
-from benchmarks.harness import measure_interleaved, summarize
-from benchmarks.onnx_files import SkipModel
-from benchmarks.peaks import GuardedPeak, PeakCandidate, guard, peak_candidates
-from benchmarks.zoo import ModelEntry, model_cost, resolve_models
+from vanilladeploy.benchmarks.harness import measure_interleaved, summarize
+from vanilladeploy.benchmarks.onnx_files import SkipModel
+from vanilladeploy.benchmarks.peaks import GuardedPeak, PeakCandidate, guard, peak_candidates
+from vanilladeploy.benchmarks.zoo import ModelEntry, model_cost, resolve_models
 from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.extras import available, install_hint
 from vanilladeploy.machine import gpu_state, machine_info
@@ -48,7 +48,7 @@ from vanilladeploy.validate import check_path, name_list
 @dataclass
 class BenchOptions:
     models: str | None = None
-    backends: list[str] | None = None
+    runtimes: list[str] | None = None  # what times each model: torch, torch-cudagraph, onnxruntime, …
     device: str | None = None  # None: cuda when available, else cpu
     precision: str = "fp32"  # one precision, or several comma-separated ("fp32,int8"), timed in the same rounds
     batch: int = 1
@@ -60,13 +60,19 @@ class BenchOptions:
     channels_last: bool = False
     include_copies: bool = False
     train_form: bool = False
-    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "vanilladeploy")
+    cache_dir: Path = CACHE_DIR
     gemm_n: int | None = None  # peak subjects' largest GEMM (n³, (n/2)³, a conv-like one); None: 2048 CPU, 8192 CUDA
     copy_bytes: int | None = None  # bandwidth subject; None: 256 MiB on CPU, 1 GiB on CUDA
 
     @property
     def precisions(self) -> list[str]:
         return [p.strip() for p in self.precision.split(",") if p.strip()]
+
+    def configs(self, device: str, threads: int | None) -> list[BenchConfig]:
+        """One :class:`BenchConfig` per precision asked (in order, without repeats), on ``device``."""
+        return [BenchConfig(device=device, precision=precision, batch=self.batch, img_size=self.img_size,
+                            channels_last=self.channels_last, include_copies=self.include_copies, threads=threads,
+                            cache_dir=self.cache_dir / "bench") for precision in dict.fromkeys(self.precisions)]
 
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -103,7 +109,7 @@ def _backends(names: list[str] | None) -> list[Backend]:
     names = names or list(BACKENDS)
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
-        raise UsageError(f"unknown backend {unknown[0]!r}: choose from {', '.join(BACKENDS)}.")
+        raise UsageError(f"unknown runtime {unknown[0]!r}: choose from {', '.join(BACKENDS)}.")
     return [BACKENDS[n]() for n in dict.fromkeys(names)]
 
 
@@ -129,11 +135,11 @@ def check_bench_options(opts: BenchOptions, outputs: dict[str, Path] | None = No
     """What ``bench`` would otherwise find out only after minutes of timing, or silently reinterpret; ``outputs``:
     the result files to be written (option name → path), which need matplotlib for the plot."""
     name_list("--models", opts.models)
-    if opts.backends is not None and not opts.backends:
-        raise UsageError("--backends is empty: give a comma-separated list, or drop --backends for the default.")
-    unknown = [b for b in opts.backends or () if b not in BACKENDS]
+    if opts.runtimes is not None and not opts.runtimes:
+        raise UsageError("--runtimes is empty: give a comma-separated list, or drop --runtimes for the default.")
+    unknown = [b for b in opts.runtimes or () if b not in BACKENDS]
     if unknown:
-        raise UsageError(f"--backends: unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}.")
+        raise UsageError(f"--runtimes: unknown runtime {unknown[0]!r}; choose from {', '.join(BACKENDS)}.")
     if opts.budget_s is not None and not opts.budget_s > 0:
         raise UsageError(f"--budget-s {opts.budget_s}: give a positive number of seconds.")
     for option, path in (outputs or {}).items():
@@ -145,7 +151,7 @@ def check_bench_options(opts: BenchOptions, outputs: dict[str, Path] | None = No
 
 def write_results(result: BenchResult, *, json_path: Path, csv_path: Path, plot_path: Path) -> list[Path]:
     """The results as JSON, CSV and the plot; JSON and CSV are written even when the plot cannot be."""
-    from benchmarks.report import write_csv, write_json, write_plot
+    from vanilladeploy.benchmarks.report import write_csv, write_json, write_plot
 
     written = [write_json(json_path, result.document()), write_csv(csv_path, result.records)]
     where = result.machine.get("gpu") or result.machine["cpu"]
@@ -173,7 +179,7 @@ def run_bench(opts: BenchOptions, *, progress: Progress = silent,
         entries = resolve_models(opts.models, train_form=opts.train_form)
     except ValueError as e:
         raise UsageError(f"--models: {e}.") from None
-    backends, device = _backends(opts.backends), _device(opts.device)
+    backends, device = _backends(opts.runtimes), _device(opts.device)
     refuse_idle_options(opts, entries, [b.name for b in backends], device)
     for line in option_warnings(opts):
         (warn or _warn_on_stderr)(line)
@@ -187,8 +193,8 @@ TORCH_BACKENDS = ("torch", "torch-cudagraph")
 def refuse_idle_options(opts: BenchOptions, entries: list[ModelEntry], backends: list[str], device: str) -> None:
     """An option that would change nothing in this run is a mistake to point out, not to ignore (exit 2)."""
     if opts.channels_last and not set(backends) & set(TORCH_BACKENDS):
-        raise UsageError(f"--channels-last has no effect without a torch backend (--backends {','.join(backends)}): "
-                         "add torch or torch-cudagraph to --backends, or drop --channels-last.")
+        raise UsageError(f"--channels-last has no effect without a torch runtime (--runtimes {','.join(backends)}): "
+                         "add torch or torch-cudagraph to --runtimes, or drop --channels-last.")
     if opts.include_copies and device == "cpu":
         raise UsageError("--include-copies has no effect on cpu (inputs and outputs already live on the host): "
                          "use --device cuda, or drop --include-copies.")
@@ -213,10 +219,7 @@ def _warn_on_stderr(line: str) -> None:
 
 def _run_pinned(opts: BenchOptions, entries: list[ModelEntry], backends: list[Backend], device: str,
                 pinning: dict[str, Any], progress: Progress) -> BenchResult:
-    configs = [BenchConfig(device=device, precision=precision, batch=opts.batch, img_size=opts.img_size,
-                           channels_last=opts.channels_last, include_copies=opts.include_copies,
-                           threads=pinning["threads"], cache_dir=opts.cache_dir / "bench")
-               for precision in dict.fromkeys(opts.precisions)]
+    configs = opts.configs(device, pinning["threads"])
     machine = machine_info(device) | {"pinning": pinning}
     records, subjects, prepared = _prepare_all(entries, backends, configs, progress)
     timed = list(dict.fromkeys(records[key]["precision"] for key in subjects))

@@ -11,8 +11,10 @@ comes from the fp16-typed ONNX copy (:func:`exporters.fp16.convert_to_fp16`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporters.files import write_atomically
-from exporters.runners import Runner
-from exporters.trt_plan import (
+from vanilladeploy.atomic import write_atomically
+from vanilladeploy.runtimes.runners import Runner
+from vanilladeploy.runtimes.timing import Subject, cuda_subject
+from vanilladeploy.runtimes.trt_plan import (
     EngineBuildError,
     EngineMismatchError,
     TensorRTUnavailable,
@@ -218,6 +221,30 @@ class TensorRTRunner(Runner):
                 self.graph.replay()
             else:
                 self._enqueue()
+
+    def subject(self, inputs: Sequence[np.ndarray], *, include_copies: bool = False) -> Subject:
+        """Timed with CUDA events on the runner's stream. Without ``include_copies`` the next input is copied into
+        the bound buffer on the device before the timed region, and the output stays there; with it, the pinned
+        host input's copy in and the output's copy out are timed too."""
+        buffer = self.prepare(tuple(inputs[0].shape))
+        tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(buffer.dtype) for x in inputs]
+        on_device = itertools.cycle([t.cuda() for t in tensors])
+        pinned = itertools.cycle([t.pin_memory() for t in tensors])
+
+        def step() -> None:
+            if include_copies:
+                with torch.cuda.stream(self.stream):
+                    buffer.copy_(next(pinned), non_blocking=True)
+            self.launch()
+            if include_copies:
+                with torch.cuda.stream(self.stream):
+                    self.output.cpu()
+
+        def before() -> None:
+            with torch.cuda.stream(self.stream):
+                buffer.copy_(next(on_device))
+
+        return cuda_subject(step, before=None if include_copies else before, stream=self.stream)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         buffer = self.prepare(tuple(x.shape))

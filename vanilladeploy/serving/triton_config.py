@@ -62,8 +62,27 @@ class RepoOptions:
     kind: str | None = None  # None: gpu for the tensorrt backend, cpu otherwise
     max_queue_delay_us: int = 500
     dynamic_batching: bool = True
+    preferred_batch_sizes: tuple[int, ...] = ()  # (): run whatever is queued (per-image cost flat in batch here)
     labels: str | None = None  # a file of class names, or "imagenet"
     parameters: dict[str, str] = field(default_factory=dict)
+
+
+PYTHON_PARAMETERS: dict[str, dict[str, str]] = {
+    "onnxruntime": {"ort_threads": "0", "ort_spinning": "0"},
+    "openvino": {"openvino_hint": "LATENCY", "openvino_threads": "0"},
+}
+"""What the python backend's ``model.py`` is told per runtime unless asked otherwise, written into every config so
+the config records how the model runs (why these: docs/serving.md, measured). ``ort_threads`` 0 is one intra-op
+thread per physical core; ``ort_spinning`` 0 lets idle ONNX Runtime threads sleep instead of spinning against
+Triton's and the clients' threads; ``openvino_hint`` LATENCY runs each dynamic batch as one inference over every
+core; ``openvino_threads`` 0 is all of them."""
+
+
+def python_parameters(parameters: dict[str, str]) -> dict[str, str]:
+    """The python backend's parameters in full: the runtime (onnxruntime unless named), its defaults, then what
+    was asked for."""
+    runtime = parameters.get("runtime") or "onnxruntime"
+    return {"runtime": runtime, **PYTHON_PARAMETERS.get(runtime, {}), **parameters}
 
 
 def signature_from_onnx(path: Path) -> ModelSignature:
@@ -124,6 +143,9 @@ def check_servable(signature: ModelSignature, opts: RepoOptions, backend: str) -
     """Raise :class:`RepoError` for what Triton would refuse at load time."""
     if opts.max_batch < 0 or opts.instances < 1:
         raise RepoError("--max-batch must be ≥ 0 and --instances ≥ 1")
+    if any(not 1 <= size <= max(opts.max_batch, 1) for size in opts.preferred_batch_sizes):
+        raise RepoError(f"preferred batch sizes {list(opts.preferred_batch_sizes)}: each must be 1..--max-batch "
+                        f"({opts.max_batch})")
     if opts.kind is not None and opts.kind not in KINDS:
         raise RepoError(f"--kind {opts.kind}: choose cpu or gpu")
     if backend == "tensorrt" and resolve_kind(opts, backend) != "gpu":
@@ -172,6 +194,8 @@ def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, bac
         cfg.parameters["PERFORMANCE_HINT"].string_value = "THROUGHPUT"
     else:
         cfg.backend = "python"
+        for key, value in python_parameters(opts.parameters).items():
+            cfg.parameters[key].string_value = value
     for spec, container in ((signature.inputs, cfg.input), (signature.outputs, cfg.output)):
         for t in spec:
             entry = container.add(name=t.name, data_type=mc.TYPE_FP32)
@@ -182,7 +206,9 @@ def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, bac
     gpu = resolve_kind(opts, backend) == "gpu"
     group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
     if opts.dynamic_batching and opts.max_batch > 0:
+        cfg.dynamic_batching.SetInParent()  # present even with a delay of 0 and no preferred sizes
         cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+        cfg.dynamic_batching.preferred_batch_size.extend(opts.preferred_batch_sizes)
     for key, value in opts.parameters.items():
         cfg.parameters[key].string_value = value
     return cfg
@@ -202,6 +228,7 @@ def parse_config(text: str) -> Any:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-__all__ = ["BACKENDS", "LABELS_FILE", "MODEL_FILES", "ModelSignature", "RepoError", "RepoOptions", "TensorSpec",
-           "build_config", "check_model_name", "check_servable", "config_text", "parse_config", "plan_filename",
-           "resolve_backend", "resolve_kind", "signature_from_onnx", "signature_from_sidecar"]
+__all__ = ["BACKENDS", "LABELS_FILE", "MODEL_FILES", "PYTHON_PARAMETERS", "ModelSignature", "RepoError", "RepoOptions",
+           "TensorSpec", "build_config", "check_model_name", "check_servable", "config_text", "parse_config",
+           "plan_filename", "python_parameters", "resolve_backend", "resolve_kind", "signature_from_onnx",
+           "signature_from_sidecar"]

@@ -16,9 +16,8 @@ layers, and all are judged on the same held-out images against the fp32 ONNX in 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import onnx
 
@@ -41,7 +40,9 @@ class LayerSensitivity:
 
 
 @dataclass(frozen=True)
-class Step:
+class Trial:
+    """One model the search tried: these Convs kept in float, the rest int8, and its verdict on held-out images."""
+
     float_layers: tuple[str, ...]
     agreement_top1: float
     mean_rel_l2: float
@@ -51,12 +52,8 @@ class Step:
 class FallbackResult:
     float_layers: tuple[str, ...]
     passed: bool
-    steps: list[Step] = field(default_factory=list)
+    steps: list[Trial] = field(default_factory=list)
     sensitivity: list[LayerSensitivity] = field(default_factory=list)
-
-    def as_dict(self, mode: str, max_fallback: int) -> dict[str, Any]:
-        return {"mode": mode, "max_fallback": max_fallback, "float_layers": list(self.float_layers),
-                "steps": [asdict(s) for s in self.steps]}
 
 
 def conv_layers(model: onnx.ModelProto) -> dict[str, str]:
@@ -106,7 +103,7 @@ def sensitivity(fp32: Path, layers: dict[str, str], quantize: Quantize, scratch:
 
 def search(fp32: Path, layers: dict[str, str], quantize: Quantize, scratch: Path, calib: Path,
            holdout: Sequence[int], pre: Preprocess, *, passes: Callable[[float, float], bool], max_fallback: int,
-           start: Step) -> FallbackResult:
+           start: Trial) -> FallbackResult:
     """``auto``: float layers added in sensitivity order until the gate is met or ``max_fallback`` is reached;
     ``start`` is the fully quantized model's verdict. The result names the best model seen (gate met, or the
     highest agreement)."""
@@ -116,12 +113,12 @@ def search(fp32: Path, layers: dict[str, str], quantize: Quantize, scratch: Path
         chosen = (*chosen, layer)
         path = quantize(scratch / f"fallback-{len(chosen)}.onnx", chosen)
         agreement, rel_l2 = _judge(fp32, {"mix": path}, calib, holdout, pre)["mix"]
-        steps.append(Step(chosen, agreement, rel_l2))
+        steps.append(Trial(chosen, agreement, rel_l2))
         if passes(agreement, rel_l2):
             return FallbackResult(chosen, True, steps, table)
     best = max(steps, key=lambda s: (s.agreement_top1, -s.mean_rel_l2))
     return FallbackResult(best.float_layers, False, steps, table)
 
 
-__all__ = ["FallbackResult", "LayerSensitivity", "Step", "conv_layers", "default_max_fallback", "parse_fallback",
+__all__ = ["FallbackResult", "LayerSensitivity", "Trial", "conv_layers", "default_max_fallback", "parse_fallback",
            "search", "sensitivity"]

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from exporters.runners import fixed_batch_of
+from vanilladeploy.exporters.contract import fixed_batch_of
 
 METHODS = ("minmax", "entropy", "percentile")
 

@@ -8,7 +8,9 @@ same reference → write ``<name>.onnx``, ``<name>_deploy.pth`` and ``<name>.rep
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +18,32 @@ import numpy as np
 import onnx
 import torch
 
-from exporters.contract import check_graph_contract
-from exporters.onnx_export import MIN_OPSET, build_onnx, feature_sizes, simplify_onnx
-from exporters.runners import OnnxRuntimeRunner, TorchRunner
-from exporters.trt_plan import TrtBuildOptions
-from models.vanillanet import VanillaNet
 from vanilladeploy import __version__
 from vanilladeploy.arch import Architecture, load_model
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import Checkpoint, LambdaInfo, lambda_of, sha256_of
 from vanilladeploy.errors import InexactMergeError, OutputError, UsageError, VanillaDeployError, VerificationError
-from vanilladeploy.export.int8 import Int8Options, check_int8_options, int8_copy
-from vanilladeploy.export.openvino import openvino_ir
-from vanilladeploy.export.tensorrt import EngineJob, export_engine, fp16_copy, trt_options
+from vanilladeploy.exporters.contract import check_graph_contract
+from vanilladeploy.exporters.onnx_export import MIN_OPSET, build_onnx, feature_sizes, simplify_onnx
 from vanilladeploy.images import Preprocess
+from vanilladeploy.models.vanillanet import VanillaNet
+from vanilladeploy.pipeline.checks import RuntimeCheck
+from vanilladeploy.pipeline.fp16 import fp16_copy
+from vanilladeploy.pipeline.int8 import Int8Options, check_int8_options, int8_copy
+from vanilladeploy.pipeline.openvino import openvino_ir
+from vanilladeploy.pipeline.report import (
+    ArtifactRecord,
+    ExportReport,
+    OnnxSection,
+    ReparameterizationSection,
+    TrainedLambdaCheck,
+    VerificationInputs,
+    VerificationSection,
+)
+from vanilladeploy.pipeline.tensorrt import EngineJob, export_engine, trt_options
 from vanilladeploy.reparam import ReparamResult, reparameterize_state_dict
+from vanilladeploy.runtimes.runners import OnnxRuntimeRunner, TorchRunner
+from vanilladeploy.runtimes.trt_plan import TrtBuildOptions
 from vanilladeploy.source import check_source_options, describe, detect, resolve_source
 from vanilladeploy.steps import Progress, StepTimer, silent
 from vanilladeploy.validate import check_opset, check_path
@@ -67,14 +80,19 @@ class ExportOptions:
 
 @dataclass
 class ExportResult:
-    """The artifacts written and the report (the same dict as ``<name>.report.json``). Truthy when every
-    verification passed."""
+    """The artifacts written and the report, typed (``typed_report``) and as the dict ``<name>.report.json`` holds
+    (``report``). Truthy when every verification passed."""
 
     out_dir: Path
     artifacts: dict[str, Path]
-    report: dict[str, Any]
+    typed_report: ExportReport
     error: VanillaDeployError | None = None
     """A failure after the artifacts were published (``--trt`` without TensorRT, an unverified engine or int8)."""
+
+    @cached_property
+    def report(self) -> dict[str, Any]:
+        """The report as ``<name>.report.json`` holds it (plain dicts and lists, keys in the file's order)."""
+        return self.typed_report.as_dict()
 
     @property
     def verified(self) -> bool:
@@ -86,25 +104,29 @@ class ExportResult:
     @property
     def onnx(self) -> Path:
         """The verified fp32 ONNX."""
-        return self.artifacts[f"{self.report['architecture']['variant']}.onnx"]
+        return self.artifacts[f"{self.typed_report.architecture.variant}.onnx"]
 
 
 def export_options(*, precision: str = "fp32", calib: Path | str | None = None, calib_count: int | None = None,
                    calib_method: str | None = None, min_agreement: float | None = None,
                    holdout_count: int | None = None, max_rel_l2: float | None = None, fallback: str | None = None,
                    max_fallback: int | None = None,
-                   trt: bool = False, workspace: str | int | None = None, batch: str | None = None,
+                   trt: bool = False, workspace: str | int | None = None, trt_profile: str | None = None,
                    timing_cache: Path | str | None = None, opt_level: int | None = None, verbose: bool = False,
                    out_dir: Path | str | None = None, **common: Any) -> ExportOptions:
     """:class:`ExportOptions` from flat keywords, as the CLI and :func:`vanilladeploy.export` take them: the int8
     keywords make ``int8`` (when ``calib`` is given), the TensorRT ones ``trt`` (when ``trt`` is true); None = the
-    default. ``common`` are the other fields of :class:`ExportOptions`."""
+    default. ``common`` are the other fields of :class:`ExportOptions`; ``batch``, the old name of ``trt_profile``,
+    still works with a :class:`DeprecationWarning`."""
+    if "batch" in common:
+        warnings.warn("export(batch=...) is now export(trt_profile=...)", DeprecationWarning, stacklevel=3)
+        trt_profile = common.pop("batch") if trt_profile is None else trt_profile
     given = {k: v for k, v in {"calib_count": calib_count, "calib_method": calib_method,
                                "min_agreement": min_agreement, "holdout_count": holdout_count, "max_rel_l2": max_rel_l2,
                                "fallback": fallback,
                                "max_fallback": max_fallback}.items() if v is not None}
     int8 = Int8Options(Path(calib), **given) if calib is not None else None
-    trt_opts = trt_options(precision, workspace=workspace, batch=batch, opt_level=opt_level,
+    trt_opts = trt_options(precision, workspace=workspace, profile=trt_profile, opt_level=opt_level,
                            timing_cache=None if timing_cache is None else Path(timing_cache),
                            static_batch=common.get("static_batch"), detailed_log=verbose) if trt else None
     unknown = set(common) - {f.name for f in fields(ExportOptions)}
@@ -129,8 +151,8 @@ def check_export_options(source: str, opts: ExportOptions) -> None:
     if opts.trt is not None:
         check_path("--timing-cache", opts.trt.timing_cache, directory=False)
         if opts.static_batch and (opts.trt.profile.min, opts.trt.profile.max) != (opts.static_batch,) * 2:
-            raise UsageError(f"--static-batch {opts.static_batch} fixes the batch, but --batch asks for "
-                             f"{opts.trt.profile}; drop --batch or pass --batch {opts.static_batch}/"
+            raise UsageError(f"--static-batch {opts.static_batch} fixes the batch, but --trt-profile asks for "
+                             f"{opts.trt.profile}; drop --trt-profile or pass --trt-profile {opts.static_batch}/"
                              f"{opts.static_batch}/{opts.static_batch}.")
     if opts.int8 is not None:
         check_int8_options(opts.int8)
@@ -174,7 +196,7 @@ class _Run:
     opts: ExportOptions
     arch: Architecture
     timer: StepTimer
-    report: dict[str, Any]
+    report: ExportReport
     inputs: list[np.ndarray]
     preprocess: Preprocess
     references: list[np.ndarray] = field(default_factory=list)
@@ -182,22 +204,22 @@ class _Run:
 
 def _fuse_and_verify(run: _Run, ckpt: Checkpoint, lam: LambdaInfo) -> VanillaNet:
     """The deploy model; sets the reference outputs. For a training-form input, proves the fusion first."""
-    ver = run.report["verification"]
+    ver = run.report.verification
     if ckpt.form == "deploy":
         deploy = load_model(ckpt.state_dict, run.arch, deploy=True)
-        run.report["reparameterization"] = {"skipped": "the checkpoint is already in deploy form"}
+        run.report.reparameterization = ReparameterizationSection(skipped="the checkpoint is already in deploy form")
         run.references = _infer(deploy, run.inputs)
         return deploy
     train = load_model(ckpt.state_dict, run.arch, deploy=False)
     with run.timer.step("reparameterize_s", "Re-parameterizing in float64"):
         fused: ReparamResult = reparameterize_state_dict(ckpt.state_dict)
         deploy = load_model(fused.state_dict, run.arch, deploy=True)
-    run.report["reparameterization"] = {"certificates": [c.as_dict() for c in fused.certificates]}
+    run.report.reparameterization = ReparameterizationSection(certificates=tuple(fused.certificates))
     with run.timer.step("verify_torch_s", "Verifying the fused model against the training form (λ = 1)"):
         train.set_lambda(1.0)
         run.references = _infer(train, run.inputs)
         result = verify_outputs("torch", _infer(deploy, run.inputs), run.references)
-    ver["torch"] = result.as_dict()
+    ver.torch = RuntimeCheck(result)
     if not result:
         layer = first_divergent_layer(train, deploy, run.inputs[0])
         raise VerificationError(f"the fused model differs from the training form: {result.summary()}; first "
@@ -206,7 +228,7 @@ def _fuse_and_verify(run: _Run, ckpt: Checkpoint, lam: LambdaInfo) -> VanillaNet
         train.set_lambda(lam.value)
         inexact = verify_outputs("trained λ", _infer(deploy, run.inputs), _infer(train, run.inputs),
                                  tolerance=np.inf)
-        ver["against_trained_lambda"] = {**inexact.as_dict(), "lambda": lam.value}
+        ver.against_trained_lambda = TrainedLambdaCheck(inexact, lam.value)
     return deploy
 
 
@@ -223,8 +245,7 @@ def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_p
             except Exception as e:
                 raise VerificationError(f"onnx-simplifier failed: {e}. Re-run with --no-simplify.") from None
     contract = check_graph_contract(model, arch.spec)
-    run.report["onnx"] = {"opset": opts.opset, "nodes_emitted": nodes_before, "simplified": opts.simplify,
-                          "contract": contract.as_dict()}
+    run.report.onnx = OnnxSection(opts.opset, nodes_before, opts.simplify, contract)
     if not contract:
         raise VerificationError(f"the ONNX graph breaks the contract: {'; '.join(contract.problems)}")
     onnx.save(model, onnx_path)
@@ -232,7 +253,7 @@ def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_p
         with OnnxRuntimeRunner(onnx_path) as runner:
             outputs = [runner.infer(x) for x in run.inputs]
     result: VerifyResult = verify_outputs("onnxruntime", outputs, run.references)
-    run.report["verification"]["onnxruntime"] = result.as_dict()
+    run.report.verification.onnxruntime = RuntimeCheck(result)
     if not result:
         raise VerificationError(f"ONNX Runtime output differs from the reference: {result.summary()}")
     return model
@@ -254,10 +275,9 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
     out_dir = opts.out_dir or Path("export") / arch.name
     writer = ArtifactWriter(out_dir)  # refuses an unusable --out now, before the expensive steps
     batch = opts.static_batch or (min(max(2, opts.trt.profile.min), opts.trt.profile.max) if opts.trt else 2)
-    report = describe(ckpt, arch, lam)
-    report["preprocessing"] = pre.as_dict()
-    report["verification"] = {"inputs": {"count": opts.num_inputs, "batch": batch, "img_size": opts.img_size,
-                                         "seed": opts.seed, "distribution": "N(0,1)"}}
+    inputs_record = VerificationInputs(opts.num_inputs, batch, opts.img_size, opts.seed)
+    report = ExportReport.described(describe(ckpt, arch, lam), preprocessing=pre,
+                                    verification=VerificationSection(inputs_record))
     inputs = random_inputs(opts.num_inputs, batch=batch, img_size=opts.img_size, seed=opts.seed)
     run = _Run(opts, arch, timer, report, inputs, pre)
     deploy = _fuse_and_verify(run, ckpt, lam)
@@ -287,20 +307,18 @@ def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, meta
             int8_path, error = int8_copy(name, onnx_tmp, model, run.preprocess, run.opts.int8, writer, run.timer,
                                          report)
         if run.opts.trt is not None:
-            trt = replace(run.opts.trt, float_layers=tuple(report.get("int8", {}).get("float_layers", ())))
+            trt = replace(run.opts.trt, float_layers=report.int8.float_layers if report.int8 else ())
             job = EngineJob(name, onnx_tmp, model, writer.out_dir, trt, run.inputs, run.references,
                             run.opts.static_batch)
             engine_error = export_engine(job, writer, run.timer, report, int8_onnx=int8_path)
             error = error or engine_error
         elif run.opts.precision == "fp16":
-            job = EngineJob(name, onnx_tmp, model, writer.out_dir, None, run.inputs, run.references,
-                            run.opts.static_batch)
-            fp16_copy(job, writer, run.timer, report)
+            fp16_copy(name, model, writer, run.timer, report, inputs=run.inputs, references=run.references)
         report_tmp = writer.stage(f"{name}.report.json")
-        report["artifacts"] = {tmp.name: {"sha256": sha256_of(tmp), "bytes": tmp.stat().st_size}
-                               for tmp in writer.staged() if tmp != report_tmp}
-        report["timings_s"] = run.timer.timings
-        report_tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+        report.artifacts = {tmp.name: ArtifactRecord(sha256_of(tmp), tmp.stat().st_size)
+                            for tmp in writer.staged() if tmp != report_tmp}
+        report.timings_s = dict(run.timer.timings)
+        report_tmp.write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
                               encoding="utf-8")
         finals = writer.commit()
     return ExportResult(writer.out_dir, {p.name: p for p in finals}, report, error)

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from exporters.runners import OpenVinoRunner
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.errors import VerificationError
 from vanilladeploy.extras import require
+from vanilladeploy.pipeline.checks import RuntimeCheck
+from vanilladeploy.pipeline.report import ExportReport, OpenVinoSection
+from vanilladeploy.runtimes.runners import OpenVinoRunner
 from vanilladeploy.steps import StepTimer
 from vanilladeploy.verify import verify_outputs
 
 
-def openvino_ir(name: str, onnx_path: Path, writer: ArtifactWriter, timer: StepTimer, report: dict[str, Any], *,
+def openvino_ir(name: str, onnx_path: Path, writer: ArtifactWriter, timer: StepTimer, report: ExportReport, *,
                 inputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> Path:
-    """Stage ``<name>.xml``/``.bin`` from the staged, verified ONNX; verify them; fill ``report["openvino"]``."""
+    """Stage ``<name>.xml``/``.bin`` from the staged, verified ONNX; verify them; set ``report.openvino`` and
+    ``report.verification.openvino``."""
     require("openvino", "export --openvino")
     import openvino as ov
 
@@ -36,12 +38,12 @@ def openvino_ir(name: str, onnx_path: Path, writer: ArtifactWriter, timer: StepT
             raise VerificationError(f"OpenVINO cannot convert the ONNX graph: {type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
     with timer.step("verify_openvino_s", "Running the OpenVINO IR in OpenVINO"):
-        with OpenVinoRunner(xml) as runner:
+        with OpenVinoRunner(xml, precision="fp32") as runner:
             outputs = [runner.infer(x) for x in inputs]
+            computed_in = runner.compiled_precision
     result = verify_outputs("openvino", outputs, references)
-    report["verification"]["openvino"] = result.as_dict()
-    report["openvino"] = {"ir": xml.name, "weights": f"{name}.bin", "openvino": ov.__version__,
-                          "precision": "fp32", "device": "CPU"}
+    report.verification.openvino = RuntimeCheck(result)
+    report.openvino = OpenVinoSection(xml.name, f"{name}.bin", ov.__version__, computed_in)
     if not result:
         raise VerificationError(f"the OpenVINO IR's output differs from the reference: {result.summary()}")
     return xml

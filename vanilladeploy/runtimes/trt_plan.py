@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporters.trt_compat import BatchProfile
+from vanilladeploy.exporters.trt_compat import BatchProfile
 from vanilladeploy.extras import install_hint
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -122,7 +122,8 @@ def trtexec_command(onnx_path: Path, engine_path: Path, *, input_name: str, inpu
     args.append(f"--builderOptimizationLevel={opts.opt_level}")
     if opts.timing_cache:
         args.append(f"--timingCacheFile={opts.timing_cache}")
-    args += ["--useCudaGraph", "--noDataTransfers"]
+    if tensorrt_major < 11:  # timing switches; TensorRT 11's trtexec takes them as no-ops and warns
+        args += ["--useCudaGraph", "--noDataTransfers"]
     return shlex.join(args)
 
 

@@ -15,23 +15,32 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from benchmarks.harness import measure_interleaved, summarize, timed_on_clock
-from exporters.int8 import METHODS, CalibrationDataError, Int8Result, OnnxRuntimeTooOld, quantize_qdq
-from exporters.onnx_export import input_shape, set_metadata
-from exporters.runners import OnnxRuntimeRunner
 from vanilladeploy.atomic import ArtifactWriter
+from vanilladeploy.benchmarks.harness import measure_interleaved, summarize
 from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError, VerificationError
 from vanilladeploy.evaluate import evaluate
-from vanilladeploy.export.fallback import Step, conv_layers, default_max_fallback, parse_fallback, search
-from vanilladeploy.export.options import Int8Options
+from vanilladeploy.exporters.onnx_export import input_shape, set_metadata
+from vanilladeploy.exporters.qdq import METHODS, CalibrationDataError, Int8Result, OnnxRuntimeTooOld, quantize_qdq
 from vanilladeploy.images import ImageFolder, NoReadableImagesError, Preprocess, iter_batches, scan_folder
+from vanilladeploy.pipeline.fallback import Trial, conv_layers, default_max_fallback, parse_fallback, search
+from vanilladeploy.pipeline.options import Int8Options
+from vanilladeploy.pipeline.report import (
+    CalibrationRecord,
+    ExportReport,
+    FallbackRecord,
+    HoldoutRecord,
+    Int8Latency,
+    Int8Section,
+    Int8Verification,
+)
+from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
 from vanilladeploy.steps import StepTimer
 from vanilladeploy.validate import check_path
 
@@ -112,10 +121,10 @@ def _calibration_batches(folder: ImageFolder, pre: Preprocess, split: Split,
 
 
 def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preprocess, opts: Int8Options,
-              writer: ArtifactWriter, timer: StepTimer, report: dict[str, Any]
+              writer: ArtifactWriter, timer: StepTimer, report: ExportReport
               ) -> tuple[Path, VanillaDeployError | None]:
     """Stage ``<name>.int8.onnx`` (calibrated and checked with ``pre``, the export's preprocessing; with the float
-    layers ``--fallback`` names or finds) and fill ``report["int8"]``; the error returned (agreement too low) is for
+    layers ``--fallback`` names or finds) and set ``report.int8``; the error returned (agreement too low) is for
     after publishing."""
     folder = scan_folder(opts.calib)
     split = split_folder(folder, calib_count=opts.calib_count, holdout_count=opts.holdout_count)
@@ -147,7 +156,7 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preproces
                                                f"{max_fallback} of {len(layers)} Convs)"):
                 searched = search(fp32_onnx, layers, quantize, scratch, opts.calib, split.holdout, pre,
                                   passes=gate(opts), max_fallback=max_fallback,
-                                  start=Step((), row["agreement_top1"], row["mean_rel_l2"]))
+                                  start=Trial((), row["agreement_top1"], row["mean_rel_l2"]))
             keep = searched.float_layers
             if keep:
                 quantize(path, keep)
@@ -156,24 +165,15 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preproces
         latency = _latency(fp32_onnx, full, path, batch=min(EVAL_BATCH, len(split.holdout))) if keep else None
     passed = _passes(row, opts)
     _finish_metadata(path, model, opts, len(split.calibration) - len(skipped), keep)
-    report["int8"] = {
-        "file": path.name, "verified": passed, "preprocessing": pre.as_dict(),
-        "calibration": {"method": opts.calib_method, "folder": str(opts.calib), "images": len(split.calibration)
-                        - len(skipped), "skipped": len(skipped), "split_seed": SPLIT_SEED,
-                        "files_sha256": split.files_sha256(folder),
-                        "quantized_convs": result.quantized_convs - len(keep)},
-        "holdout": {"images": held["images"], "skipped": held["skipped"]["count"]},
-        "verification": {"against": "fp32 ONNX (ONNX Runtime)", "agreement_top1": row["agreement_top1"],
-                         "mean_rel_l2": row["mean_rel_l2"], "worst": row["worst"],
-                         "min_agreement": opts.min_agreement, "max_rel_l2": opts.max_rel_l2, "passed": passed},
-        "float_layers": list(keep),
-        "fallback": {"mode": mode, "max_fallback": max_fallback, "float_layers": list(keep),
-                     "steps": [asdict(s) for s in searched.steps] if searched else []},
-    }
-    if searched:
-        report["int8"]["sensitivity"] = [asdict(s) for s in searched.sensitivity]
-    if latency:
-        report["int8"]["latency_ms"] = latency
+    calibration = CalibrationRecord(opts.calib_method, str(opts.calib), len(split.calibration) - len(skipped),
+                                    len(skipped), SPLIT_SEED, split.files_sha256(folder),
+                                    result.quantized_convs - len(keep))
+    report.int8 = Int8Section(
+        path.name, passed, pre, calibration, HoldoutRecord(held["images"], held["skipped"]["count"]),
+        Int8Verification("fp32 ONNX (ONNX Runtime)", row["agreement_top1"], row["mean_rel_l2"], row["worst"],
+                         opts.min_agreement, opts.max_rel_l2, passed),
+        keep, FallbackRecord(mode, max_fallback, keep, tuple(searched.steps) if searched else ()),
+        sensitivity=tuple(searched.sensitivity) if searched else None, latency_ms=latency)
     if not passed:
         tried = (f" after keeping {len(keep)} Convs in float ({', '.join(keep)}; --max-fallback {max_fallback})"
                  if searched else "")
@@ -207,20 +207,20 @@ def _finish_metadata(path: Path, model: onnx.ModelProto, opts: Int8Options, imag
     onnx.save(int8_model, path)
 
 
-def _latency(fp32: Path, full: Path, mixed: Path, *, batch: int) -> dict[str, Any]:
+def _latency(fp32: Path, full: Path, mixed: Path, *, batch: int) -> Int8Latency:
     """What the float layers cost: fp32, fully int8 and the chosen mix in ONNX Runtime, one interleaved run."""
     x = np.random.default_rng(0).standard_normal((batch, *input_shape(fp32)[1:]), dtype=np.float32)
     runners = {"fp32": OnnxRuntimeRunner(fp32), "int8": OnnxRuntimeRunner(full), "mixed": OnnxRuntimeRunner(mixed)}
     for runner in runners.values():
         runner.activate()
     try:
-        samples = measure_interleaved({k: timed_on_clock(lambda r=r: r.infer(x)) for k, r in runners.items()},
+        samples = measure_interleaved({k: r.subject([x]) for k, r in runners.items()},
                                       warmup=1, iters=LATENCY_ROUNDS)
     finally:
         for runner in runners.values():
             runner.deactivate()
     medians = {f"{k}_median_ms": round(summarize(v, batch=batch).median_ms, 3) for k, v in samples.items()}
-    return {"runtime": "onnxruntime", "batch": batch, "rounds": LATENCY_ROUNDS, **medians}
+    return Int8Latency("onnxruntime", batch, LATENCY_ROUNDS, **medians)
 
 
 def _calibrate(fp32_onnx: Path, path: Path, folder: ImageFolder, pre: Preprocess, split: Split, opts: Int8Options,

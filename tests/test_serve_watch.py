@@ -1,0 +1,254 @@
+"""The stub watch of `vanilladeploy serve` (vanilladeploy/serving/watch.py) against a REAL Triton server (the
+nvidia-pytriton wheel's binary) on loopback, driven through the real CLI.
+
+The races: the watch lists the model's stubs at a moment of its own — once the server has started, and once a
+reload's ``load`` has returned. A stub that dies between the model becoming ready and that listing is in no listing,
+so comparing listings never shows it gone: a watch that held only its listings sat silent, holding no stub, while
+Triton's readiness said ready and every request failed. Both windows are milliseconds wide; a loaded machine that
+does not schedule ``serve`` for a while widens them. The tests make that deterministic by freezing ``serve``
+(SIGSTOP; the server runs in its own process group and keeps going) across the kill — the CLI and the server stay
+the real ones. Bounded: every wait has a deadline; everything started is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from triton_helpers import (
+    assert_nothing_left,
+    require_triton,
+    rest_of_output,
+    serve,
+    server_processes,
+    stop,
+    stubs,
+    wait_for_line,
+    wait_until,
+)
+
+from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
+from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
+from vanilladeploy.serving.bench import free_ports
+from vanilladeploy.serving.watch import model_instances
+from vanilladeploy.verify import compare
+
+require_triton()
+pytestmark = [pytest.mark.triton]
+MODEL = "vanillanet_5"
+IMG = 32
+KILLS = 10
+RELOAD_BOUND_S = 60.0  # from a kill to a correct answer again (measured: 2.5-3.5 s on 2 cores with a busy loop)
+READY = "stops the server"  # the last line serve prints once it serves
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "v5"
+    export_checkpoint(MODEL, ExportOptions(out_dir=out, img_size=IMG))
+    return out
+
+
+@pytest.fixture
+def busy_cpu() -> Iterator[None]:
+    """Another process loading the CPU (a busy loop) for the test's duration."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        busy.kill()
+        busy.wait(timeout=10)
+
+
+class _Client:
+    """One client thread sending valid requests back to back until stopped; every answer is checked against
+    in-process ONNX Runtime (rel. L2 ≤ 1e-5). :meth:`wait_correct` waits for a correct answer to a request *sent*
+    after a moment — after a kill, only a reloaded model can give one."""
+
+    def __init__(self, port: int, onnx_file: Path) -> None:
+        self.port = port
+        self.x = np.random.default_rng(5).standard_normal((1, 3, IMG, IMG), dtype=np.float32)
+        with OnnxRuntimeRunner(onnx_file) as runner:
+            self.reference = runner.infer(self.x)
+        self.stopping, self.answered = threading.Event(), threading.Condition()
+        self.last_correct_sent, self.correct, self.wrong, self.errors = -1.0, 0, 0, 0
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{self.port}", network_timeout=30,
+                                                  connection_timeout=30)
+        while not self.stopping.is_set():
+            tensor = httpclient.InferInput("input", [1, 3, IMG, IMG], "FP32")
+            tensor.set_data_from_numpy(self.x)
+            sent = time.monotonic()
+            try:
+                correct = bool(compare(client.infer(MODEL, [tensor]).as_numpy("logits"), self.reference))
+            except Exception:  # refused before the start, 500 while the stub is dead, 400 while reloading
+                self.errors += 1
+                self.stopping.wait(0.01)
+                continue
+            with self.answered:
+                self.correct, self.wrong = self.correct + correct, self.wrong + (not correct)
+                if correct:
+                    self.last_correct_sent = sent
+                    self.answered.notify_all()
+
+    def wait_correct(self, sent_after: float, timeout_s: float = RELOAD_BOUND_S) -> bool:
+        with self.answered:
+            return self.answered.wait_for(lambda: self.last_correct_sent > sent_after, timeout_s)
+
+    def __enter__(self) -> _Client:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=60)
+
+
+def _model_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _kill_stubs(prefix: str) -> float:
+    """SIGKILL every stub of the server (regions ``prefix``…); the moment after (no request sent from then on can be
+    answered by them)."""
+    victims = stubs(prefix)
+    assert victims, "the model is ready but has no stub"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    return time.monotonic()
+
+
+def _instance_stubs(prefix: str) -> set[int]:
+    """The stubs of the model's instances (their command line names the instance, ``<model>_<group>_<index>``),
+    not the auto-complete stub Triton runs first at each load (named after the model)."""
+    found = set()
+    for pid in stubs(prefix):
+        try:
+            if f"\0{MODEL}_".encode() in (Path("/proc") / str(pid) / "cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+@contextmanager
+def _frozen(pid: int) -> Iterator[None]:
+    """``serve`` gets no CPU inside (SIGSTOP, SIGCONT on every exit): a machine too loaded to schedule it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _finish(process: subprocess.Popen[str], port: int, output: list[str]) -> str:
+    """SIGTERM ``serve`` (exit 0), everything it printed; nothing of its server is left."""
+    process.send_signal(signal.SIGTERM)
+    output.append(rest_of_output(process, timeout_s=60))
+    text = "".join(output)
+    assert process.returncode == 0, text
+    assert_nothing_left(port, process.pid)
+    return text
+
+
+def _kill_leftovers(port: int, cli_pid: int) -> None:
+    """SIGKILL what a failed test may leave: a ``serve`` SIGKILLed by a failed wait leaves its tritonserver, which
+    can hang in its own shutdown unloading a model whose stub is dead."""
+    for pid in server_processes(port, cli_pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _deaths(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"The backend stub of {MODEL} ")]
+
+
+def test_a_stub_killed_ten_times_in_a_row_under_load_is_reloaded_every_time(export_dir: Path,
+                                                                           busy_cpu: None) -> None:
+    """The first kill comes the moment the model is ready, before ``serve`` (frozen) has listed the stubs; each
+    next one the moment a correct answer shows the previous reload done."""
+    ports = list(vars(free_ports()).values())
+    process, output, back_s = serve(export_dir, ports), [], []
+    prefix = f"vanilladeploy-{process.pid}-"
+    try:
+        with _Client(ports[0], export_dir / f"{MODEL}.onnx") as client:
+            assert wait_until(lambda: _model_ready(ports[0]), 120, interval_s=0.005), "the model was never ready"
+            with _frozen(process.pid):
+                killed_at = _kill_stubs(prefix)
+            for kill in range(1, KILLS + 1):
+                output.append(wait_for_line(process, "died", timeout_s=RELOAD_BOUND_S))
+                assert client.wait_correct(killed_at), \
+                    f"no correct answer within {RELOAD_BOUND_S:.0f} s of kill {kill}: {''.join(output)}"
+                back_s.append(time.monotonic() - killed_at)
+                if kill < KILLS:
+                    killed_at = _kill_stubs(prefix)
+            output.append(wait_for_line(process, "reloaded in", timeout_s=RELOAD_BOUND_S))
+        text = _finish(process, ports[0], output)
+    finally:
+        stop(process)
+        _kill_leftovers(ports[0], process.pid)
+    assert client.wrong == 0, f"{client.wrong} wrong answers"
+    deaths = _deaths(text)
+    assert len(deaths) == KILLS, text  # each kill noticed once: none missed, none imagined
+    print(f"\n[serve] stub killed {KILLS} times in a row under load (a busy loop, one client): {client.correct} "
+          f"correct answers, 0 wrong, {client.errors} errors while reloading; correct again after "
+          f"{', '.join(f'{s:.1f}' for s in back_s)} s; first: {deaths[0]}")
+
+
+def test_a_stub_that_dies_as_its_reload_ends_is_reloaded_again(export_dir: Path) -> None:
+    """The reload's new stub dies after Triton has loaded the model but before ``serve`` (frozen meanwhile) reads
+    the load's answer and lists the stubs: it must reload again, not announce a model without a stub."""
+    ports = list(vars(free_ports()).values())
+    process, output = serve(export_dir, ports), []
+    prefix = f"vanilladeploy-{process.pid}-"
+    try:
+        output.append(wait_for_line(process, READY, timeout_s=120))
+        with _Client(ports[0], export_dir / f"{MODEL}.onnx") as client:
+            assert client.wait_correct(-1.0)
+            first = _instance_stubs(prefix)
+            _kill_stubs(prefix)
+            # a new instance's stub: Triton is loading the model again (serve waits for the load's answer), past
+            # the auto-complete stub it starts first (killing that one would hang the load: see serving/watch.py)
+            assert wait_until(lambda: _instance_stubs(prefix) - first, RELOAD_BOUND_S, interval_s=0.005)
+            with _frozen(process.pid):
+                assert wait_until(lambda: _model_ready(ports[0]), RELOAD_BOUND_S, interval_s=0.005)
+                killed_at = _kill_stubs(prefix)
+            assert client.wait_correct(killed_at), f"no correct answer after the reload: {''.join(output)}"
+            output.append(wait_for_line(process, "reloaded in", timeout_s=RELOAD_BOUND_S))
+        text = _finish(process, ports[0], output)
+    finally:
+        stop(process)
+        _kill_leftovers(ports[0], process.pid)
+    deaths = _deaths(text)
+    assert len(deaths) == 2 and "(1 of 1 instances) died right after the model loaded" in deaths[1], text
+    assert text.count("reloaded in") == 1, text  # the reload whose stub died is not announced as ready
+    assert client.wrong == 0
+
+
+def test_model_instances_counts_one_stub_per_instance() -> None:
+    cpu = {"name": "m_0", "kind": "KIND_CPU", "count": 2, "gpus": []}
+    gpu = {"name": "m_1", "kind": "KIND_GPU", "count": 2, "gpus": [0, 1, 2]}
+    assert model_instances({"instance_group": [cpu]}) == 2
+    assert model_instances({"instance_group": [cpu, gpu]}) == 8
+    assert model_instances({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}) == 1

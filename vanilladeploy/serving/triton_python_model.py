@@ -1,0 +1,203 @@
+"""Triton Python-backend model: ONNX Runtime or OpenVINO inside Triton (copied as ``<model>/1/model.py`` by
+``vanilladeploy repo``).
+
+Self-contained (it runs in Triton's stub process and imports nothing of vanilladeploy): it loads ``model.onnx`` from
+its own version directory and runs the requests that Triton's dynamic batcher hands it, then answers each request
+with its own rows of the logits. A request whose input is malformed gets its own error response; the others still
+run. With ``max_batch_size`` 0 the config's ``dims`` are the whole shape (batch included) and each request runs alone.
+An instance of kind GPU runs on ONNX Runtime's CUDA provider where this onnxruntime has it, else on the CPU.
+
+How it runs is read from the config's parameters, which ``vanilladeploy repo`` writes out in full (the values
+measured in docs/serving.md); a parameter that is absent means the runtime's own default:
+
+- ``runtime``: ``onnxruntime`` (default) or ``openvino`` (OpenVINO's CPU plugin).
+- ONNX Runtime: ``ort_threads`` (intra-op threads; 0: one per physical core; the environment's
+  ``VANILLADEPLOY_ORT_THREADS`` wins) and ``ort_spinning`` (``0``: idle intra-op threads sleep instead of spinning,
+  leaving the cores to Triton's own threads and to the clients). The whole dynamic batch is one ``run``.
+- OpenVINO: ``precision`` (fp32 and int8 compute in f32 — int8 is the QDQ graph's own — bf16 in bf16) is passed as
+  ``INFERENCE_PRECISION_HINT`` and then read back from the compiled model: a model compiled in anything else is
+  refused at load time (on a CPU with native bf16 OpenVINO's default would be bf16). ``openvino_hint`` LATENCY runs
+  the whole dynamic batch as one synchronous inference (one stream, every core); THROUGHPUT runs each request of
+  the batch on an ``AsyncInferQueue`` of ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` requests, so every stream works (one
+  synchronous request would use one stream of several). ``openvino_threads``: ``INFERENCE_NUM_THREADS`` (0: all).
+"""
+
+import json
+import os
+
+import numpy as np
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside Triton: only the pure helpers below are usable
+    pb_utils = None
+
+OPENVINO_PRECISIONS = {"": "f32", "fp32": "f32", "int8": "f32", "bf16": "bf16"}
+"""The ``precision`` parameter → OpenVINO's inference precision (type name) it must compile to."""
+OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
+
+
+def expected_shape(dims, max_batch_size):
+    """The full input shape a request must have: ``-1`` (any) for Triton's batch dimension, then ``dims``."""
+    dims = tuple(int(d) for d in dims)
+    return (-1, *dims) if max_batch_size > 0 else dims
+
+
+def shape_problem(name, x, shape):
+    """None when ``x`` is FP32 with ``shape`` (``-1`` matches any size), else what is wrong."""
+    if x.dtype != np.float32:
+        return f"input '{name}' must be FP32, got {x.dtype}"
+    if x.ndim != len(shape) or any(d not in (-1, n) for d, n in zip(shape, x.shape)):
+        wanted = ", ".join("N" if d == -1 else str(d) for d in shape)
+        return f"input '{name}' must have shape [{wanted}], got {list(x.shape)}"
+    return None
+
+
+def providers(instance_kind, available):
+    """CUDA first for a GPU instance where ONNX Runtime has it; the CPU always."""
+    gpu = instance_kind == "GPU" and "CUDAExecutionProvider" in available
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+
+
+def split_rows(y, xs):
+    """``y``'s rows back per input of ``xs`` (each input's own batch, in order)."""
+    ends = np.cumsum([len(x) for x in xs])
+    return [np.ascontiguousarray(part) for part in np.split(y, ends[:-1])]
+
+
+def ort_settings(params, environ):
+    """What the ONNX Runtime session is set to: intra-op threads and whether idle threads spin."""
+    threads = environ.get("VANILLADEPLOY_ORT_THREADS") or params.get("ort_threads") or "0"
+    return {"intra_op_num_threads": int(threads), "allow_spinning": params.get("ort_spinning", "1") != "0"}
+
+
+class OnnxRuntimeSession:
+    """``[x, ...] -> [logits, ...]`` as one ONNX Runtime run over the concatenated batch."""
+
+    def __init__(self, path, params, args):
+        import onnxruntime as ort
+
+        self.settings = ort_settings(params, os.environ)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.settings["intra_op_num_threads"]
+        if not self.settings["allow_spinning"]:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        chosen = providers(args.get("model_instance_kind"), ort.get_available_providers())
+        if chosen[0] == "CUDAExecutionProvider":
+            chosen[0] = (chosen[0], {"device_id": int(args.get("model_instance_device_id") or 0)})
+        self.session = ort.InferenceSession(path, options, providers=chosen)
+
+    def __call__(self, name, xs):
+        return split_rows(self.session.run(None, {name: np.concatenate(xs)})[0], xs)
+
+
+def openvino_config(params):
+    """The compile config: the hint, the inference precision stated explicitly, the thread count if capped."""
+    precision, hint = params.get("precision", ""), params.get("openvino_hint") or "LATENCY"
+    if precision not in OPENVINO_PRECISIONS:
+        raise ValueError(f"precision {precision!r}: OpenVINO serves fp32, int8 (the QDQ graph) or bf16")
+    if hint not in OPENVINO_HINTS:
+        raise ValueError(f"openvino_hint {hint!r}: choose {' or '.join(OPENVINO_HINTS)}")
+    config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
+    if int(params.get("openvino_threads") or 0) > 0:
+        config["INFERENCE_NUM_THREADS"] = str(int(params["openvino_threads"]))
+    return config
+
+
+def compiled_precision(compiled, wanted):
+    """The type name (``f32``, ``bf16``) the compiled model computes in; raises unless it is ``wanted``."""
+    name = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    if name != wanted:
+        raise RuntimeError(f"OpenVINO compiled the model in {name}, not the {wanted} asked for "
+                           "(INFERENCE_PRECISION_HINT); serve precision fp32 here, or on a CPU that computes in it")
+    return name
+
+
+class OpenVinoSession:
+    """``[x, ...] -> [logits, ...]`` in OpenVINO's CPU plugin; ``compiled`` and ``precision`` (what the compiled
+    model reports it computes in) are readable, for tests and logs."""
+
+    def __init__(self, path, params):
+        import openvino as ov
+
+        self.config = openvino_config(params)
+        core = ov.Core()
+        wanted = self.config["INFERENCE_PRECISION_HINT"]
+        if wanted == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise RuntimeError("precision bf16: this CPU has no native bf16 (OpenVINO's CPU plugin reports no BF16)")
+        self.compiled = core.compile_model(path, "CPU", self.config)
+        self.precision = compiled_precision(self.compiled, wanted)
+        if self.config["PERFORMANCE_HINT"] == "THROUGHPUT":
+            jobs = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self.queue, self.request = ov.AsyncInferQueue(self.compiled, jobs), None
+            self.queue.set_callback(_keep_output)
+        else:
+            self.queue, self.request = None, self.compiled.create_infer_request()
+
+    def __call__(self, name, xs):
+        if self.queue is None:  # one synchronous inference over the whole batch
+            self.request.infer({0: np.concatenate(xs)})
+            return split_rows(np.array(self.request.get_output_tensor(0).data, copy=True), xs)
+        results = [None] * len(xs)
+        for i, x in enumerate(xs):  # each request on the next free stream
+            self.queue.start_async({0: x}, (results, i))
+        self.queue.wait_all()
+        return results
+
+
+def _keep_output(request, slot):
+    results, i = slot
+    results[i] = np.array(request.get_output_tensor(0).data, copy=True)
+
+
+def openvino_session(path, params):
+    """An :class:`OpenVinoSession` for ``path`` with the config's ``params`` (usable outside Triton)."""
+    return OpenVinoSession(path, params)
+
+
+def onnxruntime_session(path, params, args):
+    """An :class:`OnnxRuntimeSession` for ``path`` (CUDA first for a GPU instance where it has it)."""
+    return OnnxRuntimeSession(path, params, args)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        directory = os.path.join(args["model_repository"], args["model_version"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        path = os.path.join(directory, "model.onnx")
+        if params.get("runtime") == "openvino":
+            self.session = openvino_session(path, params)
+        else:
+            self.session = onnxruntime_session(path, params, args)
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        max_batch_size = int(config.get("max_batch_size", 0))
+        self.batched = max_batch_size > 0
+        self.shape = expected_shape(config["input"][0]["dims"], max_batch_size)
+
+    def execute(self, requests):
+        batches, responses = [], [None] * len(requests)
+        for i, request in enumerate(requests):
+            tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
+            x = None if tensor is None else tensor.as_numpy()
+            problem = f"missing input '{self.input_name}'" if x is None else shape_problem(self.input_name, x,
+                                                                                            self.shape)
+            if problem:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(problem))
+            else:
+                batches.append((i, x))
+        for group in [batches] if self.batched else [[b] for b in batches]:  # max_batch_size 0: one by one
+            if group:
+                self._run(group, responses)
+        return responses
+
+    def _run(self, group, responses):
+        """One inference for the requests of ``group``; each gets its own rows of the logits."""
+        outputs = self.session(self.input_name, [x for _, x in group])
+        for (i, _), logits in zip(group, outputs):
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, logits)])
+
+    def finalize(self):
+        self.session = None
