@@ -159,6 +159,19 @@ def _torch_artifact(path: str, arch: str | None) -> Artifact:
     return Artifact(Path(path).name, f"torch train (λ={lam.value:.3g})", TorchRunner(model), None, ckpt.args)
 
 
+def served_artifact(url: str, *, model: str | None = None, protocol: str | None = None) -> Artifact:
+    """``model`` (default: the only ready one) on the server at ``url``, sent batches it accepts; its image size is
+    its input's."""
+    from vanilladeploy.serving.client import describe_served, fitted_runner, parse_endpoint
+
+    served = describe_served(parse_endpoint(url, protocol), model)
+    if served.datatype != "FP32":
+        raise UsageError(f"{served.name} at {served.endpoint} takes {served.datatype}; eval --url sends the "
+                         "normalized float32 batches every other row gets, so it evaluates FP32 models.")
+    return Artifact(f"{served.name} @ {served.endpoint}", f"served ({served.endpoint.protocol})",
+                    fitted_runner(served), served.img_size, size_source="the served model's input")
+
+
 def choose_preprocess(artifacts: Sequence[Artifact]) -> Preprocess:
     """What an ONNX records (its metadata) when one does, else the checkpoint's args, else the defaults; a graph's
     fixed input size (ONNX input, engine profile) wins for ``img_size``. All artifacts must agree."""
@@ -230,8 +243,16 @@ class EvalResult:
 
 
 def check_eval_options(data: Path, *, arch: str | None = None, json_path: Path | None = None,
-                       runtime: str = "onnxruntime", precision: str = "fp32") -> None:
+                       runtime: str = "onnxruntime", precision: str = "fp32", url: str | None = None,
+                       protocol: str | None = None) -> None:
     """What ``eval`` refuses before opening any artifact."""
+    if url is not None:
+        from vanilladeploy.serving.client import parse_endpoint
+
+        parse_endpoint(url, protocol)
+        require("serve", "--url")
+    elif protocol is not None:
+        raise UsageError("--protocol is how eval talks to the server at --url; give --url HOST:PORT too.")
     if runtime not in ONNX_RUNTIMES:
         raise UsageError(f"--runtime {runtime}: choose {', '.join(ONNX_RUNTIMES)}.")
     if precision not in OPENVINO_PRECISIONS or (precision != "fp32" and runtime != "openvino"):
@@ -248,17 +269,22 @@ def check_eval_options(data: Path, *, arch: str | None = None, json_path: Path |
 def evaluate(artifacts: Sequence[str | Artifact], data: Path, *, limit: int | None = None, batch: int = 32,
              arch: str | None = None, progress: Progress = silent,
              indices: Sequence[int] | None = None, preprocess: Preprocess | None = None,
-             runtime: str = "onnxruntime", precision: str = "fp32") -> EvalResult:
+             runtime: str = "onnxruntime", precision: str = "fp32", url: str | None = None,
+             model: str | None = None, protocol: str | None = None) -> EvalResult:
     """Run every artifact (a path, or an :class:`Artifact` already opened) on the folder's images (the first
     ``limit``, or ``indices``), batch by batch, with ``preprocess`` or the one the artifacts imply
-    (:func:`choose_preprocess`). Raises
-    :class:`~vanilladeploy.images.NoReadableImagesError` before any inference when no selected image is readable."""
+    (:func:`choose_preprocess`); with ``url``, the served ``model`` there is one more row (:func:`served_artifact`).
+    Raises :class:`~vanilladeploy.images.NoReadableImagesError` before any inference when no selected image is
+    readable."""
     if not artifacts:
-        raise UsageError("give at least one artifact to evaluate.")
-    check_eval_options(data, arch=arch, runtime=runtime, precision=precision)
+        raise UsageError("give at least one artifact to evaluate" + (" (the one the server at --url serves: the "
+                                                                      "reference)." if url else "."))
+    check_eval_options(data, arch=arch, runtime=runtime, precision=precision, url=url, protocol=protocol)
     folder = scan_folder(data)
     opened = [a if isinstance(a, Artifact) else open_artifact(a, arch=arch, runtime=runtime, precision=precision)
               for a in artifacts]
+    if url is not None:
+        opened.append(served_artifact(url, model=model, protocol=protocol))
     pre = preprocess or choose_preprocess(opened)
     order = list(indices) if indices is not None else list(range(len(folder.files)))[:limit]
     skipped = folder.ignored_with_reasons() if indices is None else []
@@ -303,4 +329,4 @@ def _run(opened: Sequence[Artifact], tallies: Sequence[_Tally], batches: Batches
 
 
 __all__ = ["Artifact", "EvalResult", "check_eval_options", "choose_preprocess", "evaluate", "onnx_precision",
-           "open_artifact"]
+           "open_artifact", "served_artifact"]

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vanilladeploy.cli.console import ProgressDisplay, fmt, out, pct, print_json, run_command, wide, write_json
-from vanilladeploy.cli.options import ArchOpt, JsonPrint, Verbose
+from vanilladeploy.cli.options import ArchOpt, JsonPrint, ServedName, ServerUrl, Verbose
 from vanilladeploy.runtimes import ONNX_RUNTIMES
 
 
@@ -35,17 +35,23 @@ def eval_(
     as_json: JsonPrint = False,
     json_path: Annotated[Optional[Path], typer.Option("--json-out", help="Also write the results as JSON to this "
                                                       "file.", show_default=False)] = None,
+    url: ServerUrl = None,
+    model: ServedName = None,
+    protocol: Annotated[Optional[str], typer.Option("--protocol", help="With --url: http or grpc.",
+                                                    show_default="the URL's scheme, else http")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Accuracy (top-1/top-5 with labels) and agreement with the first artifact, on real images preprocessed as
-    the official evaluation does (resize, center crop, normalize; values from the checkpoint's args)."""
+    the official evaluation does (resize, center crop, normalize; values from the checkpoint's args). With --url,
+    the model on that server is one more row, fed the same batches: accuracy and agreement through the server."""
     from vanilladeploy.evaluate import check_eval_options, evaluate
 
     def run() -> None:
-        check_eval_options(data, arch=arch, json_path=json_path, runtime=runtime, precision=precision)
+        check_eval_options(data, arch=arch, json_path=json_path, runtime=runtime, precision=precision, url=url,
+                           protocol=protocol)
         with ProgressDisplay() as progress:
             result = evaluate(artifacts, data, limit=limit, batch=batch, arch=arch, progress=progress,
-                              runtime=runtime, precision=precision)
+                              runtime=runtime, precision=precision, url=url, model=model, protocol=protocol)
         info = result.as_dict()
         if as_json:
             print_json(info)

@@ -41,6 +41,13 @@ Labels = Annotated[Optional[str], typer.Option("--labels", help="Class names for
 Runtime = Annotated[Optional[str], typer.Option("--runtime", help="What runs the model inside Triton's python "
                                                 f"backend: {' or '.join(ONNX_RUNTIMES)}.",
                                                 show_default="onnxruntime")]
+# A server we did not start (serve-bench, eval): where it is and which of its models.
+ServerUrl = Annotated[Optional[str], typer.Option("--url", help="A running KServe v2 / Triton server to measure "
+                                                  "instead of starting one: HOST:PORT, http://, https:// or grpc:// "
+                                                  "HOST:PORT. Only our requests are bounded there.",
+                                                  show_default=False)]
+ServedName = Annotated[Optional[str], typer.Option("--model", help="The model's name on --url.",
+                                                   show_default="the server's only ready model")]
 DEFAULT_MAX_BATCH = RepoOptions().max_batch
 DEFAULT_INSTANCES = RepoOptions().instances
 DEFAULT_QUEUE_DELAY_US = RepoOptions().max_queue_delay_us

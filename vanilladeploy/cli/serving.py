@@ -22,6 +22,8 @@ from vanilladeploy.cli.options import (
     MaxBatch,
     QueueDelay,
     Runtime,
+    ServedName,
+    ServerUrl,
     Verbose,
 )
 
@@ -125,19 +127,23 @@ def serve_bench(
     requests: Annotated[Optional[int], typer.Option("--requests", min=1, help="Requests per concurrency level "
                                                     "and row.", show_default="per level")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per request.")] = 1,
-    protocol: Annotated[Literal["http", "grpc", "both"], typer.Option("--protocol", help="Triton protocol(s).")]
-    = "both",
+    protocol: Annotated[Optional[Literal["http", "grpc", "both"]], typer.Option(
+        "--protocol", help="Triton protocol(s); with --url one of http or grpc.",
+        show_default="both; with --url: the URL's scheme, else http")] = None,
     runtime: Runtime = None,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="The ONNX that in-process ONNX Runtime "
                                                      "runs beside Triton (e.g. the fp32 export, when Triton serves "
                                                      "the int8 one).", show_default="the served ONNX")] = None,
     as_json: JsonPrint = False,
     json_path: Annotated[Path, typer.Option("--json-out", help="Results JSON.")] = Path("bench/serve.json"),
+    url: ServerUrl = None,
+    model: ServedName = None,
     verbose: Verbose = False,
 ) -> None:
     """What serving costs: per client concurrency, the artifact through a real Triton server (started here, on
-    loopback), the same file in the same runtime in process, and in-process ONNX Runtime on --baseline; throughput,
-    p50/p99 latency, errors, served ÷ in-process. Every answer is checked against its own model in process."""
+    loopback; or the one at --url, e.g. a KServe endpoint, serving SOURCE), the same file in the same runtime in
+    process, and in-process ONNX Runtime on --baseline; throughput, p50/p99 latency, errors, served ÷ in-process.
+    Every answer is checked against its own model in process."""
     from vanilladeploy.serving.bench import run_serve_bench
     from vanilladeploy.validate import check_path, int_list
 
@@ -147,8 +153,7 @@ def serve_bench(
         with ProgressDisplay() as progress:
             result = run_serve_bench(source, concurrency=levels, requests=requests, batch=batch,
                                      protocol=protocol, runtime="onnxruntime" if runtime is None else runtime,
-                                     baseline=baseline,
-                                     progress=progress)
+                                     baseline=baseline, url=url, model=model, progress=progress)
         if as_json:
             print_json(result.document())
         else:

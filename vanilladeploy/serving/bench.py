@@ -29,15 +29,17 @@ import numpy as np
 
 from vanilladeploy.benchmarks.load import (
     Check,
+    Send,
     SenderFactory,
     measure_load,
     onnxruntime_sender_factory,
     shared_sender_factory,
-    triton_sender_factory,
 )
+from vanilladeploy.errors import UsageError
 from vanilladeploy.machine import machine_info
 from vanilladeploy.runtimes.runners import onnx_runner
-from vanilladeploy.serving.repository import check_runtime, write_repository
+from vanilladeploy.serving.client import DTYPES, ServedModel, TritonRunner, describe_served, parse_endpoint
+from vanilladeploy.serving.repository import check_runtime, resolve_repo_source, write_repository
 from vanilladeploy.serving.server import TritonPorts, TritonServer, server_version
 from vanilladeploy.serving.triton_config import RepoOptions, parse_config, python_parameters
 from vanilladeploy.steps import Progress, Step, silent
@@ -119,10 +121,21 @@ def _baseline(path: Path, inputs: Sequence[np.ndarray]) -> Contender:
                      _checker(references, "ONNX Runtime"))
 
 
-def _served(server: TritonServer, protocols: Sequence[str], model: str, label: str, check: Check) -> list[Contender]:
+def _served(server: TritonServer, protocols: Sequence[str], model: str, label: str, check: Check,
+            stack: ExitStack) -> list[Contender]:
     urls = {"http": server.http_url, "grpc": server.grpc_url}
-    return [Contender(f"triton-{p}{label}", (SERVED,), triton_sender_factory(urls[p], p, model), check)
+    return [Contender(f"triton-{p}{label}", (SERVED,),
+                      _remote_factory(describe_served(parse_endpoint(urls[p], p), model), stack), check)
             for p in protocols]
+
+
+def _remote_factory(served: ServedModel, stack: ExitStack) -> SenderFactory:
+    """A :class:`TritonRunner` per client thread (a client cannot cross threads), each closed when ``stack`` is."""
+
+    def factory() -> Send:
+        return stack.enter_context(TritonRunner(served, timeout_s=60.0)).infer
+
+    return factory
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -146,13 +159,21 @@ def add_ratios(records: list[dict[str, Any]]) -> None:
 
 
 def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), requests: int | None = None,
-                    batch: int = 1, protocol: str = "both", runtime: str = "onnxruntime",
+                    batch: int = 1, protocol: str | None = None, runtime: str = "onnxruntime",
                     baseline: Path | None = None, options: RepoOptions | None = None,
+                    url: str | None = None, model: str | None = None,
                     progress: Progress = silent) -> LoadResult:
     """Start Triton on free loopback ports with ``source`` (run by ``runtime`` inside its python backend, with the
     repository ``repo`` would write, or ``options``), load it, and time the same file in process and ONNX Runtime
-    on ``baseline`` (default: the served file) alike, every row at every concurrency."""
+    on ``baseline`` (default: the served file) alike, every row at every concurrency. With ``url``, no server is
+    started: the served row is ``model`` on that server (:func:`run_remote_bench`)."""
     check_path("--baseline", baseline, directory=False, must_exist=True)
+    if url is not None:
+        return run_remote_bench(source, url, model=model, protocol=protocol, concurrency=concurrency,
+                                requests=requests, batch=batch, runtime=runtime, baseline=baseline, progress=progress)
+    if model is not None:
+        raise UsageError("--model names a model on the server at --url; without --url the served model is SOURCE.")
+    protocol = protocol or "both"
     opts = _serving_options(options, runtime, batch * max(concurrency))
     check_runtime(opts.parameters, "python")
     requests = requests or DEFAULT_REQUESTS
@@ -170,7 +191,7 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
         progress(Step("Starting Triton Inference Server"))
         server = stack.enter_context(TritonServer(Path(scratch), free_ports(), model=model))
         label = "" if parameters["runtime"] == "onnxruntime" else f" ({parameters['runtime']} {precision})"
-        contenders = [*_served(server, protocols, model, label, local.check),
+        contenders = [*_served(server, protocols, model, label, local.check, stack),
                       *_local_rows(local, baseline, onnx_path, parameters["runtime"], inputs)]
         records = _measure(contenders, inputs, concurrency, requests, model, progress)
         version = server_version(server)
@@ -181,6 +202,72 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
               "dynamic_batching_delay_us": opts.max_queue_delay_us,
               "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]}}
     return LoadResult(records, machine_info("cpu"), config)
+
+
+def run_remote_bench(source: Path, url: str, *, model: str | None = None, protocol: str | None = None,
+                     concurrency: Sequence[int] = (1, 4, 16), requests: int | None = None, batch: int = 1,
+                     runtime: str = "onnxruntime", baseline: Path | None = None,
+                     progress: Progress = silent) -> LoadResult:
+    """The served row is ``model`` on a server we did not start (``url``: e.g. a KServe endpoint), every answer
+    checked against ``source`` (the artifact it serves: an export directory or an ``.onnx``) run in process by
+    ``runtime``; in-process and baseline rows as :func:`run_serve_bench`. Only our requests are bounded here:
+    ``requests`` per row and level, a timeout on each."""
+    endpoint = parse_endpoint(url, protocol)
+    onnx_path = _local_onnx(source)
+    requests = requests or DEFAULT_REQUESTS
+    load_before = os.getloadavg()
+    progress(Step(f"Asking {endpoint} what it serves"))
+    served = describe_served(endpoint, model)
+    inputs = _inputs_for(served, onnx_path, batch)
+    parameters, precision = {"runtime": runtime}, onnx_precision_of(onnx_path)
+    with ExitStack() as stack:
+        local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision))
+        remote = Contender(f"remote-{endpoint.protocol}", (SERVED,), _remote_factory(served, stack), local.check)
+        contenders = [remote, *_local_rows(local, baseline, onnx_path, runtime, inputs)]
+        records = _measure(contenders, inputs, concurrency, requests, served.name, progress)
+    add_ratios(records)
+    config = {"source": str(source), "concurrency": list(concurrency), "requests": requests, "batch": batch,
+              "protocols": [endpoint.protocol], "url": str(endpoint), "served": served.as_dict(),
+              "triton": served.version, **_rows_config(source, baseline, parameters, precision),
+              "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]}}
+    config["triton_backend"] = "unknown (a server we did not start)"
+    return LoadResult(records, machine_info("cpu"), config)
+
+
+def _local_onnx(source: Path) -> Path:
+    """The ONNX the served model was made from, to check its answers in process: an export directory's or a
+    ``.onnx`` itself."""
+    if not source.exists():
+        raise UsageError(f"SOURCE {source}: no such export directory or file.")
+    found = resolve_repo_source(source)
+    if found.model_file.suffix != ".onnx":
+        raise UsageError(f"{source}: serve-bench --url checks answers against an ONNX run in process; give the "
+                         f"ONNX the engine was built from ({found.onnx_file}).")
+    return found.model_file
+
+
+def _inputs_for(served: ServedModel, onnx_path: Path, batch: int) -> list[np.ndarray]:
+    """Four request batches the served model takes, refused when it is not the artifact ``onnx_path`` is (another
+    image size, channel count or input type)."""
+    import onnx
+
+    graph_input = onnx.load(onnx_path, load_external_data=False).graph.input[0]
+    dims = [d.dim_value or -1 for d in graph_input.type.tensor_type.shape.dim]
+    elem = onnx.helper.tensor_dtype_to_np_dtype(graph_input.type.tensor_type.elem_type)
+    if list(served.shape[1:]) != dims[1:] or np.dtype(DTYPES[served.datatype]) != elem:
+        raise UsageError(f"{served.endpoint} serves {served.name} taking {served.datatype} {list(served.shape)}, "
+                         f"but {onnx_path.name} takes {elem.name} {dims}: not the same artifact (--model NAME "
+                         "picks another model there).")
+    if served.max_batch == 0 and served.shape[0] != batch:
+        raise UsageError(f"{served.name} takes batches of exactly {served.shape[0]}: use --batch {served.shape[0]}.")
+    if 0 < served.max_batch < batch:
+        raise UsageError(f"{served.name} takes at most {served.max_batch} images per request: --batch "
+                         f"{served.max_batch} or less.")
+    rng = np.random.default_rng(0)
+    shape = (batch, *served.shape[1:])
+    if served.datatype == "UINT8":
+        return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(4)]
+    return [rng.standard_normal(shape, dtype=np.float32).astype(DTYPES[served.datatype]) for _ in range(4)]
 
 
 def _rows_config(source: Path, baseline: Path | None, parameters: dict[str, str], precision: str) -> dict[str, Any]:
@@ -234,4 +321,4 @@ def onnx_precision_of(path: Path) -> str:
 
 
 __all__ = ["BASELINE", "DEFAULT_REQUESTS", "IN_PROCESS", "SERVED", "LoadResult", "add_ratios", "free_ports",
-           "in_process_precision", "run_serve_bench"]
+           "in_process_precision", "run_remote_bench", "run_serve_bench"]
