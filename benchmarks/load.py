@@ -1,10 +1,11 @@
 """Load generation: N client threads send requests as fast as their answers come back (closed loop), each request
 timed with ``perf_counter_ns``; throughput = images answered / wall time; latency statistics as in the harness.
 
-A *sender* maps an input batch to logits (a Triton client over HTTP or gRPC, or a model in process shared by the
-threads as a server would share it: ONNX Runtime's thread-safe session, or any runner one request at a time). Every
-thread gets its own sender from the factory (tritonclient clients are not thread-safe). Answers can be checked, so
-a fast wrong answer counts as an error, not as throughput.
+A *sender* maps an input batch to logits: a Triton client over HTTP or gRPC (the caller makes it:
+``vanilladeploy.serving.client.TritonRunner``), or a model in process shared by the threads as a server would share
+it (ONNX Runtime's thread-safe session, or any runner one request at a time). Every thread gets its own sender from
+the factory (tritonclient clients are not thread-safe). Answers can be checked, so a fast wrong answer counts as an
+error, not as throughput.
 """
 
 from __future__ import annotations
@@ -102,31 +103,6 @@ def _failing(error: BaseException) -> Send:
     return send
 
 
-def triton_sender_factory(url: str, protocol: str, model: str, *, timeout_s: float = 60.0) -> SenderFactory:
-    """A tritonclient client per thread (``protocol`` "http" or "grpc"), input ``input`` → output ``logits``."""
-
-    def factory() -> Send:
-        if protocol == "http":
-            import tritonclient.http as client_module
-
-            client = client_module.InferenceServerClient(url.removeprefix("http://"), network_timeout=timeout_s,
-                                                         connection_timeout=timeout_s)
-        else:
-            import tritonclient.grpc as client_module
-
-            client = client_module.InferenceServerClient(url)
-
-        def send(x: np.ndarray) -> np.ndarray:
-            tensor = client_module.InferInput("input", list(x.shape), "FP32")
-            tensor.set_data_from_numpy(x)
-            kwargs = {"client_timeout": timeout_s} if protocol == "grpc" else {}
-            return client.infer(model, [tensor], **kwargs).as_numpy("logits")
-
-        return send
-
-    return factory
-
-
 def onnxruntime_sender_factory(onnx_path: str, *, threads: int | None = None) -> SenderFactory:
     """One ONNX Runtime session shared by every thread (``run`` is thread-safe), as one server instance would."""
     from vanilladeploy.runtimes.runners import ort_session
@@ -152,4 +128,4 @@ def shared_sender_factory(infer: Send) -> SenderFactory:
     return lambda: send
 
 
-__all__ = ["LoadStats", "measure_load", "onnxruntime_sender_factory", "shared_sender_factory", "triton_sender_factory"]
+__all__ = ["LoadStats", "measure_load", "onnxruntime_sender_factory", "shared_sender_factory"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import SMALL_IMG, assert_precision_stated, require
 from test_cli import run
-from triton_helpers import assert_nothing_left, require_triton, serve, stop, wait_for_line
+from triton_helpers import assert_nothing_left, require_triton, serve, stop, triton_sender, wait_for_line
 
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.runtimes.runners import onnx_runner
@@ -72,7 +72,6 @@ def _inputs(batch: int, seed: int) -> np.ndarray:
 def _served_logits(source: Path, x: np.ndarray, scratch: Path, *extra: str) -> tuple[str, np.ndarray]:
     """``vanilladeploy serve SOURCE *extra`` on free loopback ports: what it printed until ready, and its answer
     to ``x`` over HTTP (30 s timeout). Stopped with SIGTERM on every path; exit 0 and nothing left behind."""
-    from vanilladeploy.benchmarks.load import triton_sender_factory
     from vanilladeploy.serving.bench import free_ports
 
     ports = free_ports()
@@ -81,7 +80,7 @@ def _served_logits(source: Path, x: np.ndarray, scratch: Path, *extra: str) -> t
                     env=os.environ | {"TMPDIR": str(scratch)})
     try:
         output = wait_for_line(process, READY, timeout_s=180)
-        y = triton_sender_factory(f"http://127.0.0.1:{ports.http}", "http", MODEL, timeout_s=30)()(x)
+        y = triton_sender(f"http://127.0.0.1:{ports.http}", "http", MODEL)()(x)
     finally:
         stop(process)
     assert process.returncode == 0, "serve did not exit 0 on SIGTERM"

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require
-from triton_helpers import require_triton, serve, server_processes, shm_of, stubs, wait_for_line
+from triton_helpers import require_triton, serve, server_processes, shm_of, stubs, triton_sender, wait_for_line
 
 import vanilladeploy.serving.process as process_module
 import vanilladeploy.serving.server as serve_module
-from vanilladeploy.benchmarks.load import measure_load, triton_sender_factory
+from vanilladeploy.benchmarks.load import measure_load
 from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner, onnx_runner
@@ -94,7 +94,7 @@ def test_logits_equal_in_process_onnxruntime(server: TritonServer, export_dir: P
                                              batch: int) -> None:
     x = _inputs(batch, seed=batch)
     url = server.http_url if protocol == "http" else server.grpc_url
-    y = triton_sender_factory(url, protocol, MODEL, timeout_s=30)()(x)
+    y = triton_sender(url, protocol, MODEL)()(x)
     result = compare(y, _reference(export_dir, x), tolerance=1e-5)
     assert y.shape == (batch, 1000) and result, result
 
@@ -120,7 +120,7 @@ def test_concurrent_clients_are_answered_correctly_and_batched(server: TritonSer
     inputs = [_inputs(1, seed=10 + i) for i in range(8)]
     references = [_reference(export_dir, x) for x in inputs]
     before = {m: _metric(server, m) for m in ("nv_inference_request_success", "nv_inference_exec_count")}
-    stats = measure_load(triton_sender_factory(server.grpc_url, "grpc", MODEL, timeout_s=30), inputs,
+    stats = measure_load(triton_sender(server.grpc_url, "grpc", MODEL), inputs,
                          concurrency=8, requests=8 * 16, warmup=0,
                          check=lambda i, y: None if compare(y, references[i]) else "wrong logits")
     assert stats.errors == 0, stats.first_error
@@ -183,12 +183,12 @@ def test_bad_grpc_request_is_invalid_argument(server: TritonServer) -> None:
 @pytest.mark.parametrize("batch", [1, 3])
 def test_an_unbatched_model_takes_the_whole_shape(server: TritonServer, export_dir: Path, batch: int) -> None:
     x = _inputs(batch, seed=20 + batch)
-    y = triton_sender_factory(server.http_url, "http", UNBATCHED, timeout_s=30)()(x)
+    y = triton_sender(server.http_url, "http", UNBATCHED)()(x)
     result = compare(y, _reference(export_dir, x), tolerance=1e-5)
     assert y.shape == (batch, 1000) and result, result
     from tritonclient.utils import InferenceServerException
 
-    send = triton_sender_factory(server.http_url, "http", UNBATCHED, timeout_s=30)()
+    send = triton_sender(server.http_url, "http", UNBATCHED)()
     with pytest.raises(InferenceServerException, match="unexpected shape"):
         send(np.ascontiguousarray(_inputs(1)[:, :, :16]))
 
@@ -296,7 +296,7 @@ def test_openvino_inside_triton_answers_like_openvino_in_process(export_dir: Pat
     assert all(compare(r, o, tolerance=1e-4) for r, o in zip(references, ort_references))
     with TritonServer(repo, free_ports(), start_timeout_s=120) as server:
         for model in ("ov_latency", "ov_throughput"):
-            stats = measure_load(triton_sender_factory(server.grpc_url, "grpc", model, timeout_s=30), inputs,
+            stats = measure_load(triton_sender(server.grpc_url, "grpc", model), inputs,
                                  concurrency=6, requests=6 * 4, warmup=0,
                                  check=lambda i, y: None if compare(y, references[i]) else "wrong logits")
             assert stats.errors == 0, (model, stats.first_error)

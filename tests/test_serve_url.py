@@ -90,8 +90,8 @@ def test_the_server_describes_its_model_and_answers_like_in_process(server: Trit
                                                                    protocol: str) -> None:
     url = server.http_url if protocol == "http" else server.grpc_url
     served = describe_served(parse_endpoint(url, protocol), MODEL, timeout_s=10)
-    assert (served.input_name, served.datatype, served.shape, served.output_name, served.max_batch) == \
-        ("input", "FP32", (-1, 3, 32, 32), "logits", 4)
+    assert (served.input_name, served.datatype, served.shape, served.output_name, served.min_batch,
+            served.max_batch) == ("input", "FP32", (-1, 3, 32, 32), "logits", 1, 4)
     x = np.random.default_rng(3).standard_normal((6, 3, 32, 32), dtype=np.float32)  # 6 > max_batch: chunked
     with fitted_runner(served, timeout_s=30) as runner, OnnxRuntimeRunner(exports["v5"] / f"{MODEL}.onnx") as local:
         y, reference = runner.infer(x), local.infer(x)

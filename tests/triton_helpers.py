@@ -13,7 +13,9 @@ from pathlib import Path
 
 from conftest import missing_in_ci
 
+from vanilladeploy.benchmarks.load import SenderFactory
 from vanilladeploy.errors import MissingDependencyError
+from vanilladeploy.serving.client import TritonRunner, describe_served, parse_endpoint
 from vanilladeploy.serving.server import find_tritonserver
 from vanilladeploy.serving.watch import STUB, stub_pids
 
@@ -29,6 +31,19 @@ def require_triton(*, module_level: bool = True) -> None:
         import tritonclient.http  # noqa: F401
     except (MissingDependencyError, ImportError) as e:
         missing_in_ci(f"Triton server cannot start here: {e}", module_level=module_level)
+
+
+def triton_sender(url: str, protocol: str, model: str, *, timeout_s: float = 30.0) -> SenderFactory:
+    """Per thread (tritonclient's clients cannot cross threads) an active :class:`TritonRunner` on ``model``: the
+    library's one way of talking to Triton; its ``infer`` sends a batch as is."""
+    served = describe_served(parse_endpoint(url, protocol), model, timeout_s=timeout_s)
+
+    def factory() -> Callable:
+        runner = TritonRunner(served, timeout_s=timeout_s)
+        runner.activate()
+        return runner.infer
+
+    return factory
 
 
 def serve(source: Path, ports: list[int] | None, *extra: str, env: dict[str, str] | None = None,

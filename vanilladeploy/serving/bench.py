@@ -258,9 +258,10 @@ def _inputs_for(served: ServedModel, onnx_path: Path, batch: int) -> list[np.nda
         raise UsageError(f"{served.endpoint} serves {served.name} taking {served.datatype} {list(served.shape)}, "
                          f"but {onnx_path.name} takes {elem.name} {dims}: not the same artifact (--model NAME "
                          "picks another model there).")
-    if served.max_batch == 0 and served.shape[0] != batch:
-        raise UsageError(f"{served.name} takes batches of exactly {served.shape[0]}: use --batch {served.shape[0]}.")
-    if 0 < served.max_batch < batch:
+    if served.min_batch == served.max_batch != batch:
+        raise UsageError(f"{served.name} takes batches of exactly {served.min_batch}: use --batch "
+                         f"{served.min_batch}.")
+    if served.max_batch is not None and served.max_batch < batch:
         raise UsageError(f"{served.name} takes at most {served.max_batch} images per request: --batch "
                          f"{served.max_batch} or less.")
     rng = np.random.default_rng(0)

@@ -38,7 +38,7 @@ class Endpoint:
 @dataclass(frozen=True)
 class ServedModel:
     """One model on an endpoint: its input (name, datatype, shape with -1 for a dynamic batch), its output and the
-    largest batch it accepts (0: the shape's batch is fixed)."""
+    batches one request may carry (``min_batch``..``max_batch``; None: no limit; equal: a fixed batch)."""
 
     endpoint: Endpoint
     name: str
@@ -46,7 +46,8 @@ class ServedModel:
     datatype: str
     shape: tuple[int, ...]
     output_name: str
-    max_batch: int
+    min_batch: int
+    max_batch: int | None
     version: str = ""  # the server's version (its /v2 metadata), for the record
 
     @property
@@ -55,7 +56,8 @@ class ServedModel:
 
     def as_dict(self) -> dict[str, Any]:
         return {"url": str(self.endpoint), "model": self.name, "input": self.input_name, "datatype": self.datatype,
-                "shape": list(self.shape), "output": self.output_name, "max_batch": self.max_batch,
+                "shape": list(self.shape), "output": self.output_name,
+                "batch": {"min": self.min_batch, "max": self.max_batch},
                 "server_version": self.version}
 
 
@@ -115,9 +117,8 @@ def describe_served(endpoint: Endpoint, model: str | None = None, *, timeout_s: 
                          f"{[o.get('name') for o in outputs]}; a VanillaNet classifier takes one image batch "
                          f"({', '.join(DTYPES)}) and gives one logits tensor.")
     shape = tuple(int(d) for d in inputs[0].get("shape", []))
-    batched = len(shape) == 4 and shape[0] == -1
-    return ServedModel(endpoint, name, inputs[0]["name"], inputs[0]["datatype"], shape, outputs[0]["name"],
-                       _max_batch(endpoint, client, name, timeout_s) if batched else 0,
+    low, high = (1, _max_batch(endpoint, client, name, timeout_s)) if shape[:1] == (-1,) else (shape[0], shape[0])
+    return ServedModel(endpoint, name, inputs[0]["name"], inputs[0]["datatype"], shape, outputs[0]["name"], low, high,
                        str(version.get("version", "?")))
 
 
@@ -155,13 +156,14 @@ def _only_model(endpoint: Endpoint, client: Any, timeout_s: float) -> str:
     return names[0]
 
 
-def _max_batch(endpoint: Endpoint, client: Any, name: str, timeout_s: float) -> int:
-    """``max_batch_size`` from the model config (a Triton extension); 1 when the server does not say."""
+def _max_batch(endpoint: Endpoint, client: Any, name: str, timeout_s: float) -> int | None:
+    """For an input whose batch is -1: ``max_batch_size`` from the model config (a Triton extension), None when it
+    is 0 (no batching: the -1 is the model's own, any batch goes); 1 when the server does not say."""
     try:
         config = _json(endpoint, client.get_model_config(name, **_t(endpoint, timeout_s)))
     except Exception:  # not every KServe v2 server offers the config extension: send one image per request
         return 1
-    return int(config.get("config", config).get("max_batch_size", 1) or 1)
+    return int(config.get("config", config).get("max_batch_size", 0) or 0) or None
 
 
 class TritonRunner(Runner):
@@ -202,13 +204,10 @@ def _module(endpoint: Endpoint) -> Any:
 
 
 def fitted_runner(served: ServedModel, *, timeout_s: float = 60.0) -> Runner:
-    """A :class:`TritonRunner` that sends batches the model accepts: chunks of at most ``max_batch``, or exactly
-    the fixed batch of a model without a batch dimension."""
-    runner = TritonRunner(served, timeout_s=timeout_s)
-    if served.max_batch > 0:
-        return ChunkedRunner(runner, min_batch=1, max_batch=served.max_batch)
-    fixed = served.shape[0] if served.shape and served.shape[0] > 0 else 1
-    return ChunkedRunner(runner, min_batch=fixed, max_batch=fixed)
+    """A :class:`TritonRunner` that sends batches the model accepts: chunks of at most ``max_batch``, a fixed
+    batch padded to it."""
+    return ChunkedRunner(TritonRunner(served, timeout_s=timeout_s), min_batch=served.min_batch,
+                         max_batch=served.max_batch)
 
 
 __all__ = ["DTYPES", "PROTOCOLS", "Endpoint", "ServedModel", "TritonRunner", "client_for", "describe_served",
