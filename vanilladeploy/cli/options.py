@@ -41,6 +41,10 @@ Labels = Annotated[Optional[str], typer.Option("--labels", help="Class names for
 Runtime = Annotated[Optional[str], typer.Option("--runtime", help="What runs the model inside Triton's python "
                                                 f"backend: {' or '.join(ONNX_RUNTIMES)}.",
                                                 show_default="onnxruntime")]
+Images = Annotated[bool, typer.Option("--images", help="Also an image ensemble <model>_image: clients send encoded "
+                                      "JPEG/PNG/WebP files (BYTES, one per batch element), preprocessed in the server "
+                                      "exactly as the export records; with --labels, Triton's classification "
+                                      "answers score:index:label.")]
 # A server we did not start (serve-bench, eval): where it is and which of its models.
 ServerUrl = Annotated[Optional[str], typer.Option("--url", help="A running KServe v2 / Triton server to measure "
                                                   "instead of starting one: HOST:PORT, http://, https:// or grpc:// "

@@ -16,6 +16,7 @@ from vanilladeploy.cli.options import (
     DEFAULT_MAX_BATCH,
     DEFAULT_QUEUE_DELAY_US,
     ExportSource,
+    Images,
     Instances,
     JsonPrint,
     Labels,
@@ -49,9 +50,11 @@ def repo(
     max_queue_delay_us: QueueDelay = DEFAULT_QUEUE_DELAY_US,
     labels: Labels = None,
     runtime: Runtime = None,
+    images: Images = False,
     verbose: Verbose = False,
 ) -> None:
-    """Write a Triton Inference Server model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/<model>."""
+    """Write a Triton Inference Server model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/<model> (with
+    --images also <name>_preprocess and the ensemble <name>_image)."""
     from vanilladeploy.serving.repository import write_repository
     from vanilladeploy.serving.triton_config import RepoOptions
 
@@ -59,7 +62,7 @@ def repo(
         opts = RepoOptions(name=name, backend=backend, max_batch=max_batch, instances=instances, kind=kind,
                            max_queue_delay_us=max_queue_delay_us, labels=labels,
                            parameters={} if runtime is None else {"runtime": runtime})
-        result = write_repository(source, out_dir, opts)
+        result = write_repository(source, out_dir, opts, images=images)
         out.print(escape(result.config_text), soft_wrap=True)
         for path in result.files:
             out.print(f"  wrote {escape(str(path))}", soft_wrap=True)
@@ -84,6 +87,7 @@ def serve(
     max_queue_delay_us: QueueDelay = DEFAULT_QUEUE_DELAY_US,
     labels: Labels = None,
     runtime: Runtime = None,
+    images: Images = False,
     verbose: Verbose = False,
 ) -> None:
     """Serve the model on a real Triton Inference Server (loopback) until Ctrl-C or SIGTERM.
@@ -103,7 +107,7 @@ def serve(
         opts = RepoOptions(backend="python", max_batch=max_batch, instances=instances, kind=None,
                            max_queue_delay_us=max_queue_delay_us, labels=labels,
                            parameters={} if runtime is None else {"runtime": runtime})
-        serve_forever(source, ports, opts, on_ready=_render_serving,
+        serve_forever(source, ports, opts, on_ready=_render_serving, images=images,
                       on_event=lambda message: err.print(escape(message), soft_wrap=True))
 
     run_command(verbose, run)

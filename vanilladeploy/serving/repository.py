@@ -21,6 +21,7 @@ from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import CheckpointError, MissingDependencyError, UsageError
 from vanilladeploy.extras import install_hint
 from vanilladeploy.runtimes import ONNX_RUNTIMES
+from vanilladeploy.serving.ensemble import ImagePlan, plan_image_ensemble, recorded_preprocess, write_image_ensemble
 from vanilladeploy.serving.triton_config import (
     LABELS_FILE,
     MODEL_FILES,
@@ -230,10 +231,18 @@ class RepoPlan:
     labels: list[str] | None
     config_text: str
     model_file: str
+    images: ImagePlan | None = None  # the image ensemble beside the model (--images)
+
+    @property
+    def served_model(self) -> str:
+        """The model a client calls (and a server loads, with what it is made of): the ensemble with --images."""
+        assert self.opts.name is not None
+        return self.images.ensemble_name if self.images else self.opts.name
 
 
-def plan_repository(source: Path, opts: RepoOptions) -> RepoPlan:
-    """Every check :func:`write_repository` makes (source, labels, backend, batch, runtime, name), nothing written."""
+def plan_repository(source: Path, opts: RepoOptions, *, images: bool = False) -> RepoPlan:
+    """Every check :func:`write_repository` makes (source, labels, backend, batch, runtime, name), nothing written;
+    with ``images``, the image ensemble's too (:mod:`vanilladeploy.serving.ensemble`)."""
     check_labels(opts.labels)
     _require_serve_extra()
     src = resolve_repo_source(source, backend=opts.backend)
@@ -253,13 +262,16 @@ def plan_repository(source: Path, opts: RepoOptions) -> RepoPlan:
     text = config_text(cfg)
     parse_config(text)  # what Triton does first on load
     model_file = plan_filename(signature) if backend == "tensorrt" else MODEL_FILES["onnxruntime"]
-    return RepoPlan(src, digest, backend, opts, labels, text, model_file)
+    image_plan = plan_image_ensemble(name, signature.inputs, signature.outputs, opts,
+                                     recorded_preprocess(src.onnx_file), labels) if images else None
+    return RepoPlan(src, digest, backend, opts, labels, text, model_file, image_plan)
 
 
-def write_repository(source: Path, out: Path, opts: RepoOptions) -> RepoResult:
-    """Check, then write ``out/<name>/`` as one set; returns what was written."""
+def write_repository(source: Path, out: Path, opts: RepoOptions, *, images: bool = False) -> RepoResult:
+    """Check, then write ``out/<name>/`` as one set (and the image ensemble's models with ``images``); returns what
+    was written."""
     check_path("--out", out, directory=True)
-    return write_planned(plan_repository(source, opts), out)
+    return write_planned(plan_repository(source, opts, images=images), out)
 
 
 def write_planned(plan: RepoPlan, out: Path) -> RepoResult:
@@ -269,6 +281,8 @@ def write_planned(plan: RepoPlan, out: Path) -> RepoResult:
     files, sums = _write_model_dir(model_dir, plan.src, plan.model_file, plan.backend, plan.config_text, plan.labels, {
         "tool": {"name": "vanilladeploy", "version": __version__}, "backend": plan.backend,
         "source": {"path": str(plan.src.model_file), "sha256": plan.digest}, "options": dict(vars(plan.opts))})
+    if plan.images:
+        files = (*files, *write_image_ensemble(plan.images, out))
     return RepoResult(out, model_dir, plan.backend, plan.config_text, files, sums)
 
 

@@ -55,12 +55,12 @@ class ServingInfo:
 
 
 def check_serve_options(source: Path, ports: TritonPorts, opts: RepoOptions,
-                        host: str = "127.0.0.1") -> RepoPlan | None:
+                        host: str = "127.0.0.1", *, images: bool = False) -> RepoPlan | None:
     """Everything ``serve`` refuses, before it writes or starts anything: ports that clash or are busy, a source it
     cannot serve (or a repository whose model is not on the python backend), options Triton would refuse for that
     model (e.g. ``--max-batch`` > 0 for an export with a fixed batch), a missing labels file, no Triton server
-    binary. Returns the repository to write (``opts.kind`` None: :func:`default_kind`), or None for a repository
-    that is served as it is."""
+    binary. Returns the repository to write (``opts.kind`` None: :func:`default_kind`; with ``images`` the image
+    ensemble too), or None for a repository that is served as it is."""
     if len(set(ports.named().values())) < 3:
         raise UsageError(f"--http-port, --grpc-port and --metrics-port must differ (got {ports.http}, {ports.grpc}, "
                          f"{ports.metrics}).")
@@ -70,7 +70,12 @@ def check_serve_options(source: Path, ports: TritonPorts, opts: RepoOptions,
     check_ports_free(ports, host)
     model_dir = model_repository_of(source)
     if model_dir is None:
-        return plan_repository(source, opts if opts.kind is not None else replace(opts, kind=default_kind()))
+        return plan_repository(source, opts if opts.kind is not None else replace(opts, kind=default_kind()),
+                               images=images)
+    if images:
+        raise UsageError(f"{source} is a model repository, served as it is: --images adds an image ensemble to a "
+                         "repository written from an export (`vanilladeploy serve EXPORT --images`, or `repo "
+                         "--images`).")
     backend = parse_config((model_dir / "config.pbtxt").read_text()).backend
     if backend != "python":
         raise UsageError(f"{source}: its model runs on Triton's {backend} backend, which the nvidia-pytriton "
@@ -82,7 +87,7 @@ def check_serve_options(source: Path, ports: TritonPorts, opts: RepoOptions,
 
 def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
                   on_ready: Callable[[ServingInfo], None], on_event: Callable[[str], None] = lambda _: None,
-                  host: str = "127.0.0.1") -> None:
+                  host: str = "127.0.0.1", images: bool = False) -> None:
     """Check everything (:func:`check_serve_options`), write a repository for ``source`` in a scratch directory,
     serve it until SIGTERM (returns) or SIGINT (``KeyboardInterrupt``); the server is stopped and the scratch
     directory removed either way. SIGTERM is handled from the first line on: during start-up it aborts the start
@@ -92,7 +97,7 @@ def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        plan = check_serve_options(source, ports, opts, host)
+        plan = check_serve_options(source, ports, opts, host, images=images)
         on_event("Starting Triton Inference Server (loopback) …")
         with tempfile.TemporaryDirectory(prefix=f"vanilladeploy-repo-{os.getpid()}-") as scratch:
             if plan is None:  # written by repo or optimize: served as it is
@@ -103,8 +108,9 @@ def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
             else:
                 result = write_planned(plan, Path(scratch))
                 model_dir, config_text = result.model_dir, result.config_text
+            served = plan.served_model if plan else model_dir.name
             if not stop.is_set():
-                _serve(Path(scratch), model_dir.name, parse_config(config_text), ports, stop=stop, on_ready=on_ready,
+                _serve(Path(scratch), served, parse_config(config_text), ports, stop=stop, on_ready=on_ready,
                        on_event=on_event, host=host)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -112,6 +118,7 @@ def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
 
 def _serve(repository: Path, model: str, cfg: Any, ports: TritonPorts, *, stop: threading.Event,
            on_ready: Callable[[ServingInfo], None], on_event: Callable[[str], None], host: str) -> None:
+    """Serve ``model`` (loaded with what it is made of: an image ensemble's steps); ``cfg`` is the classifier's."""
     from tritonclient.grpc import model_config_pb2 as mc  # parse_config made ``cfg`` with it
 
     dims = [max(int(d), 1) for d in cfg.input[0].dims]  # a dynamic dimension (-1) as 1
@@ -121,12 +128,25 @@ def _serve(repository: Path, model: str, cfg: Any, ports: TritonPorts, *, stop: 
     try:
         with TritonServer(repository, ports, host=host, model=model, abort=stop) as server:
             watch = ModelWatch(server, model, on_event=on_event)  # lists the stubs now, before it is announced
+            example = (example_image_command(server.http_url, model) if model != cfg.name else
+                       example_client_command(server.http_url, model, shape))
             on_ready(ServingInfo(model, server_version(server), server.http_url, server.grpc_url, server.metrics_url,
-                                 example_client_command(server.http_url, model, shape), kind, runtime))
+                                 example, kind, runtime))
             while not stop.wait(WATCH_INTERVAL_S):
                 watch.check()
     except StartAborted:
         return
+
+
+def example_image_command(http_url: str, model: str) -> str:
+    """A one-line tritonclient request sending one encoded image file (IMAGE.jpg) to the image ensemble ``model``
+    and printing its top-3 (score:index:label with labels)."""
+    host = http_url.removeprefix("http://")
+    return (f"{shlex.quote(sys.executable)} -c \"import numpy as np, pathlib, tritonclient.http as t; "
+            f"c = t.InferenceServerClient('{host}'); x = t.InferInput('image', [1, 1], 'BYTES'); "
+            "x.set_data_from_numpy(np.array([[pathlib.Path('IMAGE.jpg').read_bytes()]], dtype=object)); "
+            f"print(c.infer('{model}', [x], outputs=[t.InferRequestedOutput('logits', class_count=3)])"
+            ".as_numpy('logits'))\"")
 
 
 def example_client_command(http_url: str, model: str, shape: list[int]) -> str:

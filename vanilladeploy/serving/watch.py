@@ -79,7 +79,11 @@ class ModelWatch:
     def __init__(self, server: TritonServer, model: str, *, on_event: Callable[[str], None] = lambda _: None,
                  load_timeout_s: float = LOAD_TIMEOUT_S) -> None:
         self.server, self.model, self.on_event, self.load_timeout_s = server, model, on_event, load_timeout_s
-        self.instances = model_instances(self._config())
+        config = self._config(model)
+        self.steps = [step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])]
+        """An ensemble's models (an image ensemble: preprocess, classifier): loaded, watched and reloaded with it."""
+        self.instances = (sum(model_instances(self._config(m)) for m in self.steps) if self.steps else
+                          model_instances(config))
         self.stubs = stub_pids(server.shm_prefix)  # the model is loaded: every instance's stub is up, or died
 
     def check(self) -> None:
@@ -107,7 +111,7 @@ class ModelWatch:
         load ended — and the next :meth:`check` reloads again instead of announcing a model without its stub."""
         self.on_event(f"The backend stub of {self.model} {lost}: reloading the model, not ready until it is back")
         started, old = time.monotonic(), stub_pids(self.server.shm_prefix)
-        self._control("unload", UNLOAD_TIMEOUT_S)  # readiness answers 400 from here on
+        self._control("unload", UNLOAD_TIMEOUT_S)  # readiness answers 400 from here on (an ensemble's steps too)
         status, error = self._control("load", self.load_timeout_s)
         if status != 200:
             if not self.server.alive():
@@ -118,19 +122,22 @@ class ModelWatch:
         if len(self.stubs) >= self.instances:
             self.on_event(f"{self.model} reloaded in {time.monotonic() - started:.1f} s: ready")
 
-    def _config(self) -> dict[str, Any]:
-        """Triton's config of the loaded model (``GET /v2/models/<model>/config``)."""
+    def _config(self, model: str) -> dict[str, Any]:
+        """Triton's config of a loaded model (``GET /v2/models/<model>/config``)."""
         try:
-            with urllib.request.urlopen(f"{self.server.http_url}/v2/models/{self.model}/config",
+            with urllib.request.urlopen(f"{self.server.http_url}/v2/models/{model}/config",
                                         timeout=30) as response:
                 return dict(json.loads(response.read()))
         except (urllib.error.URLError, OSError, ValueError) as e:
-            raise ServerError(f"Triton Inference Server did not give the config of {self.model}: {e}") from None
+            raise ServerError(f"Triton Inference Server did not give the config of {model}: {e}") from None
 
     def _control(self, action: str, timeout_s: float) -> tuple[int | None, str]:
-        """POST ``/v2/repository/models/<model>/<action>``: (HTTP status or None, Triton's error message)."""
+        """POST ``/v2/repository/models/<model>/<action>``: (HTTP status or None, Triton's error message). An
+        ensemble is unloaded with its steps (``unload_dependents``); its load loads them again."""
+        body = {"parameters": {"unload_dependents": True}} if self.steps and action == "unload" else {}
         request = urllib.request.Request(f"{self.server.http_url}/v2/repository/models/{self.model}/{action}",
-                                         data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+                                         data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return response.status, ""
