@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -55,6 +56,24 @@ def official_ckpt_path(tmp_path_factory: pytest.TempPathFactory, small_train_mod
 
 
 ALL_VARIANTS = list(VARIANTS)
+
+
+@pytest.fixture(scope="session")
+def vanillanet_5_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """``vanilladeploy export vanillanet_5 --img-size N`` (seeded random weights), made once per size for the whole
+    session and shared by the serving tests: they read it, none writes into it."""
+    from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
+
+    made: dict[int, Path] = {}
+
+    def export(img_size: int) -> Path:
+        if img_size not in made:
+            out = tmp_path_factory.mktemp(f"vanillanet_5_at_{img_size}") / "v5"
+            export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=img_size))
+            made[img_size] = out
+        return made[img_size]
+
+    return export
 
 
 def missing_in_ci(reason: str, *, module_level: bool = False) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import SMALL_IMG, assert_precision_stated, require
 from test_cli import run
-from triton_helpers import assert_nothing_left, require_triton, serve, stop, triton_sender, wait_for_line
+from triton_helpers import READY, assert_nothing_left, require_triton, serve, stop, triton_sender, wait_for_line
 
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.runtimes.runners import onnx_runner
@@ -25,7 +25,6 @@ from vanilladeploy.verify import compare
 
 MODEL = "vanillanet_5"
 CALIB = 8  # the other 32 images (MIN_HOLDOUT) are held out
-READY = "stops the server"  # the last line serve prints once it serves
 
 
 @pytest.fixture(scope="module")

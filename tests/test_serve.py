@@ -20,7 +20,7 @@ import time
 import types
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,6 @@ import vanilladeploy.serving.process as process_module
 import vanilladeploy.serving.server as serve_module
 from vanilladeploy.benchmarks.load import measure_load
 from vanilladeploy.errors import MissingDependencyError, UsageError
-from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner, onnx_runner
 from vanilladeploy.serving.bench import BASELINE, IN_PROCESS, SERVED, add_ratios, free_ports, run_serve_bench
 from vanilladeploy.serving.process import group_members, parent_death_signal
@@ -56,10 +55,8 @@ UNBATCHED = "vanillanet_5_unbatched"  # the same export at --max-batch 0: dims a
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "v5"
-    export_checkpoint(MODEL, ExportOptions(out_dir=out, img_size=32))
-    return out
+def export_dir(vanillanet_5_export: Callable[[int], Path]) -> Path:
+    return vanillanet_5_export(32)
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from triton_helpers import (
+    READY,
     assert_nothing_left,
     require_triton,
     rest_of_output,
@@ -47,14 +48,11 @@ pytestmark = [pytest.mark.triton]
 MODEL = "vanillanet_5"
 IMG = 64  # the official eval transform resizes and crops above 32 px (the docs client loads a JPEG)
 ROOT = Path(__file__).resolve().parents[1]
-READY = "stops the server"  # the last line serve prints once it serves
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "v5"
-    export_checkpoint(MODEL, ExportOptions(out_dir=out, img_size=IMG))
-    return out
+def export_dir(vanillanet_5_export: Callable[[int], Path]) -> Path:
+    return vanillanet_5_export(IMG)
 
 
 def _reference(onnx_file: Path, x: np.ndarray) -> np.ndarray:

@@ -10,19 +10,18 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from triton_helpers import assert_nothing_left, cmdlines, require_triton, serve, stop, stubs, wait_for_line
+from triton_helpers import READY, assert_nothing_left, cmdlines, require_triton, serve, stop, stubs, wait_for_line
 from typer.testing import CliRunner
 
 import vanilladeploy as vd
 from vanilladeploy.cli import app
 from vanilladeploy.errors import UsageError
-from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.serving.bench import free_ports
 from vanilladeploy.serving.repository import write_repository
 from vanilladeploy.serving.server import TritonServer
@@ -33,13 +32,12 @@ require_triton()
 pytestmark = [pytest.mark.triton]
 MODEL, IMG, CLASSES = "vanillanet_5", 48, 1000
 ENSEMBLE = f"{MODEL}_image"
-READY = "stops the server"  # the last line serve prints once it serves
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(tmp_path_factory: pytest.TempPathFactory, vanillanet_5_export: Callable[[int], Path]) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("images")
-    export_checkpoint(MODEL, ExportOptions(out_dir=root / "export", img_size=IMG))
+    export = vanillanet_5_export(IMG)
     rng = np.random.default_rng(11)
     for i, (h, w) in enumerate([(64, 80), (120, 60), (50, 50)]):
         pixels = (np.linspace(0, 255, w)[None, :, None] * rng.random(3) + rng.normal(0, 30, (h, w, 3)))
@@ -47,7 +45,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     jpeg = (root / "0.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (root / "labels.txt").write_text("".join(f"name {i}\n" for i in range(CLASSES)))
-    return {"export": root / "export", "onnx": root / "export" / f"{MODEL}.onnx", "root": root,
+    return {"export": export, "onnx": export / f"{MODEL}.onnx", "root": root,
             "labels": root / "labels.txt", "images": [root / "0.jpg", root / "1.png", root / "2.jpg"]}
 
 

@@ -6,7 +6,7 @@ row, every client call with a timeout, the server stopped by its context manager
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from vanilladeploy.cli import app
 from vanilladeploy.errors import UsageError
-from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
 from vanilladeploy.serving.bench import IN_PROCESS, SERVED, free_ports, run_serve_bench
 from vanilladeploy.serving.client import Endpoint, TritonRunner, describe_served, fitted_runner, parse_endpoint
@@ -32,11 +31,9 @@ MODEL, OTHER = "vanillanet_5", "vanillanet_5_at_48"
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def exports(tmp_path_factory: pytest.TempPathFactory, vanillanet_5_export: Callable[[int], Path]) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("url")
-    export_checkpoint(MODEL, ExportOptions(out_dir=root / "v5", img_size=32))
-    export_checkpoint(MODEL, ExportOptions(out_dir=root / "v5_48", img_size=48))
-    return {"v5": root / "v5", "v5_48": root / "v5_48", "images": _images(root / "images")}
+    return {"v5": vanillanet_5_export(32), "v5_48": vanillanet_5_export(48), "images": _images(root / "images")}
 
 
 def _images(root: Path) -> Path:

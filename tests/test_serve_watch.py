@@ -20,13 +20,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from triton_helpers import (
+    READY,
     assert_nothing_left,
     require_triton,
     rest_of_output,
@@ -38,7 +39,6 @@ from triton_helpers import (
     wait_until,
 )
 
-from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
 from vanilladeploy.serving.bench import free_ports
 from vanilladeploy.serving.watch import model_instances
@@ -50,14 +50,11 @@ MODEL = "vanillanet_5"
 IMG = 32
 KILLS = 10
 RELOAD_BOUND_S = 60.0  # from a kill to a correct answer again (measured: 2.5-3.5 s on 2 cores with a busy loop)
-READY = "stops the server"  # the last line serve prints once it serves
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "v5"
-    export_checkpoint(MODEL, ExportOptions(out_dir=out, img_size=IMG))
-    return out
+def export_dir(vanillanet_5_export: Callable[[int], Path]) -> Path:
+    return vanillanet_5_export(IMG)
 
 
 @pytest.fixture

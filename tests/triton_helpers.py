@@ -20,6 +20,7 @@ from vanilladeploy.serving.server import find_tritonserver
 from vanilladeploy.serving.watch import STUB, stub_pids
 
 SHM_DIR = Path("/dev/shm")
+READY = "stops the server"  # the last line ``vanilladeploy serve`` prints once it serves
 
 
 def require_triton(*, module_level: bool = True) -> None:
