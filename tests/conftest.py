@@ -98,6 +98,8 @@ CPUINFO = Path(__file__).parent / "fixtures" / "cpuinfo"
 """Real CPU descriptions (see its README): decisions made on a CPU are tested on these, not on hand-written flags."""
 AVX2_ONLY, AVX512_BF16_NO_AMX, AMX = ("amd-epyc-7302p-avx2.cpuinfo", "amd-epyc-avx512-bf16-no-amx.cpuinfo",
                                       "intel-xeon-sapphire-rapids-amx.flags")
+AMX_CPUINFO = "intel-xeon-amx-2core.cpuinfo"
+"""A whole /proc/cpuinfo block of an AMX Xeon (AMX above is a bare lscpu flags line)."""
 
 
 def cpu_flags_of(name: str) -> frozenset[str]:

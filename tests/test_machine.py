@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import AMX, AVX2_ONLY, AVX512_BF16_NO_AMX, CPUINFO, cpu_flags_of
+from conftest import AMX, AMX_CPUINFO, AVX2_ONLY, AVX512_BF16_NO_AMX, CPUINFO, cpu_flags_of
 
 from vanilladeploy.benchmarks.floor import theoretical_peak
 from vanilladeploy.machine import (
@@ -42,7 +42,8 @@ def test_this_machines_flags_come_from_its_proc_cpuinfo() -> None:
     assert cpu_flags() == parse_cpu_flags(path.read_text(encoding="utf-8")) and cpu_flags()
 
 
-@pytest.mark.parametrize(("cpu", "native"), [(AVX2_ONLY, False), (AVX512_BF16_NO_AMX, True), (AMX, True)])
+@pytest.mark.parametrize(("cpu", "native"), [(AVX2_ONLY, False), (AVX512_BF16_NO_AMX, True), (AMX, True),
+                                           (AMX_CPUINFO, True)])
 def test_native_bf16_is_decided_by_the_cpus_own_flags(cpu: str, native: bool) -> None:
     reason = bf16_missing(cpu_flags_of(cpu))
     assert (reason is None) == native, reason
@@ -61,7 +62,8 @@ def test_bf16_also_needs_openvinos_cpu_plugin_to_report_it() -> None:
 
 
 @pytest.mark.parametrize(("cpu", "int8"), [(AVX2_ONLY, ()), (AVX512_BF16_NO_AMX, ("avx512_vnni",)),
-                                           (AMX, ("amx_int8", "avx512_vnni"))])
+                                           (AMX, ("amx_int8", "avx512_vnni")),
+                                           (AMX_CPUINFO, ("amx_int8", "avx512_vnni"))])
 def test_native_int8_kernels_by_cpu(cpu: str, int8: tuple[str, ...]) -> None:
     flags = cpu_flags_of(cpu)
     assert {f for f in INT8_FLAGS if f in flags} >= set(int8) and (not int8) == (not flags & set(INT8_FLAGS))
@@ -71,6 +73,7 @@ def test_native_int8_kernels_by_cpu(cpu: str, int8: tuple[str, ...]) -> None:
     (AVX2_ONLY, "fp32", "256-bit"), (AVX2_ONLY, "int8", "no VNNI"), (AVX2_ONLY, "bf16", "fp32 lanes"),
     (AVX512_BF16_NO_AMX, "fp32", "512-bit"), (AVX512_BF16_NO_AMX, "int8", "VNNI"),
     (AVX512_BF16_NO_AMX, "bf16", "AVX512-BF16"), (AMX, "bf16", "AVX512-BF16"), (AMX, "int8", "VNNI"),
+    (AMX_CPUINFO, "bf16", "AVX512-BF16"), (AMX_CPUINFO, "int8", "VNNI"),
 ])
 def test_the_theoretical_peak_follows_the_cpus_simd(cpu: str, precision: str, note: str, tmp_path: Path) -> None:
     text = (CPUINFO / cpu).read_text(encoding="utf-8")
