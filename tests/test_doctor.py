@@ -63,6 +63,8 @@ def test_serving_is_ready_where_the_serve_extra_is_installed() -> None:
     ("torchvision", "bench: baselines + plot", "pip install 'vanilladeploy[bench]'"),
     ("tritonclient", "serve, serve-bench", "pip install 'vanilladeploy[serve]'"),
     ("pytriton", "serve, serve-bench", "pip install 'vanilladeploy[serve]'"),
+    ("kserve", "deploy --kserve, --k8s", "pip install 'vanilladeploy[deploy]'"),
+    ("kubernetes", "deploy --kserve, --k8s", "pip install 'vanilladeploy[deploy]'"),
 ])
 def test_a_missing_part_names_its_fix(monkeypatch: pytest.MonkeyPatch, module: str, capability: str,
                                       fix: str) -> None:

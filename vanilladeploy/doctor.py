@@ -19,7 +19,8 @@ from typing import Any
 from vanilladeploy.extras import EXTRAS, install_hint
 from vanilladeploy.machine import INT8_FLAGS, ISA_FLAGS, bf16_missing, cpu_flags, cpu_model, usable_cores
 
-TRT_INSTALL, SERVE_INSTALL, BENCH_INSTALL, CORE_INSTALL = (install_hint(n) for n in ("trt", "serve", "bench", "core"))
+TRT_INSTALL, SERVE_INSTALL, BENCH_INSTALL, CORE_INSTALL, DEPLOY_INSTALL = (
+    install_hint(n) for n in ("trt", "serve", "bench", "core", "deploy"))
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,20 @@ def _tritonserver() -> Component:
         return Component("tritonserver", None, False, str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
+def _kserve() -> Component:
+    """The kserve SDK as ``deploy`` loads it: ``import kserve`` would also load its gRPC protocol, which clashes
+    with tritonclient's in one process (vanilladeploy/serving/manifests.py)."""
+    try:
+        from importlib.metadata import version
+
+        from vanilladeploy.serving.manifests import kserve_sdk
+
+        kserve_sdk()
+        return Component("kserve", version("kserve"), True, "SDK models (InferenceService)")
+    except Exception as e:  # MissingDependencyError, or a broken install
+        return Component("kserve", None, False, _why(e))
+
+
 def components() -> list[Component]:
     return [
         Component("python", platform.python_version(), True, platform.python_implementation()),
@@ -136,6 +151,9 @@ def components() -> list[Component]:
                module="tritonclient"),
         _probe("torchvision"),
         _probe("matplotlib"),
+        _kserve(),
+        _probe("kubernetes"),
+        _probe("pyyaml", module="yaml"),
     ]
 
 
@@ -147,6 +165,7 @@ def capabilities(parts: list[Component]) -> list[Capability]:
     serve = _needs("serve, serve-bench", ok, ["onnxruntime", "tritonserver", "tritonclient"], SERVE_INSTALL)
     caps.append(serve)
     caps.append(_needs("repo", ok, ["onnx", "tritonclient"], SERVE_INSTALL))
+    caps.append(_needs("deploy --kserve, --k8s", ok, ["kserve", "kubernetes", "pyyaml"], DEPLOY_INSTALL))
     caps += _cpu_runtimes(ok)
     caps += _runtimes()
     return caps

@@ -40,6 +40,7 @@ EXTRAS: dict[str, Extra] = {
     "bench": Extra("bench", ("torchvision", "matplotlib"), "bench: ResNet/Swin baselines and the plot"),
     "eval": Extra("eval", ("PIL",), "eval, int8 calibration (reading images)"),
     "openvino": Extra("openvino", ("openvino",), "export --openvino, eval/bench/serve on OpenVINO's CPU plugin"),
+    "deploy": Extra("deploy", ("kserve", "kubernetes", "yaml"), "deploy --kserve, --k8s (the cluster's YAML files)"),
     "onnxruntime-gpu": Extra("", ("onnxruntime",), "ONNX Runtime on CUDA (bench, GPU instances in Triton)",
                              package="onnxruntime-gpu"),
 }

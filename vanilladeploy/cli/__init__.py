@@ -13,7 +13,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from vanilladeploy import __version__
-from vanilladeploy.cli import bench, doctor, eval, export, inspect, optimize, serving
+from vanilladeploy.cli import bench, deploy, doctor, eval, export, inspect, optimize, serving
 from vanilladeploy.cli.console import err, out
 from vanilladeploy.cli.options import EXIT_CODES_HELP
 from vanilladeploy.errors import ExitCode
@@ -129,7 +129,7 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 COMMANDS = {
     "export": export.export, "inspect": inspect.inspect, "check": inspect.check, "bench": bench.bench,
     "repo": serving.repo, "serve": serving.serve, "serve-bench": serving.serve_bench, "eval": eval.eval_,
-    "optimize": optimize.optimize, "doctor": doctor.doctor,
+    "optimize": optimize.optimize, "deploy": deploy.deploy, "doctor": doctor.doctor,
 }
 """Every command, in the order ``--help`` lists them."""
 for _name, _command in COMMANDS.items():
