@@ -31,6 +31,7 @@ from triton_helpers import require_triton, serve, server_processes, shm_of, stub
 import vanilladeploy.serving.process as process_module
 import vanilladeploy.serving.server as serve_module
 from vanilladeploy.benchmarks.load import measure_load
+from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner, onnx_runner
 from vanilladeploy.serving.bench import BASELINE, IN_PROCESS, SERVED, add_ratios, free_ports, run_serve_bench
@@ -226,6 +227,7 @@ def test_serve_bench_measures_triton_and_in_process_onnxruntime(export_dir: Path
         assert record["errors"] == 0 and record["requests"] == 6, record
         assert record["stats"]["iterations"] == 6 and record["throughput_img_s"] > 0
     assert result.config["protocols"] == ["http"] and result.config["triton"] not in ("", "?")
+    assert result.config["source_sha256"] == sha256_of(export_dir / f"{MODEL}.onnx")  # what `deploy --bench` matches
     for level in (1, 2):  # ONNX Runtime serving its own file: in-process and baseline are one row
         served, local = seen[("triton-http", level)], seen[("onnxruntime-inprocess", level)]
         assert local["roles"] == [IN_PROCESS, BASELINE] and served["roles"] == [SERVED]

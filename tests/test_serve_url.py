@@ -15,6 +15,7 @@ from PIL import Image
 from triton_helpers import require_triton
 from typer.testing import CliRunner
 
+from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.cli import app
 from vanilladeploy.errors import UsageError
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
@@ -133,6 +134,7 @@ def test_serve_bench_url_measures_the_server_and_checks_every_answer(server: Tri
         local = next(x for x in records if x["concurrency"] == r["concurrency"] and IN_PROCESS in x["roles"])
         assert r["vs_in_process"] == round(r["throughput_img_s"] / local["throughput_img_s"], 3)
     assert config["url"] == server.http_url and config["served"]["model"] == MODEL
+    assert config["source_sha256"] == sha256_of(exports["v5"] / f"{MODEL}.onnx")  # what `deploy --bench` matches
     assert config["served"]["server_version"] == config["triton"] != "?"
 
 

@@ -35,6 +35,7 @@ from vanilladeploy.benchmarks.load import (
     onnxruntime_sender_factory,
     shared_sender_factory,
 )
+from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import UsageError
 from vanilladeploy.machine import machine_info
 from vanilladeploy.runtimes.runners import onnx_runner
@@ -139,8 +140,6 @@ def _remote_factory(served: ServedModel, stack: ExitStack) -> SenderFactory:
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    from vanilladeploy.checkpoint import sha256_of
-
     return sha256_of(a) == sha256_of(b)
 
 
@@ -184,7 +183,7 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
         model, onnx_path = repo.model_dir.name, repo.model_dir / "1" / "model.onnx"
         cfg = parse_config(repo.config_text)
         parameters = {k: v.string_value for k, v in cfg.parameters.items()}
-        precision = onnx_precision_of(onnx_path)
+        precision, digest = onnx_precision_of(onnx_path), sha256_of(onnx_path)
         rng = np.random.default_rng(0)
         inputs = [rng.standard_normal((batch, *cfg.input[0].dims), dtype=np.float32) for _ in range(4)]
         local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision))
@@ -196,8 +195,9 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
         records = _measure(contenders, inputs, concurrency, requests, model, progress)
         version = server_version(server)
     add_ratios(records)
-    config = {"source": str(source), "concurrency": list(concurrency), "requests": requests, "batch": batch,
-              "protocols": protocols, "triton": version, **_rows_config(source, baseline, parameters, precision),
+    config = {"source": str(source), "source_sha256": digest, "concurrency": list(concurrency),
+              "requests": requests, "batch": batch, "protocols": protocols, "triton": version,
+              **_rows_config(source, baseline, parameters, precision),
               "model_config": repo.config_text, "max_batch": opts.max_batch,
               "dynamic_batching_delay_us": opts.max_queue_delay_us,
               "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]}}
@@ -226,8 +226,9 @@ def run_remote_bench(source: Path, url: str, *, model: str | None = None, protoc
         contenders = [remote, *_local_rows(local, baseline, onnx_path, runtime, inputs)]
         records = _measure(contenders, inputs, concurrency, requests, served.name, progress)
     add_ratios(records)
-    config = {"source": str(source), "concurrency": list(concurrency), "requests": requests, "batch": batch,
-              "protocols": [endpoint.protocol], "url": str(endpoint), "served": served.as_dict(),
+    config = {"source": str(source), "source_sha256": sha256_of(onnx_path), "concurrency": list(concurrency),
+              "requests": requests, "batch": batch, "protocols": [endpoint.protocol], "url": str(endpoint),
+              "served": served.as_dict(),
               "triton": served.version, **_rows_config(source, baseline, parameters, precision),
               "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]}}
     config["triton_backend"] = "unknown (a server we did not start)"
