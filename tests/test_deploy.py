@@ -190,6 +190,17 @@ def test_the_python_backend_is_written_with_a_warning(export_dir: Path, tmp_path
     assert (tmp_path / "out" / "repository" / "vanillanet_5" / "1" / "model.py").is_file()
 
 
+def test_images_add_the_ensemble_on_the_native_classifier_with_a_warning(export_dir: Path, tmp_path: Path) -> None:
+    result = run(export_dir, "--out", tmp_path / "out", "--images")
+    assert result.exit_code == 0, result.output
+    repo = tmp_path / "out" / "repository"
+    assert sorted(p.parent.name for p in repo.glob("*/config.pbtxt")) == \
+        ["vanillanet_5", "vanillanet_5_image", "vanillanet_5_preprocess"]
+    assert model_config(tmp_path / "out").backend == "onnxruntime"  # the classifier stays native
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "vanilladeploy[eval]" in warnings[0], result.output
+
+
 def bench_file(path: Path, *, sha256: str | None, batch: int = 1, model: str = "vanillanet_5") -> Path:
     """A serve-bench result made by hand: served rows at 40 img/s (p99 30 ms), 90 (p99 80 ms), 120 (p99 250 ms),
     a served row at 150 img/s with errors, and an in-process row at 200 img/s (never a replica's capacity)."""

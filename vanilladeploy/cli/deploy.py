@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vanilladeploy.cli.console import err, out, run_command, wide, wrote
-from vanilladeploy.cli.options import Labels, Verbose
+from vanilladeploy.cli.options import Images, Labels, Verbose
 from vanilladeploy.serving.sizing import BURST, DEFAULT_REPLICAS, HEADROOM
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ def deploy(
                                                     show_default=False)] = None,
     bench: Annotated[Optional[Path], typer.Option("--bench", help="A serve-bench JSON of this artifact.",
                                                   show_default=False)] = None,
+    images: Images = False,
     verbose: Verbose = False,
 ) -> None:
     """Write what a cluster needs to serve the model on the stock Triton container: OUT/repository/ (native
@@ -71,7 +72,7 @@ def deploy(
     def run() -> None:
         opts = DeployOptions(kserve=kserve, k8s=k8s, storage_uri=storage_uri, pvc=pvc, name=name,
                              triton_release=triton_version, kserve_mode=kserve_mode, backend=backend, labels=labels,
-                             replicas=replicas, target_rps=target_rps, p99_ms=p99_ms, bench=bench)
+                             replicas=replicas, target_rps=target_rps, p99_ms=p99_ms, bench=bench, images=images)
         plan = plan_deploy(source, out_dir, opts)
         for line in plan.warnings:
             err.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)

@@ -35,6 +35,7 @@ class TritonRelease:
     tensorrt: str | None = None  # TensorRT in the -py3 container; None: not in our table
 
 
+# Verified: server, all rows (server build.py @v2.x.0); TensorRT, only 24.08/10/12, 25.01 (NVIDIA rel. notes text)
 TRITON_RELEASES = {r.release: r for r in (
     TritonRelease("24.05", "2.46.0", "10.0.1.6"), TritonRelease("24.06", "2.47.0", "10.1.0.27"),
     TritonRelease("24.07", "2.48.0", "10.2.0.19"), TritonRelease("24.08", "2.49.0", "10.3.0.26"),
@@ -59,6 +60,11 @@ PYTHON_BACKEND_WARNING = ("--backend python: the stock Triton image has the pyth
                           "imports (onnxruntime or openvino, numpy); build an image FROM it with those installed, "
                           "or deploy with the native onnxruntime backend (the default).")
 
+IMAGES_WARNING = ("--images: the ensemble's preprocess step runs on the python backend and imports vanilladeploy "
+                  "(numpy, Pillow); build the server image FROM the stock one with "
+                  "`pip install 'vanilladeploy[eval]'`, "
+                  "or send tensors to the classifier instead.")
+
 
 @dataclass(frozen=True)
 class DeployOptions:
@@ -77,6 +83,7 @@ class DeployOptions:
     target_rps: float | None = None
     p99_ms: float | None = None
     bench: Path | None = None
+    images: bool = False  # the image ensemble beside the classifier (serving/ensemble.py)
 
 
 @dataclass(frozen=True)
@@ -185,8 +192,9 @@ def plan_deploy(source: Path, out: Path, opts: DeployOptions) -> DeployPlan:
     check_output_dir(out)
     check_options(opts)
     model_file, backend = deploy_source(source, opts.backend)
-    repo = plan_repository(model_file, RepoOptions(backend=backend, labels=opts.labels))
-    warnings = (PYTHON_BACKEND_WARNING,) if repo.backend == "python" else ()
+    repo = plan_repository(model_file, RepoOptions(backend=backend, labels=opts.labels), images=opts.images)
+    warnings = ((PYTHON_BACKEND_WARNING,) if repo.backend == "python" else ()) + \
+        ((IMAGES_WARNING,) if opts.images else ())
     release = resolve_release(opts.triton_release, _engine_tensorrt(repo))
     sizing = size(artifact=_identity(repo), model_bytes=repo.src.model_file.stat().st_size, bench=opts.bench,
                   target_rps=opts.target_rps, p99_ms=opts.p99_ms, replicas=opts.replicas,
