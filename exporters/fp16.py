@@ -1,9 +1,9 @@
 """An fp16-typed copy of an fp32 ONNX graph, for strongly typed TensorRT builds (TensorRT 11 has no FP16 flag).
 
-Inputs and outputs stay float32 (a Cast follows each input and precedes each output), weights are stored as
-float16, and ops whose accuracy suffers in half precision (reductions, normalizations, transcendental functions:
-``KEEP_FP32``) run in float32 with Casts around them. Only ops whose float inputs all share one type are converted;
-any other op is refused rather than guessed at.
+Inputs and outputs keep their types (a Cast follows each float32 input and precedes each output), weights are
+stored as float16, and ops whose accuracy suffers in half precision (reductions, normalizations, transcendental
+functions: ``KEEP_FP32``) run in float32 with Casts around them. Only ops whose float inputs all share one type
+are converted; any other op is refused rather than guessed at.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ KEEP_FP32 = frozenset({"GlobalAveragePool", "ReduceMean", "ReduceSum", "Softmax"
 CONVERTIBLE = KEEP_FP32 | {"Conv", "Relu", "MaxPool", "AveragePool", "Gather", "Flatten", "Reshape", "Identity",
                            "Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Transpose", "Concat", "Sigmoid", "Squeeze",
                            "Unsqueeze", "Slice", "Split"}
+AS_IS = frozenset({"Cast"})
+"""Ops copied unchanged: a Cast's output type is its own ``to`` (a uint8 pixel input's Cast to float32 stays; the
+fp16 op after it gets a Cast to float16)."""
 _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
@@ -25,7 +28,7 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_
 
     Raises ValueError for an op outside ``CONVERTIBLE`` (its float inputs may need mixed types).
     """
-    unknown = sorted({n.op_type for n in model.graph.node if n.op_type not in CONVERTIBLE})
+    unknown = sorted({n.op_type for n in model.graph.node if n.op_type not in CONVERTIBLE | AS_IS})
     if unknown:
         raise ValueError(f"cannot convert {', '.join(unknown)} to fp16 (known: {', '.join(sorted(CONVERTIBLE))})")
     graph = onnx.shape_inference.infer_shapes(model).graph
@@ -48,10 +51,11 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_
     for node, dtype in zip(graph.node, want):
         new = onnx.NodeProto()
         new.CopyFrom(node)
-        new.input[:] = [typed(x, dtype) for x in node.input]
-        for out in new.output:
-            if types.get(out) in _FLOATS:
-                types[out] = dtype
+        if node.op_type not in AS_IS:
+            new.input[:] = [typed(x, dtype) for x in node.input]
+            for out in new.output:
+                if types.get(out) in _FLOATS:
+                    types[out] = dtype
         nodes.append(new)
     outputs = []
     for v in graph.output:  # the graph's outputs stay float32: rename the producer's tensor, cast back
@@ -102,4 +106,4 @@ def fp16_export(model: onnx.ModelProto) -> onnx.ModelProto:
     return typed
 
 
-__all__ = ["CONVERTIBLE", "KEEP_FP32", "convert_to_fp16", "fp16_export"]
+__all__ = ["AS_IS", "CONVERTIBLE", "KEEP_FP32", "convert_to_fp16", "fp16_export"]

@@ -25,6 +25,17 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MIN_OPSET = 17
 
 
+@dataclass(frozen=True)
+class PixelInput:
+    """A uint8 graph input: RGB pixels 0–255, NCHW, after resize and crop. The graph first casts them to float32;
+    the caller has folded the normalization into the stem's weights
+    (``vanilladeploy.reparam.fold_pixel_normalization``) — all of it, or, for a stem that zero-pads, its scale only:
+    then ``mean`` is given and the graph subtracts 255·mean explicitly before the stem (a padded zero must be a zero
+    of the normalized input)."""
+
+    mean: tuple[float, ...] | None = None
+
+
 @dataclass
 class _Graph:
     """Accumulates a single chain of nodes; ``x`` is the name of the current activation."""
@@ -53,6 +64,12 @@ class _Graph:
         self.add("Relu", f"{name}/relu")
         self.conv(f"{name}/act", sd, key, pad=act_num, group=sd[f"{key}.weight"].shape[0])
 
+    def pixels(self, pixels: PixelInput) -> None:
+        self.add("Cast", "input/cast", to=TensorProto.FLOAT)
+        if pixels.mean is not None:
+            mean = 255.0 * np.asarray(pixels.mean, dtype=np.float64).reshape(1, -1, 1, 1)
+            self.add("Sub", "input/sub_mean", (self.constant("input.mean_255", mean.astype(np.float32)),))
+
     def adaptive_max_pool(self, name: str, size_in: int, size_out: int) -> None:
         index, k = adaptive_gather_index(size_in, size_out)
         index_name = self.constant(f"{name}.index", np.asarray(index, dtype=np.int64))
@@ -80,18 +97,25 @@ def build_onnx(
     opset: int = MIN_OPSET,
     batch: int | None = None,
     metadata: Mapping[str, str] | None = None,
+    pixels: PixelInput | None = None,
 ) -> onnx.ModelProto:
     """The deploy net as ONNX: input ``input`` (batch, 3, img, img) float32, output ``logits`` (batch, classes).
 
-    ``batch=None`` leaves the batch dimension dynamic (``"batch"``). Raises ValueError for an opset below 17 or an
-    image too small for the variant's downsampling.
+    ``batch=None`` leaves the batch dimension dynamic (``"batch"``). ``pixels``: the input is uint8 pixels instead
+    (:class:`PixelInput`). Raises ValueError for an opset below 17 or an image too small for the variant's
+    downsampling.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is below the minimum {MIN_OPSET}")
     sizes = feature_sizes(spec, img_size)
     if min(sizes) < 1:
         raise ValueError(f"img_size {img_size} is too small for {spec.name}: the feature map shrinks to nothing")
+    if pixels is not None and pixels.mean is None and spec.stem_stride_padding[1]:
+        raise ValueError(f"{spec.name}'s stem pads its input: its mean cannot be folded into the weights, give "
+                         "PixelInput(mean)")
     g = _Graph()
+    if pixels is not None:
+        g.pixels(pixels)
     stride, pad = spec.stem_stride_padding
     g.conv("stem/conv", state_dict, "stem.0", stride=stride, pad=pad)
     g.activation("stem", state_dict, "stem.1", act_num)
@@ -109,16 +133,17 @@ def build_onnx(
     g.add("GlobalAveragePool", "cls/pool")
     g.conv("cls/conv", state_dict, "cls.2")
     g.add("Flatten", "cls/flatten", output=OUTPUT_NAME, axis=1)
-    return _make_model(g, spec, state_dict, img_size=img_size, batch=batch, opset=opset, metadata=metadata or {})
+    return _make_model(g, spec, state_dict, img_size=img_size, batch=batch, opset=opset, metadata=metadata or {},
+                       input_type=TensorProto.FLOAT if pixels is None else TensorProto.UINT8)
 
 
 def _make_model(g: _Graph, spec: VariantSpec, sd: Mapping[str, Tensor], *, img_size: int, batch: int | None,
-                opset: int, metadata: Mapping[str, str]) -> onnx.ModelProto:
+                opset: int, metadata: Mapping[str, str], input_type: int) -> onnx.ModelProto:
     n = batch if batch is not None else "batch"
     num_classes = sd["cls.2.weight"].shape[0]
     graph = helper.make_graph(
         g.nodes, spec.name,
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [n, 3, img_size, img_size])],
+        [helper.make_tensor_value_info(INPUT_NAME, input_type, [n, 3, img_size, img_size])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [n, num_classes])],
         g.initializers,
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
 
@@ -52,15 +53,15 @@ class OnnxRuntimeTooOld(RuntimeError):
 class _Reader:
     """ONNX Runtime's CalibrationDataReader protocol over our batches (no data kept beyond the current one)."""
 
-    def __init__(self, input_name: str, batches: Iterable[np.ndarray]) -> None:
-        self.input_name, self.batches, self.count = input_name, iter(batches), 0
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray], dtype: npt.DTypeLike = np.float32) -> None:
+        self.input_name, self.batches, self.count, self.dtype = input_name, iter(batches), 0, dtype
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         x = next(self.batches, None)
         if x is None:
             return None
         self.count += 1
-        return {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        return {self.input_name: np.ascontiguousarray(x, dtype=self.dtype)}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return iter(self.get_next, None)
@@ -85,11 +86,12 @@ def rebatch(batches: Iterable[np.ndarray], size: int | None) -> Iterator[np.ndar
 
 def quantize_qdq(fp32_onnx: Path, out: Path, calibration: Iterable[np.ndarray], *, method: str = "minmax",
                  keep_float: Sequence[str] = (), ranges: Path | None = None) -> Int8Result:
-    """Calibrate ``fp32_onnx`` on the ``calibration`` batches (N×3×H×W float32; regrouped to the graph's batch when
-    it is fixed) and write the QDQ model to ``out``, the Convs named in ``keep_float`` left in float32. ``ranges``:
-    a file of activation ranges — read when it exists (no calibration pass: the same ranges give the same scales,
-    so variants of one calibration differ only in their float layers), else computed and saved there. Raises
-    :class:`CalibrationDataError` before any calibration run when there is no batch at all."""
+    """Calibrate ``fp32_onnx`` on the ``calibration`` batches (N×3×H×W of the graph's input type: float32, or uint8
+    pixels; regrouped to the graph's batch when it is fixed) and write the QDQ model to ``out``, the Convs named in
+    ``keep_float`` left in float32. ``ranges``: a file of activation ranges — read when it exists (no calibration
+    pass: the same ranges give the same scales, so variants of one calibration differ only in their float layers),
+    else computed and saved there. Raises :class:`CalibrationDataError` before any calibration run when there is no
+    batch at all."""
     if method not in METHODS:
         raise ValueError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}")
     graph_input = onnx.load(fp32_onnx, load_external_data=False).graph.input[0]
@@ -100,7 +102,8 @@ def quantize_qdq(fp32_onnx: Path, out: Path, calibration: Iterable[np.ndarray], 
         first = next(batches, None)
         if first is None:
             raise CalibrationDataError("no calibration batches were given (every calibration image was unreadable?)")
-        reader = _Reader(graph_input.name, itertools.chain([first], batches))
+        dtype = helper.tensor_dtype_to_np_dtype(graph_input.type.tensor_type.elem_type)
+        reader = _Reader(graph_input.name, itertools.chain([first], batches), dtype)
     _quantize_static(fp32_onnx, out, reader, method, keep_float=keep_float, ranges=ranges)
     model = onnx.load(out)
     problems = tuple(check_qdq(model, keep_float=frozenset(keep_float)))

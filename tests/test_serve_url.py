@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.cli import app
 from vanilladeploy.errors import UsageError
+from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
 from vanilladeploy.serving.bench import IN_PROCESS, SERVED, free_ports, run_serve_bench
 from vanilladeploy.serving.client import Endpoint, TritonRunner, describe_served, fitted_runner, parse_endpoint
@@ -28,13 +29,15 @@ from vanilladeploy.verify import compare
 
 require_triton()
 pytestmark = [pytest.mark.triton]
-MODEL, OTHER = "vanillanet_5", "vanillanet_5_at_48"
+MODEL, OTHER, PIXELS = "vanillanet_5", "vanillanet_5_at_48", "vanillanet_5_pixels"
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory, vanillanet_5_export: Callable[[int], Path]) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("url")
-    return {"v5": vanillanet_5_export(32), "v5_48": vanillanet_5_export(48), "images": _images(root / "images")}
+    export_checkpoint(MODEL, ExportOptions(out_dir=root / "pixels", img_size=48, input_dtype="uint8"))
+    return {"v5": vanillanet_5_export(32), "v5_48": vanillanet_5_export(48), "pixels": root / "pixels",
+            "images": _images(root / "images")}
 
 
 def _images(root: Path) -> Path:
@@ -54,6 +57,7 @@ def server(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     repo = tmp_path_factory.mktemp("repo")
     write_repository(exports["v5"], repo, RepoOptions(backend="python", max_batch=4))
     write_repository(exports["v5_48"], repo, RepoOptions(backend="python", max_batch=4, name=OTHER))
+    write_repository(exports["pixels"], repo, RepoOptions(backend="python", max_batch=4, name=PIXELS), images=True)
     with TritonServer(repo, free_ports(), start_timeout_s=120) as s:
         yield s
 
@@ -97,7 +101,7 @@ def test_the_server_describes_its_model_and_answers_like_in_process(server: Trit
 
 
 def test_the_only_ready_model_is_the_default_and_two_need_a_name(server: TritonServer) -> None:
-    with pytest.raises(UsageError, match=rf"2 ready models \({MODEL}, {OTHER}\).*--model"):
+    with pytest.raises(UsageError, match=rf"5 ready models \({MODEL}, {OTHER}, {PIXELS}, .*\).*--model"):
         describe_served(parse_endpoint(server.http_url), None, timeout_s=10)
     with pytest.raises(ServerError, match="'nope' is not ready"):
         describe_served(parse_endpoint(server.http_url), "nope", timeout_s=10)
@@ -189,3 +193,39 @@ def test_eval_protocol_without_url_is_refused(exports: dict[str, Path]) -> None:
     result = CliRunner().invoke(app, ["eval", str(exports["v5"] / f"{MODEL}.onnx"), "--data", str(exports["images"]),
                                       "--protocol", "grpc"])
     assert result.exit_code == 2 and "give --url" in result.output, result.output
+
+
+# --- a model that takes uint8 pixels (export --input uint8) -----------------------------------------------------
+
+def test_eval_url_of_a_pixels_model_equals_the_float_model_in_process(server: TritonServer, exports: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    """The served UINT8 model gets the pixels, the local float model the normalized batch: the same answers."""
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["eval", str(exports["v5_48"] / f"{MODEL}.onnx"), "--data",
+                                      str(exports["images"]), "--url", _address(server.http_url), "--model", PIXELS,
+                                      "--json-out", str(out)])
+    assert result.exit_code == 0, result.output
+    local, remote = json.loads(out.read_text())["artifacts"]
+    assert remote["agreement_top1"] == 100.0 and remote["mean_rel_l2"] <= 1e-5, remote
+
+
+def test_serve_bench_url_sends_pixels_to_a_pixels_model(server: TritonServer, exports: dict[str, Path]) -> None:
+    result = run_serve_bench(exports["pixels"], url=server.http_url, model=PIXELS, concurrency=(2,), requests=4)
+    (served,) = [r for r in result.records if SERVED in r["roles"]]
+    assert served["errors"] == 0 and result.config["served"]["datatype"] == "UINT8"
+
+
+def test_an_image_ensemble_on_a_pixels_model_answers_like_the_float_model(server: TritonServer,
+                                                                          exports: dict[str, Path]) -> None:
+    import tritonclient.http as http
+
+    import vanilladeploy as vd
+
+    files = sorted(exports["images"].rglob("*.jpg"))[:2]
+    client = http.InferenceServerClient(_address(server.http_url), network_timeout=30, connection_timeout=30)
+    tensor = http.InferInput("image", [len(files), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[f.read_bytes()] for f in files], dtype=object))
+    served = client.infer(f"{PIXELS}_image", [tensor]).as_numpy("logits")
+    with vd.load(exports["v5_48"] / f"{MODEL}.onnx") as model:
+        local = model.predict([str(f) for f in files])
+    assert compare(served, local, tolerance=1e-5), compare(served, local)

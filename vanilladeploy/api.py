@@ -44,9 +44,11 @@ class Model:
 
     def predict(self, images: Sequence[Any] | np.ndarray) -> np.ndarray:
         """Logits (N × classes) for ``images``: paths or PIL images, preprocessed as the artifact records (resize,
-        center crop, normalize), or an N×3×H×W float array taken as already preprocessed."""
+        center crop, normalize — a model exported with ``--input uint8`` gets the uint8 pixels and normalizes them
+        itself), or an N×3×H×W array: uint8 pixels (after resize and crop; normalized here for a float model), or
+        float values taken as already preprocessed (a uint8 model refuses those)."""
         if isinstance(images, np.ndarray):
-            x = np.ascontiguousarray(images, dtype=np.float32)
+            x = self.preprocess.model_input(images)
         else:
             x = np.stack([self._prepare(image) for image in images])
         if not self._active:

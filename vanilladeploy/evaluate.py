@@ -65,6 +65,7 @@ class Artifact:
     args: dict[str, Any] = field(default_factory=dict)
     recorded: Preprocess | None = None  # the preprocessing an ONNX records in its metadata_props
     size_source: str = "ONNX graph input"
+    input_dtype: str = "float32"  # "uint8": the graph takes pixels (export --input uint8)
 
 
 def open_artifact(path: str, *, arch: str | None = None, runtime: str = "onnxruntime",
@@ -104,7 +105,8 @@ def _onnx_artifact(file: Path, runtime: str = "onnxruntime", precision: str = "f
         runner = ChunkedRunner(runner, min_batch=fixed, max_batch=fixed)
     kind = f"onnx {onnx_precision(model, meta)}" + ("" if runtime == "onnxruntime" else
                                                     f" ({runtime}{'' if precision == 'fp32' else ' ' + precision})")
-    return Artifact(file.name, kind, runner, size, recorded=recorded)
+    pixels = graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    return Artifact(file.name, kind, runner, size, recorded=recorded, input_dtype="uint8" if pixels else "float32")
 
 
 def onnx_precision(model: onnx.ModelProto, meta: dict[str, str]) -> str:
@@ -165,16 +167,18 @@ def served_artifact(url: str, *, model: str | None = None, protocol: str | None 
     from vanilladeploy.serving.client import describe_served, fitted_runner, parse_endpoint
 
     served = describe_served(parse_endpoint(url, protocol), model)
-    if served.datatype != "FP32":
-        raise UsageError(f"{served.name} at {served.endpoint} takes {served.datatype}; eval --url sends the "
-                         "normalized float32 batches every other row gets, so it evaluates FP32 models.")
+    if served.datatype not in ("FP32", "UINT8"):
+        raise UsageError(f"{served.name} at {served.endpoint} takes {served.datatype}; eval --url evaluates models "
+                         "that take FP32 (normalized) or UINT8 (pixels, export --input uint8) images.")
     return Artifact(f"{served.name} @ {served.endpoint}", f"served ({served.endpoint.protocol})",
-                    fitted_runner(served), served.img_size, size_source="the served model's input")
+                    fitted_runner(served), served.img_size, size_source="the served model's input",
+                    input_dtype="uint8" if served.datatype == "UINT8" else "float32")
 
 
 def choose_preprocess(artifacts: Sequence[Artifact]) -> Preprocess:
     """What an ONNX records (its metadata) when one does, else the checkpoint's args, else the defaults; a graph's
-    fixed input size (ONNX input, engine profile) wins for ``img_size``. All artifacts must agree."""
+    fixed input size (ONNX input, engine profile) wins for ``img_size``. All artifacts must agree. uint8 pixels
+    when any artifact takes them (the others get them normalized: :meth:`Preprocess.model_input`)."""
     sizes = {a.img_size for a in artifacts if a.img_size is not None}
     if len(sizes) > 1:
         raise UsageError(f"the artifacts were exported for different image sizes ({sorted(sizes)}); evaluate "
@@ -188,7 +192,7 @@ def choose_preprocess(artifacts: Sequence[Artifact]) -> Preprocess:
         size = next(iter(sizes))
         label = next(a.size_source for a in artifacts if a.img_size == size)
         pre = replace(pre, img_size=size, sources={**pre.sources, "img_size": label})
-    return pre
+    return replace(pre, input_dtype="uint8" if any(a.input_dtype == "uint8" for a in artifacts) else "float32")
 
 
 @dataclass
@@ -290,8 +294,9 @@ def evaluate(artifacts: Sequence[str | Artifact], data: Path, *, limit: int | No
     skipped = folder.ignored_with_reasons() if indices is None else []
     batches = _readable(iter_batches(folder, pre, batch=batch, indices=order, skipped=skipped), data, skipped)
     tallies = [_Tally(a.name, a.kind) for a in opened]
+    feeds = [replace(pre, input_dtype=a.input_dtype) for a in opened]
     images, classes = _run(opened, tallies, batches, folder,
-                           lambda done: progress(Step("Evaluating", done, len(order))))
+                           lambda done: progress(Step("Evaluating", done, len(order))), feeds)
     labelled = folder.labels is not None
     return EvalResult(data, images, labelled, pre.as_dict(), skipped,
                       [t.as_dict(images, labelled, classes) for t in tallies])
@@ -308,17 +313,19 @@ def _readable(batches: Batches, data: Path, skipped: list[tuple[Path, str]]) -> 
 
 
 def _run(opened: Sequence[Artifact], tallies: Sequence[_Tally], batches: Batches, folder: ImageFolder,
-         progress: Callable[[int], None]) -> tuple[int, int]:
-    """Every artifact on every batch, tallied against the first; returns (images, classes)."""
+         progress: Callable[[int], None], feeds: Sequence[Preprocess]) -> tuple[int, int]:
+    """Every artifact on every batch (as its ``feeds`` entry makes it: pixels, or normalized), tallied against the
+    first; returns (images, classes)."""
     images, classes = 0, 0
     with ExitStack() as stack:
         for artifact in opened:
             stack.enter_context(artifact.runner)
         for x, labels, kept in batches:
             outputs = []
-            for tally, artifact in zip(tallies, opened):
+            for tally, artifact, feed in zip(tallies, opened, feeds):
+                fed = feed.model_input(x)
                 start = time.perf_counter()
-                outputs.append(artifact.runner.infer(x))
+                outputs.append(artifact.runner.infer(fed))
                 tally.seconds += time.perf_counter() - start
             paths = [str(folder.files[i]) for i in kept]
             for tally, y in zip(tallies, outputs):

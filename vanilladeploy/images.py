@@ -8,6 +8,8 @@ repository, inherited from ConvNeXt) as data, computed with PIL and NumPy exactl
   ``input_size``. (``input_size ≤ 32``: no resize, no crop — the official code's CIFAR branch.)
 - ToTensor (÷255, CHW, float32), then Normalize with ImageNet's mean/std, or Inception's (0.5) when the checkpoint's
   ``args.imagenet_default_mean_and_std`` is false.
+- For a model exported with ``--input uint8`` (``input_dtype``), the transform stops before ToTensor: uint8 RGB
+  pixels, CHW — the graph normalizes them itself.
 
 Folders: an ImageFolder tree (``class/xxx.jpg``; every subdirectory is a class, names sorted = label index, files
 found exactly as torchvision's ``ImageFolder`` finds them) or a flat folder (no labels). A file that is not an image
@@ -36,6 +38,8 @@ IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 DEFAULT_CROP_PCT = 224 / 256
 ONNX_METADATA = "onnx metadata"
 """The source label of preprocessing values read from an exported ONNX's ``metadata_props``."""
+INPUT_DTYPES = ("float32", "uint8")
+"""What a model takes: normalized float32, or uint8 pixels (0–255, after resize and crop) it normalizes itself."""
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """torchvision's ``IMG_EXTENSIONS``."""
 
@@ -51,7 +55,8 @@ def _pil() -> Any:
 @dataclass(frozen=True)
 class Preprocess:
     """The official eval transform as data; ``sources`` says where each value came from (``img_size``,
-    ``crop_pct``, ``mean_std``); ``exported_sources``, for values read from an ONNX, where the exporter got them."""
+    ``crop_pct``, ``mean_std``); ``exported_sources``, for values read from an ONNX, where the exporter got them;
+    ``input_dtype`` what the model takes (:data:`INPUT_DTYPES`): uint8 pixels stop before the normalization."""
 
     img_size: int = 224
     crop_pct: float = DEFAULT_CROP_PCT
@@ -60,6 +65,7 @@ class Preprocess:
     sources: Mapping[str, str] = field(default_factory=lambda: {"img_size": "default", "crop_pct": "default",
                                                                 "mean_std": "default"})
     exported_sources: Mapping[str, str] | None = None
+    input_dtype: str = "float32"
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], *, img_size: int | None = None,
@@ -86,8 +92,9 @@ class Preprocess:
 
     def metadata(self) -> dict[str, str]:
         """The ONNX ``metadata_props`` entries that carry this preprocessing (read back by :meth:`from_metadata`)."""
-        return {"img_size": str(self.img_size), "crop_pct": repr(self.crop_pct), "mean": json.dumps(list(self.mean)),
+        meta = {"img_size": str(self.img_size), "crop_pct": repr(self.crop_pct), "mean": json.dumps(list(self.mean)),
                 "std": json.dumps(list(self.std)), "preprocessing_sources": json.dumps(dict(self.sources))}
+        return meta if self.input_dtype == "float32" else {**meta, "input_dtype": self.input_dtype}
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str]) -> Preprocess | None:
@@ -97,17 +104,21 @@ class Preprocess:
             return None
         size, crop = int(meta["img_size"]), float(meta["crop_pct"])
         mean, std = (tuple(float(v) for v in json.loads(meta[k])) for k in ("mean", "std"))
-        if size < 1 or not crop > 0 or len(mean) != 3 or len(std) != 3 or not all(v > 0 for v in std):
-            raise ValueError(f"img_size {size}, crop_pct {crop}, mean {mean}, std {std}")
+        dtype = meta.get("input_dtype", "float32")
+        if size < 1 or not crop > 0 or len(mean) != 3 or len(std) != 3 or not all(v > 0 for v in std) \
+                or dtype not in INPUT_DTYPES:
+            raise ValueError(f"img_size {size}, crop_pct {crop}, mean {mean}, std {std}, input_dtype {dtype}")
         recorded = json.loads(meta.get("preprocessing_sources", "{}"))
         return cls(size, crop, mean, std, dict.fromkeys(("img_size", "crop_pct", "mean_std"), ONNX_METADATA),
-                   {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else None)
+                   {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else None, dtype)
 
     def as_dict(self) -> dict[str, Any]:
         info = {"img_size": self.img_size, "crop_pct": self.crop_pct, "mean": list(self.mean), "std": list(self.std),
                 "resize": self.resize_rule(), "interpolation": "bicubic", "sources": dict(self.sources)}
         if self.exported_sources is not None:
             info["exported_sources"] = dict(self.exported_sources)
+        if self.input_dtype != "float32":
+            info["input_dtype"] = self.input_dtype
         return info
 
     def resize_rule(self) -> str:
@@ -118,7 +129,12 @@ class Preprocess:
         return f"shorter side to {int(self.img_size / self.crop_pct)}, center crop {self.img_size}"
 
     def __call__(self, image: Any) -> np.ndarray:
-        """A PIL image (any mode) → float32 (3, img_size, img_size)."""
+        """A PIL image (any mode) → float32 (3, img_size, img_size), normalized; uint8 pixels for a uint8 model."""
+        pixels = self.pixels(image)
+        return pixels if self.input_dtype == "uint8" else self.normalize(pixels)
+
+    def pixels(self, image: Any) -> np.ndarray:
+        """A PIL image (any mode) → uint8 RGB pixels (3, img_size, img_size), resized and cropped."""
         Image = _pil()
         image = image.convert("RGB")
         if self.img_size <= 32 and image.size != (self.img_size, self.img_size):
@@ -130,11 +146,26 @@ class Preprocess:
                 image = image.resize((self.img_size, self.img_size), Image.BICUBIC)
             else:
                 image = _center_crop(_resize_shorter(image, int(self.img_size / self.crop_pct)), self.img_size)
-        x = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-        x = x.transpose(2, 0, 1)
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels (…×3×H×W) → float32 x = (p/255 − mean)/std (ToTensor, then Normalize)."""
+        x = np.asarray(pixels).astype(np.float32) / np.float32(255.0)
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]
         return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+    def model_input(self, x: np.ndarray) -> np.ndarray:
+        """A batch (N×3×H×W) as the model takes it: uint8 pixels (after resize and crop) go to a uint8 model as
+        they are and are normalized for a float one; a float array is taken as already normalized, which a uint8
+        model refuses (its pixels cannot be recovered)."""
+        x = np.asarray(x)
+        if x.dtype == np.uint8:
+            return np.ascontiguousarray(x) if self.input_dtype == "uint8" else self.normalize(x)
+        if self.input_dtype == "uint8":
+            raise UsageError(f"this model takes uint8 pixels (0-255, N×3×H×W RGB, after resize and crop), not "
+                             f"{x.dtype} data: give a uint8 array or the images themselves.")
+        return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _positive_number(value: Any, *, integer: bool) -> bool:
@@ -269,5 +300,5 @@ def _batch(folder: ImageFolder, images: list[np.ndarray], kept: list[int]
     return np.stack(images), labels, list(kept)
 
 
-__all__ = ["IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "ONNX_METADATA", "ImageFolder", "NoReadableImagesError",
-           "Preprocess", "is_image_file", "iter_batches", "load_image", "scan_folder"]
+__all__ = ["IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "INPUT_DTYPES", "ONNX_METADATA", "ImageFolder",
+           "NoReadableImagesError", "Preprocess", "is_image_file", "iter_batches", "load_image", "scan_folder"]

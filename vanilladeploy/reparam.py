@@ -8,7 +8,7 @@ model runs slower.)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +56,33 @@ def merge_1x1(first: Pair, second: Pair) -> Pair:
     (w1, b1), (w2, b2) = first, second
     w2 = w2.to(torch.float64).flatten(1)
     return torch.einsum("om,mihw->oihw", w2, w1.to(torch.float64)), w2 @ b1.to(torch.float64) + b2.to(torch.float64)
+
+
+@torch.no_grad()
+def fold_pixel_normalization(state_dict: Mapping[str, Tensor], mean: Sequence[float], std: Sequence[float], *,
+                             key: str = "stem.0", fold_mean: bool = True) -> dict[str, Tensor]:
+    """Fold the input normalization x = (p/255 − m)/s into the first conv ``key``, so that it takes pixels p
+    (0–255) directly. Exact for a conv WITHOUT padding (every window reads real pixels):
+
+    conv(W, (p/255 − m)/s) + b = conv(W', p) + b' with
+    W'[o, c] = W[o, c] / (255·s_c),  b'[o] = b[o] − Σ_{c,kh,kw} W[o, c, kh, kw]·m_c/s_c.
+
+    A conv that zero-pads reads a padded zero as x = 0, i.e. the pixel 255·m, so its mean cannot be folded: with
+    ``fold_mean=False`` only the scale is, conv(W, q/(255·s)) + b = conv(W', q) + b with q = p − 255·m (exact with
+    padding too: a zero stays zero when scaled), and the caller subtracts 255·m before the conv.
+
+    A deploy-form state dict in, a new one out: ``key``'s weight and bias folded (float64, stored as float32 with
+    standard strides), every other tensor the same object.
+    """
+    weight, bias = state_dict[f"{key}.weight"].to(torch.float64), state_dict[f"{key}.bias"].to(torch.float64)
+    m = torch.tensor(mean, dtype=torch.float64).reshape(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).reshape(1, -1, 1, 1)
+    if m.numel() != weight.shape[1] or s.numel() != weight.shape[1]:
+        raise ValueError(f"mean/std have {m.numel()}/{s.numel()} channels; {key} takes {weight.shape[1]}")
+    if fold_mean:
+        bias = bias - (weight * (m / s)).sum(dim=(1, 2, 3))
+    folded = {f"{key}.weight": weight / (255.0 * s), f"{key}.bias": bias}
+    return {**state_dict, **{k: to_float32(v) for k, v in folded.items()}}
 
 
 def to_float32(t: Tensor) -> Tensor:

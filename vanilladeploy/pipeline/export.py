@@ -31,6 +31,7 @@ from vanilladeploy.pipeline.checks import RuntimeCheck
 from vanilladeploy.pipeline.fp16 import fp16_copy
 from vanilladeploy.pipeline.int8 import Int8Options, check_int8_options, int8_copy
 from vanilladeploy.pipeline.openvino import openvino_ir
+from vanilladeploy.pipeline.pixels import check_input_option, check_on_pixels, graph_weights
 from vanilladeploy.pipeline.report import (
     ArtifactRecord,
     ExportReport,
@@ -76,6 +77,8 @@ class ExportOptions:
     """Also build and verify a TensorRT engine (``--trt``)."""
     openvino: bool = False
     """Also write and verify the OpenVINO IR (``--openvino``)."""
+    input_dtype: str = "float32"
+    """``--input``: float32 (normalized images), or uint8 pixels the graph normalizes itself (:mod:`.pixels`)."""
 
 
 @dataclass
@@ -147,6 +150,7 @@ def check_export_options(source: str, opts: ExportOptions) -> None:
     if opts.precision != "int8" and opts.int8 is not None:
         raise UsageError("--calib has no effect without --precision int8: add it, or drop --calib.")
     check_opset(opts.opset)
+    check_input_option(opts.input_dtype, trt=opts.trt is not None)
     check_path("--out", opts.out_dir, directory=True)
     if opts.trt is not None:
         check_path("--timing-cache", opts.trt.timing_cache, directory=False)
@@ -172,8 +176,9 @@ def require_exact(info: LambdaInfo, *, allow_inexact: bool) -> None:
 def export_preprocess(ckpt: Checkpoint, opts: ExportOptions) -> Preprocess:
     """The official eval transform the artifacts are exported for: ``--img-size`` when given, else the checkpoint's
     ``args.input_size``, else 224; crop_pct and mean/std from the checkpoint's args or the defaults — each labelled
-    with its source (recorded in the report and in every ONNX's ``metadata_props``)."""
-    return Preprocess.from_args(ckpt.args, img_size=opts.img_size, img_size_source="--img-size")
+    with its source (recorded in the report and in every ONNX's ``metadata_props``); the ``--input`` dtype."""
+    pre = Preprocess.from_args(ckpt.args, img_size=opts.img_size, img_size_source="--img-size")
+    return pre if opts.input_dtype == "float32" else replace(pre, input_dtype=opts.input_dtype)
 
 
 def _check_img_size(arch: Architecture, pre: Preprocess) -> None:
@@ -235,8 +240,9 @@ def _fuse_and_verify(run: _Run, ckpt: Checkpoint, lam: LambdaInfo) -> VanillaNet
 def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_path: Path) -> onnx.ModelProto:
     opts, arch = run.opts, run.arch
     with run.timer.step("onnx_build_s", "Emitting the ONNX graph"):
-        model = build_onnx(deploy.state_dict(), arch.spec, act_num=arch.act_num, img_size=opts.img_size,
-                           opset=opts.opset, batch=opts.static_batch, metadata=metadata)
+        state_dict, pixels = graph_weights(deploy.state_dict(), arch.spec, run.preprocess)
+        model = build_onnx(state_dict, arch.spec, act_num=arch.act_num, img_size=opts.img_size, opset=opts.opset,
+                           batch=opts.static_batch, metadata=metadata, pixels=pixels)
     nodes_before = len(model.graph.node)
     if opts.simplify:
         with run.timer.step("onnx_simplify_s", "Simplifying with onnx-simplifier"):
@@ -244,7 +250,7 @@ def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_p
                 model = simplify_onnx(model)
             except Exception as e:
                 raise VerificationError(f"onnx-simplifier failed: {e}. Re-run with --no-simplify.") from None
-    contract = check_graph_contract(model, arch.spec)
+    contract = check_graph_contract(model, arch.spec, input_dtype=run.preprocess.input_dtype)
     run.report.onnx = OnnxSection(opts.opset, nodes_before, opts.simplify, contract)
     if not contract:
         raise VerificationError(f"the ONNX graph breaks the contract: {'; '.join(contract.problems)}")
@@ -281,6 +287,8 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
     inputs = random_inputs(opts.num_inputs, batch=batch, img_size=opts.img_size, seed=opts.seed)
     run = _Run(opts, arch, timer, report, inputs, pre)
     deploy = _fuse_and_verify(run, ckpt, lam)
+    if pre.input_dtype == "uint8":  # from here on, every graph is checked on pixels
+        run.inputs, run.references = check_on_pixels(deploy, arch.spec, pre, inputs_record, report)
     metadata = {"vanilladeploy_version": __version__, "variant": arch.name, "act_num": str(arch.act_num),
                 "num_classes": str(arch.num_classes), "source_sha256": ckpt.sha256 or "untrained",
                 "lambda": repr(lam.value), **pre.metadata(), "precision": "fp32"}

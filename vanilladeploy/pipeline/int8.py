@@ -31,6 +31,7 @@ from vanilladeploy.exporters.qdq import METHODS, CalibrationDataError, Int8Resul
 from vanilladeploy.images import ImageFolder, NoReadableImagesError, Preprocess, iter_batches, scan_folder
 from vanilladeploy.pipeline.fallback import Trial, conv_layers, default_max_fallback, parse_fallback, search
 from vanilladeploy.pipeline.options import Int8Options
+from vanilladeploy.pipeline.pixels import random_input
 from vanilladeploy.pipeline.report import (
     CalibrationRecord,
     ExportReport,
@@ -162,7 +163,8 @@ def int8_copy(name: str, fp32_onnx: Path, model: onnx.ModelProto, pre: Preproces
                 quantize(path, keep)
                 held = _held_out(fp32_onnx, path, pre, split, opts)
                 row = held["artifacts"][1]
-        latency = _latency(fp32_onnx, full, path, batch=min(EVAL_BATCH, len(split.holdout))) if keep else None
+        latency = _latency(fp32_onnx, full, path, batch=min(EVAL_BATCH, len(split.holdout)),
+                           input_dtype=pre.input_dtype) if keep else None
     passed = _passes(row, opts)
     _finish_metadata(path, model, opts, len(split.calibration) - len(skipped), keep)
     calibration = CalibrationRecord(opts.calib_method, str(opts.calib), len(split.calibration) - len(skipped),
@@ -207,9 +209,9 @@ def _finish_metadata(path: Path, model: onnx.ModelProto, opts: Int8Options, imag
     onnx.save(int8_model, path)
 
 
-def _latency(fp32: Path, full: Path, mixed: Path, *, batch: int) -> Int8Latency:
+def _latency(fp32: Path, full: Path, mixed: Path, *, batch: int, input_dtype: str = "float32") -> Int8Latency:
     """What the float layers cost: fp32, fully int8 and the chosen mix in ONNX Runtime, one interleaved run."""
-    x = np.random.default_rng(0).standard_normal((batch, *input_shape(fp32)[1:]), dtype=np.float32)
+    x = random_input((batch, *input_shape(fp32)[1:]), input_dtype)
     runners = {"fp32": OnnxRuntimeRunner(fp32), "int8": OnnxRuntimeRunner(full), "mixed": OnnxRuntimeRunner(mixed)}
     for runner in runners.values():
         runner.activate()

@@ -107,7 +107,7 @@ class TrainedLambdaCheck:
 
 @dataclass
 class VerificationSection(Section):
-    OPTIONAL = frozenset({"torch", "against_trained_lambda", "onnxruntime", "openvino", "onnxruntime_fp16"})
+    OPTIONAL = frozenset({"torch", "against_trained_lambda", "onnxruntime", "openvino", "onnxruntime_fp16", "pixels"})
 
     inputs: VerificationInputs
     torch: RuntimeCheck | None = None
@@ -116,6 +116,23 @@ class VerificationSection(Section):
     onnxruntime: RuntimeCheck | None = None
     openvino: RuntimeCheck | None = None
     onnxruntime_fp16: RuntimeCheck | None = None
+    pixels: VerificationInputs | None = None
+    """``--input uint8``: the graphs' inputs (uniform uint8 pixels), against the fused float model fed the same
+    pixels normalized; ``inputs`` are then the torch check's only."""
+
+
+@dataclass(frozen=True)
+class InputSection(Section):
+    """``--input uint8``: what the graph takes, and where the normalization x = (p/255 − mean)/std went."""
+
+    dtype: str
+    layout: str
+    normalization: str
+    """Folded into the stem conv, or (a stem that pads) its mean subtracted explicitly before it."""
+    reason: str
+    bytes_per_image: int
+    float32_bytes_per_image: int
+    reference: str
 
 
 @dataclass(frozen=True)
@@ -268,7 +285,7 @@ class ArtifactRecord(Section):
 class ExportReport(Section):
     """The whole report; the steps set their sections, the pipeline ``artifacts`` and ``timings_s`` last."""
 
-    OPTIONAL = frozenset({"reparameterization", "onnx", "openvino", "int8", "tensorrt"})
+    OPTIONAL = frozenset({"input", "reparameterization", "onnx", "openvino", "int8", "tensorrt"})
     KEYS = {"lambda_": "lambda"}
 
     tool: ToolSection
@@ -278,6 +295,8 @@ class ExportReport(Section):
     lambda_: LambdaSection
     preprocessing: Preprocess
     verification: VerificationSection
+    input: InputSection | None = None
+    """Only for ``--input uint8``."""
     reparameterization: ReparameterizationSection | None = None
     onnx: OnnxSection | None = None
     openvino: OpenVinoSection | None = None
@@ -296,7 +315,7 @@ class ExportReport(Section):
 
 
 __all__ = ["ArchitectureSection", "ArtifactRecord", "BuiltEngine", "CalibrationRecord", "ExportReport",
-           "FallbackRecord", "HoldoutRecord", "Int8Latency", "Int8Section", "Int8Verification", "LambdaSection",
-           "OnnxSection", "OpenVinoSection", "ReparameterizationSection", "Section", "SourceSection",
+           "FallbackRecord", "HoldoutRecord", "InputSection", "Int8Latency", "Int8Section", "Int8Verification",
+           "LambdaSection", "OnnxSection", "OpenVinoSection", "ReparameterizationSection", "Section", "SourceSection",
            "TensorRTSection", "ToolSection", "TrainedLambdaCheck", "TrtexecLines", "VerificationInputs",
            "VerificationSection", "plain"]

@@ -27,8 +27,18 @@ from vanilladeploy.runtimes import ONNX_RUNTIMES
 from vanilladeploy.runtimes.timing import Subject, timed_on_clock
 
 
+def as_model_input(x: np.ndarray, dtype: type, model: object) -> np.ndarray:
+    """``x`` as a graph input of ``dtype``: a float32 graph takes any numeric array (cast, as ever); a uint8 graph
+    (``export --input uint8``) only uint8 pixels — anything else is refused, never rounded to pixels."""
+    if np.dtype(dtype) == np.uint8 and np.asarray(x).dtype != np.uint8:
+        raise UsageError(f"{model} takes uint8 pixels (0-255, N×3×H×W RGB, after resize and crop), not "
+                         f"{np.asarray(x).dtype} data; give uint8 pixels (vanilladeploy.load(...).predict makes them "
+                         "from images).")
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
 class Runner(ABC):
-    """One backend that maps an NCHW float32 batch to logits."""
+    """One backend that maps an NCHW batch (float32, or uint8 pixels for a uint8-input graph) to logits."""
 
     name: str = "runner"
 
@@ -140,6 +150,7 @@ class OnnxRuntimeRunner(Runner):
                                    providers=self.providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        self.input_dtype = np.uint8 if self.session.get_inputs()[0].type == "tensor(uint8)" else np.float32
 
     def deactivate(self) -> None:
         self.session = None
@@ -147,7 +158,8 @@ class OnnxRuntimeRunner(Runner):
     def infer(self, x: np.ndarray) -> np.ndarray:
         if self.session is None:
             raise RuntimeError("OnnxRuntimeRunner.infer called outside 'with runner:'")
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        model = self.model_path if isinstance(self.model_path, (str, Path)) else "this ONNX"
+        return self.session.run(None, {self.input_name: as_model_input(x, self.input_dtype, model)})[0]
 
     def subject(self, inputs: Sequence[np.ndarray], *, include_copies: bool = False) -> Subject:
         if include_copies or "CUDAExecutionProvider" not in self.session.get_providers():
@@ -271,6 +283,8 @@ class OpenVinoRunner(Runner):
         self.compiled = compile_openvino(self.model_path, self.precision, hint=self.hint, threads=self.threads)
         self.compiled_precision = openvino_precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.request = self.compiled.create_infer_request()
+        uint8 = self.compiled.input(0).get_element_type().get_type_name() == "u8"
+        self.input_dtype = np.uint8 if uint8 else np.float32
 
     def deactivate(self) -> None:
         self.request = self.compiled = None
@@ -278,7 +292,7 @@ class OpenVinoRunner(Runner):
     def infer(self, x: np.ndarray) -> np.ndarray:
         if self.request is None:
             raise RuntimeError("OpenVinoRunner.infer called outside 'with runner:'")
-        self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        self.request.infer({0: as_model_input(x, self.input_dtype, self.model_path)})
         return np.array(self.request.get_output_tensor(0).data, copy=True)
 
 

@@ -3,7 +3,8 @@
 Pure: a :class:`ModelSignature` read from an ONNX file or an engine sidecar, plus :class:`RepoOptions`, give a
 ``ModelConfig`` message and its ``config.pbtxt`` text; :func:`check_servable` refuses, before anything is written,
 what Triton would refuse at load time (a fixed batch under ``max_batch_size > 0``, an engine profile below
-``max_batch_size``, I/O that is not float32, the wrong backend for the file); :func:`check_model_name` refuses a
+``max_batch_size``, an input that is neither float32 nor uint8 pixels, an output that is not float32, the wrong
+backend for the file); :func:`check_model_name` refuses a
 name that is not one safe directory of the repository. ``dims`` exclude the batch dimension when
 ``max_batch_size > 0``. proto3 text output drops zero/default values (``KIND_AUTO``, a delay of 0), which Triton
 reads back as the same defaults.
@@ -21,6 +22,9 @@ KINDS = ("cpu", "gpu")
 MODEL_FILES = {"onnxruntime": "model.onnx", "openvino": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
 """What Triton loads from ``<name>/1/`` per backend (the python backend's ``model.py`` runs ``model.onnx``)."""
 LABELS_FILE = "labels.txt"
+TRITON_DTYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}
+"""A tensor's element type (numpy's name, as :class:`TensorSpec` holds it) → Triton's ``DataType``: float32, and
+uint8 for the pixel input of an ``export --input uint8`` graph."""
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 """A model name is one directory of the repository: letters, digits, ``_ . -``, not starting with ``.`` or ``-``."""
 
@@ -154,10 +158,12 @@ def check_servable(signature: ModelSignature, opts: RepoOptions, backend: str) -
         raise RepoError("--backend openvino runs on the CPU: pass --kind cpu")
     if not signature.inputs or not signature.outputs:
         raise RepoError("the model has no inputs or no outputs")
-    bad = [t for t in (*signature.inputs, *signature.outputs) if t.dtype != "float32"]
+    bad = [t for t in signature.inputs if t.dtype not in TRITON_DTYPES]
+    bad += [t for t in signature.outputs if t.dtype != "float32"]
     if bad:
-        raise RepoError(f"tensor {bad[0].name!r} is {bad[0].dtype}; vanilladeploy serves float32 I/O (an fp16/int8 "
-                        "ONNX from vanilladeploy keeps float32 I/O)")
+        raise RepoError(f"tensor {bad[0].name!r} is {bad[0].dtype}; vanilladeploy serves float32 I/O, or uint8 "
+                        "pixels in (export --input uint8); an fp16/int8 ONNX from vanilladeploy keeps its input type "
+                        "and float32 logits")
     if opts.max_batch > 0 and not signature.dynamic_batch:
         fixed = signature.inputs[0].shape[0] if signature.inputs[0].shape else "none"
         raise RepoError(f"the model's batch dimension is fixed ({fixed}), but --max-batch {opts.max_batch} makes "
@@ -198,7 +204,7 @@ def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, bac
             cfg.parameters[key].string_value = value
     for spec, container in ((signature.inputs, cfg.input), (signature.outputs, cfg.output)):
         for t in spec:
-            entry = container.add(name=t.name, data_type=mc.TYPE_FP32)
+            entry = container.add(name=t.name, data_type=mc.DataType.Value(TRITON_DTYPES[t.dtype]))
             entry.dims.extend(t.shape[1:] if opts.max_batch > 0 else t.shape)
     if labels_file:
         cfg.output[0].label_filename = labels_file
@@ -228,7 +234,7 @@ def parse_config(text: str) -> Any:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-__all__ = ["BACKENDS", "LABELS_FILE", "MODEL_FILES", "PYTHON_PARAMETERS", "ModelSignature", "RepoError", "RepoOptions",
-           "TensorSpec", "build_config", "check_model_name", "check_servable", "config_text", "parse_config",
-           "plan_filename", "python_parameters", "resolve_backend", "resolve_kind", "signature_from_onnx",
-           "signature_from_sidecar"]
+__all__ = ["BACKENDS", "LABELS_FILE", "MODEL_FILES", "PYTHON_PARAMETERS", "TRITON_DTYPES", "ModelSignature",
+           "RepoError", "RepoOptions", "TensorSpec", "build_config", "check_model_name", "check_servable",
+           "config_text", "parse_config", "plan_filename", "python_parameters", "resolve_backend", "resolve_kind",
+           "signature_from_onnx", "signature_from_sidecar"]

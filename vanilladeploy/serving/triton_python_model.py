@@ -35,6 +35,8 @@ except ImportError:  # imported outside Triton: only the pure helpers below are 
 OPENVINO_PRECISIONS = {"": "f32", "fp32": "f32", "int8": "f32", "bf16": "bf16"}
 """The ``precision`` parameter → OpenVINO's inference precision (type name) it must compile to."""
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
+INPUT_TYPES = {"TYPE_FP32": np.float32, "TYPE_UINT8": np.uint8}
+"""The config's input ``data_type`` → what a request must carry (uint8: the pixels of an ``--input uint8`` export)."""
 
 
 def expected_shape(dims, max_batch_size):
@@ -43,10 +45,11 @@ def expected_shape(dims, max_batch_size):
     return (-1, *dims) if max_batch_size > 0 else dims
 
 
-def shape_problem(name, x, shape):
-    """None when ``x`` is FP32 with ``shape`` (``-1`` matches any size), else what is wrong."""
-    if x.dtype != np.float32:
-        return f"input '{name}' must be FP32, got {x.dtype}"
+def shape_problem(name, x, shape, dtype=np.float32):
+    """None when ``x`` is of ``dtype`` (FP32, or UINT8 pixels) with ``shape`` (``-1`` matches any size), else what
+    is wrong."""
+    if x.dtype != dtype:
+        return f"input '{name}' must be {'UINT8' if dtype == np.uint8 else 'FP32'}, got {x.dtype}"
     if x.ndim != len(shape) or any(d not in (-1, n) for d, n in zip(shape, x.shape)):
         wanted = ", ".join("N" if d == -1 else str(d) for d in shape)
         return f"input '{name}' must have shape [{wanted}], got {list(x.shape)}"
@@ -176,6 +179,7 @@ class TritonPythonModel:
         max_batch_size = int(config.get("max_batch_size", 0))
         self.batched = max_batch_size > 0
         self.shape = expected_shape(config["input"][0]["dims"], max_batch_size)
+        self.dtype = INPUT_TYPES.get(config["input"][0].get("data_type", "TYPE_FP32"), np.float32)
 
     def execute(self, requests):
         batches, responses = [], [None] * len(requests)
@@ -183,7 +187,7 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
             x = None if tensor is None else tensor.as_numpy()
             problem = f"missing input '{self.input_name}'" if x is None else shape_problem(self.input_name, x,
-                                                                                            self.shape)
+                                                                                            self.shape, self.dtype)
             if problem:
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(problem))
             else:
