@@ -413,3 +413,25 @@ def test_openvino_latency_and_throughput_answer_each_request_with_its_own_rows(e
         assert [y.shape for y in outputs] == [(1, 1000), (2, 1000), (1, 1000)]
         for y, e in zip(outputs, expected):
             assert compare(y, e, tolerance=1e-5), hint
+
+
+@pytest.mark.parametrize(("args", "code", "hint"), [
+    (["--runtime", "openvino", "--openvino-hint", "throughput"], 0, "THROUGHPUT"),
+    (["--runtime", "openvino"], 0, "LATENCY"),  # the default, written out in full
+    (["--openvino-hint", "THROUGHPUT"], 2, None),  # a hint for a runtime that was not asked for
+    (["--runtime", "openvino", "--openvino-hint", "fast"], 2, None),
+])
+def test_the_openvino_hint_is_chosen_on_the_command_line(export_dir: Path, tmp_path: Path, args: list[str],
+                                                         code: int, hint: str | None) -> None:
+    from typer.testing import CliRunner
+
+    from vanilladeploy.cli import app
+
+    result = CliRunner().invoke(app, ["repo", str(export_dir), "--out", str(tmp_path / "repo"), "--backend",
+                                      "python", *args])
+    assert result.exit_code == code, result.output
+    if hint is None:
+        assert "error:" in result.output and not (tmp_path / "repo").exists()
+    else:
+        (config,) = (tmp_path / "repo").glob("*/config.pbtxt")
+        assert parse_config(config.read_text()).parameters["openvino_hint"].string_value == hint

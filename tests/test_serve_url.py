@@ -210,9 +210,12 @@ def test_eval_url_of_a_pixels_model_equals_the_float_model_in_process(server: Tr
 
 
 def test_serve_bench_url_sends_pixels_to_a_pixels_model(server: TritonServer, exports: dict[str, Path]) -> None:
-    result = run_serve_bench(exports["pixels"], url=server.http_url, model=PIXELS, concurrency=(2,), requests=4)
-    (served,) = [r for r in result.records if SERVED in r["roles"]]
-    assert served["errors"] == 0 and result.config["served"]["datatype"] == "UINT8"
+    """The float baseline beside it runs the same pixels normalized (its own answers checked against itself)."""
+    result = run_serve_bench(exports["pixels"], url=server.http_url, model=PIXELS, concurrency=(2,), requests=4,
+                             baseline=exports["v5_48"] / f"{MODEL}.onnx")
+    assert [r["roles"] for r in result.records] == [[SERVED], [IN_PROCESS], ["baseline"]]
+    assert all(r["errors"] == 0 for r in result.records), result.records
+    assert result.config["served"]["datatype"] == "UINT8"
 
 
 def test_an_image_ensemble_on_a_pixels_model_answers_like_the_float_model(server: TritonServer,

@@ -41,6 +41,11 @@ Labels = Annotated[Optional[str], typer.Option("--labels", help="Class names for
 Runtime = Annotated[Optional[str], typer.Option("--runtime", help="What runs the model inside Triton's python "
                                                 f"backend: {' or '.join(ONNX_RUNTIMES)}.",
                                                 show_default="onnxruntime")]
+OpenVinoHint = Annotated[Optional[str], typer.Option(
+    "--openvino-hint", help="With --runtime openvino: LATENCY runs each dynamic batch as one inference over every "
+    "core (best with few clients in flight); THROUGHPUT runs each request on its own stream (best under load on "
+    "some CPUs, about half the speed of LATENCY at one client). Measured in docs/serving.md.",
+    show_default="LATENCY")]
 Images = Annotated[bool, typer.Option("--images", help="Also an image ensemble <model>_image: clients send encoded "
                                       "JPEG/PNG/WebP files (BYTES, one per batch element), preprocessed in the server "
                                       "exactly as the export records; with --labels, Triton's classification "

@@ -21,6 +21,7 @@ from vanilladeploy.cli.options import (
     JsonPrint,
     Labels,
     MaxBatch,
+    OpenVinoHint,
     QueueDelay,
     Runtime,
     ServedName,
@@ -29,6 +30,18 @@ from vanilladeploy.cli.options import (
 )
 
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def runtime_parameters(runtime: str | None, openvino_hint: str | None) -> dict[str, str]:
+    """The python backend's parameters asked for on the command line (``check_runtime`` refuses a bad pair)."""
+    parameters = {} if runtime is None else {"runtime": runtime}
+    if openvino_hint is not None:
+        if runtime != "openvino":
+            from vanilladeploy.errors import UsageError
+
+            raise UsageError("--openvino-hint is how OpenVINO runs inside Triton: add --runtime openvino.")
+        parameters["openvino_hint"] = openvino_hint.upper()
+    return parameters
 
 
 def repo(
@@ -50,6 +63,7 @@ def repo(
     max_queue_delay_us: QueueDelay = DEFAULT_QUEUE_DELAY_US,
     labels: Labels = None,
     runtime: Runtime = None,
+    openvino_hint: OpenVinoHint = None,
     images: Images = False,
     verbose: Verbose = False,
 ) -> None:
@@ -61,7 +75,7 @@ def repo(
     def run() -> None:
         opts = RepoOptions(name=name, backend=backend, max_batch=max_batch, instances=instances, kind=kind,
                            max_queue_delay_us=max_queue_delay_us, labels=labels,
-                           parameters={} if runtime is None else {"runtime": runtime})
+                           parameters=runtime_parameters(runtime, openvino_hint))
         result = write_repository(source, out_dir, opts, images=images)
         out.print(escape(result.config_text), soft_wrap=True)
         for path in result.files:
@@ -87,6 +101,7 @@ def serve(
     max_queue_delay_us: QueueDelay = DEFAULT_QUEUE_DELAY_US,
     labels: Labels = None,
     runtime: Runtime = None,
+    openvino_hint: OpenVinoHint = None,
     images: Images = False,
     verbose: Verbose = False,
 ) -> None:
@@ -106,7 +121,7 @@ def serve(
         ports = TritonPorts(http=http_port, grpc=grpc_port, metrics=metrics_port)
         opts = RepoOptions(backend="python", max_batch=max_batch, instances=instances, kind=None,
                            max_queue_delay_us=max_queue_delay_us, labels=labels,
-                           parameters={} if runtime is None else {"runtime": runtime})
+                           parameters=runtime_parameters(runtime, openvino_hint))
         serve_forever(source, ports, opts, on_ready=_render_serving, images=images,
                       on_event=lambda message: err.print(escape(message), soft_wrap=True))
 
@@ -135,6 +150,7 @@ def serve_bench(
         "--protocol", help="Triton protocol(s); with --url one of http or grpc.",
         show_default="both; with --url: the URL's scheme, else http")] = None,
     runtime: Runtime = None,
+    openvino_hint: OpenVinoHint = None,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="The ONNX that in-process ONNX Runtime "
                                                      "runs beside Triton (e.g. the fp32 export, when Triton serves "
                                                      "the int8 one).", show_default="the served ONNX")] = None,
@@ -149,6 +165,7 @@ def serve_bench(
     process, and in-process ONNX Runtime on --baseline; throughput, p50/p99 latency, errors, served ÷ in-process.
     Every answer is checked against its own model in process."""
     from vanilladeploy.serving.bench import run_serve_bench
+    from vanilladeploy.serving.triton_config import RepoOptions
     from vanilladeploy.validate import check_path, int_list
 
     def run() -> None:
@@ -157,7 +174,8 @@ def serve_bench(
         with ProgressDisplay() as progress:
             result = run_serve_bench(source, concurrency=levels, requests=requests, batch=batch,
                                      protocol=protocol, runtime="onnxruntime" if runtime is None else runtime,
-                                     baseline=baseline, url=url, model=model, progress=progress)
+                                     baseline=baseline, url=url, model=model, progress=progress,
+                                     options=RepoOptions(parameters=runtime_parameters(runtime, openvino_hint)))
         if as_json:
             print_json(result.document())
         else:

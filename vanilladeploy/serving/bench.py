@@ -71,6 +71,7 @@ class Contender:
     roles: tuple[str, ...]
     factory: SenderFactory
     check: Check
+    inputs: Sequence[np.ndarray] | None = None  # its own requests (a float baseline beside a pixels model), else all
 
 
 def free_ports(host: str = "127.0.0.1") -> TritonPorts:
@@ -116,10 +117,32 @@ def _in_process(onnx_path: Path, parameters: dict[str, str], inputs: Sequence[np
 
 
 def _baseline(path: Path, inputs: Sequence[np.ndarray]) -> Contender:
+    feed = _as_taken_by(path, inputs)
     with onnx_runner(path, "onnxruntime") as runner:
-        references = [runner.infer(x) for x in inputs]
+        references = [runner.infer(x) for x in feed]
     return Contender("onnxruntime-inprocess", (BASELINE,), onnxruntime_sender_factory(str(path)),
-                     _checker(references, "ONNX Runtime"))
+                     _checker(references, "ONNX Runtime"), feed)
+
+
+def _as_taken_by(path: Path, inputs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """``inputs`` as the model at ``path`` takes them: uint8 pixels normalized (its recorded preprocessing) for a
+    float model, so a float baseline runs the very images a pixels model is sent; anything else as it is."""
+    if inputs[0].dtype != np.uint8 or _takes_pixels(path):
+        return inputs
+    import onnx
+
+    from vanilladeploy.images import Preprocess
+
+    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    pre = Preprocess.from_metadata(meta) or Preprocess()
+    return [pre.normalize(x) for x in inputs]
+
+
+def _takes_pixels(path: Path) -> bool:
+    import onnx
+
+    graph_input = onnx.load(path, load_external_data=False).graph.input[0]
+    return graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
 
 
 def _served(server: TritonServer, protocols: Sequence[str], model: str, label: str, check: Check,
@@ -185,7 +208,9 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
         parameters = {k: v.string_value for k, v in cfg.parameters.items()}
         precision, digest = onnx_precision_of(onnx_path), sha256_of(onnx_path)
         rng = np.random.default_rng(0)
-        inputs = [rng.standard_normal((batch, *cfg.input[0].dims), dtype=np.float32) for _ in range(4)]
+        shape = (batch, *cfg.input[0].dims)
+        inputs = ([rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(4)] if _takes_pixels(onnx_path) else
+                  [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)])
         local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision))
         progress(Step("Starting Triton Inference Server"))
         server = stack.enter_context(TritonServer(Path(scratch), free_ports(), model=model))
@@ -308,7 +333,7 @@ def _measure(contenders: Sequence[Contender], inputs: Sequence[np.ndarray], conc
     for level in concurrency:
         for contender in contenders:
             progress(Step(f"{contender.backend} · concurrency {level}"))
-            stats = measure_load(contender.factory, inputs, concurrency=level, requests=requests,
+            stats = measure_load(contender.factory, contender.inputs or inputs, concurrency=level, requests=requests,
                                  check=contender.check)
             records.append(_record(contender, model, len(inputs[0]), stats.as_dict()))
     return records
