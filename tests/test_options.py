@@ -27,6 +27,7 @@ SERVE_BENCH = ("serve-bench", "{onnx}")
 BENCH = ("bench", "--models", "vanillanet_5", "--runtimes", "onnxruntime", "--cache-dir", "{tmp}/cache")
 EVAL = ("eval", "{onnx}", "--data", "{images}")
 OPTIMIZE = ("optimize", "vanillanet_5", "--calib", "{images}")
+DEPLOY = ("deploy", "{onnx}", "--out", "{tmp}/out")
 
 CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     # (command and the arguments it needs, option, bad values: wrong type, out of range, empty …)
@@ -119,6 +120,28 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (OPTIMIZE, "--key", ["model"]),
     (OPTIMIZE, "--warmup", ["x", "-1", ""]),
     (OPTIMIZE, "--iters", ["x", "0", ""]),
+    (EXPORT, "--input", ["int16", ""]),
+    (REPO, "--openvino-hint", ["fast", ""]),  # also: a hint without --runtime openvino
+    (REPO + ("--backend", "python", "--runtime", "openvino"), "--openvino-hint", ["fast"]),
+    (SERVE, "--openvino-hint", ["THROUGHPUT"]),  # without --runtime openvino
+    (SERVE_BENCH, "--openvino-hint", ["THROUGHPUT"]),
+    (SERVE_BENCH, "--url", ["", "localhost", "ftp://h:1", "h:port"]),
+    (SERVE_BENCH, "--model", ["x"]),  # without --url
+    (EVAL, "--url", ["", "localhost"]),
+    (EVAL, "--model", ["x"]),  # without --url
+    (EVAL, "--protocol", ["udp", "grpc"]),  # without --url
+    (("deploy", "{onnx}"), "--out", ["", "{file}"]),
+    (DEPLOY + ("--kserve",), "--storage-uri", ["", "ftp://x"]),
+    (DEPLOY + ("--k8s",), "--pvc", ["", "Bad_Name"]),
+    (DEPLOY, "--name", ["", "Bad_Name"]),
+    (DEPLOY, "--triton-version", ["x", ""]),
+    (DEPLOY, "--kserve-mode", ["Serverless", ""]),
+    (DEPLOY, "--backend", ["tflite", ""]),
+    (DEPLOY, "--labels", ["", "{tmp}/missing.txt"]),
+    (DEPLOY, "--replicas", ["x", "3:1", ""]),
+    (DEPLOY, "--target-rps", ["x", "0", ""]),
+    (DEPLOY, "--p99-ms", ["x", "0", ""]),
+    (DEPLOY, "--bench", ["", "{tmp}/missing.json"]),
 ]
 
 

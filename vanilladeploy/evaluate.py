@@ -248,8 +248,10 @@ class EvalResult:
 
 def check_eval_options(data: Path, *, arch: str | None = None, json_path: Path | None = None,
                        runtime: str = "onnxruntime", precision: str = "fp32", url: str | None = None,
-                       protocol: str | None = None) -> None:
+                       protocol: str | None = None, model: str | None = None) -> None:
     """What ``eval`` refuses before opening any artifact."""
+    if model is not None and url is None:
+        raise UsageError("--model names a model on the server at --url; give --url HOST:PORT too.")
     if url is not None:
         from vanilladeploy.serving.client import parse_endpoint
 
@@ -283,7 +285,8 @@ def evaluate(artifacts: Sequence[str | Artifact], data: Path, *, limit: int | No
     if not artifacts:
         raise UsageError("give at least one artifact to evaluate" + (" (the one the server at --url serves: the "
                                                                       "reference)." if url else "."))
-    check_eval_options(data, arch=arch, runtime=runtime, precision=precision, url=url, protocol=protocol)
+    check_eval_options(data, arch=arch, runtime=runtime, precision=precision, url=url, protocol=protocol,
+                       model=model)
     folder = scan_folder(data)
     opened = [a if isinstance(a, Artifact) else open_artifact(a, arch=arch, runtime=runtime, precision=precision)
               for a in artifacts]

@@ -48,7 +48,7 @@ def eval_(
 
     def run() -> None:
         check_eval_options(data, arch=arch, json_path=json_path, runtime=runtime, precision=precision, url=url,
-                           protocol=protocol)
+                           protocol=protocol, model=model)
         with ProgressDisplay() as progress:
             result = evaluate(artifacts, data, limit=limit, batch=batch, arch=arch, progress=progress,
                               runtime=runtime, precision=precision, url=url, model=model, protocol=protocol)

@@ -194,7 +194,7 @@ def size(*, artifact: ArtifactIdentity, model_bytes: int, bench: Path | None = N
     given = [name for name, v in (("--target-rps", target_rps), ("--p99-ms", p99_ms), ("--bench", bench))
              if v is not None]
     if not given:
-        low, high = parse_replicas(replicas) if replicas else DEFAULT_REPLICAS
+        low, high = parse_replicas(replicas) if replicas is not None else DEFAULT_REPLICAS
         return Sizing(low, high, str(DEFAULT_CPU), memory)
     if len(given) < 3:
         raise UsageError(f"{', '.join(given)} without the others: sizing from a measurement needs --target-rps, "
