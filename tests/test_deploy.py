@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ from typer.testing import CliRunner, Result
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.cli import app
 from vanilladeploy.errors import MissingDependencyError
-from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.serving.manifests import kserve_sdk
 from vanilladeploy.serving.triton_config import parse_config
 
@@ -42,10 +42,8 @@ def error_lines(result: Result) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "v5"
-    export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=32))
-    return out
+def export_dir(vanillanet_5_export: Callable[[int], Path]) -> Path:
+    return vanillanet_5_export(32)  # shared with the serving tests; read only
 
 
 @pytest.fixture(scope="module")

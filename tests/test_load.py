@@ -7,7 +7,27 @@ import time
 
 import numpy as np
 
-from vanilladeploy.benchmarks.load import measure_load, shared_sender_factory
+from vanilladeploy.benchmarks.load import Send, measure_load, shared_sender_factory
+
+
+class _Occupancy:
+    """How many calls of a wrapped function were inside it at once, at most (``peak``)."""
+
+    def __init__(self) -> None:
+        self.active, self.peak, self.lock = 0, 0, threading.Lock()
+
+    def timed(self, answer: Send, *, seconds: float) -> Send:
+        """``answer`` after ``seconds`` of sleep, counted while inside."""
+        def call(x: np.ndarray) -> np.ndarray:
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            time.sleep(seconds)
+            with self.lock:
+                self.active -= 1
+            return answer(x)
+
+        return call
 
 
 def test_every_request_is_counted_and_timed() -> None:
@@ -56,23 +76,12 @@ def test_clients_really_run_concurrently() -> None:
     the other (ideally a quarter of the time; the bound leaves this machine's scheduling half of it)."""
     walls, peaks = {}, {}
     for concurrency in (1, 4):
-        active, peak, lock = 0, 0, threading.Lock()
-
-        def factory():
-            def send(x: np.ndarray) -> np.ndarray:
-                nonlocal active, peak
-                with lock:
-                    active += 1
-                    peak = max(peak, active)
-                time.sleep(0.02)
-                with lock:
-                    active -= 1
-                return x
-            return send
-
-        stats = measure_load(factory, [np.zeros((1, 1), np.float32)], concurrency=concurrency, requests=16, warmup=0)
+        occupancy = _Occupancy()
+        send = occupancy.timed(lambda x: x, seconds=0.02)
+        stats = measure_load(lambda: send, [np.zeros((1, 1), np.float32)], concurrency=concurrency, requests=16,
+                             warmup=0)
         assert stats.errors == 0 and stats.requests == 16
-        walls[concurrency], peaks[concurrency] = stats.wall_s, peak
+        walls[concurrency], peaks[concurrency] = stats.wall_s, occupancy.peak
     assert peaks == {1: 1, 4: 4}
     assert walls[4] < 0.5 * walls[1], walls
 
@@ -86,20 +95,10 @@ def test_a_client_that_cannot_connect_fails_its_requests() -> None:
 
 
 def test_a_shared_runner_answers_one_request_at_a_time() -> None:
-    active, peak, lock = 0, 0, threading.Lock()
-
-    def infer(x: np.ndarray) -> np.ndarray:  # like one OpenVINO infer request: never two inferences at once
-        nonlocal active, peak
-        with lock:
-            active += 1
-            peak = max(peak, active)
-        time.sleep(0.005)
-        with lock:
-            active -= 1
-        return x + 1
-
+    occupancy = _Occupancy()
+    infer = occupancy.timed(lambda x: x + 1, seconds=0.005)  # like one OpenVINO infer request
     inputs = [np.full((1, 2), i, np.float32) for i in range(4)]
     stats = measure_load(shared_sender_factory(infer), inputs, concurrency=4, requests=24, warmup=1,
                          check=lambda i, y: None if np.array_equal(y, inputs[i] + 1) else "wrong")
     assert stats.errors == 0 and stats.latency is not None and stats.latency.iterations == 24
-    assert peak == 1  # four client threads, one inference at a time
+    assert occupancy.peak == 1  # four client threads, one inference at a time

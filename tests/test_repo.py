@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,8 @@ require("tritonclient.grpc", "the serve extra (tritonclient) is not installed", 
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "v5"
-    export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=32))
-    return out
+def export_dir(vanillanet_5_export: Callable[[int], Path]) -> Path:
+    return vanillanet_5_export(32)  # shared with the serving tests; read only
 
 
 @pytest.fixture(scope="module")
