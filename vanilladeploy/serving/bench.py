@@ -127,22 +127,23 @@ def _baseline(path: Path, inputs: Sequence[np.ndarray]) -> Contender:
 def _as_taken_by(path: Path, inputs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
     """``inputs`` as the model at ``path`` takes them: uint8 pixels normalized (its recorded preprocessing) for a
     float model, so a float baseline runs the very images a pixels model is sent; anything else as it is."""
-    if inputs[0].dtype != np.uint8 or _takes_pixels(path):
+    if inputs[0].dtype != np.uint8:
         return inputs
-    import onnx
-
+    taken = read_onnx_input(path)
+    if taken.pixels:
+        return inputs
     from vanilladeploy.images import Preprocess
 
-    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-    pre = Preprocess.from_metadata(meta) or Preprocess()
+    pre = Preprocess.from_metadata(taken.meta) or Preprocess()
     return [pre.normalize(x) for x in inputs]
 
 
-def _takes_pixels(path: Path) -> bool:
-    import onnx
-
-    graph_input = onnx.load(path, load_external_data=False).graph.input[0]
-    return graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+def _request_batches(shape: tuple[int, ...], *, pixels: bool, dtype: Any = np.float32) -> list[np.ndarray]:
+    """Four seeded request batches: uniform uint8 pixels for a model that takes them, else standard normal."""
+    rng = np.random.default_rng(0)
+    if pixels:
+        return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(4)]
+    return [rng.standard_normal(shape, dtype=np.float32).astype(dtype) for _ in range(4)]
 
 
 def _served(server: TritonServer, protocols: Sequence[str], model: str, label: str, check: Check,
@@ -206,11 +207,9 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
         model, onnx_path = repo.model_dir.name, repo.model_dir / "1" / "model.onnx"
         cfg = parse_config(repo.config_text)
         parameters = {k: v.string_value for k, v in cfg.parameters.items()}
-        precision, digest = onnx_precision_of(onnx_path), sha256_of(onnx_path)
-        rng = np.random.default_rng(0)
-        shape = (batch, *cfg.input[0].dims)
-        inputs = ([rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(4)] if _takes_pixels(onnx_path) else
-                  [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)])
+        taken, digest = read_onnx_input(onnx_path), sha256_of(onnx_path)
+        precision = taken.precision
+        inputs = _request_batches((batch, *cfg.input[0].dims), pixels=taken.pixels)
         local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision))
         progress(Step("Starting Triton Inference Server"))
         server = stack.enter_context(TritonServer(Path(scratch), free_ports(), model=model))
@@ -243,8 +242,9 @@ def run_remote_bench(source: Path, url: str, *, model: str | None = None, protoc
     load_before = os.getloadavg()
     progress(Step(f"Asking {endpoint} what it serves"))
     served = describe_served(endpoint, model)
-    inputs = _inputs_for(served, onnx_path, batch)
-    parameters, precision = {"runtime": runtime}, onnx_precision_of(onnx_path)
+    taken = read_onnx_input(onnx_path)
+    inputs = _inputs_for(served, taken, onnx_path.name, batch)
+    parameters, precision = {"runtime": runtime}, taken.precision
     with ExitStack() as stack:
         local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision))
         remote = Contender(f"remote-{endpoint.protocol}", (SERVED,), _remote_factory(served, stack), local.check)
@@ -272,17 +272,12 @@ def _local_onnx(source: Path) -> Path:
     return found.model_file
 
 
-def _inputs_for(served: ServedModel, onnx_path: Path, batch: int) -> list[np.ndarray]:
-    """Four request batches the served model takes, refused when it is not the artifact ``onnx_path`` is (another
-    image size, channel count or input type)."""
-    import onnx
-
-    graph_input = onnx.load(onnx_path, load_external_data=False).graph.input[0]
-    dims = [d.dim_value or -1 for d in graph_input.type.tensor_type.shape.dim]
-    elem = onnx.helper.tensor_dtype_to_np_dtype(graph_input.type.tensor_type.elem_type)
-    if list(served.shape[1:]) != dims[1:] or np.dtype(DTYPES[served.datatype]) != elem:
+def _inputs_for(served: ServedModel, taken: OnnxInput, name: str, batch: int) -> list[np.ndarray]:
+    """Four request batches the served model takes, refused when it is not the artifact ``taken`` describes (the
+    ONNX ``name``: another image size, channel count or input type)."""
+    if list(served.shape[1:]) != taken.dims[1:] or np.dtype(DTYPES[served.datatype]) != taken.dtype:
         raise UsageError(f"{served.endpoint} serves {served.name} taking {served.datatype} {list(served.shape)}, "
-                         f"but {onnx_path.name} takes {elem.name} {dims}: not the same artifact (--model NAME "
+                         f"but {name} takes {taken.dtype.name} {taken.dims}: not the same artifact (--model NAME "
                          "picks another model there).")
     if served.min_batch == served.max_batch != batch:
         raise UsageError(f"{served.name} takes batches of exactly {served.min_batch}: use --batch "
@@ -290,11 +285,7 @@ def _inputs_for(served: ServedModel, onnx_path: Path, batch: int) -> list[np.nda
     if served.max_batch is not None and served.max_batch < batch:
         raise UsageError(f"{served.name} takes at most {served.max_batch} images per request: --batch "
                          f"{served.max_batch} or less.")
-    rng = np.random.default_rng(0)
-    shape = (batch, *served.shape[1:])
-    if served.datatype == "UINT8":
-        return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(4)]
-    return [rng.standard_normal(shape, dtype=np.float32).astype(DTYPES[served.datatype]) for _ in range(4)]
+    return _request_batches((batch, *served.shape[1:]), pixels=taken.pixels, dtype=DTYPES[served.datatype])
 
 
 def _rows_config(source: Path, baseline: Path | None, parameters: dict[str, str], precision: str) -> dict[str, Any]:
@@ -339,13 +330,38 @@ def _measure(contenders: Sequence[Contender], inputs: Sequence[np.ndarray], conc
     return records
 
 
-def onnx_precision_of(path: Path) -> str:
-    """The ``precision`` an exported ONNX records (fp32 when it records none)."""
+@dataclass(frozen=True)
+class OnnxInput:
+    """What an ONNX file takes and records, read in one load (our exports embed their weights, so a load reads the
+    whole file): its input's element type and dims (-1: dynamic), its ``metadata_props``."""
+
+    dtype: np.dtype
+    dims: list[int]
+    meta: dict[str, str]
+
+    @property
+    def pixels(self) -> bool:
+        return self.dtype == np.uint8
+
+    @property
+    def precision(self) -> str:
+        """The ``precision`` an exported ONNX records (fp32 when it records none)."""
+        return self.meta.get("precision", "fp32")
+
+
+def read_onnx_input(path: Path) -> OnnxInput:
     import onnx
 
-    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-    return meta.get("precision", "fp32")
+    model = onnx.load(path, load_external_data=False)
+    tensor_type = model.graph.input[0].type.tensor_type
+    return OnnxInput(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)),
+                     [d.dim_value or -1 for d in tensor_type.shape.dim], {p.key: p.value for p in model.metadata_props})
+
+
+def onnx_precision_of(path: Path) -> str:
+    """The ``precision`` an exported ONNX records (fp32 when it records none)."""
+    return read_onnx_input(path).precision
 
 
 __all__ = ["BASELINE", "DEFAULT_REQUESTS", "IN_PROCESS", "SERVED", "LoadResult", "add_ratios", "free_ports",
-           "in_process_precision", "run_remote_bench", "run_serve_bench"]
+           "in_process_precision", "onnx_precision_of", "read_onnx_input", "run_remote_bench", "run_serve_bench"]
