@@ -84,17 +84,14 @@ def parse_endpoint(url: str, protocol: str | None = None) -> Endpoint:
 def client_for(endpoint: Endpoint, timeout_s: float) -> Any:
     """A tritonclient client for ``endpoint`` (one per thread: the HTTP client cannot cross threads)."""
     try:
-        if endpoint.protocol == "http":
-            import tritonclient.http as module
-
-            return module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl, network_timeout=timeout_s,
-                                                connection_timeout=timeout_s)
-        import tritonclient.grpc as module
-
-        return module.InferenceServerClient(endpoint.address)
+        module = _module(endpoint)
     except ImportError as e:
         raise MissingDependencyError(f"talking to a server needs tritonclient ({e}): {install_hint('serve')}") \
             from None
+    if endpoint.protocol == "http":
+        return module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl, network_timeout=timeout_s,
+                                            connection_timeout=timeout_s)
+    return module.InferenceServerClient(endpoint.address)
 
 
 def describe_served(endpoint: Endpoint, model: str | None = None, *, timeout_s: float = 10.0) -> ServedModel:
@@ -196,6 +193,7 @@ class TritonRunner(Runner):
 
 
 def _module(endpoint: Endpoint) -> Any:
+    """tritonclient's module for the endpoint's protocol."""
     if endpoint.protocol == "http":
         import tritonclient.http as module
     else:
