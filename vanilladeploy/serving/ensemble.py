@@ -145,10 +145,5 @@ def write_image_ensemble(plan: ImagePlan, out: Path) -> list[Path]:
     return written
 
 
-def ensemble_summary(plan: ImagePlan) -> dict[str, Any]:
-    return {"model": plan.ensemble_name, "input": f"{IMAGE_INPUT} (BYTES: one encoded image per batch element)",
-            "steps": [plan.preprocess_name, plan.classifier], "labels": bool(plan.labels)}
-
-
-__all__ = ["IMAGE_INPUT", "ImagePlan", "ensemble_summary", "image_names", "plan_image_ensemble",
+__all__ = ["IMAGE_INPUT", "ImagePlan", "image_names", "plan_image_ensemble",
            "recorded_preprocess", "write_image_ensemble"]
