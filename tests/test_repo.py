@@ -347,6 +347,7 @@ def test_what_is_asked_for_wins_over_the_measured_defaults(export_dir: Path, tmp
     (RepoOptions(backend="python", max_batch=8, preferred_batch_sizes=(4, 16)), "each must be 1..--max-batch"),
     (RepoOptions(backend="python", parameters={"runtime": "openvino", "openvino_hint": "FAST"}), "openvino_hint"),
     (RepoOptions(backend="python", parameters={"runtime": "openvino", "precision": "fp16"}), "precision 'fp16'"),
+    (RepoOptions(backend="python", parameters={"openvino_hint": "THROUGHPUT"}), "add --runtime openvino"),  # API too
 ])
 def test_settings_model_py_would_refuse_are_refused_before_writing(export_dir: Path, tmp_path: Path,
                                                                    opts: RepoOptions, message: str) -> None:

@@ -36,13 +36,6 @@ def runtime_parameters(runtime: str | None, openvino_hint: str | None) -> dict[s
     """The python backend's parameters asked for on the command line (``check_runtime`` refuses a bad pair)."""
     parameters = {} if runtime is None else {"runtime": runtime}
     if openvino_hint is not None:
-        from vanilladeploy.errors import UsageError
-        from vanilladeploy.serving.triton_python_model import OPENVINO_HINTS
-
-        if runtime != "openvino":
-            raise UsageError("--openvino-hint is how OpenVINO runs inside Triton: add --runtime openvino.")
-        if openvino_hint.upper() not in OPENVINO_HINTS:
-            raise UsageError(f"--openvino-hint {openvino_hint!r}: choose {' or '.join(OPENVINO_HINTS)}.")
         parameters["openvino_hint"] = openvino_hint.upper()
     return parameters
 

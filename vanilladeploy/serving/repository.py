@@ -198,7 +198,9 @@ def check_runtime(parameters: dict[str, str], backend: str) -> None:
     """``--runtime`` names one of :data:`PYTHON_RUNTIMES` and needs the python backend (a native backend is its own
     runtime); OpenVINO's ``precision`` and ``openvino_hint`` are ones ``model.py`` accepts (it would refuse them at
     load time, inside Triton)."""
-    runtime = parameters.get("runtime")
+    runtime, hint = parameters.get("runtime"), parameters.get("openvino_hint")
+    if hint is not None and runtime != "openvino":
+        raise UsageError("--openvino-hint is how OpenVINO runs inside Triton: add --runtime openvino.")
     if runtime is None:
         return
     if runtime not in PYTHON_RUNTIMES:
@@ -207,8 +209,11 @@ def check_runtime(parameters: dict[str, str], backend: str) -> None:
         raise UsageError(f"--runtime {runtime} runs inside Triton's python backend, not the {backend} backend: add "
                          "--backend python.")
     if runtime == "openvino":
-        from vanilladeploy.serving.triton_python_model import openvino_config
+        from vanilladeploy.serving.triton_python_model import OPENVINO_HINTS, openvino_config
 
+        if hint is not None and hint not in OPENVINO_HINTS:
+            raise UsageError(f"--openvino-hint {hint!r} (the config's openvino_hint): choose "
+                             f"{' or '.join(OPENVINO_HINTS)}.")
         try:
             openvino_config(parameters)
         except ValueError as e:
