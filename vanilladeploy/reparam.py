@@ -41,10 +41,10 @@ def fuse_conv_bn(weight: Tensor, bias: Tensor | None, bn: BatchNormStats) -> Pai
 
     W' = W·γ/σ (per output channel), b' = (b − μ)·γ/σ + β; ``bias=None`` means b = 0 (the depthwise act conv).
     """
-    weight = weight.to(torch.float64)
+    weight = weight.to(torch.float64, copy=True)  # scaled in place: one float64 copy of the weight, not two
     bias = torch.zeros_like(bn.mean) if bias is None else bias.to(torch.float64)
     scale = bn.gamma / torch.sqrt(bn.var + bn.eps)
-    return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))), (bias - bn.mean) * scale + bn.beta
+    return weight.mul_(scale.reshape(-1, *([1] * (weight.dim() - 1)))), (bias - bn.mean) * scale + bn.beta
 
 
 @torch.no_grad()
@@ -115,9 +115,14 @@ class ReparamResult:
 def _certify(layer: str, tensors64: dict[str, Tensor], out: dict[str, Tensor]) -> LayerCertificate:
     stored = {k: to_float32(v) for k, v in tensors64.items()}
     out.update(stored)
-    diff = torch.cat([(stored[k].to(torch.float64) - v).flatten() for k, v in tensors64.items()])
+    # stored − float64 value of every tensor, written into one flat vector (no per-tensor temporaries)
+    diff, start = torch.empty(sum(v.numel() for v in tensors64.values()), dtype=torch.float64), 0
+    for k, v in tensors64.items():
+        diff[start:start + v.numel()].view(v.shape).copy_(stored[k]).sub_(v)
+        start += v.numel()
     ref = torch.cat([v.flatten() for v in tensors64.values()])
-    return LayerCertificate(layer, diff.abs().max().item(), (diff.norm() / ref.norm().clamp_min(1e-300)).item())
+    rel_l2 = (diff.norm() / ref.norm().clamp_min(1e-300)).item()
+    return LayerCertificate(layer, diff.abs_().max().item(), rel_l2)
 
 
 def _act(sd: Mapping[str, Tensor], prefix: str) -> Pair:

@@ -136,9 +136,35 @@ for _name, _command in COMMANDS.items():
     app.command(_name, epilog=EXIT_CODES_HELP)(_command)
 
 
+def tune_allocator() -> None:
+    """Let this process keep and reuse the memory its large tensors free, on Linux with glibc; elsewhere nothing
+    changes. Called by the console script only: it is the whole process's allocator, not a library's to change.
+
+    glibc maps every block over 32 MB on its own and unmaps it when freed, so each float64 copy of a weight is
+    faulted in afresh, 4 KiB at a time: ``export vanillanet_13`` took 2.8 million page faults, 7–12 s of system time
+    in a 14–19 s run (2-core Xeon VM, docs/export.md). ``mallopt`` keeps freed blocks in the heap, and PyTorch's
+    ``THP_MEM_ALLOC_ENABLE`` (read when torch is imported, so only before that) backs its tensors with 2 MiB pages:
+    0.3 million faults. An explicit ``THP_MEM_ALLOC_ENABLE=0`` in the environment is kept."""
+    import ctypes
+    import os
+
+    if not sys.platform.startswith("linux"):
+        return
+    if "torch" not in sys.modules:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2**31 - 1)
+
+
 def main() -> None:
     """The console script. Every Ctrl-C ends here, as typer's exit 130 or (before or after typer runs) as
     ``KeyboardInterrupt``: this is the one place that says so."""
+    tune_allocator()
     try:
         app()
     except (KeyboardInterrupt, SystemExit) as e:
