@@ -105,8 +105,12 @@ def export(
     <variant>.<precision>.engine and its .json sidecar (and a .build.log with --verbose), and the equivalent trtexec
     command in the report. On any failure before publishing nothing is written.
     """
+    import gc
+
     from vanilladeploy.pipeline import export as pipeline
     from vanilladeploy.validate import needs
+
+    gc.freeze()  # the ~190k objects the imports made are never garbage: no collection walks them again
 
     def run() -> None:
         needs("--trt", trt, {"--workspace": workspace, "--trt-profile": trt_profile, "--timing-cache": timing_cache,
