@@ -97,15 +97,15 @@ def _runs(precision: str, *, labels: bool = False) -> str:
                      if precision in r.precisions)
 
 
-class Backend(ABC):
+class RuntimeBench(ABC):
     """One way ``bench`` times a model: ``name`` as in ``--runtimes``, ``runtime`` the entry of
     :data:`vanilladeploy.runtimes.RUNTIMES` it is (torch-cudagraph is torch)."""
 
-    name: str = "backend"
+    name: str = ""
     runtime: str = "torch"
 
     def missing(self, cfg: BenchConfig) -> str | None:
-        """Why this backend cannot run with ``cfg`` on this machine, or None."""
+        """Why this runtime cannot run with ``cfg`` on this machine, or None."""
         if cfg.precision == "fp16" and cfg.device == "cpu":
             return "fp16 is measured on CUDA only (CPU runtimes have no fast fp16 kernels)"
         if cfg.precision == "int8" and "int8" not in RUNTIMES[self.runtime].precisions:
@@ -119,7 +119,7 @@ class Backend(ABC):
         """A subject running ``model`` once per call; raises :class:`SkipModel` when this model cannot run here."""
 
 
-class TorchBackend(Backend):
+class TorchBench(RuntimeBench):
     """Eager PyTorch (inference mode), CPU or CUDA, fp32/fp16, optionally channels_last."""
 
     name = "torch"
@@ -146,7 +146,7 @@ class TorchBackend(Backend):
         return Prepared(timed_on_clock(step), *_peak_memory(cfg))
 
 
-class TorchCudaGraphBackend(TorchBackend):
+class TorchCudaGraphBench(TorchBench):
     """The same eager model captured once as a CUDA graph and replayed."""
 
     name = "torch-cudagraph"
@@ -185,7 +185,7 @@ class TorchCudaGraphBackend(TorchBackend):
         return Prepared(cuda_subject(step, before=before), *_peak_memory(cfg))
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBench(RuntimeBench):
     """ONNX Runtime: the CPU execution provider, or CUDA's when onnxruntime-gpu is installed (I/O bound on device)."""
 
     name = runtime = "onnxruntime"
@@ -215,7 +215,7 @@ class OnnxRuntimeBackend(Backend):
                         [runner.deactivate], calibration=INT8_CALIBRATION if cfg.precision == "int8" else None)
 
 
-class TensorRTBackend(Backend):
+class TensorRTBench(RuntimeBench):
     """A TensorRT engine (built here for the batch asked, fp32 with TF32 off or fp16), replayed as a CUDA graph."""
 
     name = runtime = "tensorrt"
@@ -249,7 +249,7 @@ class TensorRTBackend(Backend):
         return Prepared(subject, None, "not tracked (TensorRT)", [runner.deactivate])
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBench(RuntimeBench):
     """OpenVINO's CPU plugin on the same ONNX files (fp32, the int8 QDQ graph read as is; bf16 as its inference
     precision, only on a CPU with native bf16), ``PERFORMANCE_HINT`` LATENCY."""
 
@@ -278,7 +278,8 @@ class OpenVinoBackend(Backend):
                         calibration=INT8_CALIBRATION if cfg.precision == "int8" else None)
 
 
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, TorchCudaGraphBackend, OnnxRuntimeBackend,
-                                                          OpenVinoBackend, TensorRTBackend)}
+BENCH_RUNTIMES: dict[str, type[RuntimeBench]] = {b.name: b for b in (TorchBench, TorchCudaGraphBench, OnnxRuntimeBench,
+                                                                    OpenVinoBench, TensorRTBench)}
+"""What ``bench --runtimes`` takes, in its default order: each name's :class:`RuntimeBench`."""
 
-__all__ = ["BACKENDS", "Backend", "BenchConfig", "Prepared"]
+__all__ = ["BENCH_RUNTIMES", "BenchConfig", "Prepared", "RuntimeBench"]

@@ -1,8 +1,9 @@
-"""``vanilladeploy bench``: deployed VanillaNets against ResNet and Swin, same backends, same machine, one run.
+"""``vanilladeploy bench``: deployed VanillaNets against ResNet and Swin, same runtimes, same machine, one run.
 
-Every (model, backend) pair is prepared first, then all are timed in interleaved rounds; each gets latency
-statistics, its physical floor and efficiency, and the published A100 numbers to compare with. A backend or model
-that cannot run here becomes a ``skipped`` record with the reason.
+Every (model, runtime) pair is prepared first, then all are timed in interleaved rounds; each gets latency
+statistics, its physical floor and efficiency, and the published A100 numbers to compare with. A runtime or model
+that cannot run here becomes a ``skipped`` record with the reason. A record names its runtime in the field
+``backend`` (the results' schema keeps that name).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vanilladeploy.benchmarks.backends import BACKENDS, CACHE_DIR, Backend, BenchConfig, Prepared
+from vanilladeploy.benchmarks.backends import BENCH_RUNTIMES, CACHE_DIR, BenchConfig, Prepared, RuntimeBench
 from vanilladeploy.benchmarks.floor import (
     FLOOR_EXCEEDED,
     DevicePeak,
@@ -105,12 +106,12 @@ def _device(requested: str | None) -> str:
     return requested
 
 
-def _backends(names: list[str] | None) -> list[Backend]:
-    names = names or list(BACKENDS)
-    unknown = [n for n in names if n not in BACKENDS]
+def _runtimes(names: list[str] | None) -> list[RuntimeBench]:
+    names = names or list(BENCH_RUNTIMES)
+    unknown = [n for n in names if n not in BENCH_RUNTIMES]
     if unknown:
-        raise UsageError(f"unknown runtime {unknown[0]!r}: choose from {', '.join(BACKENDS)}.")
-    return [BACKENDS[n]() for n in dict.fromkeys(names)]
+        raise UsageError(f"unknown runtime {unknown[0]!r}: choose from {', '.join(BENCH_RUNTIMES)}.")
+    return [BENCH_RUNTIMES[n]() for n in dict.fromkeys(names)]
 
 
 @contextmanager
@@ -137,9 +138,9 @@ def check_bench_options(opts: BenchOptions, outputs: dict[str, Path] | None = No
     name_list("--models", opts.models)
     if opts.runtimes is not None and not opts.runtimes:
         raise UsageError("--runtimes is empty: give a comma-separated list, or drop --runtimes for the default.")
-    unknown = [b for b in opts.runtimes or () if b not in BACKENDS]
+    unknown = [r for r in opts.runtimes or () if r not in BENCH_RUNTIMES]
     if unknown:
-        raise UsageError(f"--runtimes: unknown runtime {unknown[0]!r}; choose from {', '.join(BACKENDS)}.")
+        raise UsageError(f"--runtimes: unknown runtime {unknown[0]!r}; choose from {', '.join(BENCH_RUNTIMES)}.")
     if opts.budget_s is not None and not opts.budget_s > 0:
         raise UsageError(f"--budget-s {opts.budget_s}: give a positive number of seconds.")
     for option, path in (outputs or {}).items():
@@ -168,7 +169,7 @@ def write_results(result: BenchResult, *, json_path: Path, csv_path: Path, plot_
 
 def run_bench(opts: BenchOptions, *, progress: Progress = silent,
               warn: Callable[[str], None] | None = None) -> BenchResult:
-    """Prepare every (model, backend), time them interleaved, return one record per pair. Options that cannot work,
+    """Prepare every (model, runtime), time them interleaved, return one record per pair. Options that cannot work,
     or would have no effect, are refused (:class:`UsageError`) before any work; ``warn`` (default: one line on
     stderr) gets what runs but not as the user may expect."""
     check_bench_options(opts)
@@ -179,21 +180,21 @@ def run_bench(opts: BenchOptions, *, progress: Progress = silent,
         entries = resolve_models(opts.models, train_form=opts.train_form)
     except ValueError as e:
         raise UsageError(f"--models: {e}.") from None
-    backends, device = _backends(opts.runtimes), _device(opts.device)
-    refuse_idle_options(opts, entries, [b.name for b in backends], device)
+    runtimes, device = _runtimes(opts.runtimes), _device(opts.device)
+    refuse_idle_options(opts, entries, [r.name for r in runtimes], device)
     for line in option_warnings(opts):
         (warn or _warn_on_stderr)(line)
     with _pinned_threads(opts.threads) as pinning:
-        return _run_pinned(opts, entries, backends, device, pinning, progress)
+        return _run_pinned(opts, entries, runtimes, device, pinning, progress)
 
 
-TORCH_BACKENDS = ("torch", "torch-cudagraph")
+TORCH_RUNTIMES = ("torch", "torch-cudagraph")
 
 
-def refuse_idle_options(opts: BenchOptions, entries: list[ModelEntry], backends: list[str], device: str) -> None:
+def refuse_idle_options(opts: BenchOptions, entries: list[ModelEntry], runtimes: list[str], device: str) -> None:
     """An option that would change nothing in this run is a mistake to point out, not to ignore (exit 2)."""
-    if opts.channels_last and not set(backends) & set(TORCH_BACKENDS):
-        raise UsageError(f"--channels-last has no effect without a torch runtime (--runtimes {','.join(backends)}): "
+    if opts.channels_last and not set(runtimes) & set(TORCH_RUNTIMES):
+        raise UsageError(f"--channels-last has no effect without a torch runtime (--runtimes {','.join(runtimes)}): "
                          "add torch or torch-cudagraph to --runtimes, or drop --channels-last.")
     if opts.include_copies and device == "cpu":
         raise UsageError("--include-copies has no effect on cpu (inputs and outputs already live on the host): "
@@ -217,11 +218,11 @@ def _warn_on_stderr(line: str) -> None:
     sys.stderr.flush()
 
 
-def _run_pinned(opts: BenchOptions, entries: list[ModelEntry], backends: list[Backend], device: str,
+def _run_pinned(opts: BenchOptions, entries: list[ModelEntry], runtimes: list[RuntimeBench], device: str,
                 pinning: dict[str, Any], progress: Progress) -> BenchResult:
     configs = opts.configs(device, pinning["threads"])
     machine = machine_info(device) | {"pinning": pinning}
-    records, subjects, prepared = _prepare_all(entries, backends, configs, progress)
+    records, subjects, prepared = _prepare_all(entries, runtimes, configs, progress)
     timed = list(dict.fromkeys(records[key]["precision"] for key in subjects))
     try:
         progress(Step("Preparing the peak kernels", 0, 1))
@@ -303,7 +304,7 @@ def _finish(record: dict[str, Any], stats: Any, peak: DevicePeak | None, missing
 
 
 def _speedups(records: dict[str, dict[str, Any]]) -> None:
-    """``speedup_vs_fp32`` on every non-fp32 record whose model ran in fp32 on the same backend."""
+    """``speedup_vs_fp32`` on every non-fp32 record whose model ran in fp32 on the same runtime."""
     fp32 = {(r["model"], r["backend"]): r for r in records.values() if r["precision"] == "fp32" and r["stats"]}
     for r in records.values():
         base = fp32.get((r["model"], r["backend"]))
@@ -315,7 +316,7 @@ def _sort_key(r: dict[str, Any]) -> tuple:
     return (r["backend"], r["status"] != "ok", (r.get("stats") or {}).get("median_ms", 0.0), r["model"])
 
 
-def _prepare_all(entries: list[ModelEntry], backends: list[Backend], configs: list[BenchConfig],
+def _prepare_all(entries: list[ModelEntry], runtimes: list[RuntimeBench], configs: list[BenchConfig],
                  progress: Progress) -> tuple[dict[str, dict], dict[str, Callable[[], float]], list[Prepared]]:
     records: dict[str, dict] = {}
     subjects: dict[str, Callable[[], float]] = {}
@@ -328,10 +329,10 @@ def _prepare_all(entries: list[ModelEntry], backends: list[Backend], configs: li
             raise MissingDependencyError(str(e)) from None
         cost = model_cost(model, batch=configs[0].batch, img_size=configs[0].img_size)
         for cfg in configs:
-            for backend in backends:
-                key = f"{entry.name}|{backend.name}|{cfg.precision}"
-                records[key] = _record(entry, backend.name, cfg, cost)
-                p = _prepare_one(backend, entry, model, cfg, records[key])
+            for runtime in runtimes:
+                key = f"{entry.name}|{runtime.name}|{cfg.precision}"
+                records[key] = _record(entry, runtime.name, cfg, cost)
+                p = _prepare_one(runtime, entry, model, cfg, records[key])
                 if p is not None:
                     subjects[key] = p.subject
                     prepared.append(p)
@@ -341,13 +342,13 @@ def _prepare_all(entries: list[ModelEntry], backends: list[Backend], configs: li
     return records, subjects, prepared
 
 
-def _prepare_one(backend: Backend, entry: ModelEntry, model: Any, cfg: BenchConfig, record: dict[str, Any]
+def _prepare_one(runtime: RuntimeBench, entry: ModelEntry, model: Any, cfg: BenchConfig, record: dict[str, Any]
                  ) -> Prepared | None:
     """A timed subject, or None with the record marked skipped and why (one failure must not end the run)."""
-    reason = backend.missing(cfg)
+    reason = runtime.missing(cfg)
     if reason is None:
-        try:  # its own copy: backends move and cast the module in place (Module.to)
-            p = backend.prepare(entry, copy.deepcopy(model), cfg)
+        try:  # its own copy: runtimes move and cast the module in place (Module.to)
+            p = runtime.prepare(entry, copy.deepcopy(model), cfg)
             record.update(peak_memory_mb=None if p.peak_memory_mb is None else round(p.peak_memory_mb, 1),
                           peak_memory_kind=p.memory_kind, calibration=p.calibration)
             return p
@@ -359,11 +360,11 @@ def _prepare_one(backend: Backend, entry: ModelEntry, model: Any, cfg: BenchConf
     return None
 
 
-def _record(entry: ModelEntry, backend: str, cfg: BenchConfig, cost: Any) -> dict[str, Any]:
+def _record(entry: ModelEntry, runtime: str, cfg: BenchConfig, cost: Any) -> dict[str, Any]:
     weight_bytes = cost.weight_bytes(cfg.precision)
     published = entry.published
     return {
-        "model": entry.name, "family": entry.family, "form": entry.form, "backend": backend, "device": cfg.device,
+        "model": entry.name, "family": entry.family, "form": entry.form, "backend": runtime, "device": cfg.device,
         "precision": cfg.precision, "batch": cfg.batch, "img_size": cfg.img_size, "channels_last": cfg.channels_last,
         "copies_included": cfg.include_copies, "status": "pending", "reason": None, "stats": None,
         "peak_memory_mb": None, "peak_memory_kind": None, "gflops": round(cost.flops / 1e9, 3),

@@ -1,5 +1,5 @@
 """benchmarks/run.py and benchmarks/report.py: one tiny CPU run through the real CLI; its JSON, CSV and plot;
-backends that cannot run here are listed as skipped with the reason. No timing thresholds."""
+runtimes that cannot run here are listed as skipped with the reason. No timing thresholds."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ def test_bench_runs_and_prints_the_table(bench_run: tuple) -> None:
     assert "tensorrt fp32: skipped — TensorRT needs --device cuda" in result.output
     assert "torch-cudagraph fp32: skipped — CUDA graphs need --device cuda" in result.output
     assert "1.61 / 0.33 / 0.27" in result.output  # the published A100 numbers of VanillaNet-5 beside ours
+
+
+def test_the_help_names_what_bench_runs() -> None:
+    from vanilladeploy.benchmarks.backends import BENCH_RUNTIMES
+    from vanilladeploy.cli.bench import runtime_names
+
+    assert runtime_names() == list(BENCH_RUNTIMES)  # --help reads the names without importing torch
 
 
 def test_bench_json_schema(bench_run: tuple) -> None:

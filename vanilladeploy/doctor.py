@@ -226,11 +226,11 @@ def _bench(ok: dict[str, Component]) -> list[Capability]:
     try:
         import torch
 
-        from vanilladeploy.benchmarks.backends import BACKENDS, BenchConfig
+        from vanilladeploy.benchmarks.backends import BENCH_RUNTIMES, BenchConfig
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        for name, backend in BACKENDS.items():
-            reason = backend().missing(BenchConfig(device=device))
+        for name, runtime in BENCH_RUNTIMES.items():
+            reason = runtime().missing(BenchConfig(device=device))
             caps.append(_from_reason(f"bench: {name} ({device})", reason, _bench_fix(name, reason or "")))
     except Exception as e:
         caps.append(Capability("bench", False, f"{type(e).__name__}: {e}", BENCH_INSTALL))

@@ -34,7 +34,7 @@ class Extra:
 
 EXTRAS: dict[str, Extra] = {
     "core": Extra("", ("torch", "onnx", "onnxruntime", "onnxsim"), "export, inspect, check"),
-    "trt": Extra("trt", ("tensorrt",), "export --trt, bench --backends tensorrt",
+    "trt": Extra("trt", ("tensorrt",), "export --trt, bench --runtimes tensorrt",
                  "on a machine with an NVIDIA GPU and driver"),
     "serve": Extra("serve", ("pytriton", "tritonclient", "google.protobuf"), "repo, serve, serve-bench"),
     "bench": Extra("bench", ("torchvision", "matplotlib"), "bench: ResNet/Swin baselines and the plot"),

@@ -14,7 +14,28 @@ from vanilladeploy.cli.console import ProgressDisplay, ms, out, print_json, run_
 from vanilladeploy.cli.options import JsonPrint, Verbose
 from vanilladeploy.errors import MissingDependencyError
 from vanilladeploy.machine import describe_cpu
+from vanilladeploy.runtimes import RUNTIMES
 from vanilladeploy.validate import name_list
+
+
+def runtime_names() -> list[str]:
+    """What ``--runtimes`` takes, the names of :data:`vanilladeploy.benchmarks.backends.BENCH_RUNTIMES`, read from
+    :data:`~vanilladeploy.runtimes.RUNTIMES` so that ``--help`` imports no torch: every runtime, and torch also
+    replayed as a CUDA graph (torch-cudagraph)."""
+    return [n for name in RUNTIMES for n in ((name, "torch-cudagraph") if name == "torch" else (name,))]
+
+
+def _runs(precision: str) -> str:
+    """The runtimes of :data:`~vanilladeploy.runtimes.RUNTIMES` that have ``precision``."""
+    names = [name for name, r in RUNTIMES.items() if precision in r.precisions]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+RUNTIMES_HELP = (f"Comma-separated: {', '.join(runtime_names())} (torch-cudagraph: torch replayed as a CUDA graph). "
+                 "Unavailable ones are listed as skipped. Was --backends.")
+PRECISION_HELP = (f"fp32, fp16 ({_runs('fp16')}; CUDA only), bf16 ({_runs('bf16')}, on a CPU with native bf16), "
+                  f"int8 ({_runs('int8')}: a QDQ graph calibrated on seeded random inputs, for timing), or several "
+                  "timed in the same rounds: fp32,bf16,int8.")
 
 
 def bench(
@@ -23,16 +44,10 @@ def bench(
                                                   "vanillanet_13_x1_5_ada_pool (':train' for the training form), "
                                                   "resnet18 … resnet152, swin_t/s/b; 'paper' = the official latency "
                                                   "table's models; 'all'.", show_default="paper")] = None,
-    runtimes: Annotated[Optional[str], typer.Option("--runtimes", help="Comma-separated: torch, torch-cudagraph, "
-                                                    "onnxruntime, openvino, tensorrt. Unavailable ones are listed "
-                                                    "as skipped. Was --backends.",
-                                                    show_default="all")] = None,
+    runtimes: Annotated[Optional[str], typer.Option("--runtimes", help=RUNTIMES_HELP, show_default="all")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda.",
                                                   show_default="cuda if available")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (CUDA only), bf16 (openvino, on a CPU "
-                                           "with native bf16), int8 (onnxruntime, openvino and tensorrt: a QDQ graph "
-                                           "calibrated on seeded random inputs, for timing), or several timed in the "
-                                           "same rounds: fp32,bf16,int8.")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "fp32",
     img_size: Annotated[int, typer.Option("--img-size", min=1, help="Input height and width.")] = 224,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed rounds first.")] = 3,
     iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Timed rounds (each times every model "
@@ -41,8 +56,8 @@ def bench(
                                                     "(at least 3 rounds).", show_default=False)] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads, pinned to as many "
                                                    "cores.", show_default="all")] = None,
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="torch backends: NHWC memory "
-                                                "format.")] = False,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="torch and torch-cudagraph: "
+                                                "NHWC memory format.")] = False,
     include_copies: Annotated[bool, typer.Option("--include-copies", help="Time host→device input and "
                                                  "device→host output copies too.")] = False,
     train_form: Annotated[bool, typer.Option("--train-form", help="Also time each VanillaNet's training form "
@@ -106,14 +121,14 @@ def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peaks:
     for precision, info in unavailable.items():
         out.print(f"  [yellow]{precision}: no peak measured[/] — {escape(str(info.get('reason', '')))}; its records "
                   "have no floor", soft_wrap=True)
-    for backend, precision in dict.fromkeys((r["backend"], r["precision"]) for r in records):
-        rows = [r for r in records if r["backend"] == backend and r["precision"] == precision]
+    for runtime, precision in dict.fromkeys((r["backend"], r["precision"]) for r in records):  # "backend": runtime
+        rows = [r for r in records if r["backend"] == runtime and r["precision"] == precision]
         ok = [r for r in rows if r["status"] == "ok"]
         if not ok:
-            out.print(f"[yellow]{backend} {precision}: skipped[/] — {escape(rows[0]['reason'] or '')}",
+            out.print(f"[yellow]{runtime} {precision}: skipped[/] — {escape(rows[0]['reason'] or '')}",
                       soft_wrap=True)
             continue
-        _bench_table(backend, ok)
+        _bench_table(runtime, ok)
         for r in rows:
             if r["status"] != "ok":
                 out.print(f"  [yellow]skipped[/] {r['model']}: {escape(r['reason'] or '')}", soft_wrap=True)
@@ -133,10 +148,10 @@ def _efficiency(r: dict[str, Any]) -> str:
     return f"{r['efficiency']:.2f}" + (" [yellow]![/]" if r["floor_exceeded"] else "")
 
 
-def _bench_table(backend: str, ok: list[dict[str, Any]]) -> None:
+def _bench_table(runtime: str, ok: list[dict[str, Any]]) -> None:
     first = ok[0]
     speedup = any("speedup_vs_fp32" in r for r in ok)
-    table = Table(title=f"{backend} · {first['device']} · {first['precision']} · batch {first['batch']} · "
+    table = Table(title=f"{runtime} · {first['device']} · {first['precision']} · batch {first['batch']} · "
                   f"{first['img_size']}px · copies {'included' if first['copies_included'] else 'excluded'}",
                   header_style="bold")
     columns = ["model", "top-1", "GFLOPs", "depth", "median ms", "p90", "p99", "img/s", "floor ms", "eff."]

@@ -184,9 +184,9 @@ def serve_bench(
 def _render_load(records: list[dict[str, Any]]) -> None:
     table = Table(title="serve-bench: served through Triton vs the same artifact in process vs the baseline",
                   header_style="bold")
-    for col in ("concurrency", "role", "backend", "errors", "img/s", "p50 ms", "p99 ms", "× in-process",
-                "× baseline"):
-        table.add_column(col, justify="left" if col in ("role", "backend") else "right", no_wrap=True)
+    for col in ("concurrency", "role", "run by", "errors", "img/s", "p50 ms", "p99 ms", "× in-process",
+                "× baseline"):  # "run by": the record's "backend" field (what served or ran the row)
+        table.add_column(col, justify="left" if col in ("role", "run by") else "right", no_wrap=True)
     for r in sorted(records, key=lambda r: r["concurrency"]):  # stable: served, in-process, baseline per level
         s = r["stats"] or {}
         table.add_row(str(r["concurrency"]), " + ".join(r["roles"]), r["backend"], str(r["errors"]),

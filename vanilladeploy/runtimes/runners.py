@@ -38,12 +38,12 @@ def as_model_input(x: np.ndarray, dtype: type, model: object) -> np.ndarray:
 
 
 class Runner(ABC):
-    """One backend that maps an NCHW batch (float32, or uint8 pixels for a uint8-input graph) to logits."""
+    """A model in one runtime: maps an NCHW batch (float32, or uint8 pixels for a uint8-input graph) to logits."""
 
     name: str = "runner"
 
     def activate(self) -> None:
-        """Prepare the backend (load a session, move weights); called by ``__enter__``."""
+        """Prepare the runtime (load a session, move weights); called by ``__enter__``."""
 
     def deactivate(self) -> None:
         """Release what ``activate`` took; called by ``__exit__``."""

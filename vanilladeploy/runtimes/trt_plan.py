@@ -1,7 +1,7 @@
 """Everything about a TensorRT build that does not need TensorRT: options, sizes, the equivalent ``trtexec`` command,
 the engine's JSON sidecar and the check that an engine matches the machine that wants to run it.
 
-:mod:`exporters.tensorrt_engine` is the thin layer that calls TensorRT with these.
+:mod:`.tensorrt` is the thin layer that calls TensorRT with these.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def _onnx_tensor(value: Any) -> TensorSpec:
 
 def signature_from_sidecar(sidecar: dict[str, Any], onnx_signature: ModelSignature) -> ModelSignature:
     """An engine's I/O: names and per-sample shapes from the ONNX it was built from, the batch from its profile
-    (the JSON sidecar written by ``exporters.trt_plan.engine_sidecar``)."""
+    (the JSON sidecar written by ``vanilladeploy.runtimes.trt_plan.engine_sidecar``)."""
     profile = sidecar["profile"]
     low, high = int(profile["min"][0]), int(profile["max"][0])
     batch = -1 if low != high else high
