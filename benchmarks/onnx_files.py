@@ -1,4 +1,4 @@
-"""The ONNX files every ONNX-based backend times, cached in the bench cache directory: the fp32 export (our emitter for
+"""The ONNX files every ONNX-based runtime times, cached in the bench cache directory: the fp32 export (our emitter for
 deployed VanillaNets, torch.onnx for the rest), its fp16-typed copy and its int8 QDQ copy (calibrated on seeded
 random inputs: bench times, it does not judge accuracy)."""
 
@@ -15,7 +15,7 @@ from vanilladeploy.benchmarks.zoo import ModelEntry, onnx_path_for
 
 
 class SkipModel(Exception):
-    """This backend cannot run this model (the message says why); it is reported as skipped, never dropped."""
+    """This runtime cannot run this model (the message says why); it is reported as skipped, never dropped."""
 
 
 INT8_CALIBRATION = "seeded random inputs (timing only: the scales are not judged here; see vanilladeploy eval)"
@@ -89,7 +89,7 @@ def fp16_onnx(path: Path) -> Path:
 
 
 def onnx_missing() -> str | None:
-    """Why the ONNX export every ONNX-based backend starts from cannot run (onnx fails to import), or None."""
+    """Why the ONNX export every ONNX-based runtime starts from cannot run (onnx fails to import), or None."""
     try:
         import onnx  # noqa: F401
     except Exception as e:

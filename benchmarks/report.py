@@ -1,6 +1,7 @@
-"""Benchmark results as files: JSON (one record per model × backend × device × precision × batch, plus the
-machine), CSV (the same records, flat) and a PNG plot like the paper's Figure 1 (top-1 vs latency) beside depth vs
-latency. Every file is written to a temporary name and renamed into place."""
+"""Benchmark results as files: JSON (one record per model × runtime × device × precision × batch, plus the machine;
+the runtime's field is still called "backend"), CSV (the same records, flat) and a PNG plot like the paper's
+Figure 1 (top-1 vs latency) beside depth vs latency. Every file is written to a temporary name and renamed into
+place."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def write_csv(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def write_plot(path: Path, records: list[dict[str, Any]], *, title: str) -> Path:
-    """Left: published top-1 vs our median latency (one series per backend, VanillaNets joined by a line); right:
+    """Left: published top-1 vs our median latency (one series per runtime, VanillaNets joined by a line); right:
     depth vs latency. Needs matplotlib (``pip install 'vanilladeploy[bench]'``)."""
     import matplotlib
 

@@ -1,7 +1,7 @@
 """``vanilladeploy doctor``: what this machine can do, before a user waits on a long export.
 
 Every probe runs in its own ``try``: a missing or broken optional part is a finding, never a crash, and ``diagnose``
-never raises. Readiness reuses what the commands themselves check (``tensorrt_missing``, the bench backends'
+never raises. Readiness reuses what the commands themselves check (``tensorrt_missing``, bench's runtimes'
 ``missing``, ``find_tritonserver``), so doctor and the commands cannot disagree. This module imports only the
 standard library at import time: everything else is a probe, so doctor runs with any optional part (onnx included)
 missing or broken.
@@ -238,8 +238,8 @@ def _bench(ok: dict[str, Component]) -> list[Capability]:
     return caps
 
 
-def _bench_fix(backend: str, reason: str) -> str:
-    if backend == "tensorrt":
+def _bench_fix(runtime: str, reason: str) -> str:
+    if runtime == "tensorrt":
         return TRT_INSTALL
     if "onnxruntime-gpu" in reason:
         return install_hint("onnxruntime-gpu")
