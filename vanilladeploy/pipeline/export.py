@@ -294,10 +294,12 @@ def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = 
     inputs = random_inputs(opts.num_inputs, batch=batch, img_size=opts.img_size, seed=opts.seed)
     run = _Run(opts, arch, timer, report, inputs, pre)
     deploy = _fuse_and_verify(run, ckpt, lam)
+    source_sha256 = ckpt.sha256
+    del ckpt  # the training-form weights (VanillaNet-13: 460 MB): freed, their memory serves the ONNX steps
     if pre.input_dtype == "uint8":  # from here on, every graph is checked on pixels
         run.inputs, run.references = check_on_pixels(deploy, arch.spec, pre, inputs_record, report)
     metadata = {"vanilladeploy_version": __version__, "variant": arch.name, "act_num": str(arch.act_num),
-                "num_classes": str(arch.num_classes), "source_sha256": ckpt.sha256 or "untrained",
+                "num_classes": str(arch.num_classes), "source_sha256": source_sha256 or "untrained",
                 "lambda": repr(lam.value), **pre.metadata(), "precision": "fp32"}
     try:
         return _write_artifacts(run, writer, deploy, metadata)
