@@ -1,5 +1,5 @@
 """What ``bench`` times, per runtime: ``missing(cfg)`` says why it cannot run here (or None), ``prepare`` turns a
-model into a timed *subject* (see :mod:`vanilladeploy.benchmarks.harness`).
+model into a timed *subject* (timed as :mod:`vanilladeploy.runtimes.timing` says).
 
 The artifact runtimes (ONNX Runtime, OpenVINO, TensorRT) are the runners of :mod:`vanilladeploy.runtimes.runners`
 timed by their own ``subject`` (the one timing method per device that ``optimize`` uses too); the torch subjects

@@ -1,5 +1,6 @@
 """Load generation: N client threads send requests as fast as their answers come back (closed loop), each request
-timed with ``perf_counter_ns``; throughput = images answered / wall time; latency statistics as in the harness.
+timed with ``perf_counter_ns``; throughput = images answered / wall time; latency statistics as in
+:mod:`vanilladeploy.runtimes.timing`.
 
 A *sender* maps an input batch to logits: a Triton client over HTTP or gRPC (the caller makes it:
 ``vanilladeploy.serving.client.TritonRunner``), or a model in process shared by the threads as a server would share
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vanilladeploy.benchmarks.harness import LatencyStats, summarize
+from vanilladeploy.runtimes.timing import LatencyStats, summarize
 
 Send = Callable[[np.ndarray], np.ndarray]
 SenderFactory = Callable[[], Send]

@@ -35,13 +35,13 @@ from vanilladeploy.benchmarks.floor import (
     usable_cores,
     vanillanet_conv_shapes,
 )
-from vanilladeploy.benchmarks.harness import measure_interleaved, summarize
 from vanilladeploy.benchmarks.onnx_files import SkipModel
 from vanilladeploy.benchmarks.peaks import GuardedPeak, PeakCandidate, guard, peak_candidates
 from vanilladeploy.benchmarks.zoo import ModelEntry, model_cost, resolve_models
 from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.extras import available, install_hint
 from vanilladeploy.machine import gpu_state, machine_info
+from vanilladeploy.runtimes.timing import measure_interleaved, summarize
 from vanilladeploy.steps import Progress, Step, silent
 from vanilladeploy.validate import check_path, name_list
 

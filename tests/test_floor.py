@@ -23,9 +23,9 @@ from vanilladeploy.benchmarks.floor import (
     theoretical_peak,
     vanillanet_conv_shapes,
 )
-from vanilladeploy.benchmarks.harness import measure_interleaved, summarize
 from vanilladeploy.benchmarks.peaks import PeakCandidate, gemm_shapes, guard, int_mm_accepts, peak_candidates
 from vanilladeploy.benchmarks.run import _finish, _peaks
+from vanilladeploy.runtimes.timing import measure_interleaved, summarize
 
 PEAK = DevicePeak("test device", "fp32", peak_flops=100e9, bandwidth_bytes_s=10e9, winner="gemm")
 

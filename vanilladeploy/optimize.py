@@ -23,7 +23,6 @@ import numpy as np
 import onnx
 
 from vanilladeploy.atomic import ArtifactWriter
-from vanilladeploy.benchmarks.harness import measure_interleaved, summarize
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import UsageError, VerificationError
 from vanilladeploy.evaluate import Artifact, evaluate
@@ -35,7 +34,7 @@ from vanilladeploy.machine import machine_info
 from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.pipeline.int8 import EVAL_BATCH, split_folder
 from vanilladeploy.pipeline.options import Int8Options
-from vanilladeploy.runtimes import ARTIFACT_RUNTIMES
+from vanilladeploy.runtimes import ARTIFACT_RUNTIMES, RUNTIMES
 from vanilladeploy.runtimes.runners import (
     OnnxRuntimeRunner,
     PrecisionUnavailable,
@@ -43,14 +42,14 @@ from vanilladeploy.runtimes.runners import (
     bf16_missing,
     onnx_runner,
 )
+from vanilladeploy.runtimes.timing import measure_interleaved, summarize
 from vanilladeploy.serving.triton_config import RepoOptions
 from vanilladeploy.steps import Progress, Step, silent
 from vanilladeploy.validate import check_path
 from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_FP32, TOLERANCE_TRT_FP32
 
 OPTIMIZE_RUNTIMES = ARTIFACT_RUNTIMES  # from the one table of runtimes
-PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8"),
-              "tensorrt": ("fp32", "fp16", "int8")}
+PRECISIONS = {name: RUNTIMES[name].precisions for name in OPTIMIZE_RUNTIMES}  # every precision the table lists
 """What each runtime is asked to run: the graph's precision (ONNX Runtime, TensorRT) or its own (OpenVINO bf16)."""
 
 
@@ -127,7 +126,8 @@ def optimize(source: str, opts: OptimizeOptions, *, progress: Progress = silent)
     with tempfile.TemporaryDirectory(prefix="vanilladeploy-optimize-") as scratch:
         work = Path(scratch)
         exported = export_checkpoint(source, replace(export_opts, out_dir=work / "export"), progress=progress)
-        name, report = exported.report["architecture"]["variant"], exported.report
+        report = exported.typed_report  # precision int8: its int8 section is always there
+        name = report.architecture.variant
         fp16 = work / "export" / f"{name}.fp16.onnx"
         fp32_model = onnx.load(exported.onnx)
         onnx.save(fp16_export(fp32_model), fp16)
@@ -144,7 +144,7 @@ def optimize(source: str, opts: OptimizeOptions, *, progress: Progress = silent)
             c.artifact = c.artifact and str(out_dir / Path(c.artifact).relative_to(work))
         result = OptimizeResult(out_dir, candidates, chosen, machine_info("cpu"), {
             "source": source, "batch": opts.batch, "min_agreement": opts.min_agreement, "runtimes": opts.runtimes,
-            "iters": opts.iters, "warmup": opts.warmup, "held_out_images": report["int8"]["holdout"]["images"]})
+            "iters": opts.iters, "warmup": opts.warmup, "held_out_images": report.int8.holdout.images})
         (work / "optimize.json").write_text(json.dumps(result.document(), indent=2, default=str) + "\n")
         _publish(work, out_dir)
     return result

@@ -23,7 +23,6 @@ import numpy as np
 import onnx
 
 from vanilladeploy.atomic import ArtifactWriter
-from vanilladeploy.benchmarks.harness import measure_interleaved, summarize
 from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError, VerificationError
 from vanilladeploy.evaluate import evaluate
 from vanilladeploy.exporters.onnx_export import input_shape, set_metadata
@@ -42,6 +41,7 @@ from vanilladeploy.pipeline.report import (
     Int8Verification,
 )
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
+from vanilladeploy.runtimes.timing import measure_interleaved, summarize
 from vanilladeploy.steps import StepTimer
 from vanilladeploy.validate import check_path
 

@@ -1,4 +1,4 @@
-"""benchmarks/harness.py on a fake clock: statistics, interleaving, warm-up, time budget."""
+"""vanilladeploy/runtimes/timing.py on a fake clock: statistics, interleaving, warm-up, time budget."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vanilladeploy.benchmarks.harness import measure_interleaved, summarize
-from vanilladeploy.runtimes.timing import timed_on_clock
+from vanilladeploy.runtimes.timing import measure_interleaved, summarize, timed_on_clock
 
 
 class FakeClock:
