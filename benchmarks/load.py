@@ -104,19 +104,6 @@ def _failing(error: BaseException) -> Send:
     return send
 
 
-def onnxruntime_sender_factory(onnx_path: str, *, threads: int | None = None) -> SenderFactory:
-    """One ONNX Runtime session shared by every thread (``run`` is thread-safe), as one server instance would."""
-    from vanilladeploy.runtimes.runners import ort_session
-
-    session = ort_session(onnx_path, threads=threads)
-    name = session.get_inputs()[0].name
-
-    def factory() -> Send:
-        return lambda x: session.run(None, {name: x})[0]
-
-    return factory
-
-
 def shared_sender_factory(infer: Send) -> SenderFactory:
     """``infer`` (an active runner's) shared by every thread, one request at a time, as one server instance runs
     them: for a runtime whose request object cannot run two inferences at once (OpenVINO's infer request)."""
@@ -129,4 +116,4 @@ def shared_sender_factory(infer: Send) -> SenderFactory:
     return lambda: send
 
 
-__all__ = ["LoadStats", "measure_load", "onnxruntime_sender_factory", "shared_sender_factory"]
+__all__ = ["LoadStats", "measure_load", "shared_sender_factory"]

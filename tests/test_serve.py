@@ -28,12 +28,14 @@ import pytest
 from conftest import require
 from triton_helpers import require_triton, serve, server_processes, shm_of, stubs, triton_sender, wait_for_line
 
+import vanilladeploy.serving.bench as bench_module
 import vanilladeploy.serving.process as process_module
 import vanilladeploy.serving.server as serve_module
 from vanilladeploy.benchmarks.load import measure_load
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner, onnx_runner
+from vanilladeploy.serving import triton_python_model as python_model
 from vanilladeploy.serving.bench import BASELINE, IN_PROCESS, SERVED, add_ratios, free_ports, run_serve_bench
 from vanilladeploy.serving.process import group_members, parent_death_signal
 from vanilladeploy.serving.repository import write_repository
@@ -45,7 +47,7 @@ from vanilladeploy.serving.server import (
     default_kind,
     find_tritonserver,
 )
-from vanilladeploy.serving.triton_config import PYTHON_PARAMETERS, RepoOptions, parse_config
+from vanilladeploy.serving.triton_config import PYTHON_PARAMETERS, RepoOptions, parse_config, python_parameters
 from vanilladeploy.verify import compare
 
 require_triton()
@@ -95,6 +97,14 @@ def test_logits_equal_in_process_onnxruntime(server: TritonServer, export_dir: P
     y = triton_sender(url, protocol, MODEL)()(x)
     result = compare(y, _reference(export_dir, x), tolerance=1e-5)
     assert y.shape == (batch, 1000) and result, result
+
+
+def test_the_stub_makes_its_session_with_vanilladeploys_factory(server: TritonServer) -> None:
+    """The server's Python has vanilladeploy (as under ``serve``): each model's session is ``ort_session``'s, not
+    model.py's copy (which tests/test_triton_python_model.py holds identical for a stock container)."""
+    lines = [line for line in server.log().splitlines() if "made by" in line]
+    assert len(lines) == 2 and all("OnnxRuntimeSession made by vanilladeploy.runtimes.runners.ort_session" in line
+                                   for line in lines), lines
 
 
 def _metric(server: TritonServer, name: str) -> float:
@@ -228,6 +238,10 @@ def test_serve_bench_measures_triton_and_in_process_onnxruntime(export_dir: Path
         assert record["stats"]["iterations"] == 6 and record["throughput_img_s"] > 0
     assert result.config["protocols"] == ["http"] and result.config["triton"] not in ("", "?")
     assert result.config["source_sha256"] == sha256_of(export_dir / f"{MODEL}.onnx")  # what `deploy --bench` matches
+    served = parse_config(result.config["model_config"]).parameters
+    settings = python_model.ort_settings({k: v.string_value for k, v in served.items()}, os.environ)
+    assert {k: result.config["in_process"][k] for k in ("threads", "spinning")} == {
+        "threads": settings["intra_op_num_threads"], "spinning": settings["allow_spinning"]}  # what it served with
     for level in (1, 2):  # ONNX Runtime serving its own file: in-process and baseline are one row
         served, local = seen[("triton-http", level)], seen[("onnxruntime-inprocess", level)]
         assert local["roles"] == [IN_PROCESS, BASELINE] and served["roles"] == [SERVED]
@@ -257,12 +271,43 @@ def test_serve_bench_shows_served_in_process_and_baseline_per_concurrency(export
         for role, key in ((IN_PROCESS, "vs_in_process"), (BASELINE, "vs_baseline")):
             assert served[key] == pytest.approx(served["throughput_img_s"] / rows[role]["throughput_img_s"], abs=1e-3)
     config = document["config"]
-    assert config["in_process"]["runtime"] == "openvino" and config["baseline"] == {"runtime": "onnxruntime",
-                                                                                     "file": str(fp32)}
+    ort = python_model.ort_settings({}, os.environ)  # an OpenVINO config leaves model.py's ONNX Runtime its defaults
+    assert config["in_process"]["runtime"] == "openvino" and config["baseline"] == {
+        "runtime": "onnxruntime", "file": str(fp32), "threads": ort["intra_op_num_threads"],
+        "spinning": ort["allow_spinning"]}
+    assert (config["in_process"]["hint"], config["in_process"]["threads"]) == ("LATENCY", 0)
     served_config = parse_config(config["model_config"])  # what Triton served, as written
     assert served_config.parameters["runtime"].string_value == "openvino"
     assert served_config.parameters["openvino_hint"].string_value == PYTHON_PARAMETERS["openvino"]["openvino_hint"]
     assert "× in-process" in done.output and "openvino-inprocess (fp32)" in done.output
+
+
+def _threads_and_spinning(session: object) -> tuple[int, int, str | None]:
+    options = session.get_session_options()
+    try:
+        spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # never set
+        spinning = None
+    return options.intra_op_num_threads, options.inter_op_num_threads, spinning
+
+
+@pytest.mark.parametrize("asked", [{}, {"ort_threads": "1"}, {"ort_threads": "2", "ort_spinning": "1"}])
+def test_the_in_process_row_runs_the_served_onnxruntime_settings(export_dir: Path, asked: dict[str, str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VANILLADEPLOY_ORT_THREADS", raising=False)
+    runners: list[object] = []
+
+    def recording(*args: object, **kwargs: object) -> object:  # the real onnx_runner, kept to read its session
+        runners.append(onnx_runner(*args, **kwargs))
+        return runners[-1]
+
+    monkeypatch.setattr(bench_module, "onnx_runner", recording)
+    onnx_path, parameters = export_dir / f"{MODEL}.onnx", python_parameters(asked)  # as serve-bench writes them
+    served = python_model.onnxruntime_session(str(onnx_path), parameters, {}).session  # what model.py runs
+    with bench_module._in_process(onnx_path, parameters, [_inputs(1)], "fp32"):
+        (runner,) = runners
+        assert _threads_and_spinning(runner.session) == _threads_and_spinning(served)
+    assert _threads_and_spinning(served)[2] == parameters["ort_spinning"]  # "0" unless asked: idle threads sleep
 
 
 def test_ratios_are_served_over_each_row_at_the_same_concurrency() -> None:
@@ -299,6 +344,9 @@ def test_openvino_inside_triton_answers_like_openvino_in_process(export_dir: Pat
                                  concurrency=6, requests=6 * 4, warmup=0,
                                  check=lambda i, y: None if compare(y, references[i]) else "wrong logits")
             assert stats.errors == 0, (model, stats.first_error)
+        made = [line for line in server.log().splitlines() if "made by" in line]
+        assert len(made) == 2 and all("OpenVinoSession made by vanilladeploy.runtimes.runners.compile_openvino"
+                                      in line for line in made), made
 
 
 def test_a_model_that_fails_to_load_is_reported_with_the_reason(export_dir: Path, tmp_path: Path) -> None:

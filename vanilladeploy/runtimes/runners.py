@@ -5,7 +5,9 @@ Lifecycle (as in Polygraphy): ``with Runner(...) as r: r.infer(x)``; ``activate`
 (building a session), ``deactivate`` releases it. Heavy optional imports happen in ``activate``.
 :class:`ChunkedRunner` fits any batch to a model's batch limits (a fixed-batch graph, an engine profile's range).
 Every ONNX Runtime session is made by :func:`ort_session` and every OpenVINO compile by :func:`compile_openvino`, so
-their settings are the same wherever they should be.
+their settings are the same wherever they should be (the Triton Python-backend model too, or, where vanilladeploy is
+not importable, its tested copies of :func:`ort_session_options` and :func:`openvino_compile_config`). torch is
+imported only by the runners that need it, so a Triton stub can import the factories without it.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vanilladeploy.errors import UsageError
 from vanilladeploy.machine import bf16_missing
 from vanilladeploy.runtimes import ONNX_RUNTIMES
 from vanilladeploy.runtimes.timing import Subject, timed_on_clock
+
+if TYPE_CHECKING:
+    import torch
 
 
 def as_model_input(x: np.ndarray, dtype: type, model: object) -> np.ndarray:
@@ -83,16 +87,22 @@ class TorchRunner(Runner):
         self.module = module.eval()
 
     def infer(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.no_grad():
             return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
 
 
-def ort_session(model: str | Path | bytes, *, threads: int | None = None, spinning: bool | None = None,
-                providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
-    """The one way an ONNX Runtime session is made: errors-only logging, sequential execution, every graph
-    optimization; ``threads`` intra-op threads (and one inter-op thread) when given, else ONNX Runtime's default
-    (one per core); ``spinning`` False stops idle intra-op threads from spinning (several sessions or processes on
-    few cores), None keeps ONNX Runtime's default."""
+Provider = str | tuple[str, dict[str, Any]]
+"""An ONNX Runtime execution provider: its name, or its name and its options (``("CUDAExecutionProvider",
+{"device_id": 1})``)."""
+
+
+def ort_session_options(*, threads: int | None = None, spinning: bool | None = None) -> Any:
+    """The ``SessionOptions`` of every session :func:`ort_session` makes: errors-only logging, sequential execution
+    (no inter-op pool runs), every graph optimization; ``threads`` intra-op threads (and one inter-op thread) when
+    given, else ONNX Runtime's default (one per physical core); ``spinning`` False stops idle intra-op threads from
+    spinning (several sessions or processes on few cores), True states the default, None leaves it unstated."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -103,8 +113,18 @@ def ort_session(model: str | Path | bytes, *, threads: int | None = None, spinni
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     if spinning is not None:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+def ort_session(model: str | Path | bytes, *, threads: int | None = None, spinning: bool | None = None,
+                providers: Sequence[Provider] = ("CPUExecutionProvider",)) -> Any:
+    """The one way an ONNX Runtime session is made: :func:`ort_session_options` (``threads``, ``spinning``) on
+    ``providers`` in order."""
+    import onnxruntime as ort
+
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=list(providers))
+    return ort.InferenceSession(source, ort_session_options(threads=threads, spinning=spinning),
+                                providers=list(providers))
 
 
 @functools.lru_cache(maxsize=1)
@@ -164,6 +184,8 @@ class OnnxRuntimeRunner(Runner):
     def subject(self, inputs: Sequence[np.ndarray], *, include_copies: bool = False) -> Subject:
         if include_copies or "CUDAExecutionProvider" not in self.session.get_providers():
             return super().subject(inputs, include_copies=include_copies)
+        import torch
+
         from vanilladeploy.runtimes.timing import cuda_subject
 
         device_inputs = itertools.cycle([torch.from_numpy(np.ascontiguousarray(x)).cuda() for x in inputs])
@@ -234,6 +256,18 @@ def precision_mismatch(asked: str, reported: Any) -> str | None:
     return None if runs_in == asked else f"OpenVINO compiled the model in {runs_in}, not the {asked} asked for"
 
 
+def openvino_compile_config(precision: str = "fp32", *, hint: str = "LATENCY",
+                            threads: int | None = None) -> dict[str, str]:
+    """The config of every :func:`compile_openvino`: the performance ``hint``, the inference precision always
+    stated, ``INFERENCE_NUM_THREADS`` only when ``threads`` caps it (else every core)."""
+    if precision not in OPENVINO_PRECISIONS:
+        raise ValueError(f"OpenVINO precision {precision!r}: choose {', '.join(OPENVINO_PRECISIONS)}")
+    config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    return config
+
+
 def compile_openvino(model: str | Path | Any, precision: str = "fp32", *, hint: str = "LATENCY",
                      threads: int | None = None, core: Any = None) -> Any:
     """``model`` (a file, or an ``openvino.Model``) compiled for OpenVINO's CPU plugin, always with its precision
@@ -242,16 +276,12 @@ def compile_openvino(model: str | Path | Any, precision: str = "fp32", *, hint: 
     refused after (:class:`PrecisionUnavailable`, with the reason)."""
     import openvino as ov
 
-    if precision not in OPENVINO_PRECISIONS:
-        raise ValueError(f"OpenVINO precision {precision!r}: choose {', '.join(OPENVINO_PRECISIONS)}")
+    config = openvino_compile_config(precision, hint=hint, threads=threads)
     core = core or ov.Core()
     if precision == "bf16":
         missing = bf16_missing(capabilities=core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         if missing:
             raise PrecisionUnavailable(f"OpenVINO bf16: {missing}")
-    config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = str(threads)
     if isinstance(model, (str, Path)):
         model = core.read_model(str(model))
     compiled = core.compile_model(model, "CPU", config)
@@ -302,13 +332,13 @@ class PrecisionUnavailable(UsageError):
 
 
 def onnx_runner(model_path: Path, runtime: str = "onnxruntime", *, precision: str = "fp32", hint: str = "LATENCY",
-                threads: int | None = None) -> Runner:
+                threads: int | None = None, spinning: bool | None = None) -> Runner:
     """A runner for an ONNX file in ``runtime`` (one of :data:`~vanilladeploy.runtimes.ONNX_RUNTIMES`);
-    ``precision`` bf16 is OpenVINO's (the graph stays fp32)."""
+    ``precision`` bf16 is OpenVINO's (the graph stays fp32); ``spinning`` is ONNX Runtime's (:func:`ort_session`)."""
     if runtime == "openvino":
         return OpenVinoRunner(model_path, precision=precision, hint=hint, threads=threads)
     if runtime != "onnxruntime":
         raise ValueError(f"runtime {runtime!r}: choose {', '.join(ONNX_RUNTIMES)}")
     if precision not in ("fp32",):
         raise ValueError(f"ONNX Runtime runs the graph's own precision; {precision} is an OpenVINO precision")
-    return OnnxRuntimeRunner(model_path, threads=threads)
+    return OnnxRuntimeRunner(model_path, threads=threads, spinning=spinning)

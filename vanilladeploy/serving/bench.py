@@ -2,10 +2,11 @@
 
 - **served**: the artifact through a real Triton server (HTTP, gRPC or both), run by ``runtime`` inside its python
   backend with the config ``vanilladeploy repo`` writes;
-- **in-process**: the same file in the same runtime and precision in this process, shared by the client threads as
+- **in-process**: the same file in the same runtime, precision and settings in this process (the served config's
+  threads and spinning, as ``model.py`` reads them: :func:`in_process_settings`), shared by the client threads as
   one server instance would share it (ONNX Runtime's thread-safe session; OpenVINO one request at a time, LATENCY);
 - **baseline**: in-process ONNX Runtime on ``baseline`` (default: the served file), e.g. the fp32 export beside a
-  served int8 one.
+  served int8 one, with the ONNX Runtime settings the served config gives ``model.py``.
 
 Each served row carries ``vs_in_process`` (served ÷ in-process img/s: the serving overhead; 1.0 is free) and
 ``vs_baseline``. When in-process and baseline are the same file in the same runtime (ONNX Runtime serving its own
@@ -27,14 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vanilladeploy.benchmarks.load import (
-    Check,
-    Send,
-    SenderFactory,
-    measure_load,
-    onnxruntime_sender_factory,
-    shared_sender_factory,
-)
+from vanilladeploy.benchmarks.load import Check, Send, SenderFactory, measure_load, shared_sender_factory
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import UsageError
 from vanilladeploy.machine import machine_info
@@ -43,6 +37,7 @@ from vanilladeploy.serving.client import DTYPES, ServedModel, TritonRunner, desc
 from vanilladeploy.serving.repository import check_runtime, resolve_repo_source, write_repository
 from vanilladeploy.serving.server import TritonPorts, TritonServer, server_version
 from vanilladeploy.serving.triton_config import RepoOptions, parse_config, python_parameters
+from vanilladeploy.serving.triton_python_model import ort_arguments
 from vanilladeploy.steps import Progress, Step, silent
 from vanilladeploy.validate import check_path
 from vanilladeploy.verify import compare
@@ -99,29 +94,56 @@ def in_process_precision(parameters: dict[str, str]) -> str:
     return "bf16" if parameters.get("precision") == "bf16" else "fp32"
 
 
+def in_process_settings(parameters: dict[str, str]) -> dict[str, Any]:
+    """How the in-process row runs the served config's runtime: ONNX Runtime with the threads (0: one per physical
+    core; ``VANILLADEPLOY_ORT_THREADS`` wins, as in ``model.py``) and spinning ``model.py`` gives its session;
+    OpenVINO with its precision and threads (0: every core), hint LATENCY (one request at a time over every core:
+    what one instance does with its batches)."""
+    if parameters["runtime"] == "openvino":
+        return {"precision": in_process_precision(parameters), "hint": "LATENCY",
+                "threads": int(parameters.get("openvino_threads") or 0)}
+    return _ort_settings(parameters)
+
+
+def _ort_settings(parameters: dict[str, str]) -> dict[str, Any]:
+    """The ONNX Runtime threads and spinning ``model.py`` runs with under ``parameters`` (recorded as they are)."""
+    arguments = ort_arguments(parameters, os.environ)
+    return {"threads": arguments["threads"] or 0, "spinning": arguments["spinning"]}
+
+
+def _runner_options(settings: dict[str, Any]) -> dict[str, Any]:
+    return {**settings, "threads": settings["threads"] or None}  # 0: the runtime's default
+
+
+def _shared_session(session: Any) -> SenderFactory:
+    """One ONNX Runtime session shared by every thread (``run`` is thread-safe), as one server instance shares it."""
+    name = session.get_inputs()[0].name
+
+    def send(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x})[0]
+
+    return lambda: send
+
+
 @contextmanager
 def _in_process(onnx_path: Path, parameters: dict[str, str], inputs: Sequence[np.ndarray],
                 precision: str) -> Iterator[Contender]:
-    """The served file in the served runtime and precision, in this process; its answers are every served
+    """The served file in the served runtime, precision and settings, in this process; its answers are every served
     answer's reference."""
     runtime = parameters["runtime"]
-    hint = "LATENCY"  # one request at a time over every core: what one instance does with its batches
-    threads = int(parameters.get("openvino_threads") or 0) or None
-    runner_precision = in_process_precision(parameters) if runtime == "openvino" else "fp32"
-    with onnx_runner(onnx_path, runtime, precision=runner_precision, hint=hint, threads=threads) as runner:
+    with onnx_runner(onnx_path, runtime, **_runner_options(in_process_settings(parameters))) as runner:
         references = [runner.infer(x) for x in inputs]
-        factory = (shared_sender_factory(runner.infer) if runtime == "openvino"
-                   else onnxruntime_sender_factory(str(onnx_path)))
+        factory = shared_sender_factory(runner.infer) if runtime == "openvino" else _shared_session(runner.session)
         yield Contender(f"{runtime}-inprocess ({precision})", (IN_PROCESS,), factory,
                         _checker(references, f"{runtime} {precision}"))
 
 
-def _baseline(path: Path, inputs: Sequence[np.ndarray]) -> Contender:
+def _baseline(path: Path, inputs: Sequence[np.ndarray], parameters: dict[str, str]) -> Contender:
     feed = _as_taken_by(path, inputs)
-    with onnx_runner(path, "onnxruntime") as runner:
-        references = [runner.infer(x) for x in feed]
-    return Contender("onnxruntime-inprocess", (BASELINE,), onnxruntime_sender_factory(str(path)),
-                     _checker(references, "ONNX Runtime"), feed)
+    with onnx_runner(path, "onnxruntime", **_runner_options(_ort_settings(parameters))) as runner:
+        references = [runner.infer(x) for x in feed]  # a model that cannot take them is refused here, by name
+        factory = _shared_session(runner.session)  # keeps the session: deactivate only drops the runner's reference
+    return Contender("onnxruntime-inprocess", (BASELINE,), factory, _checker(references, "ONNX Runtime"), feed)
 
 
 def _as_taken_by(path: Path, inputs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
@@ -215,7 +237,7 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
         server = stack.enter_context(TritonServer(Path(scratch), free_ports(), model=model))
         label = "" if parameters["runtime"] == "onnxruntime" else f" ({parameters['runtime']} {precision})"
         contenders = [*_served(server, protocols, model, label, local.check, stack),
-                      *_local_rows(local, baseline, onnx_path, parameters["runtime"], inputs)]
+                      *_local_rows(local, baseline, onnx_path, parameters, inputs)]
         records = _measure(contenders, inputs, concurrency, requests, model, progress)
         version = server_version(server)
     add_ratios(records)
@@ -248,7 +270,7 @@ def run_remote_bench(source: Path, url: str, *, model: str | None = None, protoc
     with ExitStack() as stack:
         local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision))
         remote = Contender(f"remote-{endpoint.protocol}", (SERVED,), _remote_factory(served, stack), local.check)
-        contenders = [remote, *_local_rows(local, baseline, onnx_path, runtime, inputs)]
+        contenders = [remote, *_local_rows(local, baseline, onnx_path, parameters, inputs)]
         records = _measure(contenders, inputs, concurrency, requests, served.name, progress)
     add_ratios(records)
     config = {"source": str(source), "source_sha256": sha256_of(onnx_path), "concurrency": list(concurrency),
@@ -290,18 +312,19 @@ def _inputs_for(served: ServedModel, taken: OnnxInput, name: str, batch: int) ->
 
 def _rows_config(source: Path, baseline: Path | None, parameters: dict[str, str], precision: str) -> dict[str, Any]:
     runtime = parameters["runtime"]
+    settings = {k: v for k, v in in_process_settings(parameters).items() if k != "precision"}
     return {"triton_backend": f"python ({runtime})", "served_precision": precision,
             "in_process": {"runtime": runtime, "precision": precision, "file": str(source),
-                           "shared": _sharing(runtime)},
-            "baseline": {"runtime": "onnxruntime", "file": str(baseline or source)}}
+                           "shared": _sharing(runtime), **settings},
+            "baseline": {"runtime": "onnxruntime", "file": str(baseline or source), **_ort_settings(parameters)}}
 
 
-def _local_rows(local: Contender, baseline: Path | None, onnx_path: Path, runtime: str,
+def _local_rows(local: Contender, baseline: Path | None, onnx_path: Path, parameters: dict[str, str],
                 inputs: Sequence[np.ndarray]) -> list[Contender]:
     """In-process and baseline rows: one row in both roles when they would time the same file in ONNX Runtime."""
-    if runtime == "onnxruntime" and (baseline is None or _same_file(baseline, onnx_path)):
+    if parameters["runtime"] == "onnxruntime" and (baseline is None or _same_file(baseline, onnx_path)):
         return [replace(local, backend="onnxruntime-inprocess", roles=(IN_PROCESS, BASELINE))]
-    return [local, _baseline(baseline or onnx_path, inputs)]
+    return [local, _baseline(baseline or onnx_path, inputs, parameters)]
 
 
 def _serving_options(options: RepoOptions | None, runtime: str, largest_request: int) -> RepoOptions:
@@ -364,4 +387,5 @@ def onnx_precision_of(path: Path) -> str:
 
 
 __all__ = ["BASELINE", "DEFAULT_REQUESTS", "IN_PROCESS", "SERVED", "LoadResult", "add_ratios", "free_ports",
-           "in_process_precision", "onnx_precision_of", "read_onnx_input", "run_remote_bench", "run_serve_bench"]
+           "in_process_precision", "in_process_settings", "onnx_precision_of", "read_onnx_input", "run_remote_bench",
+           "run_serve_bench"]
