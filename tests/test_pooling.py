@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from vanilladeploy.exporters.onnx_export import _Graph
 from vanilladeploy.models.pooling import ExactAdaptiveMaxPool2d, adaptive_gather_index, adaptive_windows
@@ -44,7 +44,8 @@ def _onnx_pool(channels: int, n: int, m: int) -> onnx.ModelProto:
     g.adaptive_max_pool("pool", n, m)
     graph = helper.make_graph(
         g.nodes, "pool", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, channels, n, n])],
-        [helper.make_tensor_value_info(g.x, TensorProto.FLOAT, [None, channels, m, m])], g.initializers)
+        [helper.make_tensor_value_info(g.x, TensorProto.FLOAT, [None, channels, m, m])],
+        [numpy_helper.from_array(value, name) for name, value in g.initializers])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
