@@ -31,7 +31,7 @@ from vanilladeploy.benchmarks.onnx_files import (
 )
 from vanilladeploy.benchmarks.zoo import ModelEntry
 from vanilladeploy.extras import install_hint
-from vanilladeploy.runtimes import RUNTIMES
+from vanilladeploy.runtimes import RUNTIMES, runtimes_with
 from vanilladeploy.runtimes.timing import Subject, cuda_subject, timed_on_clock
 
 CACHE_DIR = Path.home() / ".cache" / "vanilladeploy"
@@ -93,8 +93,7 @@ def _peak_memory(cfg: BenchConfig) -> tuple[float | None, str]:
 
 
 def _runs(precision: str, *, labels: bool = False) -> str:
-    return ", ".join(r.label.split(" (")[0] if labels else name for name, r in RUNTIMES.items()
-                     if precision in r.precisions)
+    return ", ".join(RUNTIMES[name].label.split(" (")[0] if labels else name for name in runtimes_with(precision))
 
 
 class RuntimeBench(ABC):

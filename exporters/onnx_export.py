@@ -198,7 +198,11 @@ def simplify_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run onnx-simplifier; its own check failing is an error, never ignored."""
     import onnxsim
 
-    simplified, ok = onnxsim.simplify(model)
+    return _checked(*onnxsim.simplify(model))
+
+
+def _checked(simplified: onnx.ModelProto, ok: bool) -> onnx.ModelProto:
+    """onnx-simplifier's result; its own check failing is an error, never ignored."""
     if not ok:
         raise RuntimeError("onnx-simplifier reports that the simplified graph differs from the original")
     return simplified
@@ -216,7 +220,4 @@ def simplify_onnx_file(src: Path, dst: Path) -> onnx.ModelProto:
         simplified = simplify_onnx(onnx.load(src))
         onnx.save(simplified, dst)
         return simplified
-    simplified, ok = onnxsim.simplify(str(src), output_path=str(dst))
-    if not ok:
-        raise RuntimeError("onnx-simplifier reports that the simplified graph differs from the original")
-    return simplified
+    return _checked(*onnxsim.simplify(str(src), output_path=str(dst)))

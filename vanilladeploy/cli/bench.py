@@ -14,7 +14,7 @@ from vanilladeploy.cli.console import ProgressDisplay, ms, out, print_json, run_
 from vanilladeploy.cli.options import JsonPrint, Verbose
 from vanilladeploy.errors import MissingDependencyError
 from vanilladeploy.machine import describe_cpu
-from vanilladeploy.runtimes import RUNTIMES
+from vanilladeploy.runtimes import RUNTIMES, runtimes_with
 from vanilladeploy.validate import name_list
 
 
@@ -27,7 +27,7 @@ def runtime_names() -> list[str]:
 
 def _runs(precision: str) -> str:
     """The runtimes of :data:`~vanilladeploy.runtimes.RUNTIMES` that have ``precision``."""
-    names = [name for name, r in RUNTIMES.items() if precision in r.precisions]
+    names = runtimes_with(precision)
     return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
 
 

@@ -43,9 +43,14 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     Runtime("tensorrt", "TensorRT", "trt", "tensorrt", ("fp32", "fp16", "int8"), ("cuda",), False),
 )}
 
+def runtimes_with(precision: str) -> tuple[str, ...]:
+    """The runtimes of :data:`RUNTIMES` that run ``precision``, in the table's order."""
+    return tuple(name for name, r in RUNTIMES.items() if precision in r.precisions)
+
+
 ONNX_RUNTIMES = tuple(name for name, r in RUNTIMES.items() if r.runs_onnx_on_cpu)
 """The runtimes that run our ONNX files on the CPU: ``eval --runtime``, ``repo/serve --runtime``."""
 ARTIFACT_RUNTIMES = tuple(name for name in RUNTIMES if name != "torch")
 """The runtimes that run an exported artifact (ONNX, IR or engine): ``optimize --runtimes``."""
 
-__all__ = ["ARTIFACT_RUNTIMES", "ONNX_RUNTIMES", "RUNTIMES", "Runtime"]
+__all__ = ["ARTIFACT_RUNTIMES", "ONNX_RUNTIMES", "RUNTIMES", "Runtime", "runtimes_with"]

@@ -129,7 +129,6 @@ class OnnxRuntimeSession:
     def __init__(self, path, params, args, *, local=False):
         import onnxruntime as ort
 
-        self.settings = ort_settings(params, os.environ)
         chosen = providers(args.get("model_instance_kind"), ort.get_available_providers())
         if chosen[0] == "CUDAExecutionProvider":
             chosen[0] = (chosen[0], {"device_id": int(args.get("model_instance_device_id") or 0)})
