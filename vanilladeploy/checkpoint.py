@@ -31,7 +31,9 @@ SAFE_GLOBALS: list[type] = [argparse.Namespace]
 DEFAULT_DECAY_EPOCHS = 100
 """The official trainer's ``--decay_epochs`` default (λ schedule length E)."""
 
-Form = Literal["train", "deploy"]
+Form = Literal["train", "deploy", "detector"]
+"""``detector``: an mmdetection checkpoint (``backbone.*``, ``neck.*``, heads); see :mod:`vanilladeploy.detector`."""
+DETECTOR_PREFIX = "backbone."
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Checkpoint:
     """The file it was read from (None: made in memory)."""
     file_stamp: tuple[int, int, int] | None = None
     """The file's (size, mtime_ns, inode) when it was read."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """mmdetection's ``meta`` (its ``config`` text, ``CLASSES``, ``mmdet_version`` …); empty for other files."""
 
     @functools.cached_property
     def sha256(self) -> str | None:
@@ -82,6 +86,7 @@ def load_checkpoint(path: Path, *, key: str | None = None) -> Checkpoint:
     state_dict, used_key = unwrap_state_dict(obj, key=key, source=path)
     epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
     args = obj.get("args") if isinstance(obj, Mapping) else None
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
     if isinstance(args, argparse.Namespace):
         args = vars(args)
     state_dict = strip_prefix(_check_tensors(state_dict, path), "module.")
@@ -89,12 +94,13 @@ def load_checkpoint(path: Path, *, key: str | None = None) -> Checkpoint:
     return Checkpoint(
         state_dict=state_dict,
         source=str(path),
-        form=detect_form(state_dict, source=path),
+        form="detector" if is_detector(state_dict) else detect_form(state_dict, source=path),
         container_key=used_key,
         epoch=int(epoch) if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
         args=dict(args) if isinstance(args, Mapping) else {},
         file=path if stamp is not None else None,
         file_stamp=stamp,
+        meta=dict(meta) if isinstance(meta, Mapping) else {},
     )
 
 
@@ -267,6 +273,11 @@ def check_finite(state_dict: Mapping[str, Tensor], *, source: object) -> None:
                 f"{source}: BatchNorm variance {name!r} has negative entries (min {t.min().item():.3g}); "
                 "a variance cannot be negative, so the checkpoint is corrupted."
             )
+
+
+def is_detector(state_dict: Mapping[str, Tensor]) -> bool:
+    """Whether the keys are an mmdetection detector's (``backbone.stem1.0.weight`` …), not a classifier's."""
+    return any(k.startswith(DETECTOR_PREFIX) for k in state_dict)
 
 
 def detect_form(state_dict: Mapping[str, Tensor], *, source: object = "checkpoint") -> Form:

@@ -134,13 +134,13 @@ def _conv_bn(sd: Mapping[str, Tensor], prefix: str) -> Pair:
     return fuse_conv_bn(sd[f"{prefix}.0.weight"], sd[f"{prefix}.0.bias"], bn)
 
 
-def reparameterize_state_dict(state_dict: Mapping[str, Tensor]) -> ReparamResult:
-    """Training-form state dict (official key names) → deploy-form state dict (official key names).
+def reparameterize_backbone(state_dict: Mapping[str, Tensor]) -> ReparamResult:
+    """The stem and stages of a training-form state dict → deploy form (official key names), certified per layer:
 
     stem:  conv4x4+BN ∘ conv1x1+BN → ``stem.0``;  act conv+BN → ``stem.1``
     stage: conv1x1+BN ∘ conv1x1+BN → ``stages.i.conv``;  act conv+BN → ``stages.i.act``
-    head:  conv1x1+BN ∘ conv1x1 → ``cls.2``
-    Exact only for λ = 1; callers check the schedule (``vanilladeploy.checkpoint.lambda_of``).
+    Keys of anything else (a classifier head) are ignored. The detection backbone has nothing between a stage's two
+    convs, so this is exact for it; the classifier's training form has LeakyReLU(λ) there (exact only for λ = 1).
     """
     sd, out, certs = state_dict, {}, []
     n_stages = len({k.split(".")[1] for k in sd if k.startswith("stages.")})
@@ -155,7 +155,18 @@ def reparameterize_state_dict(state_dict: Mapping[str, Tensor]) -> ReparamResult
         aw, ab = _act(sd, f"{p}.act")
         certs.append(_certify(p, {f"{p}.conv.weight": w, f"{p}.conv.bias": b, f"{p}.act.weight": aw,
                                   f"{p}.act.bias": ab}, out))
+    return ReparamResult(out, certs)
+
+
+def reparameterize_state_dict(state_dict: Mapping[str, Tensor]) -> ReparamResult:
+    """Training-form state dict (official key names) → deploy-form state dict (official key names).
+
+    stem and stages as :func:`reparameterize_backbone`;  head: conv1x1+BN ∘ conv1x1 → ``cls.2``
+    Exact only for λ = 1; callers check the schedule (``vanilladeploy.checkpoint.lambda_of``).
+    """
+    sd = state_dict
+    fused = reparameterize_backbone(sd)
     head = fuse_conv_bn(sd["cls1.2.weight"], sd["cls1.2.bias"], BatchNormStats.from_state_dict(sd, "cls1.3"))
     w, b = merge_1x1(head, (sd["cls2.0.weight"], sd["cls2.0.bias"]))
-    certs.append(_certify("cls", {"cls.2.weight": w, "cls.2.bias": b}, out))
-    return ReparamResult(out, certs)
+    fused.certificates.append(_certify("cls", {"cls.2.weight": w, "cls.2.bias": b}, fused.state_dict))
+    return fused

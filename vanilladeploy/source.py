@@ -59,6 +59,10 @@ def resolve_source(source: str, *, key: str | None = None, seed: int = 0) -> Che
 
 def detect(checkpoint: Checkpoint, *, arch: str | None = None) -> Architecture:
     """Variant, act_num and classes of ``checkpoint``, with every key and shape checked against it."""
+    if checkpoint.form == "detector":
+        raise UsageError(f"{checkpoint.source} is a detection checkpoint (keys 'backbone.*', 'neck.*', …): "
+                         "`vanilladeploy inspect` and `vanilladeploy export` take it (docs/detection.md); this "
+                         "command takes classifiers only.")
     args_model = checkpoint.args.get("model")
     detected = detect_architecture(checkpoint.state_dict, checkpoint.form, arch=arch,
                                    args_model=args_model if isinstance(args_model, str) else None)

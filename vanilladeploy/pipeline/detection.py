@@ -1,0 +1,277 @@
+"""``vanilladeploy export DET.pth``: a VanillaNet detector → fused backbone → verified ONNX (features, FPN levels or
+boxes), with a report and an mmdetection-loadable deploy state dict.
+
+Steps: recognize (:mod:`vanilladeploy.detector`) → fuse the backbone in float64 (:func:`reparameterize_backbone`,
+one certificate per layer) → prove the fused torch backbone equal to the training form at every verification size →
+emit the part's ONNX (:mod:`vanilladeploy.exporters.detection_onnx`, :mod:`vanilladeploy.exporters.nms`) → check
+the graph (no BatchNormalization; one dense and one depthwise Conv per backbone layer) → run it in ONNX Runtime
+against the training form: features / levels / raw head outputs ≤ 1e-5 rel. L2, and the boxes equal to the
+reference post-processing (:func:`vanilladeploy.models.retina_post.retina_detections`) run on the graph's own raw
+outputs → publish atomically. Nothing is written on failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from vanilladeploy import __version__
+from vanilladeploy.atomic import ArtifactWriter
+from vanilladeploy.checkpoint import Checkpoint, sha256_of
+from vanilladeploy.detector import DetectorSpec, load_detector_modules, recognize_detector, sub_state_dict
+from vanilladeploy.errors import OutputError, UsageError, VerificationError
+from vanilladeploy.exporters.detection_onnx import PARTS
+from vanilladeploy.exporters.detector_graph import emit_detector, graph_outputs
+from vanilladeploy.exporters.onnx_export import simplify_onnx_file
+from vanilladeploy.pipeline.det_checks import check_detection_graph, match_detections
+from vanilladeploy.reparam import reparameterize_backbone
+from vanilladeploy.steps import Progress, StepTimer, silent
+from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, verify_outputs
+
+DEFAULT_SIZES = ((800, 1344), (320, 480))
+"""Verification sizes (height, width): the paper's test scale padded to 32, and a small one with batch 2."""
+
+
+@dataclass
+class DetectionExportOptions:
+    out_dir: Path | None = None
+    part: str | None = None
+    """backbone, neck or detector; None: detector where the head is supported (RetinaNet), else neck."""
+    det_config: Path | None = None
+    sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES
+    seed: int = 0
+    simplify: bool = True
+
+
+@dataclass
+class DetectionExportResult:
+    out_dir: Path
+    artifacts: dict[str, Path]
+    report: dict[str, Any]
+    spec: DetectorSpec
+
+    @property
+    def onnx(self) -> Path:
+        return next(p for p in self.artifacts.values() if p.suffix == ".onnx")
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``800x1344,320x480`` → ((800, 1344), (320, 480)); a UsageError names the bad entry."""
+    sizes = []
+    for item in text.split(","):
+        h, sep, w = item.strip().lower().partition("x")
+        if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+            raise UsageError(f"--verify-sizes: {item.strip()!r} is not HEIGHTxWIDTH (e.g. 800x1344).")
+        sizes.append((int(h), int(w)))
+    return tuple(sizes)
+
+
+def resolve_part(spec: DetectorSpec, part: str | None) -> str:
+    if part is not None and part not in PARTS:
+        raise UsageError(f"--part {part}: choose one of {', '.join(PARTS)}.")
+    if spec.head is None and part == "detector":
+        raise UsageError(f"--part detector: the {spec.kind} checkpoint's RPN and RoI heads (rpn_head.*, "
+                         "roi_head.*: anchors, RoIAlign, box and mask heads) are not supported yet; export "
+                         "--part neck (backbone + FPN, outputs p2…p6) or --part backbone.")
+    return part or ("detector" if spec.head is not None else "neck")
+
+
+def check_sizes(spec: DetectorSpec, sizes: Sequence[tuple[int, int]]) -> None:
+    stride = spec.backbone.total_stride
+    if not sizes:
+        raise UsageError("--verify-sizes: give at least one HEIGHTxWIDTH.")
+    for h, w in sizes:
+        if h % stride or w % stride:
+            raise UsageError(f"--verify-sizes {h}x{w}: height and width must be multiples of the backbone's total "
+                             f"stride {stride} (e.g. {-(-h // stride) * stride}x{-(-w // stride) * stride}).")
+
+
+def _inputs(sizes: Sequence[tuple[int, int]], seed: int) -> list[np.ndarray]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1 if i == 0 else 2, 3, h, w, generator=g).numpy() for i, (h, w) in enumerate(sizes)]
+
+
+@dataclass
+class _Torch:
+    """The training-form reference outputs per input: features, FPN levels, raw head outputs."""
+
+    features: list[list[np.ndarray]] = field(default_factory=list)
+    levels: list[list[np.ndarray]] = field(default_factory=list)
+    head: list[list[np.ndarray]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def _reference(modules: Mapping[str, nn.Module], inputs: Sequence[np.ndarray], part: str) -> _Torch:
+    ref = _Torch()
+    for x in inputs:
+        feats = modules["backbone"](torch.from_numpy(x))
+        ref.features.append([f.numpy() for f in feats])
+        if part == "backbone":
+            continue
+        levels = modules["neck"](feats)
+        ref.levels.append([p.numpy() for p in levels])
+        if part == "detector":
+            cls, reg = modules["bbox_head"](levels)
+            ref.head.append([t.numpy() for t in (*cls, *reg)])
+    return ref
+
+
+def _compare(name: str, outputs: Sequence[Sequence[np.ndarray]], refs: Sequence[Sequence[np.ndarray]]
+             ) -> VerifyResult:
+    """Every output tensor of every input, each within :data:`TOLERANCE_FP32`."""
+    return verify_outputs(name, [y for ys in outputs for y in ys], [r for rs in refs for r in rs])
+
+
+def _require(result: VerifyResult, what: str) -> dict[str, Any]:
+    if not result:
+        raise VerificationError(f"{what}: {result.summary()}. This is a bug; please report it with the checkpoint's "
+                                "config.")
+    return result.as_dict()
+
+
+def _run_onnx(data: bytes | Path, inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    from vanilladeploy.runtimes.runners import ort_session
+
+    session = ort_session(data)
+    name = session.get_inputs()[0].name
+    return [session.run(None, {name: x}) for x in inputs]
+
+
+def _fuse(ckpt: Checkpoint, spec: DetectorSpec, inputs: list[np.ndarray], part: str, timer: StepTimer,
+          report: dict[str, Any]) -> tuple[dict[str, Tensor], _Torch]:
+    """The fused backbone state dict and the training-form reference outputs; proves the fusion in torch."""
+    with timer.step("reparameterize_s", "Fusing the backbone in float64"):
+        fused = reparameterize_backbone(sub_state_dict(ckpt.state_dict, "backbone"))
+    report["reparameterization"] = {"certificates": [c.as_dict() for c in fused.certificates]}
+    with timer.step("verify_torch_s", "Verifying the fused backbone against the training form"):
+        train = load_detector_modules(ckpt.state_dict, spec)
+        ref = _reference(train, inputs, part)
+        deploy = load_detector_modules(ckpt.state_dict, spec, backbone_state=fused.state_dict)
+        with torch.no_grad():
+            outs = [[f.numpy() for f in deploy["backbone"](torch.from_numpy(x))] for x in inputs]
+    report["verification"]["torch_backbone"] = _require(_compare("torch", outs, ref.features),
+                                                        "the fused backbone differs from the training form")
+    return fused.state_dict, ref
+
+
+def _verify_onnx(path: Path, emitted_raw: bytes | None, spec: DetectorSpec, part: str, inputs: list[np.ndarray],
+                 ref: _Torch, timer: StepTimer, report: dict[str, Any]) -> None:
+    ver = report["verification"]
+    with timer.step("verify_onnxruntime_s", "Running the ONNX graph in ONNX Runtime"):
+        outputs = _run_onnx(path, inputs)
+        if part != "detector":
+            expected = ref.features if part == "backbone" else ref.levels
+            ver["onnxruntime"] = _require(_compare("onnxruntime", outputs, expected),
+                                          "ONNX Runtime's outputs differ from the training form")
+            return
+        assert spec.head is not None and emitted_raw is not None
+        raw = _run_onnx(emitted_raw, inputs)
+    n = len(graph_outputs(spec.backbone, spec.neck, spec.head, "detector"))
+    ver["onnxruntime_raw_head"] = _require(_compare("onnxruntime", [r[n:] for r in raw], ref.head),
+                                           "ONNX Runtime's raw head outputs differ from the training form")
+    matches = [match_detections(out, r[n:], spec.head, x.shape[2:]) for out, r, x in zip(outputs, raw, inputs)]
+    ver["onnxruntime_detections"] = [m.as_dict() for m in matches]
+    bad = next((m for m in matches if not m), None)
+    if bad is not None:
+        raise VerificationError(f"the graph's detections differ from the reference post-processing: {bad.summary()}")
+
+
+def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress: Progress = silent
+                    ) -> DetectionExportResult:
+    """Recognize, fuse, verify and write one part of a detection checkpoint; raises a VanillaDeployError on any
+    failure, with nothing written."""
+    timer = StepTimer(progress)
+    config_text = _read_config(opts.det_config)
+    spec = recognize_detector(ckpt, config_text=config_text, config_source=f"--det-config {opts.det_config}")
+    part = resolve_part(spec, opts.part)
+    check_sizes(spec, opts.sizes)
+    name = f"{spec.kind.lower()}_{spec.backbone.variant}" + ("" if part == "detector" else f".{part}")
+    out_dir = opts.out_dir or Path("export") / f"{spec.kind.lower()}_{spec.backbone.variant}"
+    writer = ArtifactWriter(out_dir)
+    inputs = _inputs(opts.sizes, opts.seed)
+    report: dict[str, Any] = {"tool": {"name": "vanilladeploy", "version": __version__, "torch": torch.__version__,
+                                       "onnx": onnx.__version__},
+                              "source": {"path": ckpt.source, "sha256": ckpt.sha256}, "detector": spec.as_dict(),
+                              "part": part, "verification": {"sizes": [list(s) for s in opts.sizes],
+                                                             "batch": [x.shape[0] for x in inputs],
+                                                             "seed": opts.seed, "tolerance": TOLERANCE_FP32}}
+    fused, ref = _fuse(ckpt, spec, inputs, part, timer, report)
+    metadata = {"vanilladeploy_version": __version__, "detector": spec.kind, "backbone": spec.backbone.variant,
+                "part": part, "source_sha256": ckpt.sha256 or "in memory",
+                "feature_strides": ",".join(map(str, spec.backbone.feature_strides)),
+                "pixel_mean": ",".join(map(str, spec.pipeline.mean)),
+                "pixel_std": ",".join(map(str, spec.pipeline.std)),
+                "img_scale": "x".join(map(str, spec.pipeline.img_scale)),
+                "size_divisor": str(spec.pipeline.size_divisor), "precision": "fp32"}
+    if spec.classes:
+        metadata["classes"] = json.dumps(list(spec.classes))
+    try:
+        with writer:
+            onnx_tmp = writer.stage(f"{name}.onnx")
+            with timer.step("onnx_build_s", "Emitting the ONNX graph"):
+                nets = {"backbone": spec.backbone, "neck": spec.neck, "head": spec.head, "part": part, "name": name}
+                emitted = emit_detector(fused, ckpt.state_dict, **nets, metadata=metadata)
+                raw = emit_detector(fused, ckpt.state_dict, **nets, raw_head=True).data if part == "detector" \
+                    else None
+            _write_onnx(emitted.data, onnx_tmp, simplify=opts.simplify, timer=timer)
+            contract = check_detection_graph(onnx.load(onnx_tmp), spec.backbone)
+            report["onnx"] = {"nodes": contract.nodes, "simplified": opts.simplify, **contract.as_dict()}
+            if not contract:
+                raise VerificationError(f"the ONNX graph breaks the contract: {'; '.join(contract.problems)}")
+            _verify_onnx(onnx_tmp, raw, spec, part, inputs, ref, timer, report)
+            torch.save(deploy_checkpoint(ckpt, spec, fused), writer.stage(f"{name}_deploy.pth"))
+            report_tmp = writer.stage(f"{name}.report.json")
+            report["artifacts"] = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
+                                   for p in writer.staged() if p != report_tmp}
+            report["timings_s"] = dict(timer.timings)
+            report_tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            finals = writer.commit()
+    except OSError as e:
+        raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}. Choose another --out.") from None
+    return DetectionExportResult(writer.out_dir, {p.name: p for p in finals}, report, spec)
+
+
+def _read_config(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--det-config {path}: cannot read it ({e}).") from None
+
+
+def _write_onnx(data: bytes, path: Path, *, simplify: bool, timer: StepTimer) -> None:
+    if not simplify:
+        path.write_bytes(data)
+        return
+    emitted = path.with_name(f".{path.name}.emitted")
+    emitted.write_bytes(data)
+    with timer.step("onnx_simplify_s", "Simplifying with onnx-simplifier"):
+        try:
+            simplify_onnx_file(emitted, path)
+        except Exception as e:
+            raise VerificationError(f"onnx-simplifier failed: {e}. Re-run with --no-simplify.") from None
+        finally:
+            emitted.unlink(missing_ok=True)
+
+
+def deploy_checkpoint(ckpt: Checkpoint, spec: DetectorSpec, fused: Mapping[str, Tensor]) -> dict[str, Any]:
+    """An mmdetection-style checkpoint whose ``backbone.*`` is the fused deploy form (``stem.*``, ``stages.i.conv``,
+    ``stages.i.act``) and whose neck and heads are the checkpoint's own: loads with ``strict=True`` into a detector
+    built with :class:`vanilladeploy.models.detection.VanillaNetBackbone` ``(deploy=True)`` (docs/detection.md)."""
+    rest = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("backbone.")}
+    meta = {k: v for k, v in ckpt.meta.items() if k in ("config", "CLASSES", "mmdet_version")}
+    meta["vanilladeploy"] = {"version": __version__, "backbone": "deploy", "source_sha256": ckpt.sha256}
+    return {"meta": meta, "state_dict": {**{f"backbone.{k}": v for k, v in fused.items()}, **rest}}
+
+
+__all__ = ["DEFAULT_SIZES", "DetectionExportOptions", "DetectionExportResult", "check_sizes", "deploy_checkpoint",
+           "export_detector", "parse_sizes", "resolve_part"]
