@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from vanilladeploy.arch import read_dims
 from vanilladeploy.checkpoint import Checkpoint
 from vanilladeploy.det_config import parse_config
-from vanilladeploy.errors import ArchitectureError
+from vanilladeploy.errors import ArchitectureError, UsageError
 from vanilladeploy.models.detection import FPN, BackboneSpec, FPNSpec, RetinaHead, RetinaSpec
 
 OFFICIAL = "official config"
@@ -237,6 +238,39 @@ def recognize_detector(ckpt: Checkpoint, *, config_text: str | None = None,
     return spec
 
 
+def read_det_config(path: Path | None) -> str | None:
+    """The text of ``--det-config`` (None: not given)."""
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--det-config {path}: cannot read it ({e}).") from None
+
+
+def load_detector_spec(ckpt: Checkpoint, det_config: Path | None = None) -> DetectorSpec:
+    """:func:`recognize_detector` with the config of ``--det-config`` when given."""
+    return recognize_detector(ckpt, config_text=read_det_config(det_config),
+                              config_source=f"--det-config {det_config}")
+
+
+def describe_detector(ckpt: Checkpoint, *, det_config: Path | None = None) -> dict[str, Any]:
+    """``vanilladeploy inspect`` of a detection checkpoint: source, detector (kind, backbone, neck, head,
+    pipeline, classes) and where each setting came from."""
+    spec = load_detector_spec(ckpt, det_config)
+    info = spec.as_dict()
+    sources = info.pop("sources")
+    return {"source": {"path": ckpt.source, "sha256": ckpt.sha256, "form": "detector (mmdetection)",
+                       "tensors": len(ckpt.state_dict), "mmdet_version": spec.mmdet_version,
+                       "config": "meta['config']" if det_config is None and "config" in ckpt.meta else
+                       (f"--det-config {det_config}" if det_config else "none: official values")},
+            "detector": {"kind": spec.kind, "backbone": info["backbone"], "neck": info["neck"],
+                         "head": info["head"] or "RPN + RoI heads: not supported yet (export --part neck)",
+                         "pipeline": info["pipeline"],
+                         "classes": len(spec.classes) if spec.classes else None},
+            "sources": sources}
+
+
 def detector_modules(spec: DetectorSpec, *, deploy: bool) -> dict[str, nn.Module]:
     """The modules by state-dict prefix: ``backbone`` (training or deploy form), ``neck`` and (RetinaNet)
     ``bbox_head``."""
@@ -292,6 +326,6 @@ def load_detector_modules(state_dict: Mapping[str, Tensor], spec: DetectorSpec, 
     return modules
 
 
-__all__ = ["BackboneSpec", "DetectorSpec", "MASK_RCNN", "PipelineSpec", "RETINANET", "RetinaSpec",
-           "check_detector_keys", "detector_modules", "load_detector_modules", "recognize_detector",
+__all__ = ["DetectorSpec", "MASK_RCNN", "PipelineSpec", "RETINANET", "check_detector_keys", "describe_detector",
+           "detector_modules", "load_detector_modules", "load_detector_spec", "read_det_config", "recognize_detector",
            "sub_state_dict"]

@@ -87,11 +87,21 @@ def describe(ckpt: Checkpoint, arch: Architecture, lam: LambdaInfo) -> dict[str,
     }
 
 
-def inspect_source(source: str, *, arch: str | None = None, key: str | None = None) -> dict[str, Any]:
+def inspect_source(source: str, *, arch: str | None = None, key: str | None = None,
+                   det_config: Path | None = None) -> dict[str, Any]:
     """What ``source`` is (container, form, variant, act_num, classes, λ, tensor and parameter counts), without
-    exporting anything: ``vanilladeploy inspect``."""
+    exporting anything: ``vanilladeploy inspect``. A detection checkpoint is described by
+    :func:`vanilladeploy.detector.describe_detector` (``det_config``: ``--det-config``)."""
     check_source_options(source, arch=arch, key=key)
     ckpt = resolve_source(source, key=key)
+    if ckpt.form == "detector":
+        from vanilladeploy.detector import describe_detector
+
+        if arch is not None:
+            raise UsageError("--arch is for classifiers; a detector's backbone is read from its tensors and config.")
+        return describe_detector(ckpt, det_config=det_config)
+    if det_config is not None:
+        raise UsageError(f"--det-config is for detection checkpoints; {source} is a classifier.")
     info = describe(ckpt, detect(ckpt, arch=arch), lambda_of(ckpt))
     info["source"]["tensors"] = len(ckpt.state_dict)
     info["source"]["parameters"] = sum(t.numel() for k, t in ckpt.state_dict.items() if not k.endswith(BN_BUFFERS))

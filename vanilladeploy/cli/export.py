@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vanilladeploy.cli.console import ProgressDisplay, fmt, out, run_command, wrote
-from vanilladeploy.cli.options import ArchOpt, KeyOpt, SourceArg, Verbose
+from vanilladeploy.cli.options import ArchOpt, DetConfig, KeyOpt, SourceArg, Verbose
 from vanilladeploy.pipeline.options import Int8Options
 from vanilladeploy.runtimes.trt_plan import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_BYTES
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the pipeline (torch, onnx) is imported when a command runs,
     from vanilladeploy.pipeline.checks import RunFailure, RuntimeCheck
     from vanilladeploy.pipeline.report import ExportReport, Int8Section
 
-INT8, TRT = "INT8", "TensorRT"
+INT8, TRT, DET = "INT8", "TensorRT", "Detection checkpoints"
 Precision = Literal["fp32", "fp16", "int8"]
 InputDtype = Literal["float32", "uint8"]
 
@@ -95,9 +95,21 @@ def export(
     opt_level: Annotated[Optional[int], typer.Option("--opt-level", min=0, max=5, help="Builder optimization "
                                                      "level.", show_default=str(DEFAULT_OPT_LEVEL),
                                                      rich_help_panel=TRT)] = None,
+    part: Annotated[Optional[str], typer.Option("--part", help="backbone (features c3…c5), neck (FPN levels) or "
+                                                "detector (boxes, scores, labels after NMS) [default: detector where "
+                                                "the head is supported (RetinaNet), else neck].",
+                                                show_default=False, rich_help_panel=DET)] = None,
+    det_config: DetConfig = None,
+    verify_sizes: Annotated[Optional[str], typer.Option("--verify-sizes", help="Input sizes HEIGHTxWIDTH,… the "
+                                                        "detector is verified at (multiples of the total stride; the "
+                                                        "second and later with batch 2) [default: 800x1344,320x480].",
+                                                        show_default=False, rich_help_panel=DET)] = None,
     verbose: Verbose = False,
 ) -> None:
     """Re-parameterize a checkpoint, prove the fused model equal to the trained one, export a verified ONNX.
+
+    A detection checkpoint (mmdetection RetinaNet or Mask R-CNN with a VanillaNet backbone) is exported by --part:
+    its fused backbone, the FPN on top, or (RetinaNet) the whole detector with NMS in the graph (docs/detection.md).
 
     Writes <variant>.onnx, <variant>_deploy.pth ({"model": deploy state dict}) and <variant>.report.json (plus
     <variant>.fp16.onnx or <variant>.int8.onnx for --precision fp16/int8, <variant>.xml/.bin for --openvino); with
@@ -107,7 +119,9 @@ def export(
     """
     import gc
 
+    from vanilladeploy.errors import UsageError
     from vanilladeploy.pipeline import export as pipeline
+    from vanilladeploy.source import resolve_source as load_source
     from vanilladeploy.validate import needs
 
     gc.freeze()  # the ~190k objects the imports made are never garbage: no collection walks them again
@@ -128,13 +142,59 @@ def export(
             fallback=fallback, max_fallback=max_fallback, trt=trt,
             workspace=workspace, trt_profile=trt_profile, timing_cache=timing_cache, opt_level=opt_level,
             verbose=verbose)
+        pipeline.check_export_options(source, opts)
         with ProgressDisplay() as progress:
-            result = pipeline.export_checkpoint(source, opts, progress=progress)
+            ckpt = load_source(source, key=key, seed=0)
+            if ckpt.form == "detector":
+                _export_detector(ckpt, progress, classifier_options={
+                    "--arch": arch, "--img-size": img_size, "--opset": opset, "--static-batch": static_batch,
+                    "--input": input_dtype, "--precision": precision, "--openvino": openvino, "--trt": trt})
+                return
+            if part is not None or det_config is not None or verify_sizes is not None:
+                raise UsageError("--part, --det-config and --verify-sizes are for detection checkpoints; "
+                                 f"{source} is a classifier.")
+            result = pipeline.export_checkpoint(source, opts, progress=progress, checkpoint=ckpt)
         _render(result.typed_report, result.artifacts)
         if result.error is not None:
             raise result.error
 
+    def _export_detector(ckpt, progress, *, classifier_options) -> None:
+        from vanilladeploy.pipeline import detection
+
+        detection.refuse_classifier_options(classifier_options)
+        opts = detection.DetectionExportOptions(
+            out_dir=out_dir, part=part, det_config=det_config, simplify=not no_simplify,
+            sizes=detection.parse_sizes(verify_sizes) if verify_sizes else detection.DEFAULT_SIZES)
+        result = detection.export_detector(ckpt, opts, progress=progress)
+        _render_detector(result.report, result.artifacts)
+
     run_command(verbose, run)
+
+
+def _render_detector(report: dict, artifacts: dict[str, Path]) -> None:
+    det, ver = report["detector"], report["verification"]
+    b = det["backbone"]
+    title = f"{det['kind']} ({b['variant']} backbone) — {report['part']} exported"
+    table = Table(title=title, show_header=True, header_style="bold")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    certs = report["reparameterization"]["certificates"]
+    table.add_row("backbone fused (float64)", "[green]pass[/]", f"{len(certs)} layers, stored float32 rel. L2 ≤ "
+                  f"{max(c['rel_l2'] for c in certs):.1e}")
+    sizes = ", ".join(f"{h}x{w}" for h, w in ver["sizes"])
+    for key, label in (("torch_backbone", "torch: fused vs training form"),
+                       ("onnxruntime", "onnxruntime vs training form"),
+                       ("onnxruntime_raw_head", "onnxruntime raw head vs training form")):
+        if key in ver:
+            table.add_row(label, "[green]pass[/]", f"rel L2 {ver[key]['rel_l2']:.1e} (≤ 1e-05) at {sizes}")
+    for i, m in enumerate(ver.get("onnxruntime_detections", [])):
+        table.add_row(f"boxes after NMS ({ver['sizes'][i][0]}x{ver['sizes'][i][1]})", "[green]pass[/]",
+                      f"{sum(m['detections'])} detections equal to the reference (box Δ ≤ "
+                      f"{m['max_box_diff_px']:.1e} px, score Δ ≤ {m['max_score_diff']:.1e})")
+    table.add_row("graph contract", "[green]pass[/]", f"{report['onnx']['nodes']} nodes, no BatchNormalization")
+    out.print(table)
+    for path in artifacts.values():
+        wrote(path)
 
 
 def _render(report: ExportReport, artifacts: dict[str, Path]) -> None:

@@ -10,29 +10,42 @@ from rich.markup import escape
 from rich.table import Table
 
 from vanilladeploy.cli.console import out, print_json, run_command
-from vanilladeploy.cli.options import ArchOpt, JsonPrint, KeyOpt, SourceArg, Verbose
+from vanilladeploy.cli.options import ArchOpt, DetConfig, JsonPrint, KeyOpt, SourceArg, Verbose
 from vanilladeploy.errors import ExitCode
 
 
-def inspect(source: SourceArg, arch: ArchOpt = None, key: KeyOpt = None, as_json: JsonPrint = False,
-            verbose: Verbose = False) -> None:
-    """Show what a checkpoint is (container, form, variant, act_num, classes, λ) without exporting anything."""
+def inspect(source: SourceArg, arch: ArchOpt = None, key: KeyOpt = None, det_config: DetConfig = None,
+            as_json: JsonPrint = False, verbose: Verbose = False) -> None:
+    """Show what a checkpoint is (container, form, variant, act_num, classes, λ) without exporting anything; for a
+    detection checkpoint (RetinaNet, Mask R-CNN) the detector, backbone, neck, head and where each setting came
+    from."""
     from vanilladeploy.source import inspect_source
 
     def run() -> None:
-        info = inspect_source(source, arch=arch, key=key)
+        info = inspect_source(source, arch=arch, key=key, det_config=det_config)
         if as_json:
             print_json(info)
             return
         table = Table(title=f"{source}", show_header=False)
-        for section in ("source", "architecture", "lambda"):
-            for k, v in info[section].items():
-                table.add_row(f"{section}.{k}", str(v))
+        for section in ("source", "architecture", "lambda", "detector", "sources"):
+            for k, v in _flat(info.get(section, {}), section):
+                table.add_row(k, escape(str(v)))
         out.print(table)
-        if not info["lambda"]["exact"]:
+        if "lambda" in info and not info["lambda"]["exact"]:
             out.print("[yellow]λ < 1: export refuses this checkpoint unless --allow-inexact is given.[/]")
 
     run_command(verbose, run)
+
+
+def _flat(values: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    """``{"a": {"b": 1}}`` → ``[("prefix.a.b", 1)]``; lists and tuples print as ``1, 2, 3``."""
+    rows: list[tuple[str, Any]] = []
+    for k, v in values.items():
+        if isinstance(v, dict):
+            rows += _flat(v, f"{prefix}.{k}")
+        else:
+            rows.append((f"{prefix}.{k}", ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v))
+    return rows
 
 
 def check(

@@ -28,6 +28,10 @@ SourceArg = Annotated[str, typer.Argument(help="Checkpoint file (.pth/.pt/.safet
                                           "vanillanet_6 for an untrained model with seeded random weights.",
                                           show_default=False)]
 ExportSource = Annotated[Path, typer.Argument(help="An export directory or a .onnx file.", show_default=False)]
+DetConfig = Annotated[Optional[Path], typer.Option("--det-config", help="Detection checkpoints: an mmdetection config "
+                                                  "file to read instead of meta['config'] (parsed as plain data, "
+                                                  "never executed); missing values fall back to the official "
+                                                  "configs'.", show_default=False)]
 JsonPrint = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
 
 # Serving: what repo and serve both configure (RepoOptions holds the defaults).

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from vanilladeploy import __version__
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import Checkpoint, sha256_of
-from vanilladeploy.detector import DetectorSpec, load_detector_modules, recognize_detector, sub_state_dict
+from vanilladeploy.detector import DetectorSpec, load_detector_modules, load_detector_spec, sub_state_dict
 from vanilladeploy.errors import OutputError, UsageError, VerificationError
 from vanilladeploy.exporters.detection_onnx import PARTS
 from vanilladeploy.exporters.detector_graph import emit_detector, graph_outputs
@@ -61,6 +61,15 @@ class DetectionExportResult:
     @property
     def onnx(self) -> Path:
         return next(p for p in self.artifacts.values() if p.suffix == ".onnx")
+
+
+def refuse_classifier_options(given: Mapping[str, Any]) -> None:
+    """The export options a detector does not take yet, by their CLI names (``given``: name → value, None or
+    False when not given)."""
+    used = [name for name, value in given.items() if value not in (None, False, "fp32", "float32", 17)]
+    if used:
+        raise UsageError(f"{used[0]} is not available for detection checkpoints yet: a detector exports in fp32 "
+                         "ONNX (--part backbone, neck or detector); see docs/detection.md for what comes next.")
 
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
@@ -189,8 +198,7 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
     """Recognize, fuse, verify and write one part of a detection checkpoint; raises a VanillaDeployError on any
     failure, with nothing written."""
     timer = StepTimer(progress)
-    config_text = _read_config(opts.det_config)
-    spec = recognize_detector(ckpt, config_text=config_text, config_source=f"--det-config {opts.det_config}")
+    spec = load_detector_spec(ckpt, opts.det_config)
     part = resolve_part(spec, opts.part)
     check_sizes(spec, opts.sizes)
     name = f"{spec.kind.lower()}_{spec.backbone.variant}" + ("" if part == "detector" else f".{part}")
@@ -239,15 +247,6 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
     return DetectionExportResult(writer.out_dir, {p.name: p for p in finals}, report, spec)
 
 
-def _read_config(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--det-config {path}: cannot read it ({e}).") from None
-
-
 def _write_onnx(data: bytes, path: Path, *, simplify: bool, timer: StepTimer) -> None:
     if not simplify:
         path.write_bytes(data)
@@ -274,4 +273,4 @@ def deploy_checkpoint(ckpt: Checkpoint, spec: DetectorSpec, fused: Mapping[str, 
 
 
 __all__ = ["DEFAULT_SIZES", "DetectionExportOptions", "DetectionExportResult", "check_sizes", "deploy_checkpoint",
-           "export_detector", "parse_sizes", "resolve_part"]
+           "export_detector", "parse_sizes", "refuse_classifier_options", "resolve_part"]

@@ -272,13 +272,15 @@ def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_p
     return model
 
 
-def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = silent) -> ExportResult:
+def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = silent,
+                      checkpoint: Checkpoint | None = None) -> ExportResult:
     """Run the whole export; raises a :class:`~vanilladeploy.errors.VanillaDeployError` on any failure, in which
-    case nothing is written (earlier artifacts in the output directory stay as they were)."""
+    case nothing is written (earlier artifacts in the output directory stay as they were). ``checkpoint``: ``source``
+    already loaded (the CLI loads it once to tell a detector from a classifier)."""
     check_export_options(source, opts)
     timer = StepTimer(progress)
     with timer.step("load_s", f"Loading {source}"):
-        ckpt = resolve_source(source, key=opts.key, seed=opts.seed)
+        ckpt = checkpoint or resolve_source(source, key=opts.key, seed=opts.seed)
         arch = detect(ckpt, arch=opts.arch)
     lam = lambda_of(ckpt)
     require_exact(lam, allow_inexact=opts.allow_inexact)
