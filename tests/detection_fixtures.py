@@ -24,7 +24,7 @@ def config_text(kind: str, dims: tuple[int, ...], *, out_indices=None, strides=O
                 feat: int = 32, extra: str = "") -> str:
     """A config as mmcv's ``Config.pretty_text`` dumps it into ``meta['config']`` (merged, plain data)."""
     out_indices = list(out_indices or OFFICIAL_OUT_INDICES[kind])
-    in_channels = [dims[i + 1] for i in out_indices]
+    in_channels = [dims[min(i + 1, len(dims) - 1)] for i in out_indices]
     head = (f"""    bbox_head=dict(
         type='RetinaHead', num_classes=80, in_channels={neck_out}, stacked_convs=4, feat_channels={feat},
         anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4, scales_per_octave=3,
@@ -36,7 +36,8 @@ def config_text(kind: str, dims: tuple[int, ...], *, out_indices=None, strides=O
     train_cfg=dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0,
                                  ignore_iof_thr=-1), allowed_border=-1, pos_weight=-1, debug=False),
     test_cfg=dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
-                  max_per_img=100)""" if kind == RETINANET else """    rpn_head=dict(type='RPNHead', in_channels=256, feat_channels=256),
+                  max_per_img=100)""" if kind == RETINANET else """\
+    rpn_head=dict(type='RPNHead', in_channels=256, feat_channels=256),
     roi_head=dict(type='StandardRoIHead')""")
     return f"""checkpoint_file = '/your_path_to/vanillanet_13_act_num_4_kd_pretrain.pth'
 model = dict(

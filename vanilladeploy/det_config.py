@@ -122,8 +122,8 @@ class _Evaluator:
 
     def _dict_call(self, node: ast.Call) -> dict[str, Any]:
         if not (isinstance(node.func, ast.Name) and node.func.id == "dict") or node.args:
-            name = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
-            raise _refuse(self.source, node, f"a call of {name!r}")
+            raise _refuse(self.source, node, f"a call of {node.func.id!r}" if isinstance(node.func, ast.Name)
+                          else "a call")
         out: dict[str, Any] = {}
         for kw in node.keywords:
             if kw.arg is None:  # dict(**other)
