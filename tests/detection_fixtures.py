@@ -46,7 +46,7 @@ model = dict(
         type='Vanillanet', act_num=4, dims={list(dims)}, out_indices={out_indices}, strides={list(strides)},
         init_cfg=dict(type='Pretrained', checkpoint='/your_path_to/vanillanet_13_act_num_4_kd_pretrain.pth')),
     neck=dict(type='FPN', in_channels={in_channels}, out_channels={neck_out}, start_level=0,
-              add_extra_convs='on_input', num_outs={5 if kind == RETINANET else 5}),
+              {"add_extra_convs='on_input', " if kind == RETINANET else ""}num_outs=5),
 {head})
 img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
 data = dict(
@@ -87,7 +87,9 @@ def detector_state_dict(kind: str, dims: tuple[int, ...], *, seed: int = 0, neck
     Mask R-CNN a few rpn_head.*/roi_head.* tensors stand for its heads."""
     out_indices = tuple(out_indices or OFFICIAL_OUT_INDICES[kind])
     backbone = randomize_(VanillaNetBackbone(dims, tuple(strides), out_indices, act_num=4), seed=seed).eval()
-    neck = randomize_(FPN(FPNSpec(tuple(dims[i + 1] for i in out_indices), neck_out)), seed=seed + 1).eval()
+    extra = "on_input" if kind == RETINANET else False  # the official configs' (Mask R-CNN: mmdet's FPN default)
+    neck = randomize_(FPN(FPNSpec(tuple(dims[i + 1] for i in out_indices), neck_out, add_extra_convs=extra)),
+                      seed=seed + 1).eval()
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(seed))
     acts = [backbone.stem2[2].bn] + [stage.act.bn for stage in backbone.stages]
     _unit_scale_(backbone, [(bn, [bn.weight, bn.bias]) for bn in acts], x)

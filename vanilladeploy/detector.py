@@ -132,7 +132,7 @@ def _backbone(sd: Mapping[str, Tensor], r: _Reader, kind: str) -> BackboneSpec:
     return BackboneSpec(dims, strides, out_indices, act_num)
 
 
-def _neck(r: _Reader, backbone: BackboneSpec) -> FPNSpec:
+def _neck(r: _Reader, backbone: BackboneSpec, kind: str) -> FPNSpec:
     ntype = _get(r.cfg, "model", "neck", "type")
     if ntype is not None and ntype != "FPN":
         raise ArchitectureError(f"{r.config_source}: neck type {ntype!r} is not supported (FPN only).")
@@ -141,7 +141,10 @@ def _neck(r: _Reader, backbone: BackboneSpec) -> FPNSpec:
     if in_channels != backbone.feature_channels:
         raise ArchitectureError(f"neck.in_channels {list(in_channels)} do not fit the backbone's outputs "
                                 f"{list(backbone.feature_channels)} (out_indices {list(backbone.out_indices)}).")
-    extra = r.get("neck.add_extra_convs", ("model", "neck", "add_extra_convs"), "on_input")
+    # mmdetection's retinanet_r50_fpn.py sets 'on_input'; mask_rcnn_r50_fpn.py leaves FPN's default (False: p6 by
+    # max-pooling, no extra conv)
+    extra = r.get("neck.add_extra_convs", ("model", "neck", "add_extra_convs"), "on_input" if kind == RETINANET
+                  else False)
     if extra not in (False, True, "on_input", "on_lateral", "on_output"):
         raise ArchitectureError(f"neck.add_extra_convs is {extra!r}; mmdetection knows on_input, on_lateral, "
                                 "on_output, True and False.")
@@ -225,7 +228,7 @@ def recognize_detector(ckpt: Checkpoint, *, config_text: str | None = None,
     kind = _kind(sd, _get(cfg, "model", "type"), ckpt.source)
     r.sources["kind"] = config_source if _get(cfg, "model", "type") else "state-dict keys"
     backbone = _backbone(sd, r, kind)
-    neck = _neck(r, backbone)
+    neck = _neck(r, backbone, kind)
     head = _head(r, neck) if kind == RETINANET else None
     classes = meta.get("CLASSES")
     spec = DetectorSpec(kind, backbone, neck, head, _pipeline(r),
