@@ -86,14 +86,21 @@ def _decode(g: Net, spec: RetinaSpec, anchors: str, deltas: str, bound: str) -> 
 
 
 def _level(g: Net, spec: RetinaSpec, level: int, cls: str, reg: str, bound: str) -> tuple[str, str, str]:
-    """One level's ``nms_pre`` best (anchor, class) pairs: (boxes, scores, labels), masked scores -1."""
+    """One level's ``nms_pre`` best (anchor, class) pairs: (boxes, scores, labels), masked scores -1 (also the
+    padding where the level has fewer pairs)."""
     c = spec.num_classes
     flat = g.const("shape_0_-1", _i64(0, -1))
     scores = g.node("Reshape", [g.node("Transpose", [g.node("Sigmoid", [cls])], perm=[0, 2, 3, 1]), flat])
     neg = g.const("f32_-1", _f32(-1.0))
     scores = g.node("Where", [g.node("Greater", [scores, g.const("score_thr", _f32(spec.score_thr))]), scores, neg])
-    k = g.node("Min", [_dim(g, scores, 1), g.const("nms_pre", _i64(spec.nms_pre))])
-    top, idx = g.multi("TopK", [scores, k], 2, axis=1, largest=1, sorted=1)
+    # padded with nms_pre entries scoring -1, so that TopK's k is the constant nms_pre at any size (TensorRT needs k
+    # constant); a padded entry's index, taken modulo the real count, points at a real anchor and is masked by -1
+    n = _dim(g, scores, 1)
+    pad = g.node("ConstantOfShape", [g.node("Concat", [_dim(g, scores, 0), g.const("nms_pre", _i64(spec.nms_pre))],
+                                            axis=0)], value=_tensor(-1.0))
+    top, idx = g.multi("TopK", [g.node("Concat", [scores, pad], axis=1), "nms_pre"], 2, axis=1, largest=1,
+                       sorted=1)
+    idx = g.node("Mod", [idx, n])
     classes = g.const("num_classes", _i64(c))
     anchor, label = g.node("Div", [idx, classes]), g.node("Mod", [idx, classes])
     deltas = g.node("Reshape", [g.node("Transpose", [reg], perm=[0, 2, 3, 1]), g.const("shape_0_-1_4",

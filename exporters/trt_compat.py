@@ -79,6 +79,30 @@ class BatchProfile:
 
 
 @dataclass(frozen=True)
+class ShapeProfile:
+    """The optimization profile of a dynamic height and width (a detector's input): (height, width) at least, tuned
+    for, at most. The default is the paper's test scale: 320×320 up to 1344×1344, tuned for 800×1344."""
+
+    min: tuple[int, int] = (320, 320)
+    opt: tuple[int, int] = (800, 1344)
+    max: tuple[int, int] = (1344, 1344)
+
+    @classmethod
+    def parse(cls, text: str) -> ShapeProfile:
+        """``"MINHxMINW/OPTHxOPTW/MAXHxMAXW"``; raises ValueError with the accepted form."""
+        parts = [p.strip().lower().split("x") for p in text.split("/")]
+        if len(parts) != 3 or not all(len(p) == 2 and all(re.fullmatch(r"\d+", d) for d in p) for p in parts):
+            raise ValueError(f"shape profile {text!r}: write MIN/OPT/MAX as HxW, e.g. 320x320/800x1344/1344x1344")
+        low, opt, high = (tuple(int(d) for d in p) for p in parts)
+        if not all(1 <= a <= b <= c for a, b, c in zip(low, opt, high)):
+            raise ValueError(f"shape profile {text!r}: need 1 ≤ MIN ≤ OPT ≤ MAX in height and in width")
+        return cls(low, opt, high)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return "/".join(f"{h}x{w}" for h, w in (self.min, self.opt, self.max))
+
+
+@dataclass(frozen=True)
 class Finding:
     severity: str  # "error" or "warning"
     where: str  # a node ("Conv 'stem/conv'"), an input ("input 'input'") or "model"
@@ -96,6 +120,7 @@ class CompatResult:
     opset: int | None = None
     nodes: int = 0
     profile: BatchProfile | None = None
+    shapes: ShapeProfile | None = None
 
     @property
     def errors(self) -> list[Finding]:
@@ -111,16 +136,19 @@ class CompatResult:
     def as_dict(self) -> dict[str, object]:
         return {"passed": bool(self), "opset": self.opset, "nodes": self.nodes,
                 "profile": str(self.profile) if self.profile else None,
+                "shapes": str(self.shapes) if self.shapes else None,
                 "errors": [f"{f.where}: {f.message}" for f in self.errors],
                 "warnings": [f"{f.where}: {f.message}" for f in self.warnings]}
 
 
-def check_trt_compat(model: onnx.ModelProto, *, profile: BatchProfile | None = None) -> CompatResult:
-    """Everything in ``model`` that TensorRT 10's ONNX parser or builder would refuse, as findings."""
+def check_trt_compat(model: onnx.ModelProto, *, profile: BatchProfile | None = None,
+                     shapes: ShapeProfile | None = None) -> CompatResult:
+    """Everything in ``model`` that TensorRT 10's ONNX parser or builder would refuse, as findings. ``shapes``: the
+    profile also covers a dynamic height and width (dimensions 2 and 3), as a detector's has."""
     import onnx
 
     profile = profile or BatchProfile()
-    result = CompatResult(nodes=len(model.graph.node), profile=profile)
+    result = CompatResult(nodes=len(model.graph.node), profile=profile, shapes=shapes)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception as e:  # shape inference failing is itself worth knowing, but not fatal to the check
@@ -132,7 +160,7 @@ def check_trt_compat(model: onnx.ModelProto, *, profile: BatchProfile | None = N
     types = _tensor_types(inferred.graph)
     constants = {t.name for t in model.graph.initializer} | {
         o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    result.findings += list(_check_io(model.graph, profile))
+    result.findings += list(_check_io(model.graph, profile, shapes))
     for node in model.graph.node:
         result.findings += list(_check_node(node, types, constants))
     return result
@@ -173,7 +201,7 @@ def _type_name(elem_type: int) -> str:
     return _type_names().get(elem_type) or TensorProto.DataType.Name(elem_type)
 
 
-def _check_io(graph: onnx.GraphProto, profile: BatchProfile) -> Iterator[Finding]:
+def _check_io(graph: onnx.GraphProto, profile: BatchProfile, shapes: ShapeProfile | None) -> Iterator[Finding]:
     initializers = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
     if not graph.output:
@@ -188,10 +216,11 @@ def _check_io(graph: onnx.GraphProto, profile: BatchProfile) -> Iterator[Finding
             yield Finding("error", where, f"has type {name}; a network {kind} must be one of "
                           f"{', '.join(sorted(IO_TYPES))}")
         if kind == "input":
-            yield from _check_input_shape(v, where, profile)
+            yield from _check_input_shape(v, where, profile, shapes)
 
 
-def _check_input_shape(v: onnx.ValueInfoProto, where: str, profile: BatchProfile) -> Iterator[Finding]:
+def _check_input_shape(v: onnx.ValueInfoProto, where: str, profile: BatchProfile, shapes: ShapeProfile | None
+                       ) -> Iterator[Finding]:
     if not v.type.tensor_type.HasField("shape"):
         yield Finding("error", where, "has no shape (unknown rank); TensorRT needs every input's rank")
         return
@@ -202,7 +231,7 @@ def _check_input_shape(v: onnx.ValueInfoProto, where: str, profile: BatchProfile
             yield Finding("error", where, f"has a fixed batch of {d.dim_value}, but the profile asks for "
                           f"{profile}; use --batch {d.dim_value}/{d.dim_value}/{d.dim_value} or export with a "
                           "dynamic batch")
-        elif axis > 0 and not static:
+        elif axis > 0 and not static and not (shapes is not None and axis in (2, 3) and len(dims) == 4):
             label = d.dim_param or "?"
             yield Finding("error", where, f"dimension {axis} ({label}) is dynamic, and the optimization profile "
                           "covers only the batch dimension; export with a fixed --img-size")
@@ -260,4 +289,4 @@ def _check_restrictions(node: onnx.NodeProto, where: str, constants: set[str]) -
             yield Finding("error", where, "antialiasing is not supported")
 
 
-__all__ = ["BatchProfile", "CompatResult", "DEFAULT_MAX_BATCH", "Finding", "check_trt_compat"]
+__all__ = ["BatchProfile", "CompatResult", "DEFAULT_MAX_BATCH", "Finding", "ShapeProfile", "check_trt_compat"]

@@ -148,7 +148,7 @@ def export(
             if ckpt.form == "detector":
                 _export_detector(ckpt, progress, classifier_options={
                     "--arch": arch, "--img-size": img_size, "--opset": opset, "--static-batch": static_batch,
-                    "--input": input_dtype, "--precision": precision, "--openvino": openvino, "--trt": trt})
+                    "--input": input_dtype, "--precision": precision, "--trt": trt})
                 return
             if part is not None or det_config is not None or verify_sizes is not None:
                 raise UsageError("--part, --det-config and --verify-sizes are for detection checkpoints; "
@@ -163,7 +163,7 @@ def export(
 
         detection.refuse_classifier_options(classifier_options)
         opts = detection.DetectionExportOptions(
-            out_dir=out_dir, part=part, det_config=det_config, simplify=not no_simplify,
+            out_dir=out_dir, part=part, det_config=det_config, simplify=not no_simplify, openvino=openvino,
             sizes=detection.parse_sizes(verify_sizes) if verify_sizes else detection.DEFAULT_SIZES)
         result = detection.export_detector(ckpt, opts, progress=progress)
         _render_detector(result.report, result.artifacts)
@@ -192,6 +192,15 @@ def _render_detector(report: dict, artifacts: dict[str, Path]) -> None:
                       f"{sum(m['detections'])} detections equal to the reference (box Δ ≤ "
                       f"{m['max_box_diff_px']:.1e} px, score Δ ≤ {m['max_score_diff']:.1e})")
     table.add_row("graph contract", "[green]pass[/]", f"{report['onnx']['nodes']} nodes, no BatchNormalization")
+    for precision, check in report.get("openvino", {}).items():
+        if isinstance(check, dict) and "skipped" in check:
+            table.add_row(f"openvino {precision}", "[yellow]skipped[/]", escape(check["skipped"]))
+        elif isinstance(check, dict) and "recall" in check:
+            table.add_row(f"openvino {precision} boxes vs onnxruntime", "[green]pass[/]" if check["passed"] else
+                          "[yellow]below gate[/]", f"recall {check['recall']:.4f}, precision {check['precision']:.4f}"
+                          f", mean IoU {check['mean_iou']:.4f}, mean score Δ {check['mean_score_diff']:.1e}")
+        elif isinstance(check, dict):
+            table.add_row(f"openvino {precision} vs training form", "[green]pass[/]", f"rel L2 {check['rel_l2']:.1e}")
     out.print(table)
     for path in artifacts.values():
         wrote(path)

@@ -53,6 +53,9 @@ def check(
     trt_profile: Annotated[Optional[str], typer.Option("--trt-profile", help="TensorRT batch optimization profile "
                                                        "MIN/OPT/MAX or MAX (= 1/1/MAX) [default: 1/1/32]. Was "
                                                        "--batch.", show_default=False)] = None,
+    trt_shapes: Annotated[Optional[str], typer.Option("--trt-shapes", help="Height x width profile MIN/OPT/MAX for a "
+                                                      "graph with dynamic height and width [default for a detector: "
+                                                      "320x320/800x1344/1344x1344].", show_default=False)] = None,
     as_json: JsonPrint = False,
     verbose: Verbose = False,
 ) -> None:
@@ -61,7 +64,7 @@ def check(
     from vanilladeploy.check import check_onnx_file
 
     def run() -> None:
-        result = check_onnx_file(onnx_path, profile=trt_profile)
+        result = check_onnx_file(onnx_path, profile=trt_profile, shapes=trt_shapes)
         _render_check(onnx_path, result.as_dict(), as_json=as_json)
         if not result:
             raise typer.Exit(int(ExitCode.VERIFICATION_FAILED))
@@ -78,5 +81,7 @@ def _render_check(path: Path, info: dict[str, Any], *, as_json: bool) -> None:
     for line in info["warnings"]:
         out.print(f"[yellow]warning[/] {escape(line)}", soft_wrap=True)
     verdict = "[green]TensorRT-compatible[/]" if info["passed"] else "[red]not TensorRT-compatible[/]"
+    shapes = f", shapes {info['shapes']}" if info.get("shapes") else ""
     out.print(f"{escape(str(path))}: {verdict} ({info['nodes']} nodes, opset {info['opset']}, batch profile "
-              f"{info['profile']}, {len(info['errors'])} errors, {len(info['warnings'])} warnings)", soft_wrap=True)
+              f"{info['profile']}{shapes}, {len(info['errors'])} errors, {len(info['warnings'])} warnings)",
+              soft_wrap=True)

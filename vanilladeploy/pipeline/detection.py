@@ -49,6 +49,8 @@ class DetectionExportOptions:
     sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES
     seed: int = 0
     simplify: bool = True
+    openvino: bool = False
+    """Also write the OpenVINO IR and verify it (:mod:`vanilladeploy.pipeline.det_openvino`)."""
 
 
 @dataclass
@@ -172,7 +174,8 @@ def _fuse(ckpt: Checkpoint, spec: DetectorSpec, inputs: list[np.ndarray], part: 
 
 
 def _verify_onnx(path: Path, emitted_raw: bytes | None, spec: DetectorSpec, part: str, inputs: list[np.ndarray],
-                 ref: _Torch, timer: StepTimer, report: dict[str, Any]) -> None:
+                 ref: _Torch, timer: StepTimer, report: dict[str, Any]) -> list[list[np.ndarray]]:
+    """The checks of the module docstring; returns ONNX Runtime's outputs per input."""
     ver = report["verification"]
     with timer.step("verify_onnxruntime_s", "Running the ONNX graph in ONNX Runtime"):
         outputs = _run_onnx(path, inputs)
@@ -180,7 +183,7 @@ def _verify_onnx(path: Path, emitted_raw: bytes | None, spec: DetectorSpec, part
             expected = ref.features if part == "backbone" else ref.levels
             ver["onnxruntime"] = _require(_compare("onnxruntime", outputs, expected),
                                           "ONNX Runtime's outputs differ from the training form")
-            return
+            return outputs
         assert spec.head is not None and emitted_raw is not None
         raw = _run_onnx(emitted_raw, inputs)
     n = len(graph_outputs(spec.backbone, spec.neck, spec.head, "detector"))
@@ -191,6 +194,7 @@ def _verify_onnx(path: Path, emitted_raw: bytes | None, spec: DetectorSpec, part
     bad = next((m for m in matches if not m), None)
     if bad is not None:
         raise VerificationError(f"the graph's detections differ from the reference post-processing: {bad.summary()}")
+    return outputs
 
 
 def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress: Progress = silent
@@ -234,7 +238,13 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
             report["onnx"] = {"nodes": contract.nodes, "simplified": opts.simplify, **contract.as_dict()}
             if not contract:
                 raise VerificationError(f"the ONNX graph breaks the contract: {'; '.join(contract.problems)}")
-            _verify_onnx(onnx_tmp, raw, spec, part, inputs, ref, timer, report)
+            ort_outputs = _verify_onnx(onnx_tmp, raw, spec, part, inputs, ref, timer, report)
+            if opts.openvino:
+                from vanilladeploy.pipeline.det_openvino import detector_openvino
+
+                expected = {"backbone": ref.features, "neck": ref.levels, "detector": ort_outputs}[part]
+                detector_openvino(name, onnx_tmp, writer, timer, report, part=part, inputs=inputs,
+                                  references=expected)
             torch.save(deploy_checkpoint(ckpt, spec, fused), writer.stage(f"{name}_deploy.pth"))
             report_tmp = writer.stage(f"{name}.report.json")
             report["artifacts"] = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
