@@ -117,7 +117,7 @@ def test_det_config_file_is_parsed_not_run(tmp_path: Path, retinanet: Path) -> N
 
 
 def test_classifier_only_options_are_refused_for_a_detector(retinanet: Path, tmp_path: Path) -> None:
-    for extra in (["--precision", "fp16"], ["--openvino"], ["--img-size", "320"]):
+    for extra in (["--precision", "fp16"], ["--trt"], ["--img-size", "320"]):
         result = _cli("export", retinanet, "--out", tmp_path / "o", *extra)
         assert result.exit_code == 2 and extra[0] in result.output, result.output
     result = _cli("export", retinanet, "--out", tmp_path / "o", "--verify-sizes", "801x1344")

@@ -4,6 +4,7 @@
     result = vd.export("ckpt.pth", out_dir="build")   # an ExportResult; truthy when everything verified
     model = vd.load(result.onnx)                      # a checkpoint, deploy .pth, .onnx or .engine
     logits = model.predict(["cat.jpg"])               # preprocessed as the artifact records
+    boxes = vd.load("export/retinanet_vanillanet_13/retinanet_vanillanet_13.onnx").detect("street.jpg").boxes
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vanilladeploy.detect import DetectorSession, is_detector_onnx
 from vanilladeploy.evaluate import Artifact, EvalResult, choose_preprocess, open_artifact
 from vanilladeploy.evaluate import evaluate as _evaluate
 from vanilladeploy.images import Preprocess, load_image
@@ -25,7 +27,18 @@ def export(source: str | Path, *, progress: Progress = silent, **options: Any) -
     """``vanilladeploy export`` as a function: ``source`` is a checkpoint file or a variant name; ``options`` are
     the command's options as keywords (``out_dir``, ``img_size``, ``precision``, ``calib``, ``trt``, …). Raises a
     :class:`~vanilladeploy.errors.VanillaDeployError` for what the command refuses; a failure after publishing
-    (an unverified int8 model, no TensorRT for ``trt=True``) is ``result.error`` and makes the result falsy."""
+    (an unverified int8 model, no TensorRT for ``trt=True``) is ``result.error`` and makes the result falsy.
+    A detection checkpoint gives a :class:`~vanilladeploy.pipeline.detection.DetectionExportResult` (options
+    ``part``, ``det_config``, ``verify_sizes``, ``openvino``, ``out_dir``)."""
+    from vanilladeploy.source import resolve_source
+
+    if Path(str(source)).is_file():
+        ckpt = resolve_source(str(source), key=options.get("key"))
+        if ckpt.form == "detector":
+            from vanilladeploy.pipeline.detection import detection_options, export_detector
+
+            return export_detector(ckpt, detection_options(**options), progress=progress)
+        return export_checkpoint(str(source), export_options(**options), progress=progress, checkpoint=ckpt)
     return export_checkpoint(str(source), export_options(**options), progress=progress)
 
 
@@ -74,10 +87,12 @@ class Model:
 
 
 def load(artifact: str | Path, *, arch: str | None = None, runtime: str = "onnxruntime",
-         precision: str = "fp32") -> Model:
+         precision: str = "fp32") -> Model | DetectorSession:
     """A training checkpoint (run in training form with λ as trained), a deploy ``.pth``, an ``.onnx`` (fp32, fp16
     or int8, in ``runtime``: ONNX Runtime, or OpenVINO computing in ``precision`` fp32 or bf16) or a TensorRT
-    ``.engine``, ready to ``predict``."""
+    ``.engine``, ready to ``predict``; an exported detector (``export DET.pth``) ready to ``detect(image)``."""
+    if str(artifact).endswith(".onnx") and is_detector_onnx(Path(artifact)):
+        return DetectorSession(Path(artifact), runtime=runtime, precision=precision)
     return Model(open_artifact(str(artifact), arch=arch, runtime=runtime, precision=precision))
 
 
@@ -89,4 +104,4 @@ def evaluate(artifacts: Sequence[str | Path], data: str | Path, *, limit: int | 
                      runtime=runtime, precision=precision)
 
 
-__all__ = ["ExportResult", "Model", "Preprocess", "evaluate", "export", "load"]
+__all__ = ["DetectorSession", "ExportResult", "Model", "Preprocess", "evaluate", "export", "load"]

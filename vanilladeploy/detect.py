@@ -83,6 +83,17 @@ def split_outputs(outputs: Sequence[np.ndarray], classes: tuple[str, ...] | None
             for b, k in enumerate(int(c) for c in counts)]
 
 
+def is_detector_onnx(path: Path) -> bool:
+    """Whether an ONNX file is an exported detector (its ``metadata_props`` name one), read without its weights."""
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # not ours to judge here: the classifier path reports unreadable files
+        return False
+    return any(p.key == "detector" for p in model.metadata_props)
+
+
 class DetectorSession:
     """An exported detector ONNX in ONNX Runtime or OpenVINO (``precision`` fp32 or bf16): every output."""
 
@@ -120,6 +131,15 @@ class DetectorSession:
             self._run = run
         else:
             raise UsageError(f"runtime {runtime!r}: choose onnxruntime or openvino.")
+
+    def close(self) -> None:
+        self._run = None
+
+    def __enter__(self) -> DetectorSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def infer(self, x: np.ndarray) -> list[Detections]:
         """Detections in the input tensor's pixels for a preprocessed batch."""
@@ -248,5 +268,56 @@ def agreement(sessions: Sequence[DetectorSession], inputs: Sequence[np.ndarray])
     return results
 
 
+def _open_image(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def compare_detectors(artifacts: Sequence[str | Path], data: Path, *, limit: int | None = None,
+                      runtime: str = "onnxruntime", precision: str = "fp32", progress: Any = None
+                      ) -> dict[str, Any]:
+    """``vanilladeploy eval`` for detectors: every artifact after the first (run in ``runtime`` at ``precision``)
+    against the first (ONNX Runtime, fp32), image by image — preprocessed by the first's recorded pipeline — with
+    boxes matched by label and IoU ≥ 0.5 (:class:`BoxAgreement`) and the :data:`GATE_REDUCED` verdict."""
+    from vanilladeploy.images import scan_folder
+
+    folder = scan_folder(Path(data))
+    files = folder.files[:limit] if limit else folder.files
+    sessions = [DetectorSession(Path(artifacts[0]))] + [DetectorSession(Path(a), runtime=runtime,
+                                                                         precision=precision) for a in artifacts[1:]]
+    results, skipped, timing = [BoxAgreement() for _ in sessions[1:]], [], [0.0] * len(sessions)
+    import time
+
+    for n, path in enumerate(files):
+        try:
+            x, _, _ = sessions[0].preprocess(_open_image(path))
+        except (OSError, ValueError, SyntaxError) as e:
+            skipped.append(f"{path}: {e}")
+            continue
+        dets = []
+        for i, session in enumerate(sessions):
+            start = time.perf_counter()
+            dets.append(session.infer(x)[0])
+            timing[i] += time.perf_counter() - start
+        for result, det in zip(results, dets[1:]):
+            result.add(det, dets[0])
+        if progress is not None:
+            progress(n + 1, len(files))
+    if len(skipped) == len(files):
+        raise UsageError(f"{data}: none of the {len(files)} images could be read ({skipped[0] if skipped else ''}).")
+    images = len(files) - len(skipped)
+    rows = [{"name": Path(artifacts[0]).name, "runtime": "onnxruntime fp32", "reference": True,
+             "detections": results[0].reference if results else None, "images_per_s": images / timing[0]}]
+    for a, result, t in zip(artifacts[1:], results, timing[1:]):
+        failures = GATE_REDUCED.failures(result)
+        rows.append({"name": Path(a).name, "runtime": f"{runtime} {precision}", **result.as_dict(),
+                     "gate": vars(GATE_REDUCED), "passed": not failures, "failures": failures,
+                     "images_per_s": images / t})
+    return {"data": str(data), "images": images, "skipped": skipped, "artifacts": rows}
+
+
 __all__ = ["BoxAgreement", "BoxGate", "DetPreprocess", "DetectorSession", "Detections", "GATE_FP32", "GATE_REDUCED",
-           "agreement", "box_iou", "split_outputs"]
+           "agreement", "box_iou", "compare_detectors", "is_detector_onnx", "split_outputs"]

@@ -43,10 +43,30 @@ def eval_(
 ) -> None:
     """Accuracy (top-1/top-5 with labels) and agreement with the first artifact, on real images preprocessed as
     the official evaluation does (resize, center crop, normalize; values from the checkpoint's args). With --url,
-    the model on that server is one more row, fed the same batches: accuracy and agreement through the server."""
+    the model on that server is one more row, fed the same batches: accuracy and agreement through the server.
+
+    Exported detectors (.onnx with boxes out): box agreement of each artifact after the first (run in --runtime at
+    --precision) with the first (ONNX Runtime fp32), boxes matched by label and IoU ≥ 0.5 (docs/detection.md)."""
+    from vanilladeploy.detect import is_detector_onnx
     from vanilladeploy.evaluate import check_eval_options, evaluate
 
+    def run_detectors() -> None:
+        from vanilladeploy.detect import compare_detectors
+
+        if len(artifacts) < 2:
+            raise typer.BadParameter("give the reference detector and at least one to compare with it.")
+        info = compare_detectors(artifacts, data, limit=limit, runtime=runtime, precision=precision)
+        if as_json:
+            print_json(info)
+        else:
+            _render_detectors(info)
+        if json_path is not None:
+            write_json(json_path, info, quiet=as_json)
+
     def run() -> None:
+        if artifacts and artifacts[0].endswith(".onnx") and is_detector_onnx(Path(artifacts[0])):
+            run_detectors()
+            return
         check_eval_options(data, arch=arch, json_path=json_path, runtime=runtime, precision=precision, url=url,
                            protocol=protocol, model=model)
         with ProgressDisplay() as progress:
@@ -61,6 +81,26 @@ def eval_(
             write_json(json_path, info, quiet=as_json)
 
     run_command(verbose, run)
+
+
+def _render_detectors(info: dict[str, Any]) -> None:
+    table = Table(title=f"{info['images']} images from {escape(str(info['data']))}: box agreement with the first",
+                  header_style="bold")
+    for col in ("artifact", "runtime", "detections", "recall %", "precision %", "mean IoU", "mean score Δ",
+                "gate", "img/s"):
+        table.add_column(col, justify="left" if col in ("artifact", "runtime", "gate") else "right")
+    for r in info["artifacts"]:
+        if r.get("reference"):
+            table.add_row(escape(r["name"]), r["runtime"], str(r["detections"]), "ref", "ref", "—", "—", "—",
+                          f"{r['images_per_s']:.2f}")
+            continue
+        table.add_row(escape(r["name"]), r["runtime"], str(r["detections"]), pct(100 * r["recall"]),
+                      pct(100 * r["precision"]), f"{r['mean_iou']:.4f}", fmt(r["mean_score_diff"]),
+                      "[green]pass[/]" if r["passed"] else "[red]fail[/]", f"{r['images_per_s']:.2f}")
+    wide().print(table)
+    if info["skipped"]:
+        out.print(f"[yellow]skipped {len(info['skipped'])} unreadable file(s)[/], e.g. "
+                  f"{escape(info['skipped'][0])}", soft_wrap=True)
 
 
 def _relative(path: str, root: str) -> str:

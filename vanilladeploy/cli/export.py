@@ -146,9 +146,14 @@ def export(
         with ProgressDisplay() as progress:
             ckpt = load_source(source, key=key, seed=0)
             if ckpt.form == "detector":
-                _export_detector(ckpt, progress, classifier_options={
-                    "--arch": arch, "--img-size": img_size, "--opset": opset, "--static-batch": static_batch,
-                    "--input": input_dtype, "--precision": precision, "--trt": trt})
+                from vanilladeploy.pipeline import detection
+
+                det_opts = detection.detection_options(
+                    out_dir=out_dir, part=part, det_config=det_config, verify_sizes=verify_sizes, openvino=openvino,
+                    simplify=not no_simplify, arch=arch, img_size=img_size, opset=opset, static_batch=static_batch,
+                    input_dtype=input_dtype, precision=precision, trt=trt, allow_inexact=allow_inexact, calib=calib)
+                result = detection.export_detector(ckpt, det_opts, progress=progress)
+                _render_detector(result.report, result.artifacts)
                 return
             if part is not None or det_config is not None or verify_sizes is not None:
                 raise UsageError("--part, --det-config and --verify-sizes are for detection checkpoints; "
@@ -157,16 +162,6 @@ def export(
         _render(result.typed_report, result.artifacts)
         if result.error is not None:
             raise result.error
-
-    def _export_detector(ckpt, progress, *, classifier_options) -> None:
-        from vanilladeploy.pipeline import detection
-
-        detection.refuse_classifier_options(classifier_options)
-        opts = detection.DetectionExportOptions(
-            out_dir=out_dir, part=part, det_config=det_config, simplify=not no_simplify, openvino=openvino,
-            sizes=detection.parse_sizes(verify_sizes) if verify_sizes else detection.DEFAULT_SIZES)
-        result = detection.export_detector(ckpt, opts, progress=progress)
-        _render_detector(result.report, result.artifacts)
 
     run_command(verbose, run)
 

@@ -65,13 +65,29 @@ class DetectionExportResult:
         return next(p for p in self.artifacts.values() if p.suffix == ".onnx")
 
 
-def refuse_classifier_options(given: Mapping[str, Any]) -> None:
-    """The export options a detector does not take yet, by their CLI names (``given``: name → value, None or
-    False when not given)."""
-    used = [name for name, value in given.items() if value not in (None, False, "fp32", "float32", 17)]
-    if used:
-        raise UsageError(f"{used[0]} is not available for detection checkpoints yet: a detector exports in fp32 "
-                         "ONNX (--part backbone, neck or detector); see docs/detection.md for what comes next.")
+_CLASSIFIER_DEFAULTS = {"arch": None, "key": None, "img_size": None, "opset": 17, "static_batch": None,
+                        "input_dtype": "float32", "precision": "fp32", "trt": False, "allow_inexact": False,
+                        "calib": None, "num_inputs": 3}
+_OPTION_NAMES = {"input_dtype": "--input", "simplify": "--no-simplify"}
+
+
+def detection_options(*, out_dir: Path | str | None = None, part: str | None = None,
+                      det_config: Path | str | None = None, verify_sizes: str | None = None, openvino: bool = False,
+                      simplify: bool = True, seed: int = 0, **classifier: Any) -> DetectionExportOptions:
+    """:class:`DetectionExportOptions` from the keywords ``export`` takes (the CLI's and the API's): an option a
+    detector does not take yet, given with a value other than its default, is refused naming the option."""
+    for name, value in classifier.items():
+        if name not in _CLASSIFIER_DEFAULTS:
+            raise UsageError(f"unknown export option {name!r}.")
+        if value != _CLASSIFIER_DEFAULTS[name]:
+            option = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+            raise UsageError(f"{option} is not available for detection checkpoints yet: a detector exports in fp32 "
+                             "ONNX (--part backbone, neck or detector; --openvino); see docs/detection.md for what "
+                             "comes next.")
+    return DetectionExportOptions(out_dir=None if out_dir is None else Path(out_dir), part=part,
+                                  det_config=None if det_config is None else Path(det_config),
+                                  sizes=parse_sizes(verify_sizes) if verify_sizes else DEFAULT_SIZES,
+                                  openvino=openvino, simplify=simplify, seed=seed)
 
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
@@ -283,4 +299,4 @@ def deploy_checkpoint(ckpt: Checkpoint, spec: DetectorSpec, fused: Mapping[str, 
 
 
 __all__ = ["DEFAULT_SIZES", "DetectionExportOptions", "DetectionExportResult", "check_sizes", "deploy_checkpoint",
-           "export_detector", "parse_sizes", "refuse_classifier_options", "resolve_part"]
+           "detection_options", "export_detector", "parse_sizes", "resolve_part"]
