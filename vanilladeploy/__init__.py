@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_API = ("export", "load", "evaluate", "Model", "ExportResult", "Preprocess")
+_API = ("export", "load", "evaluate", "Model", "ExportResult", "Preprocess", "DetectorSession")
 
 if TYPE_CHECKING:
-    from vanilladeploy.api import ExportResult, Model, Preprocess, evaluate, export, load
+    from vanilladeploy.api import DetectorSession, ExportResult, Model, Preprocess, evaluate, export, load
 
 
 def __getattr__(name: str) -> Any:
@@ -31,4 +31,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_API])
 
 
-__all__ = ["ExportResult", "Model", "Preprocess", "__version__", "evaluate", "export", "load"]
+__all__ = ["DetectorSession", "ExportResult", "Model", "Preprocess", "__version__", "evaluate", "export", "load"]

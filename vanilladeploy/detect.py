@@ -102,7 +102,10 @@ class DetectorSession:
 
         if not Path(path).is_file():
             raise UsageError(f"{path}: no such file.")
-        model = onnx.load(path, load_external_data=False)
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except Exception as e:  # protobuf's DecodeError and friends
+            raise UsageError(f"{path}: not a readable ONNX file ({type(e).__name__}).") from None
         self.meta = {p.key: p.value for p in model.metadata_props}
         if self.meta.get("part") != "detector":
             raise UsageError(f"{path} is not an exported detector with boxes out (metadata part="

@@ -1,0 +1,125 @@
+"""vanilladeploy.detect and the paths that take an exported detector: preprocessing, detect(), box agreement,
+--openvino, check, eval, the Python API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import require
+from detection_fixtures import save_detector
+from PIL import Image
+from typer.testing import CliRunner
+
+import vanilladeploy as vd
+from vanilladeploy.cli import app
+from vanilladeploy.detect import BoxAgreement, Detections, DetPreprocess
+from vanilladeploy.errors import UsageError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A RetinaNet (widths / 8) exported with --openvino: (checkpoint, export directory)."""
+    require("openvino", "export --openvino (the openvino extra)")
+    root = tmp_path_factory.mktemp("det")
+    ckpt = save_detector(root / "retinanet.pth")
+    result = runner.invoke(app, ["export", str(ckpt), "--out", str(root / "out"), "--openvino", "--verify-sizes",
+                                 "320x480,256x320"])
+    assert result.exit_code == 0, result.output
+    return ckpt, root / "out"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(1)
+    for i, (h, w) in enumerate([(300, 500), (480, 640), (200, 900)]):
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(root / f"{i}.png")
+    (root / "broken.jpg").write_bytes(b"not an image")
+    return root
+
+
+def test_keep_ratio_resize_and_padding_are_mmdetections() -> None:
+    pre = DetPreprocess()
+    assert pre.resized_size(640, 480) == (1067, 800)  # short side to 800
+    assert pre.resized_size(4000, 1000) == (1333, 333)  # long side capped at 1333
+    x, scale, size = pre(Image.new("RGB", (640, 480), (124, 116, 104)))
+    assert x.shape == (1, 3, 800, 1088) and size == (640, 480) and scale == (1067 / 640, 800 / 480)
+    assert np.abs(x[0, :, :800, :1067]).max() < 0.02 and (x[0, :, :, 1067:] == 0).all()
+
+
+def test_box_agreement_matches_by_label_and_iou() -> None:
+    ref = Detections(np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32), np.array([0.9, 0.8], np.float32),
+                     np.array([1, 2]))
+    same = BoxAgreement()
+    same.add(ref, ref)
+    assert (same.recall, same.precision, same.mean_iou) == (1.0, 1.0, 1.0)
+    moved = Detections(ref.boxes + np.array([[1, 0, 1, 0], [0, 0, 0, 0]], np.float32), ref.scores - 0.01,
+                       np.array([1, 3]))  # first box shifted by 1 px, second relabelled
+    a = BoxAgreement()
+    a.add(moved, ref)
+    assert a.matched == 1 and a.recall == 0.5 and a.mean_iou == pytest.approx(90 / 110)
+    assert a.max_score_diff == pytest.approx(0.01, abs=1e-6)
+
+
+def test_openvino_ir_is_verified_against_onnxruntime(exported) -> None:
+    _, out = exported
+    report = json.loads((out / "retinanet_custom.report.json").read_text())
+    fp32 = report["openvino"]["fp32"]
+    assert fp32["passed"] and fp32["recall"] >= 0.99 and fp32["mean_iou"] >= 0.999
+    assert (out / "retinanet_custom.xml").is_file() and (out / "retinanet_custom.bin").is_file()
+    bf16 = report["openvino"]["bf16"]
+    assert "skipped" in bf16 or 0.5 < bf16["recall"] <= 1.0
+
+
+def test_the_detector_graph_passes_the_tensorrt_check(exported) -> None:
+    _, out = exported
+    model = onnx.load(out / "retinanet_custom.onnx")
+    constants = {t.name for t in model.graph.initializer}
+    topks = [n for n in model.graph.node if n.op_type == "TopK"]
+    assert len(topks) == 6 and all(n.input[1] in constants for n in topks)  # 5 levels + the final top 100
+    assert "NonMaxSuppression" in {n.op_type for n in model.graph.node}
+    result = runner.invoke(app, ["check", str(out / "retinanet_custom.onnx")])
+    assert result.exit_code == 0 and "shapes 320x320/800x1344/1344x1344" in result.output, result.output
+    bad = runner.invoke(app, ["check", str(out / "retinanet_custom.onnx"), "--trt-shapes", "800x1344"])
+    assert bad.exit_code == 2 and "--trt-shapes" in bad.output
+
+
+def test_detect_maps_boxes_back_to_the_image(exported, images: Path) -> None:
+    _, out = exported
+    with vd.load(out / "retinanet_custom.onnx") as model:
+        det = model.detect(images / "1.png")
+        x, (sx, sy), _ = model.preprocess(Image.open(images / "1.png"))
+        raw = model.infer(x)[0]
+    assert len(det) == len(raw) > 0 and det.names()[0].startswith("class_")
+    assert (det.boxes >= 0).all() and (det.boxes[:, [0, 2]] <= 640).all() and (det.boxes[:, [1, 3]] <= 480).all()
+    np.testing.assert_allclose(det.boxes, np.minimum(raw.boxes / np.float32([sx, sy, sx, sy]), [640, 480, 640, 480]),
+                               rtol=1e-6)
+    with pytest.raises(UsageError, match="not a readable ONNX"):
+        vd.DetectorSession(out / "retinanet_custom.xml")
+
+
+def test_eval_compares_two_detectors_box_by_box(exported, images: Path, tmp_path: Path) -> None:
+    _, out = exported
+    onnx_path = str(out / "retinanet_custom.onnx")
+    result = runner.invoke(app, ["eval", onnx_path, onnx_path, "--data", str(images), "--runtime", "openvino",
+                                 "--json-out", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "e.json").read_text())
+    assert info["images"] == 3 and len(info["skipped"]) == 1
+    row = info["artifacts"][1]
+    assert row["runtime"] == "openvino fp32" and row["passed"] and row["recall"] >= 0.99 and row["detections"] > 0
+
+
+def test_the_api_exports_a_detector_and_refuses_what_it_cannot_do(exported, tmp_path: Path) -> None:
+    ckpt, _ = exported
+    result = vd.export(ckpt, out_dir=tmp_path / "b", part="backbone", verify_sizes="256x320")
+    assert result.onnx.name == "retinanet_custom.backbone.onnx" and result.report["part"] == "backbone"
+    with pytest.raises(UsageError, match="--precision is not available for detection"):
+        vd.export(ckpt, out_dir=tmp_path / "x", precision="fp16")
+    assert not (tmp_path / "x").exists()
