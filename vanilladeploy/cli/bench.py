@@ -71,6 +71,14 @@ def bench(
                                                       "engines' timing cache are kept (peaks are measured anew "
                                                       "in every run).",
                                                       show_default="~/.cache/vanilladeploy")] = None,
+    task: Annotated[str, typer.Option("--task", help="classification, or detection: batch-1 latency at "
+                                      "--det-size of the VanillaNet-13 detection backbone fused vs its training form "
+                                      "vs ResNet-50 and Swin-T backbones, and of whole RetinaNets, in torch, ONNX "
+                                      "Runtime and OpenVINO (docs/detection.md). Takes --models, --runtimes, "
+                                      "--warmup, --iters, --budget-s, --json-out, --cache-dir.")] = "classification",
+    det_size: Annotated[str, typer.Option("--det-size", help="--task detection: input HEIGHTxWIDTH.")] = "800x1344",
+    width_divisor: Annotated[int, typer.Option("--width-divisor", min=1, help="--task detection: VanillaNet widths "
+                                               "divided by N, for a quick run (1: the official widths).")] = 1,
     verbose: Verbose = False,
 ) -> None:
     """Batch latency of deployed VanillaNets against ResNet and Swin on the same runtimes, in one run.
@@ -81,7 +89,41 @@ def bench(
     """
     from vanilladeploy.benchmarks.run import BenchOptions, check_bench_options, run_bench, write_results
 
+    def run_detection() -> None:
+        from vanilladeploy.benchmarks.detection import BACKBONES, DETECTORS, DetBenchConfig, run_detection_bench
+        from vanilladeploy.cli.console import write_json
+        from vanilladeploy.errors import UsageError
+        from vanilladeploy.pipeline.detection import parse_sizes
+
+        (height, width), = parse_sizes(det_size)
+        chosen = name_list("--models", models) or list(BACKBONES + DETECTORS)
+        unknown = [m for m in chosen if m not in BACKBONES + DETECTORS]
+        if unknown or batch != 1:
+            raise UsageError(f"--task detection: --models {unknown[0]} is not one of "
+                             f"{', '.join(BACKBONES + DETECTORS)}." if unknown else
+                             "--task detection measures batch 1 (the paper's setting); drop --batch.")
+        chosen_runtimes = name_list("--runtimes", runtimes) or ["torch", "onnxruntime", "openvino"]
+        if any(r not in ("torch", "onnxruntime", "openvino") for r in chosen_runtimes):
+            raise UsageError("--task detection: --runtimes takes torch, onnxruntime and openvino.")
+        cfg = DetBenchConfig(height, width, warmup=warmup, iters=iters or 5, budget_s=budget,
+                             runtimes=tuple(chosen_runtimes), models=tuple(chosen), width_divisor=width_divisor,
+                             **({"cache_dir": cache_dir} if cache_dir else {}))
+        with ProgressDisplay() as progress:
+            result = run_detection_bench(cfg, progress=progress)
+        info = result.as_dict()
+        if as_json:
+            print_json(info)
+        else:
+            _render_detection(info)
+        target = Path("bench/detection.json") if json_path == Path("bench/results.json") else json_path
+        write_json(target, info, quiet=as_json)
+
     def run() -> None:
+        if task == "detection":
+            run_detection()
+            return
+        if task != "classification":
+            raise typer.BadParameter(f"--task {task}: choose classification or detection.")
         opts = BenchOptions(models=models, runtimes=name_list("--runtimes", runtimes), device=device,
                             precision=precision, batch=batch, img_size=img_size, warmup=warmup, iters=iters,
                             budget_s=budget, threads=threads, channels_last=channels_last,
@@ -136,6 +178,29 @@ def _render_bench(records: list[dict[str, Any]], machine: dict[str, Any], peaks:
             out.print(f"  [yellow]![/] efficiency above 1: {FLOOR_NOTE}", soft_wrap=True)
         if ok[0].get("calibration"):
             out.print(f"  int8 calibration: {escape(ok[0]['calibration'])}", soft_wrap=True)
+
+
+def _render_detection(info: dict[str, Any]) -> None:
+    cfg = info["config"]
+    out.print(f"[bold]{escape(info['cpu'])}[/]", soft_wrap=True)
+    table = Table(title=f"batch 1 · {cfg['height']}x{cfg['width']} · VanillaNet widths ÷ {cfg['width_divisor']}",
+                  header_style="bold")
+    for col in ("model", "kind", "runtime", "params M", "GFLOPs", "median ms", "p90", "GFLOP/s", "vs training form"):
+        table.add_column(col, justify="left" if col in ("model", "kind", "runtime") else "right", no_wrap=True)
+    rows = info["rows"]
+    train = {r["runtime"]: r.get("median_ms") for r in rows if r["model"] == "vanillanet_13:train"}
+    for r in rows:
+        if r.get("skipped"):
+            continue
+        speedup = (f"{train[r['runtime']] / r['median_ms']:.2f}×" if r["model"] == "vanillanet_13"
+                   and train.get(r["runtime"]) else "")
+        table.add_row(r["model"], r["kind"], r["runtime"], f"{r['params_m']:.1f}",
+                      "—" if r["gflops"] is None else f"{r['gflops']:.1f}", ms(r["median_ms"]), ms(r["p90_ms"]),
+                      str(r.get("gflop_per_s", "—")), speedup)
+    wide(170).print(table)
+    for r in rows:
+        if r.get("skipped"):
+            out.print(f"  [yellow]skipped[/] {r['model']} on {r['runtime']}: {escape(r['skipped'])}", soft_wrap=True)
 
 
 FLOOR_NOTE = "floor exceeded: peak under-measured (the model beat every peak kernel timed beside it)"
