@@ -142,6 +142,14 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (DEPLOY, "--target-rps", ["x", "0", ""]),
     (DEPLOY, "--p99-ms", ["x", "0", ""]),
     (DEPLOY, "--bench", ["", "{tmp}/missing.json"]),
+    (EXPORT, "--part", ["backbone", ""]),  # detection checkpoints only
+    (EXPORT, "--det-config", ["{file}"]),
+    (EXPORT, "--verify-sizes", ["800x1344"]),
+    (("inspect", "vanillanet_5"), "--det-config", ["{file}"]),
+    (("check", "{onnx}"), "--trt-shapes", ["a", "800x1344", "0x0/1x1/2x2", ""]),
+    (BENCH, "--task", ["segmentation", ""]),
+    (("bench", "--task", "detection", "--cache-dir", "{tmp}/cache"), "--det-size", ["x", "0x0", "", "1x2,3x4"]),
+    (("bench", "--task", "detection"), "--width-divisor", ["x", "0", ""]),
 ]
 
 

@@ -95,7 +95,10 @@ def bench(
         from vanilladeploy.errors import UsageError
         from vanilladeploy.pipeline.detection import parse_sizes
 
-        (height, width), = parse_sizes(det_size)
+        sizes = parse_sizes(det_size, "--det-size")
+        if len(sizes) != 1:
+            raise UsageError(f"--det-size {det_size}: give one HEIGHTxWIDTH.")
+        (height, width), = sizes
         chosen = name_list("--models", models) or list(BACKBONES + DETECTORS)
         unknown = [m for m in chosen if m not in BACKBONES + DETECTORS]
         if unknown or batch != 1:
@@ -123,7 +126,9 @@ def bench(
             run_detection()
             return
         if task != "classification":
-            raise typer.BadParameter(f"--task {task}: choose classification or detection.")
+            from vanilladeploy.errors import UsageError
+
+            raise UsageError(f"--task {task!r}: choose classification or detection.")
         opts = BenchOptions(models=models, runtimes=name_list("--runtimes", runtimes), device=device,
                             precision=precision, batch=batch, img_size=img_size, warmup=warmup, iters=iters,
                             budget_s=budget, threads=threads, channels_last=channels_last,

@@ -90,13 +90,13 @@ def detection_options(*, out_dir: Path | str | None = None, part: str | None = N
                                   openvino=openvino, simplify=simplify, seed=seed)
 
 
-def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
-    """``800x1344,320x480`` → ((800, 1344), (320, 480)); a UsageError names the bad entry."""
+def parse_sizes(text: str, option: str = "--verify-sizes") -> tuple[tuple[int, int], ...]:
+    """``800x1344,320x480`` → ((800, 1344), (320, 480)); a UsageError names ``option`` and the bad entry."""
     sizes = []
     for item in text.split(","):
         h, sep, w = item.strip().lower().partition("x")
         if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
-            raise UsageError(f"--verify-sizes: {item.strip()!r} is not HEIGHTxWIDTH (e.g. 800x1344).")
+            raise UsageError(f"{option}: {item.strip()!r} is not HEIGHTxWIDTH (e.g. 800x1344).")
         sizes.append((int(h), int(w)))
     return tuple(sizes)
 
