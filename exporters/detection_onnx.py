@@ -122,11 +122,28 @@ def emit_retina_head(g: Net, sd: Mapping[str, Tensor], spec: RetinaSpec, levels:
     for lvl, p in enumerate(levels):
         c = r = p
         for i in range(spec.stacked_convs):
-            c = g.node("Relu", [g.conv(c, sd, f"cls_convs.{i}.conv", name=f"head/{lvl}/cls.{i}")])
-            r = g.node("Relu", [g.conv(r, sd, f"reg_convs.{i}.conv", name=f"head/{lvl}/reg.{i}")])
+            c = g.node("Relu", [g.conv(c, sd, f"cls_convs.{i}.conv", name=f"head/{lvl}/cls.{i}")],
+                       name=f"head/{lvl}/cls.{i}/relu")
+            r = g.node("Relu", [g.conv(r, sd, f"reg_convs.{i}.conv", name=f"head/{lvl}/reg.{i}")],
+                       name=f"head/{lvl}/reg.{i}/relu")
         cls_out.append(g.conv(c, sd, "retina_cls", name=f"head/{lvl}/retina_cls"))
         reg_out.append(g.conv(r, sd, "retina_reg", name=f"head/{lvl}/retina_reg"))
     return cls_out, reg_out
+
+
+NETWORK_PREFIXES = ("stem/", "stages.", "neck/", "head/")
+"""Names of the nodes of the networks (backbone, FPN, head); every other node is post-processing."""
+
+
+def is_postprocess(node: onnx.NodeProto) -> bool:
+    """Whether a node of an emitted detector belongs to its post-processing (anchors, decoding, NMS)."""
+    return not node.name.startswith(NETWORK_PREFIXES)
+
+
+def keeps_fp32(node: onnx.NodeProto) -> bool:
+    """The nodes an fp16 detector keeps in float32: the post-processing, and the FPN's nearest Resize (exact in
+    any type, and ONNX Runtime's CPU Resize has no float16 kernel)."""
+    return is_postprocess(node) or node.op_type == "Resize"
 
 
 def make_model(g: Net, outputs: list[tuple[str, int, list]], *, name: str, opset: int = MIN_OPSET,
@@ -147,5 +164,5 @@ def make_model(g: Net, outputs: list[tuple[str, int, list]], *, name: str, opset
     return EmittedOnnx(model, data)
 
 
-__all__ = ["INPUT_NAME", "Net", "PARTS", "emit_backbone", "emit_fpn", "emit_retina_head", "level_name",
-           "make_model"]
+__all__ = ["INPUT_NAME", "NETWORK_PREFIXES", "Net", "PARTS", "emit_backbone", "emit_fpn", "emit_retina_head",
+           "is_postprocess", "keeps_fp32", "level_name", "make_model"]

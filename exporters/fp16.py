@@ -8,6 +8,8 @@ are converted; any other op is refused rather than guessed at.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -16,25 +18,29 @@ KEEP_FP32 = frozenset({"GlobalAveragePool", "ReduceMean", "ReduceSum", "Softmax"
                        "Sqrt", "Exp", "Log", "Erf"})
 CONVERTIBLE = KEEP_FP32 | {"Conv", "Relu", "MaxPool", "AveragePool", "Gather", "Flatten", "Reshape", "Identity",
                            "Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Transpose", "Concat", "Sigmoid", "Squeeze",
-                           "Unsqueeze", "Slice", "Split"}
+                           "Unsqueeze", "Slice", "Split", "Shape"}
 AS_IS = frozenset({"Cast"})
 """Ops copied unchanged: a Cast's output type is its own ``to`` (a uint8 pixel input's Cast to float32 stays; the
 fp16 op after it gets a Cast to float16)."""
 _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
-def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_FP32) -> onnx.ModelProto:
-    """A new model computing in float16 except for ``keep_fp32`` ops; float32 at the graph's inputs and outputs.
+def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_FP32,
+                    keep_node: Callable[[onnx.NodeProto], bool] | None = None) -> onnx.ModelProto:
+    """A new model computing in float16 except for ``keep_fp32`` ops and the nodes ``keep_node`` picks (a
+    detector's post-processing: any op, run as in the source, float inputs cast back to float32); float32 at the
+    graph's inputs and outputs.
 
     Raises ValueError for an op outside ``CONVERTIBLE`` (its float inputs may need mixed types).
     """
-    unknown = sorted({n.op_type for n in model.graph.node if n.op_type not in CONVERTIBLE | AS_IS})
+    kept = keep_node or (lambda node: False)
+    unknown = sorted({n.op_type for n in model.graph.node if n.op_type not in CONVERTIBLE | AS_IS and not kept(n)})
     if unknown:
         raise ValueError(f"cannot convert {', '.join(unknown)} to fp16 (known: {', '.join(sorted(CONVERTIBLE))})")
     graph = onnx.shape_inference.infer_shapes(model).graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
     types.update({t.name: t.data_type for t in graph.initializer})
-    want = [TensorProto.FLOAT if n.op_type in keep_fp32 else TensorProto.FLOAT16 for n in graph.node]
+    want = [TensorProto.FLOAT if n.op_type in keep_fp32 or kept(n) else TensorProto.FLOAT16 for n in graph.node]
     initializers = _convert_initializers(graph, want, types)
     nodes, casts = [], {}
 
@@ -63,8 +69,9 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_
         out.CopyFrom(v)
         if types.get(v.name) == TensorProto.FLOAT16:
             inner = f"{v.name}/fp16"
-            for n in nodes:
+            for n in nodes:  # the producer writes inner; readers inside the graph (p6 feeds p7's conv) read it too
                 n.output[:] = [inner if o == v.name else o for o in n.output]
+                n.input[:] = [inner if i == v.name else i for i in n.input]
             types[inner] = TensorProto.FLOAT16
             nodes.append(helper.make_node("Cast", [inner], [v.name], name=f"{v.name}/to_fp32", to=TensorProto.FLOAT))
         outputs.append(out)
@@ -95,9 +102,10 @@ def _convert_initializers(graph: onnx.GraphProto, want: list[int], types: dict[s
     return result
 
 
-def fp16_export(model: onnx.ModelProto) -> onnx.ModelProto:
+def fp16_export(model: onnx.ModelProto, *, keep_node: Callable[[onnx.NodeProto], bool] | None = None
+                ) -> onnx.ModelProto:
     """:func:`convert_to_fp16` of one of our exports, its ``metadata_props`` kept with ``precision`` fp16."""
-    typed = convert_to_fp16(model)
+    typed = convert_to_fp16(model, keep_node=keep_node)
     del typed.metadata_props[:]
     for prop in model.metadata_props:
         typed.metadata_props.add(key=prop.key, value="fp16" if prop.key == "precision" else prop.value)

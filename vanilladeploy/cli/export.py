@@ -187,6 +187,11 @@ def _render_detector(report: dict, artifacts: dict[str, Path]) -> None:
                       f"{sum(m['detections'])} detections equal to the reference (box Δ ≤ "
                       f"{m['max_box_diff_px']:.1e} px, score Δ ≤ {m['max_score_diff']:.1e})")
     table.add_row("graph contract", "[green]pass[/]", f"{report['onnx']['nodes']} nodes, no BatchNormalization")
+    fp16 = ver.get("onnxruntime_fp16")
+    if fp16 is not None:
+        table.add_row("onnxruntime fp16" + (" boxes vs fp32" if "recall" in fp16 else " vs training form"),
+                      "[green]pass[/]", f"recall {fp16['recall']:.4f}, precision {fp16['precision']:.4f}, mean IoU "
+                      f"{fp16['mean_iou']:.4f}" if "recall" in fp16 else f"rel L2 {fp16['rel_l2']:.1e} (≤ 1e-02)")
     for precision, check in report.get("openvino", {}).items():
         if isinstance(check, dict) and "skipped" in check:
             table.add_row(f"openvino {precision}", "[yellow]skipped[/]", escape(check["skipped"]))

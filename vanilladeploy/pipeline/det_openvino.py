@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from vanilladeploy.atomic import ArtifactWriter
-from vanilladeploy.detect import GATE_FP32, GATE_REDUCED, BoxAgreement, split_outputs
+from vanilladeploy.detect import GATE_FP32, GATE_REDUCED
 from vanilladeploy.errors import VerificationError
 from vanilladeploy.extras import require
+from vanilladeploy.pipeline.det_precision import boxes_agreement
 from vanilladeploy.runtimes.runners import PrecisionUnavailable, compile_openvino
 from vanilladeploy.steps import StepTimer
 from vanilladeploy.verify import verify_outputs
@@ -29,15 +30,6 @@ def run_openvino(model: Path, inputs: Sequence[np.ndarray], precision: str = "fp
         request.infer({0: x})
         outs.append([np.array(t.data, copy=True) for t in request.output_tensors])
     return outs
-
-
-def boxes_agreement(outputs: Sequence[Sequence[np.ndarray]], references: Sequence[Sequence[np.ndarray]]
-                    ) -> BoxAgreement:
-    result = BoxAgreement()
-    for out, ref in zip(outputs, references):
-        for det, r in zip(split_outputs(out), split_outputs(ref)):
-            result.add(det, r)
-    return result
 
 
 def detector_openvino(name: str, onnx_path: Path, writer: ArtifactWriter, timer: StepTimer, report: dict[str, Any],
@@ -79,4 +71,4 @@ def detector_openvino(name: str, onnx_path: Path, writer: ArtifactWriter, timer:
         section["bf16"] = {**bf16.as_dict(), "gate": vars(GATE_REDUCED), "passed": not GATE_REDUCED.failures(bf16)}
 
 
-__all__ = ["boxes_agreement", "detector_openvino", "run_openvino"]
+__all__ = ["detector_openvino", "run_openvino"]

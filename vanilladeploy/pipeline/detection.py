@@ -32,6 +32,7 @@ from vanilladeploy.exporters.detection_onnx import PARTS
 from vanilladeploy.exporters.detector_graph import emit_detector, graph_outputs
 from vanilladeploy.exporters.onnx_export import simplify_onnx_file
 from vanilladeploy.pipeline.det_checks import check_detection_graph, match_detections
+from vanilladeploy.pipeline.det_precision import run_onnx
 from vanilladeploy.reparam import reparameterize_backbone
 from vanilladeploy.steps import Progress, StepTimer, silent
 from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, verify_outputs
@@ -51,6 +52,8 @@ class DetectionExportOptions:
     simplify: bool = True
     openvino: bool = False
     """Also write the OpenVINO IR and verify it (:mod:`vanilladeploy.pipeline.det_openvino`)."""
+    precision: str = "fp32"
+    """fp16: also ``<name>.fp16.onnx`` (:mod:`vanilladeploy.pipeline.det_precision`)."""
 
 
 @dataclass
@@ -66,14 +69,16 @@ class DetectionExportResult:
 
 
 _CLASSIFIER_DEFAULTS = {"arch": None, "key": None, "img_size": None, "opset": 17, "static_batch": None,
-                        "input_dtype": "float32", "precision": "fp32", "trt": False, "allow_inexact": False,
-                        "calib": None, "num_inputs": 3}
+                        "input_dtype": "float32", "trt": False, "allow_inexact": False, "calib": None,
+                        "num_inputs": 3}
+DETECTOR_PRECISIONS = ("fp32", "fp16")
 _OPTION_NAMES = {"input_dtype": "--input", "simplify": "--no-simplify"}
 
 
 def detection_options(*, out_dir: Path | str | None = None, part: str | None = None,
                       det_config: Path | str | None = None, verify_sizes: str | None = None, openvino: bool = False,
-                      simplify: bool = True, seed: int = 0, **classifier: Any) -> DetectionExportOptions:
+                      simplify: bool = True, seed: int = 0, precision: str = "fp32", **classifier: Any
+                      ) -> DetectionExportOptions:
     """:class:`DetectionExportOptions` from the keywords ``export`` takes (the CLI's and the API's): an option a
     detector does not take yet, given with a value other than its default, is refused naming the option."""
     for name, value in classifier.items():
@@ -84,7 +89,10 @@ def detection_options(*, out_dir: Path | str | None = None, part: str | None = N
             raise UsageError(f"{option} is not available for detection checkpoints yet: a detector exports in fp32 "
                              "ONNX (--part backbone, neck or detector; --openvino); see docs/detection.md for what "
                              "comes next.")
-    return DetectionExportOptions(out_dir=None if out_dir is None else Path(out_dir), part=part,
+    if precision not in DETECTOR_PRECISIONS:
+        raise UsageError(f"--precision {precision} is not available for detection checkpoints yet; they take "
+                         f"{', '.join(DETECTOR_PRECISIONS)} (docs/detection.md).")
+    return DetectionExportOptions(out_dir=None if out_dir is None else Path(out_dir), part=part, precision=precision,
                                   det_config=None if det_config is None else Path(det_config),
                                   sizes=parse_sizes(verify_sizes) if verify_sizes else DEFAULT_SIZES,
                                   openvino=openvino, simplify=simplify, seed=seed)
@@ -164,14 +172,6 @@ def _require(result: VerifyResult, what: str) -> dict[str, Any]:
     return result.as_dict()
 
 
-def _run_onnx(data: bytes | Path, inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
-    from vanilladeploy.runtimes.runners import ort_session
-
-    session = ort_session(data)
-    name = session.get_inputs()[0].name
-    return [session.run(None, {name: x}) for x in inputs]
-
-
 def _fuse(ckpt: Checkpoint, spec: DetectorSpec, inputs: list[np.ndarray], part: str, timer: StepTimer,
           report: dict[str, Any]) -> tuple[dict[str, Tensor], _Torch]:
     """The fused backbone state dict and the training-form reference outputs; proves the fusion in torch."""
@@ -194,14 +194,14 @@ def _verify_onnx(path: Path, emitted_raw: bytes | None, spec: DetectorSpec, part
     """The checks of the module docstring; returns ONNX Runtime's outputs per input."""
     ver = report["verification"]
     with timer.step("verify_onnxruntime_s", "Running the ONNX graph in ONNX Runtime"):
-        outputs = _run_onnx(path, inputs)
+        outputs = run_onnx(path, inputs)
         if part != "detector":
             expected = ref.features if part == "backbone" else ref.levels
             ver["onnxruntime"] = _require(_compare("onnxruntime", outputs, expected),
                                           "ONNX Runtime's outputs differ from the training form")
             return outputs
         assert spec.head is not None and emitted_raw is not None
-        raw = _run_onnx(emitted_raw, inputs)
+        raw = run_onnx(emitted_raw, inputs)
     n = len(graph_outputs(spec.backbone, spec.neck, spec.head, "detector"))
     ver["onnxruntime_raw_head"] = _require(_compare("onnxruntime", [r[n:] for r in raw], ref.head),
                                            "ONNX Runtime's raw head outputs differ from the training form")
@@ -255,12 +255,17 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
             if not contract:
                 raise VerificationError(f"the ONNX graph breaks the contract: {'; '.join(contract.problems)}")
             ort_outputs = _verify_onnx(onnx_tmp, raw, spec, part, inputs, ref, timer, report)
+            expected = {"backbone": ref.features, "neck": ref.levels, "detector": ort_outputs}[part]
             if opts.openvino:
                 from vanilladeploy.pipeline.det_openvino import detector_openvino
 
-                expected = {"backbone": ref.features, "neck": ref.levels, "detector": ort_outputs}[part]
                 detector_openvino(name, onnx_tmp, writer, timer, report, part=part, inputs=inputs,
                                   references=expected)
+            if opts.precision == "fp16":
+                from vanilladeploy.pipeline.det_precision import detector_fp16
+
+                detector_fp16(name, onnx.load(onnx_tmp), writer, timer, report, part=part, inputs=inputs,
+                              references=expected)
             torch.save(deploy_checkpoint(ckpt, spec, fused), writer.stage(f"{name}_deploy.pth"))
             report_tmp = writer.stage(f"{name}.report.json")
             report["artifacts"] = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
