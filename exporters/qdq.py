@@ -85,13 +85,15 @@ def rebatch(batches: Iterable[np.ndarray], size: int | None) -> Iterator[np.ndar
 
 
 def quantize_qdq(fp32_onnx: Path, out: Path, calibration: Iterable[np.ndarray], *, method: str = "minmax",
-                 keep_float: Sequence[str] = (), ranges: Path | None = None) -> Int8Result:
+                 keep_float: Sequence[str] = (), ranges: Path | None = None,
+                 op_types: Sequence[str] | None = None) -> Int8Result:
     """Calibrate ``fp32_onnx`` on the ``calibration`` batches (N×3×H×W of the graph's input type: float32, or uint8
     pixels; regrouped to the graph's batch when it is fixed) and write the QDQ model to ``out``, the Convs named in
     ``keep_float`` left in float32. ``ranges``: a file of activation ranges — read when it exists (no calibration
     pass: the same ranges give the same scales, so variants of one calibration differ only in their float layers),
-    else computed and saved there. Raises :class:`CalibrationDataError` before any calibration run when there is no
-    batch at all."""
+    else computed and saved there. ``op_types``: quantize only these ops (a detector: its Convs, never the
+    post-processing), else every op ONNX Runtime quantizes. Raises :class:`CalibrationDataError` before any
+    calibration run when there is no batch at all."""
     if method not in METHODS:
         raise ValueError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}")
     graph_input = onnx.load(fp32_onnx, load_external_data=False).graph.input[0]
@@ -104,7 +106,7 @@ def quantize_qdq(fp32_onnx: Path, out: Path, calibration: Iterable[np.ndarray], 
             raise CalibrationDataError("no calibration batches were given (every calibration image was unreadable?)")
         dtype = helper.tensor_dtype_to_np_dtype(graph_input.type.tensor_type.elem_type)
         reader = _Reader(graph_input.name, itertools.chain([first], batches), dtype)
-    _quantize_static(fp32_onnx, out, reader, method, keep_float=keep_float, ranges=ranges)
+    _quantize_static(fp32_onnx, out, reader, method, keep_float=keep_float, ranges=ranges, op_types=op_types)
     model = onnx.load(out)
     problems = tuple(check_qdq(model, keep_float=frozenset(keep_float)))
     convs = sum(1 for n in model.graph.node if n.op_type == "Conv") - len(keep_float)
@@ -118,7 +120,7 @@ single candidate — the full range — so "entropy" would silently equal "minma
 
 
 def _quantize_static(fp32_onnx: Path, out: Path, reader: _Reader, method: str, *, keep_float: Sequence[str] = (),
-                     ranges: Path | None = None) -> None:
+                     ranges: Path | None = None, op_types: Sequence[str] | None = None) -> None:
     """ONNX Runtime's static quantization, symmetric int8 QDQ, per-channel weights, float bias; quietly."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -138,6 +140,7 @@ def _quantize_static(fp32_onnx: Path, out: Path, reader: _Reader, method: str, *
             quantize_static(str(fp32_onnx), str(out), None if hit else reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
                             calibrate_method=calibrate, nodes_to_exclude=list(keep_float),
+                            op_types_to_quantize=list(op_types) if op_types else None,
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                            "QuantizeBias": False}, **cache)
     finally:

@@ -142,8 +142,7 @@ def export(
             fallback=fallback, max_fallback=max_fallback, trt=trt,
             workspace=workspace, trt_profile=trt_profile, timing_cache=timing_cache, opt_level=opt_level,
             verbose=verbose)
-        pipeline.check_export_options(source, opts)
-        with ProgressDisplay() as progress:
+        with ProgressDisplay() as progress:  # the options are checked once the checkpoint says what it is
             ckpt = load_source(source, key=key, seed=0)
             if ckpt.form == "detector":
                 from vanilladeploy.pipeline import detection
@@ -151,7 +150,9 @@ def export(
                 det_opts = detection.detection_options(
                     out_dir=out_dir, part=part, det_config=det_config, verify_sizes=verify_sizes, openvino=openvino,
                     simplify=not no_simplify, arch=arch, img_size=img_size, opset=opset, static_batch=static_batch,
-                    input_dtype=input_dtype, precision=precision, trt=trt, allow_inexact=allow_inexact, calib=calib)
+                    input_dtype=input_dtype, precision=precision, trt=trt, allow_inexact=allow_inexact, calib=calib,
+                    calib_count=calib_count, calib_method=calib_method, min_agreement=min_agreement,
+                    max_rel_l2=max_rel_l2, fallback=fallback, max_fallback=max_fallback)
                 result = detection.export_detector(ckpt, det_opts, progress=progress)
                 _render_detector(result.report, result.artifacts)
                 return
@@ -192,6 +193,14 @@ def _render_detector(report: dict, artifacts: dict[str, Path]) -> None:
         table.add_row("onnxruntime fp16" + (" boxes vs fp32" if "recall" in fp16 else " vs training form"),
                       "[green]pass[/]", f"recall {fp16['recall']:.4f}, precision {fp16['precision']:.4f}, mean IoU "
                       f"{fp16['mean_iou']:.4f}" if "recall" in fp16 else f"rel L2 {fp16['rel_l2']:.1e} (≤ 1e-02)")
+    int8 = report.get("int8")
+    if int8 is not None:
+        v = int8["verification"]
+        detail = (f"recall {v['recall']:.4f}, precision {v['precision']:.4f}, mean IoU {v['mean_iou']:.4f}, mean "
+                  f"score Δ {v['mean_score_diff']:.1e}" if "recall" in v else f"mean rel L2 {v['mean_rel_l2']:.3f}")
+        table.add_row(f"int8 vs fp32 ({int8['holdout']['images']} held-out images)", "[green]pass[/]",
+                      f"{detail}; calibrated on {int8['calibration']['images']} images "
+                      f"({int8['calibration']['method']})")
     for precision, check in report.get("openvino", {}).items():
         if isinstance(check, dict) and "skipped" in check:
             table.add_row(f"openvino {precision}", "[yellow]skipped[/]", escape(check["skipped"]))

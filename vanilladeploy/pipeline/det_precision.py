@@ -1,12 +1,16 @@
-"""Reduced-precision copies of an exported detector: ``--precision fp16`` (``<name>.fp16.onnx``: the backbone, FPN
-and head in float16, the post-processing — anchors, decoding, NMS — in float32) and their verification. Features and
-FPN levels must be within the fp16 tolerance (rel. L2 ≤ 1e-2) of the training form's; boxes must agree with the fp32
-graph's by :data:`~vanilladeploy.detect.GATE_REDUCED` (recall, precision, mean IoU, mean score Δ), else exit 1 and
-nothing is published."""
+"""Reduced-precision copies of an exported detector, and their verification:
+
+- ``--precision fp16``: ``<name>.fp16.onnx``, the backbone, FPN and head in float16, the post-processing (anchors,
+  decoding, NMS) in float32. Features and FPN levels within rel. L2 1e-2 of the training form's; boxes agreeing with
+  the fp32 graph's by :data:`~vanilladeploy.detect.GATE_REDUCED` (recall, precision, mean IoU, mean score Δ).
+- ``--precision int8``: ``<name>.int8.onnx``, the Convs int8, calibrated on real images (:func:`detector_int8`).
+
+A copy that misses its bar is refused (exit 1) and nothing is published."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +18,8 @@ import numpy as np
 import onnx
 
 from vanilladeploy.atomic import ArtifactWriter
-from vanilladeploy.detect import GATE_REDUCED, BoxAgreement, split_outputs
-from vanilladeploy.errors import VerificationError
+from vanilladeploy.detect import GATE_REDUCED, BoxAgreement, DetPreprocess, split_outputs
+from vanilladeploy.errors import UsageError, VerificationError
 from vanilladeploy.exporters.detection_onnx import keeps_fp32
 from vanilladeploy.exporters.fp16 import fp16_export
 from vanilladeploy.runtimes.runners import ort_session
@@ -73,4 +77,81 @@ def detector_fp16(name: str, model: onnx.ModelProto, writer: ArtifactWriter, tim
     return path
 
 
-__all__ = ["boxes_agreement", "detector_fp16", "gated", "run_onnx"]
+DET_CALIB_COUNT, DET_HOLDOUT_COUNT = 32, 16
+"""Images to calibrate a detector's int8 copy on, and held out to gate it (each several seconds at 800×1333)."""
+MAX_FEATURE_REL_L2_INT8 = 0.1
+"""An int8 backbone or neck: mean rel. L2 of its features against fp32 on the held-out images, at most this."""
+
+
+@dataclass(frozen=True)
+class DetInt8Options:
+    calib: Path
+    calib_count: int = DET_CALIB_COUNT
+    holdout_count: int = DET_HOLDOUT_COUNT
+    calib_method: str = "minmax"
+
+
+def int8_images(opts: DetInt8Options, pre: DetPreprocess) -> tuple[list[Path], list[Path]]:
+    """Calibration and held-out files: the folder's images in order, the first ``calib_count`` then the next
+    ``holdout_count`` readable ones; too few is a UsageError naming --calib."""
+    from vanilladeploy.images import scan_folder
+
+    readable = []
+    for path in scan_folder(opts.calib).files:
+        try:
+            pre(_open(path))
+        except (OSError, ValueError, SyntaxError):
+            continue
+        readable.append(path)
+        if len(readable) == opts.calib_count + opts.holdout_count:
+            return readable[:opts.calib_count], readable[opts.calib_count:]
+    raise UsageError(f"--calib {opts.calib}: {len(readable)} readable images; a detector's int8 copy needs "
+                     f"{opts.calib_count} to calibrate (--calib-count) and {opts.holdout_count} more held out to "
+                     "verify it.")
+
+
+def _open(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def detector_int8(name: str, fp32_onnx: Path, writer: ArtifactWriter, timer: StepTimer, report: dict[str, Any],
+                  *, part: str, pre: DetPreprocess, opts: DetInt8Options,
+                  images: tuple[list[Path], list[Path]] | None = None) -> Path:
+    """Stage ``<name>.int8.onnx``: its Convs int8 (QDQ, symmetric, per-channel weights), calibrated on images the
+    test pipeline prepared, everything else float; gated on the held-out images against the fp32 graph — boxes by
+    :data:`~vanilladeploy.detect.GATE_REDUCED`, features by :data:`MAX_FEATURE_REL_L2_INT8`."""
+    from vanilladeploy.exporters.qdq import quantize_qdq
+
+    calib, held = images or int8_images(opts, pre)
+    path = writer.stage(f"{name}.int8.onnx")
+    with timer.step("int8_calibrate_s", f"Calibrating int8 on {len(calib)} images ({opts.calib_method})"):
+        result = quantize_qdq(fp32_onnx, path, (pre(_open(p))[0] for p in calib), method=opts.calib_method,
+                              op_types=("Conv",))
+    if result.problems:
+        raise VerificationError(f"the int8 ONNX breaks the QDQ contract: {result.problems[0]}")
+    with timer.step("int8_verify_s", f"Verifying int8 against fp32 on {len(held)} held-out images"):
+        inputs = [pre(_open(p))[0] for p in held]
+        fp32, int8 = run_onnx(fp32_onnx, inputs), run_onnx(path, inputs)
+    record: dict[str, Any] = {"calibration": {"images": len(calib), "method": opts.calib_method,
+                                              "quantized_convs": result.quantized_convs},
+                              "holdout": {"images": len(held)}}
+    if part == "detector":
+        record["verification"] = gated("the int8 ONNX", boxes_agreement(int8, fp32))
+    else:
+        check = verify_outputs("onnxruntime int8", [y for ys in int8 for y in ys], [r for rs in fp32 for r in rs],
+                               tolerance=MAX_FEATURE_REL_L2_INT8)
+        mean = float(np.mean([c.rel_l2 for c in check.comparisons]))
+        record["verification"] = {**check.as_dict(), "mean_rel_l2": mean, "passed": mean <= MAX_FEATURE_REL_L2_INT8}
+        if not mean <= MAX_FEATURE_REL_L2_INT8:
+            raise VerificationError(f"the int8 ONNX's features are {mean:.3f} rel. L2 from fp32 on average "
+                                    f"(at most {MAX_FEATURE_REL_L2_INT8}).")
+    report["int8"] = record
+    return path
+
+
+__all__ = ["DET_CALIB_COUNT", "DET_HOLDOUT_COUNT", "DetInt8Options", "MAX_FEATURE_REL_L2_INT8", "boxes_agreement",
+           "detector_fp16", "detector_int8", "gated", "int8_images", "run_onnx"]

@@ -26,13 +26,20 @@ from torch import Tensor, nn
 from vanilladeploy import __version__
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import Checkpoint, sha256_of
+from vanilladeploy.detect import DetPreprocess
 from vanilladeploy.detector import DetectorSpec, load_detector_modules, load_detector_spec, sub_state_dict
 from vanilladeploy.errors import OutputError, UsageError, VerificationError
 from vanilladeploy.exporters.detection_onnx import PARTS
 from vanilladeploy.exporters.detector_graph import emit_detector, graph_outputs
 from vanilladeploy.exporters.onnx_export import simplify_onnx_file
 from vanilladeploy.pipeline.det_checks import check_detection_graph, match_detections
-from vanilladeploy.pipeline.det_precision import run_onnx
+from vanilladeploy.pipeline.det_precision import (
+    DET_CALIB_COUNT,
+    DET_HOLDOUT_COUNT,
+    DetInt8Options,
+    int8_images,
+    run_onnx,
+)
 from vanilladeploy.reparam import reparameterize_backbone
 from vanilladeploy.steps import Progress, StepTimer, silent
 from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, verify_outputs
@@ -53,7 +60,10 @@ class DetectionExportOptions:
     openvino: bool = False
     """Also write the OpenVINO IR and verify it (:mod:`vanilladeploy.pipeline.det_openvino`)."""
     precision: str = "fp32"
-    """fp16: also ``<name>.fp16.onnx`` (:mod:`vanilladeploy.pipeline.det_precision`)."""
+    """fp16: also ``<name>.fp16.onnx``; int8: also ``<name>.int8.onnx``
+    (:mod:`vanilladeploy.pipeline.det_precision`)."""
+    int8: DetInt8Options | None = None
+    """Calibration images and counts; required by (and only with) ``precision="int8"``."""
 
 
 @dataclass
@@ -69,16 +79,17 @@ class DetectionExportResult:
 
 
 _CLASSIFIER_DEFAULTS = {"arch": None, "key": None, "img_size": None, "opset": 17, "static_batch": None,
-                        "input_dtype": "float32", "trt": False, "allow_inexact": False, "calib": None,
-                        "num_inputs": 3}
-DETECTOR_PRECISIONS = ("fp32", "fp16")
+                        "input_dtype": "float32", "trt": False, "allow_inexact": False, "num_inputs": 3,
+                        "min_agreement": None, "max_rel_l2": None, "fallback": None, "max_fallback": None}
+DETECTOR_PRECISIONS = ("fp32", "fp16", "int8")
 _OPTION_NAMES = {"input_dtype": "--input", "simplify": "--no-simplify"}
 
 
 def detection_options(*, out_dir: Path | str | None = None, part: str | None = None,
                       det_config: Path | str | None = None, verify_sizes: str | None = None, openvino: bool = False,
-                      simplify: bool = True, seed: int = 0, precision: str = "fp32", **classifier: Any
-                      ) -> DetectionExportOptions:
+                      simplify: bool = True, seed: int = 0, precision: str = "fp32", calib: Path | str | None = None,
+                      calib_count: int | None = None, holdout_count: int | None = None,
+                      calib_method: str | None = None, **classifier: Any) -> DetectionExportOptions:
     """:class:`DetectionExportOptions` from the keywords ``export`` takes (the CLI's and the API's): an option a
     detector does not take yet, given with a value other than its default, is refused naming the option."""
     for name, value in classifier.items():
@@ -92,7 +103,14 @@ def detection_options(*, out_dir: Path | str | None = None, part: str | None = N
     if precision not in DETECTOR_PRECISIONS:
         raise UsageError(f"--precision {precision} is not available for detection checkpoints yet; they take "
                          f"{', '.join(DETECTOR_PRECISIONS)} (docs/detection.md).")
+    if (precision == "int8") != (calib is not None):
+        raise UsageError("--precision int8 needs --calib DIR (images to calibrate on and to hold out)." if calib is None
+                         else "--calib has no effect without --precision int8.")
+    int8 = None if calib is None else DetInt8Options(
+        Path(calib), calib_count or DET_CALIB_COUNT, DET_HOLDOUT_COUNT if holdout_count is None else holdout_count,
+        calib_method or "minmax")
     return DetectionExportOptions(out_dir=None if out_dir is None else Path(out_dir), part=part, precision=precision,
+                                  int8=int8,
                                   det_config=None if det_config is None else Path(det_config),
                                   sizes=parse_sizes(verify_sizes) if verify_sizes else DEFAULT_SIZES,
                                   openvino=openvino, simplify=simplify, seed=seed)
@@ -221,6 +239,8 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
     spec = load_detector_spec(ckpt, opts.det_config)
     part = resolve_part(spec, opts.part)
     check_sizes(spec, opts.sizes)
+    pre = DetPreprocess(spec.pipeline.img_scale, spec.pipeline.mean, spec.pipeline.std, spec.pipeline.size_divisor)
+    images = int8_images(opts.int8, pre) if opts.int8 is not None else None  # too few: refused before any work
     name = f"{spec.kind.lower()}_{spec.backbone.variant}" + ("" if part == "detector" else f".{part}")
     out_dir = opts.out_dir or Path("export") / f"{spec.kind.lower()}_{spec.backbone.variant}"
     writer = ArtifactWriter(out_dir)
@@ -266,6 +286,11 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
 
                 detector_fp16(name, onnx.load(onnx_tmp), writer, timer, report, part=part, inputs=inputs,
                               references=expected)
+            if opts.int8 is not None:
+                from vanilladeploy.pipeline.det_precision import detector_int8
+
+                detector_int8(name, onnx_tmp, writer, timer, report, part=part, opts=opts.int8, pre=pre,
+                              images=images)
             torch.save(deploy_checkpoint(ckpt, spec, fused), writer.stage(f"{name}_deploy.pth"))
             report_tmp = writer.stage(f"{name}.report.json")
             report["artifacts"] = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
