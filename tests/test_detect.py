@@ -123,3 +123,42 @@ def test_the_api_exports_a_detector_and_refuses_what_it_cannot_do(exported, tmp_
     with pytest.raises(UsageError, match="--precision is not available for detection"):
         vd.export(ckpt, out_dir=tmp_path / "x", precision="fp16")
     assert not (tmp_path / "x").exists()
+
+
+def test_fp16_copy_keeps_the_post_processing_in_float32(exported, tmp_path: Path) -> None:
+    ckpt, _ = exported
+    result = vd.export(ckpt, out_dir=tmp_path / "h", precision="fp16", verify_sizes="256x320")
+    model = onnx.load(result.out_dir / "retinanet_custom.fp16.onnx")
+    halves = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    assert "stem.0.weight" in halves and "retina_cls.weight" in halves
+    assert "coder/stds" not in halves and "nms/iou" not in halves
+    nms = next(n for n in model.graph.node if n.op_type == "NonMaxSuppression")
+    assert nms.name and "fp16" not in nms.input[0]
+    check = result.report["verification"]["onnxruntime_fp16"]
+    assert check["passed"] and check["recall"] >= 0.9 and check["mean_iou"] >= 0.9
+
+
+def test_int8_is_published_only_when_its_gate_passes(exported, tmp_path: Path) -> None:
+    """Random weights on noise images are a pessimistic stand-in for int8 (DESIGN §7): whichever way the gate goes
+    on this CPU's int8 kernels, a published copy passed it and a refused one left nothing behind."""
+    ckpt, _ = exported
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        Image.fromarray((rng.random((200 + 8 * i, 320, 3)) * 255).astype(np.uint8)).save(calib / f"{i}.png")
+    out = tmp_path / "q"
+    args = ["export", str(ckpt), "--out", str(out), "--part", "backbone", "--precision", "int8", "--calib",
+            str(calib), "--calib-count", "2", "--verify-sizes", "256x320"]
+    few = runner.invoke(app, args)
+    assert few.exit_code == 2 and "16 more held out" in few.output and not out.exists()
+    for i in range(6, 20):
+        Image.fromarray((rng.random((240, 320, 3)) * 255).astype(np.uint8)).save(calib / f"{i}.png")
+    result = runner.invoke(app, args)
+    if result.exit_code == 0:
+        int8 = json.loads((out / "retinanet_custom.backbone.report.json").read_text())["int8"]
+        assert int8["verification"]["passed"] and int8["verification"]["mean_rel_l2"] <= 0.1
+        assert int8["calibration"]["quantized_convs"] == 24 and int8["holdout"]["images"] == 16
+        assert (out / "retinanet_custom.backbone.int8.onnx").is_file()
+    else:
+        assert result.exit_code == 1 and "rel. L2 from fp32" in result.output and not out.exists()

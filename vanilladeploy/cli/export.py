@@ -100,6 +100,9 @@ def export(
                                                 "the head is supported (RetinaNet), else neck].",
                                                 show_default=False, rich_help_panel=DET)] = None,
     det_config: DetConfig = None,
+    trt_shapes: Annotated[Optional[str], typer.Option("--trt-shapes", help="With --trt, a detector's height x width "
+                                                      "profile MIN/OPT/MAX [default: 320x320/800x1344/1344x1344].",
+                                                      show_default=False, rich_help_panel=DET)] = None,
     verify_sizes: Annotated[Optional[str], typer.Option("--verify-sizes", help="Input sizes HEIGHTxWIDTH,… the "
                                                         "detector is verified at (multiples of the total stride; the "
                                                         "second and later with batch 2) [default: 800x1344,320x480].",
@@ -128,7 +131,7 @@ def export(
 
     def run() -> None:
         needs("--trt", trt, {"--workspace": workspace, "--trt-profile": trt_profile, "--timing-cache": timing_cache,
-                             "--opt-level": opt_level})
+                             "--opt-level": opt_level, "--trt-shapes": trt_shapes})
         needs("--precision int8", precision == "int8", {"--calib": calib, "--calib-count": calib_count,
                                                         "--calib-method": calib_method,
                                                         "--min-agreement": min_agreement, "--max-rel-l2": max_rel_l2,
@@ -151,10 +154,14 @@ def export(
                     out_dir=out_dir, part=part, det_config=det_config, verify_sizes=verify_sizes, openvino=openvino,
                     simplify=not no_simplify, arch=arch, img_size=img_size, opset=opset, static_batch=static_batch,
                     input_dtype=input_dtype, precision=precision, trt=trt, allow_inexact=allow_inexact, calib=calib,
+                    holdout_count=None,
                     calib_count=calib_count, calib_method=calib_method, min_agreement=min_agreement,
-                    max_rel_l2=max_rel_l2, fallback=fallback, max_fallback=max_fallback)
+                    max_rel_l2=max_rel_l2, fallback=fallback, max_fallback=max_fallback, workspace=workspace,
+                    trt_profile=trt_profile, trt_shapes=trt_shapes, timing_cache=timing_cache, opt_level=opt_level)
                 result = detection.export_detector(ckpt, det_opts, progress=progress)
                 _render_detector(result.report, result.artifacts)
+                if result.error is not None:
+                    raise result.error
                 return
             if part is not None or det_config is not None or verify_sizes is not None:
                 raise UsageError("--part, --det-config and --verify-sizes are for detection checkpoints; "
@@ -201,6 +208,14 @@ def _render_detector(report: dict, artifacts: dict[str, Path]) -> None:
         table.add_row(f"int8 vs fp32 ({int8['holdout']['images']} held-out images)", "[green]pass[/]",
                       f"{detail}; calibrated on {int8['calibration']['images']} images "
                       f"({int8['calibration']['method']})")
+    trt_section = report.get("tensorrt")
+    if trt_section is not None:
+        built = trt_section.get("built")
+        table.add_row("TensorRT compatibility", "[green]pass[/]", f"profile {trt_section['profile']}, shapes "
+                      f"{trt_section['shapes']}")
+        table.add_row("TensorRT fp32 engine", "[green]built[/]" if built else "[yellow]not built[/]",
+                      escape(trt_section.get("missing") or str(built.get("verification", {}).get("passed")) if built
+                             else trt_section.get("missing") or ""))
     for precision, check in report.get("openvino", {}).items():
         if isinstance(check, dict) and "skipped" in check:
             table.add_row(f"openvino {precision}", "[yellow]skipped[/]", escape(check["skipped"]))

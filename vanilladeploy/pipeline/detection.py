@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import Checkpoint, sha256_of
 from vanilladeploy.detect import DetPreprocess
 from vanilladeploy.detector import DetectorSpec, load_detector_modules, load_detector_spec, sub_state_dict
-from vanilladeploy.errors import OutputError, UsageError, VerificationError
+from vanilladeploy.errors import OutputError, UsageError, VanillaDeployError, VerificationError
 from vanilladeploy.exporters.detection_onnx import PARTS
 from vanilladeploy.exporters.detector_graph import emit_detector, graph_outputs
 from vanilladeploy.exporters.onnx_export import simplify_onnx_file
+from vanilladeploy.exporters.trt_compat import ShapeProfile
 from vanilladeploy.pipeline.det_checks import check_detection_graph, match_detections
 from vanilladeploy.pipeline.det_precision import (
     DET_CALIB_COUNT,
@@ -41,6 +42,7 @@ from vanilladeploy.pipeline.det_precision import (
     run_onnx,
 )
 from vanilladeploy.reparam import reparameterize_backbone
+from vanilladeploy.runtimes.trt_plan import TrtBuildOptions
 from vanilladeploy.steps import Progress, StepTimer, silent
 from vanilladeploy.verify import TOLERANCE_FP32, VerifyResult, verify_outputs
 
@@ -64,6 +66,8 @@ class DetectionExportOptions:
     (:mod:`vanilladeploy.pipeline.det_precision`)."""
     int8: DetInt8Options | None = None
     """Calibration images and counts; required by (and only with) ``precision="int8"``."""
+    trt: TrtBuildOptions | None = None
+    """Also build and verify a TensorRT fp32 engine (:mod:`vanilladeploy.pipeline.det_tensorrt`)."""
 
 
 @dataclass
@@ -72,6 +76,11 @@ class DetectionExportResult:
     artifacts: dict[str, Path]
     report: dict[str, Any]
     spec: DetectorSpec
+    error: VanillaDeployError | None = None
+    """A failure after publishing (``--trt`` without TensorRT: exit 3; an unverified engine: exit 1)."""
+
+    def __bool__(self) -> bool:
+        return self.error is None
 
     @property
     def onnx(self) -> Path:
@@ -79,9 +88,12 @@ class DetectionExportResult:
 
 
 _CLASSIFIER_DEFAULTS = {"arch": None, "key": None, "img_size": None, "opset": 17, "static_batch": None,
-                        "input_dtype": "float32", "trt": False, "allow_inexact": False, "num_inputs": 3,
+                        "input_dtype": "float32", "allow_inexact": False, "num_inputs": 3, "verbose": False,
                         "min_agreement": None, "max_rel_l2": None, "fallback": None, "max_fallback": None}
 DETECTOR_PRECISIONS = ("fp32", "fp16", "int8")
+DETECTOR_MAX_BATCH = "4"
+"""A detector engine's default batch profile 1/1/4: images of up to 1344×1344 at batch 32 would ask TensorRT for
+buffers no GPU has."""
 _OPTION_NAMES = {"input_dtype": "--input", "simplify": "--no-simplify"}
 
 
@@ -89,7 +101,10 @@ def detection_options(*, out_dir: Path | str | None = None, part: str | None = N
                       det_config: Path | str | None = None, verify_sizes: str | None = None, openvino: bool = False,
                       simplify: bool = True, seed: int = 0, precision: str = "fp32", calib: Path | str | None = None,
                       calib_count: int | None = None, holdout_count: int | None = None,
-                      calib_method: str | None = None, **classifier: Any) -> DetectionExportOptions:
+                      calib_method: str | None = None, trt: bool = False, workspace: str | int | None = None,
+                      trt_profile: str | None = None, trt_shapes: str | None = None,
+                      timing_cache: Path | str | None = None, opt_level: int | None = None, **classifier: Any
+                      ) -> DetectionExportOptions:
     """:class:`DetectionExportOptions` from the keywords ``export`` takes (the CLI's and the API's): an option a
     detector does not take yet, given with a value other than its default, is refused naming the option."""
     for name, value in classifier.items():
@@ -110,10 +125,35 @@ def detection_options(*, out_dir: Path | str | None = None, part: str | None = N
         Path(calib), calib_count or DET_CALIB_COUNT, DET_HOLDOUT_COUNT if holdout_count is None else holdout_count,
         calib_method or "minmax")
     return DetectionExportOptions(out_dir=None if out_dir is None else Path(out_dir), part=part, precision=precision,
-                                  int8=int8,
+                                  int8=int8, trt=_trt_options(trt, precision, workspace, trt_profile, trt_shapes,
+                                                              timing_cache, opt_level),
                                   det_config=None if det_config is None else Path(det_config),
                                   sizes=parse_sizes(verify_sizes) if verify_sizes else DEFAULT_SIZES,
                                   openvino=openvino, simplify=simplify, seed=seed)
+
+
+def _trt_options(trt: bool, precision: str, workspace: str | int | None, profile: str | None, shapes: str | None,
+                 timing_cache: Path | str | None, opt_level: int | None) -> TrtBuildOptions | None:
+    """``--trt``'s build options for a detector: fp32, the batch profile and the height × width one."""
+    given = {"--workspace": workspace, "--trt-profile": profile, "--trt-shapes": shapes, "--timing-cache": timing_cache,
+             "--opt-level": opt_level}
+    if not trt:
+        used = next((k for k, v in given.items() if v is not None), None)
+        if used:
+            raise UsageError(f"{used} has no effect without --trt: add --trt, or drop {used}.")
+        return None
+    if precision != "fp32":
+        raise UsageError(f"--trt with --precision {precision}: a detector's engine is fp32 for now "
+                         "(docs/detection.md).")
+    from vanilladeploy.pipeline.tensorrt import trt_options
+
+    opts = trt_options("fp32", workspace=workspace, profile=profile or DETECTOR_MAX_BATCH, opt_level=opt_level,
+                       timing_cache=None if timing_cache is None else Path(timing_cache))
+    try:
+        hw = ShapeProfile.parse(shapes) if shapes is not None else ShapeProfile()
+    except ValueError as e:
+        raise UsageError(f"--trt-shapes: {e}.") from None
+    return replace(opts, shapes=hw)
 
 
 def parse_sizes(text: str, option: str = "--verify-sizes") -> tuple[tuple[int, int], ...]:
@@ -292,6 +332,12 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
                 detector_int8(name, onnx_tmp, writer, timer, report, part=part, opts=opts.int8, pre=pre,
                               images=images)
             torch.save(deploy_checkpoint(ckpt, spec, fused), writer.stage(f"{name}_deploy.pth"))
+            error = None
+            if opts.trt is not None:
+                from vanilladeploy.pipeline.det_tensorrt import detector_engine
+
+                error = detector_engine(name, onnx_tmp, writer.out_dir, writer, timer, report, part=part,
+                                        opts=opts.trt, inputs=inputs, references=expected)
             report_tmp = writer.stage(f"{name}.report.json")
             report["artifacts"] = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
                                    for p in writer.staged() if p != report_tmp}
@@ -300,7 +346,7 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
             finals = writer.commit()
     except OSError as e:
         raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}. Choose another --out.") from None
-    return DetectionExportResult(writer.out_dir, {p.name: p for p in finals}, report, spec)
+    return DetectionExportResult(writer.out_dir, {p.name: p for p in finals}, report, spec, error)
 
 
 def _write_onnx(data: bytes, path: Path, *, simplify: bool, timer: StepTimer) -> None:

@@ -31,6 +31,7 @@ from vanilladeploy.runtimes.trt_plan import (
     TensorRTUnavailable,
     TrtBuildOptions,
     check_engine_sidecar,
+    profile_shapes,
     tensorrt_missing,
 )
 
@@ -123,13 +124,14 @@ def _builder_config(trt: Any, builder: Any, network: Any, opts: TrtBuildOptions,
             config.set_flag(trt.BuilderFlag.FP16)
     if opts.detailed_log:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    profile, p, dynamic = builder.create_optimization_profile(), opts.profile, False
+    profile, dynamic = builder.create_optimization_profile(), False
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         shape = tuple(tensor.shape)
-        if shape and shape[0] == -1:
-            rest, dynamic = shape[1:], True
-            profile.set_shape(tensor.name, (p.min, *rest), (p.opt, *rest), (p.max, *rest))
+        if shape and -1 in shape:
+            dynamic = True
+            shapes = profile_shapes(opts, shape)  # batch, and height × width where opts.shapes sets them
+            profile.set_shape(tensor.name, shapes["min"], shapes["opt"], shapes["max"])
     if dynamic:
         config.add_optimization_profile(profile)
     if opts.timing_cache is not None:
@@ -181,7 +183,8 @@ class TensorRTRunner(Runner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_name = next(n for n in names if is_input[n])
-        self.output_name = next(n for n in names if not is_input[n])
+        self.output_names = [n for n in names if not is_input[n]]
+        self.output_name = self.output_names[0]
         self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         self.stream = torch.cuda.Stream()
         self._shape: tuple[int, ...] | None = None
@@ -196,11 +199,14 @@ class TensorRTRunner(Runner):
             raise RuntimeError("TensorRTRunner used outside 'with runner:'")
         if shape != self._shape:
             self.context.set_input_shape(self.input_name, shape)
-            out_shape = tuple(self.context.get_tensor_shape(self.output_name))
             self.input = torch.zeros(shape, dtype=self._dtypes[self.input_name], device="cuda")
-            self.output = torch.empty(out_shape, dtype=self._dtypes[self.output_name], device="cuda")
             self.context.set_tensor_address(self.input_name, self.input.data_ptr())
-            self.context.set_tensor_address(self.output_name, self.output.data_ptr())
+            self.outputs = {}  # every output bound (a detector has four: boxes, scores, labels, num_detections)
+            for name in self.output_names:
+                out_shape = tuple(self.context.get_tensor_shape(name))
+                self.outputs[name] = torch.empty(out_shape, dtype=self._dtypes[name], device="cuda")
+                self.context.set_tensor_address(name, self.outputs[name].data_ptr())
+            self.output = self.outputs[self.output_name]
             self._shape, self.graph = shape, None
             self._enqueue()  # the first enqueue after a shape change does deferred set-up; never capture it
             self.stream.synchronize()
@@ -256,8 +262,22 @@ class TensorRTRunner(Runner):
         return result.numpy()
 
 
+    def infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name, for one input batch."""
+        buffer = self.prepare(tuple(x.shape))
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            buffer.copy_(torch.from_numpy(np.ascontiguousarray(x)).to(buffer.device, buffer.dtype))
+            self.launch()
+            results = {name: t.cpu() for name, t in self.outputs.items()}
+        self.stream.synchronize()
+        return {name: t.numpy() for name, t in results.items()}
+
+
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
     table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.bool: torch.bool}
+    if hasattr(trt, "int64"):  # TensorRT ≥ 10: a detector's labels and counts
+        table[trt.int64] = torch.int64
     if dtype not in table:
         raise EngineBuildError(f"engine I/O type {dtype} is not supported by this runner")
     return table[dtype]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vanilladeploy.exporters.trt_compat import BatchProfile
+from vanilladeploy.exporters.trt_compat import BatchProfile, ShapeProfile
 from vanilladeploy.extras import install_hint
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -58,6 +58,8 @@ class TrtBuildOptions:
     timing_cache: Path | None = None
     opt_level: int = DEFAULT_OPT_LEVEL
     detailed_log: bool = False
+    shapes: ShapeProfile | None = None
+    """A dynamic height and width (a detector's input): their min/opt/max in the optimization profile."""
     float_layers: tuple[str, ...] = ()
     """int8 only: the Convs the QDQ ONNX leaves in float (``--fallback``); TensorRT 10 builds them with the FP16 flag
     on (weakly typed: fp16 kernels allowed), TensorRT 11 as typed in the graph (float32)."""
@@ -91,8 +93,15 @@ def tensorrt_missing() -> str | None:
     return None
 
 
-def _shape(batch: int, shape: tuple[int, ...]) -> str:
-    return "x".join(str(d) for d in (batch, *shape[1:]))
+def profile_shapes(opts: TrtBuildOptions, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The input's min/opt/max shapes of the optimization profile: the batch profile, and the height × width
+    profile where ``opts.shapes`` sets one (the other dimensions as in ``shape``)."""
+    p, s = opts.profile, opts.shapes
+    out = {}
+    for key, batch in (("min", p.min), ("opt", p.opt), ("max", p.max)):
+        hw = None if s is None else getattr(s, key)
+        out[key] = (batch, *shape[1:]) if hw is None else (batch, *shape[1:-2], *hw)
+    return out
 
 
 def trtexec_command(onnx_path: Path, engine_path: Path, *, input_name: str, input_shape: tuple[int, ...],
@@ -103,11 +112,10 @@ def trtexec_command(onnx_path: Path, engine_path: Path, *, input_name: str, inpu
     fp16-typed ONNX copy, passed here as ``onnx_path``. int8 is always the QDQ ONNX (``--int8`` on TensorRT 10).
     """
     args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
-    if dynamic_batch:
-        p = opts.profile
-        args += [f"--{k}Shapes={input_name}:{_shape(b, input_shape)}" for k, b in
-                 (("min", p.min), ("opt", p.opt), ("max", p.max))]
-        args.append(f"--shapes={input_name}:{_shape(p.opt, input_shape)}")
+    if dynamic_batch or opts.shapes is not None:
+        shapes = profile_shapes(opts, input_shape)
+        args += [f"--{k}Shapes={input_name}:{'x'.join(map(str, shapes[k]))}" for k in ("min", "opt", "max")]
+        args.append(f"--shapes={input_name}:{'x'.join(map(str, shapes['opt']))}")
     if opts.precision == "fp16" and tensorrt_major < 11:
         args.append("--fp16")
     if opts.precision == "int8" and tensorrt_major < 11:  # the QDQ ONNX: explicit quantization
@@ -131,14 +139,13 @@ def engine_sidecar(*, trt_version: str, gpu_name: str, compute_capability: tuple
                    onnx_sha256: str, onnx_name: str, input_shape: tuple[int, ...], build_s: float,
                    strongly_typed: bool) -> dict[str, Any]:
     """The JSON written next to an engine: what it was built from, with what, for which GPU."""
-    p = opts.profile
+    shapes = profile_shapes(opts, input_shape)
     return {
         "tensorrt_version": trt_version,
         "gpu": {"name": gpu_name, "compute_capability": f"{compute_capability[0]}.{compute_capability[1]}"},
         "precision": opts.precision, "tf32": False if opts.precision == "fp32" else None,
         "strongly_typed": strongly_typed,
-        "profile": {"min": [p.min, *input_shape[1:]], "opt": [p.opt, *input_shape[1:]],
-                    "max": [p.max, *input_shape[1:]]},
+        "profile": {k: list(v) for k, v in shapes.items()},
         "workspace_bytes": opts.workspace_bytes, "builder_optimization_level": opts.opt_level,
         "onnx": {"name": onnx_name, "sha256": onnx_sha256}, "build_s": round(build_s, 3),
     }
@@ -162,4 +169,4 @@ def check_engine_sidecar(sidecar: dict[str, Any], *, trt_version: str, gpu_name:
 
 __all__ = ["DEFAULT_WORKSPACE_BYTES", "EngineBuildError", "EngineMismatchError", "INSTALL_HINT", "PRECISIONS",
            "TensorRTUnavailable", "TrtBuildOptions", "check_engine_sidecar", "engine_name", "engine_sidecar",
-           "parse_size", "tensorrt_missing", "trtexec_command"]
+           "parse_size", "profile_shapes", "tensorrt_missing", "trtexec_command"]
