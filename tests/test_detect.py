@@ -120,8 +120,10 @@ def test_the_api_exports_a_detector_and_refuses_what_it_cannot_do(exported, tmp_
     ckpt, _ = exported
     result = vd.export(ckpt, out_dir=tmp_path / "b", part="backbone", verify_sizes="256x320")
     assert result.onnx.name == "retinanet_custom.backbone.onnx" and result.report["part"] == "backbone"
-    with pytest.raises(UsageError, match="--precision is not available for detection"):
-        vd.export(ckpt, out_dir=tmp_path / "x", precision="fp16")
+    with pytest.raises(UsageError, match="--img-size is not available for detection"):
+        vd.export(ckpt, out_dir=tmp_path / "x", img_size=320)
+    with pytest.raises(UsageError, match="--precision int8 needs --calib"):
+        vd.export(ckpt, out_dir=tmp_path / "x", precision="int8")
     assert not (tmp_path / "x").exists()
 
 
@@ -162,3 +164,18 @@ def test_int8_is_published_only_when_its_gate_passes(exported, tmp_path: Path) -
         assert (out / "retinanet_custom.backbone.int8.onnx").is_file()
     else:
         assert result.exit_code == 1 and "rel. L2 from fp32" in result.output and not out.exists()
+
+
+def test_repo_writes_a_triton_config_with_variable_height_and_width(exported, tmp_path: Path) -> None:
+    _, out = exported
+    result = runner.invoke(app, ["repo", str(out), "--out", str(tmp_path / "repo"), "--backend", "openvino"])
+    assert result.exit_code == 0, result.output
+    from vanilladeploy.serving.triton_config import parse_config
+
+    cfg = parse_config((tmp_path / "repo" / "retinanet_custom" / "config.pbtxt").read_text())
+    assert list(cfg.input[0].dims) == [3, -1, -1] and cfg.backend == "openvino"
+    outputs = {o.name: (list(o.dims), o.data_type, o.HasField("reshape")) for o in cfg.output}
+    assert outputs["boxes"][0] == [100, 4] and outputs["labels"][0] == [100]
+    assert outputs["num_detections"][0] == [1] and outputs["num_detections"][2]
+    python = runner.invoke(app, ["repo", str(out), "--out", str(tmp_path / "r2"), "--backend", "python"])
+    assert python.exit_code == 2 and "native backends" in python.output and not (tmp_path / "r2").exists()

@@ -117,7 +117,8 @@ def test_det_config_file_is_parsed_not_run(tmp_path: Path, retinanet: Path) -> N
 
 
 def test_classifier_only_options_are_refused_for_a_detector(retinanet: Path, tmp_path: Path) -> None:
-    for extra in (["--precision", "fp16"], ["--trt"], ["--img-size", "320"]):
+    for extra in (["--static-batch", "2"], ["--input", "uint8"], ["--img-size", "320"], ["--trt-shapes", "1x1/2x2/3x3"],
+                  ["--trt", "--precision", "fp16"]):
         result = _cli("export", retinanet, "--out", tmp_path / "o", *extra)
         assert result.exit_code == 2 and extra[0] in result.output, result.output
     result = _cli("export", retinanet, "--out", tmp_path / "o", "--verify-sizes", "801x1344")

@@ -110,6 +110,8 @@ def _from_export_dir(directory: Path, backend: str | None) -> RepoSource:
         raise UsageError(f"{directory} holds no <variant>.report.json: give the directory `vanilladeploy export` "
                          "wrote, or the .onnx file itself.")
     report = _read_json(reports[0])
+    if "detector" in report:
+        return _detector_export(directory, report, reports[0], backend)
     try:
         variant = str(report["architecture"]["variant"])
         recorded = {str(name): str(info["sha256"]) for name, info in (report.get("artifacts") or {}).items()}
@@ -126,6 +128,25 @@ def _from_export_dir(directory: Path, backend: str | None) -> RepoSource:
         raise UsageError(f"{onnx_file}: missing, though {reports[0].name} names it; {EXPORT_AGAIN}, or give the "
                          ".onnx file itself.")
     return RepoSource(onnx_file, onnx_file, variant, recorded_sha256=recorded)
+
+
+def _detector_export(directory: Path, report: dict[str, Any], path: Path, backend: str | None) -> RepoSource:
+    """The fp32 ONNX of an ``export DET.pth`` directory (its engine with ``--backend tensorrt``)."""
+    try:
+        recorded = {str(name): str(info["sha256"]) for name, info in (report.get("artifacts") or {}).items()}
+        built = (report.get("tensorrt") or {}).get("built") or {}
+    except (KeyError, TypeError, AttributeError) as e:
+        raise _incomplete(path, e) from None
+    if backend == "tensorrt":
+        if not built.get("engine"):
+            raise UsageError(f"{directory}: this export has no TensorRT engine (export again with --trt on a machine "
+                             "with TensorRT), or choose --backend onnxruntime/openvino.")
+        return _from_engine(directory / str(built["engine"]), recorded=recorded)
+    onnx_name = next((n for n in recorded if n.endswith(".onnx") and not n.endswith((".fp16.onnx", ".int8.onnx"))),
+                     None)
+    if onnx_name is None or not (directory / onnx_name).is_file():
+        raise UsageError(f"{directory}: the ONNX that {path.name} names is missing; {EXPORT_AGAIN}.")
+    return RepoSource(directory / onnx_name, directory / onnx_name, onnx_name.split(".")[0], recorded_sha256=recorded)
 
 
 def _from_engine(engine: Path, *, recorded: dict[str, str] | None) -> RepoSource:
@@ -262,6 +283,9 @@ def plan_repository(source: Path, opts: RepoOptions, *, images: bool = False) ->
     except RepoError as e:
         raise UsageError(f"{e}.") from None
     opts = replace(opts, name=name, kind=resolve_kind(opts, backend))
+    if signature.detector and (opts.labels or images):
+        raise UsageError(f"{'--labels' if opts.labels else '--images'} is for classifiers: a detector's class names "
+                         "are in its ONNX metadata, and its image ensemble is not built yet (docs/detection.md).")
     labels = _labels(opts.labels, classes=signature.outputs[0].shape[-1])
     cfg = build_config(signature, opts, name=name, backend=backend, labels_file=LABELS_FILE if labels else None)
     text = config_text(cfg)

@@ -22,9 +22,11 @@ KINDS = ("cpu", "gpu")
 MODEL_FILES = {"onnxruntime": "model.onnx", "openvino": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
 """What Triton loads from ``<name>/1/`` per backend (the python backend's ``model.py`` runs ``model.onnx``)."""
 LABELS_FILE = "labels.txt"
-TRITON_DTYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}
-"""A tensor's element type (numpy's name, as :class:`TensorSpec` holds it) → Triton's ``DataType``: float32, and
-uint8 for the pixel input of an ``export --input uint8`` graph."""
+TRITON_DTYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8", "int64": "TYPE_INT64"}
+"""A tensor's element type (numpy's name, as :class:`TensorSpec` holds it) → Triton's ``DataType``: float32, uint8
+for the pixel input of an ``export --input uint8`` graph, int64 for a detector's ``labels`` and ``num_detections``."""
+DETECTOR_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
+"""An exported detector's outputs (``export DET.pth``); its signature is served by the native backends only."""
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 """A model name is one directory of the repository: letters, digits, ``_ . -``, not starting with ``.`` or ``-``."""
 
@@ -49,6 +51,10 @@ class ModelSignature:
     kind: str  # "onnx" or "engine"
     profile_max: int | None = None  # an engine's optimization-profile max batch
     compute_capability: str | None = None  # an engine's GPU, "8.0"
+
+    @property
+    def detector(self) -> bool:
+        return tuple(t.name for t in self.outputs) == DETECTOR_OUTPUTS
 
     @property
     def dynamic_batch(self) -> bool:
@@ -158,8 +164,11 @@ def check_servable(signature: ModelSignature, opts: RepoOptions, backend: str) -
         raise RepoError("--backend openvino runs on the CPU: pass --kind cpu")
     if not signature.inputs or not signature.outputs:
         raise RepoError("the model has no inputs or no outputs")
-    bad = [t for t in signature.inputs if t.dtype not in TRITON_DTYPES]
-    bad += [t for t in signature.outputs if t.dtype != "float32"]
+    if signature.detector and backend == "python":
+        raise RepoError("an exported detector is served by the native backends (--backend onnxruntime, openvino or "
+                        "tensorrt) for now: the python backend's model.py answers one output (docs/detection.md)")
+    bad = [t for t in signature.inputs if t.dtype not in ("float32", "uint8")]
+    bad += [t for t in signature.outputs if t.dtype != "float32" and not (signature.detector and t.dtype == "int64")]
     if bad:
         raise RepoError(f"tensor {bad[0].name!r} is {bad[0].dtype}; vanilladeploy serves float32 I/O, or uint8 "
                         "pixels in (export --input uint8); an fp16/int8 ONNX from vanilladeploy keeps its input type "
@@ -205,7 +214,10 @@ def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, bac
     for spec, container in ((signature.inputs, cfg.input), (signature.outputs, cfg.output)):
         for t in spec:
             entry = container.add(name=t.name, data_type=mc.DataType.Value(TRITON_DTYPES[t.dtype]))
-            entry.dims.extend(t.shape[1:] if opts.max_batch > 0 else t.shape)
+            dims = t.shape[1:] if opts.max_batch > 0 else t.shape
+            entry.dims.extend(dims or [1])
+            if not dims:  # one value per image (num_detections): Triton needs a dim, the model has none
+                entry.reshape.SetInParent()
     if labels_file:
         cfg.output[0].label_filename = labels_file
     group = cfg.instance_group.add(count=opts.instances)
@@ -234,7 +246,7 @@ def parse_config(text: str) -> Any:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-__all__ = ["BACKENDS", "LABELS_FILE", "MODEL_FILES", "PYTHON_PARAMETERS", "TRITON_DTYPES", "ModelSignature",
-           "RepoError", "RepoOptions", "TensorSpec", "build_config", "check_model_name", "check_servable",
-           "config_text", "parse_config", "plan_filename", "python_parameters", "resolve_backend", "resolve_kind",
-           "signature_from_onnx", "signature_from_sidecar"]
+__all__ = ["BACKENDS", "DETECTOR_OUTPUTS", "LABELS_FILE", "MODEL_FILES", "PYTHON_PARAMETERS", "TRITON_DTYPES",
+           "ModelSignature", "RepoError", "RepoOptions", "TensorSpec", "build_config", "check_model_name",
+           "check_servable", "config_text", "parse_config", "plan_filename", "python_parameters", "resolve_backend",
+           "resolve_kind", "signature_from_onnx", "signature_from_sidecar"]
