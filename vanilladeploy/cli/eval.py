@@ -55,11 +55,15 @@ def eval_(
 
         if len(artifacts) < 2:
             raise typer.BadParameter("give the reference detector and at least one to compare with it.")
-        info = compare_detectors(artifacts, data, limit=limit, runtime=runtime, precision=precision)
+        emit(compare_detectors(artifacts, data, limit=limit, runtime=runtime, precision=precision),
+             _render_detectors)
+
+    def emit(info: dict[str, Any], render: Any) -> None:
+        """The results as JSON on stdout or a table, and as the --json-out file."""
         if as_json:
             print_json(info)
         else:
-            _render_detectors(info)
+            render(info)
         if json_path is not None:
             write_json(json_path, info, quiet=as_json)
 
@@ -72,13 +76,7 @@ def eval_(
         with ProgressDisplay() as progress:
             result = evaluate(artifacts, data, limit=limit, batch=batch, arch=arch, progress=progress,
                               runtime=runtime, precision=precision, url=url, model=model, protocol=protocol)
-        info = result.as_dict()
-        if as_json:
-            print_json(info)
-        else:
-            _render(info)
-        if json_path is not None:
-            write_json(json_path, info, quiet=as_json)
+        emit(result.as_dict(), _render)
 
     run_command(verbose, run)
 

@@ -15,8 +15,8 @@ import numpy as np
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.detect import GATE_FP32, GATE_REDUCED
 from vanilladeploy.errors import VerificationError
-from vanilladeploy.extras import require
 from vanilladeploy.pipeline.det_precision import boxes_agreement
+from vanilladeploy.pipeline.openvino import stage_ir
 from vanilladeploy.runtimes.runners import PrecisionUnavailable, compile_openvino
 from vanilladeploy.steps import StepTimer
 from vanilladeploy.verify import verify_outputs
@@ -36,17 +36,9 @@ def detector_openvino(name: str, onnx_path: Path, writer: ArtifactWriter, timer:
                       *, part: str, inputs: Sequence[np.ndarray], references: Sequence[Sequence[np.ndarray]]) -> None:
     """Stage and verify the IR. ``references``: per input, the training form's outputs (backbone, neck) or ONNX
     Runtime's detections (detector)."""
-    require("openvino", "export --openvino")
     import openvino as ov
 
-    xml = writer.stage(f"{name}.xml")
-    writer.stage(f"{name}.bin")
-    with timer.step("openvino_convert_s", "Converting to OpenVINO IR"):
-        try:
-            ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
-        except Exception as e:  # OpenVINO's frontend raises its own types
-            raise VerificationError(f"OpenVINO cannot convert the ONNX graph: {type(e).__name__}: "
-                                    f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    xml = stage_ir(name, onnx_path, writer, timer)
     section: dict[str, Any] = {"xml": xml.name, "version": ov.__version__}
     report["openvino"] = section
     with timer.step("verify_openvino_s", "Running the OpenVINO IR in OpenVINO"):

@@ -22,10 +22,9 @@ from vanilladeploy.steps import StepTimer
 from vanilladeploy.verify import verify_outputs
 
 
-def openvino_ir(name: str, onnx_path: Path, writer: ArtifactWriter, timer: StepTimer, report: ExportReport, *,
-                inputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> Path:
-    """Stage ``<name>.xml``/``.bin`` from the staged, verified ONNX; verify them; set ``report.openvino`` and
-    ``report.verification.openvino``."""
+def stage_ir(name: str, onnx_path: Path, writer: ArtifactWriter, timer: StepTimer) -> Path:
+    """Stage ``<name>.xml`` + ``.bin`` converted from ``onnx_path``, float32 weights; the staged ``.xml``. A graph
+    OpenVINO cannot convert is a VerificationError with its reason."""
     require("openvino", "export --openvino")
     import openvino as ov
 
@@ -37,6 +36,16 @@ def openvino_ir(name: str, onnx_path: Path, writer: ArtifactWriter, timer: StepT
         except Exception as e:  # OpenVINO's frontend raises its own types (OpConversionFailure, RuntimeError …)
             raise VerificationError(f"OpenVINO cannot convert the ONNX graph: {type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    return xml
+
+
+def openvino_ir(name: str, onnx_path: Path, writer: ArtifactWriter, timer: StepTimer, report: ExportReport, *,
+                inputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> Path:
+    """Stage ``<name>.xml``/``.bin`` from the staged, verified ONNX; verify them; set ``report.openvino`` and
+    ``report.verification.openvino``."""
+    import openvino as ov
+
+    xml = stage_ir(name, onnx_path, writer, timer)
     with timer.step("verify_openvino_s", "Running the OpenVINO IR in OpenVINO"):
         with OpenVinoRunner(xml, precision="fp32") as runner:
             outputs = [runner.infer(x) for x in inputs]
@@ -49,4 +58,4 @@ def openvino_ir(name: str, onnx_path: Path, writer: ArtifactWriter, timer: StepT
     return xml
 
 
-__all__ = ["openvino_ir"]
+__all__ = ["openvino_ir", "stage_ir"]
