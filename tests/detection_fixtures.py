@@ -114,10 +114,12 @@ def detector_state_dict(kind: str, dims: tuple[int, ...], *, seed: int = 0, neck
 
 
 def save_detector(path: Path, kind: str = RETINANET, *, divisor: int = 8, meta: bool = True, seed: int = 0,
-                  **config) -> Path:
-    """An mmdetection 2.x checkpoint file: meta (config text, CLASSES, mmdet_version …), state_dict, optimizer."""
+                  neck_out: int = 32, feat: int = 32, **config) -> Path:
+    """An mmdetection 2.x checkpoint file: meta (config text, CLASSES, mmdet_version …), state_dict, optimizer.
+    ``divisor=1, neck_out=256, feat=256``: the official RetinaNet's shapes."""
     dims = small_dims(divisor)
-    ckpt = {"state_dict": detector_state_dict(kind, dims, seed=seed),
+    config.update(neck_out=neck_out, feat=feat)
+    ckpt = {"state_dict": detector_state_dict(kind, dims, seed=seed, neck_out=neck_out, feat=feat),
             "optimizer": {"state": {}, "param_groups": [{"lr": 8e-5, "params": [0, 1]}]}}
     if meta:
         ckpt["meta"] = {"config": config_text(kind, dims, **config), "CLASSES": COCO_CLASSES,

@@ -113,7 +113,10 @@ def test_eval_compares_two_detectors_box_by_box(exported, images: Path, tmp_path
     info = json.loads((tmp_path / "e.json").read_text())
     assert info["images"] == 3 and len(info["skipped"]) == 1
     row = info["artifacts"][1]
-    assert row["runtime"] == "openvino fp32" and row["passed"] and row["recall"] >= 0.99 and row["detections"] > 0
+    assert row["runtime"] == "openvino fp32, fp32 graph" and row["passed"] and row["recall"] >= 0.99
+    assert row["gate"]["min_recall"] == 0.99 and row["detections"] > 0  # the fp32 gate: the same math elsewhere
+    arch = runner.invoke(app, ["eval", onnx_path, onnx_path, "--data", str(images), "--arch", "vanillanet_5"])
+    assert arch.exit_code == 2 and "--arch is for classifiers" in arch.output
 
 
 def test_the_api_exports_a_detector_and_refuses_what_it_cannot_do(exported, tmp_path: Path) -> None:

@@ -28,8 +28,9 @@ def export(source: str | Path, *, progress: Progress = silent, **options: Any) -
     the command's options as keywords (``out_dir``, ``img_size``, ``precision``, ``calib``, ``trt``, …). Raises a
     :class:`~vanilladeploy.errors.VanillaDeployError` for what the command refuses; a failure after publishing
     (an unverified int8 model, no TensorRT for ``trt=True``) is ``result.error`` and makes the result falsy.
-    A detection checkpoint gives a :class:`~vanilladeploy.pipeline.detection.DetectionExportResult` (options
-    ``part``, ``det_config``, ``verify_sizes``, ``openvino``, ``out_dir``)."""
+    A detection checkpoint gives a :class:`~vanilladeploy.pipeline.detection.DetectionExportResult` (the options
+    of :func:`~vanilladeploy.pipeline.detection.detection_options`: ``part``, ``det_config``, ``verify_sizes``,
+    ``openvino``, ``precision`` with ``calib``…, ``trt`` with ``trt_shapes``…, ``out_dir``)."""
     from vanilladeploy.source import resolve_source
 
     if Path(str(source)).is_file():

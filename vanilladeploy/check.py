@@ -15,7 +15,7 @@ def check_onnx_file(path: Path, *, profile: str | None = None, shapes: str | Non
     """Load ``path`` (with external data beside it, if any) and check it against the TensorRT batch ``profile``
     (MIN/OPT/MAX or MAX) and, for a dynamic height and width, the ``shapes`` profile (HxW/HxW/HxW; default for a
     detector's graph: :class:`ShapeProfile`'s)."""
-    batches = trt_profile(profile) if profile is not None else BatchProfile()
+    batches = trt_profile(profile) if profile is not None else None
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file." if not path.exists() else f"{path} is not a file.")
     try:
@@ -25,6 +25,8 @@ def check_onnx_file(path: Path, *, profile: str | None = None, shapes: str | Non
     if not model.graph.node and not model.graph.output:
         raise CheckpointError(f"{path} is not an ONNX model (no graph).")
     detector = any(p.key == "detector" for p in model.metadata_props)
+    if batches is None:  # a detector's engine defaults to 1/1/4 (export --trt), a classifier's to 1/1/32
+        batches = BatchProfile(1, 1, 4) if detector else BatchProfile()
     try:
         spatial = ShapeProfile.parse(shapes) if shapes is not None else ShapeProfile() if detector else None
     except ValueError as e:

@@ -111,6 +111,8 @@ class DetectorSession:
             raise UsageError(f"{path} is not an exported detector with boxes out (metadata part="
                              f"{self.meta.get('part')!r}); export the checkpoint with --part detector.")
         self.path, self.runtime, self.precision = Path(path), runtime, precision
+        self.graph_precision = self.meta.get("precision", "fp32")
+        """What the graph itself computes in (fp32, fp16, int8), as its metadata records."""
         self.preprocess = DetPreprocess.from_metadata(self.meta)
         self.classes = tuple(json.loads(self.meta["classes"])) if "classes" in self.meta else None
         if runtime == "onnxruntime":
@@ -279,12 +281,18 @@ def _open_image(path: Path) -> Any:
         return image.convert("RGB")
 
 
+def gate_for(session: DetectorSession) -> BoxGate:
+    """:data:`GATE_FP32` for an fp32 graph computed in fp32 (another runtime, the same math), else
+    :data:`GATE_REDUCED`."""
+    return GATE_FP32 if session.graph_precision == "fp32" and session.precision == "fp32" else GATE_REDUCED
+
+
 def compare_detectors(artifacts: Sequence[str | Path], data: Path, *, limit: int | None = None,
                       runtime: str = "onnxruntime", precision: str = "fp32", progress: Any = None
                       ) -> dict[str, Any]:
     """``vanilladeploy eval`` for detectors: every artifact after the first (run in ``runtime`` at ``precision``)
-    against the first (ONNX Runtime, fp32), image by image — preprocessed by the first's recorded pipeline — with
-    boxes matched by label and IoU ≥ 0.5 (:class:`BoxAgreement`) and the :data:`GATE_REDUCED` verdict."""
+    against the first (ONNX Runtime), image by image — preprocessed by the first's recorded pipeline — with boxes
+    matched by label and IoU ≥ 0.5 (:class:`BoxAgreement`) and the verdict of :func:`gate_for`."""
     from vanilladeploy.images import scan_folder
 
     folder = scan_folder(Path(data))
@@ -312,15 +320,17 @@ def compare_detectors(artifacts: Sequence[str | Path], data: Path, *, limit: int
     if len(skipped) == len(files):
         raise UsageError(f"{data}: none of the {len(files)} images could be read ({skipped[0] if skipped else ''}).")
     images = len(files) - len(skipped)
-    rows = [{"name": Path(artifacts[0]).name, "runtime": "onnxruntime fp32", "reference": True,
-             "detections": results[0].reference if results else None, "images_per_s": images / timing[0]}]
-    for a, result, t in zip(artifacts[1:], results, timing[1:]):
-        failures = GATE_REDUCED.failures(result)
-        rows.append({"name": Path(a).name, "runtime": f"{runtime} {precision}", **result.as_dict(),
-                     "gate": vars(GATE_REDUCED), "passed": not failures, "failures": failures,
+    rows = [{"name": Path(artifacts[0]).name, "runtime": f"onnxruntime, {sessions[0].graph_precision} graph",
+             "reference": True, "detections": results[0].reference if results else None,
+             "images_per_s": images / timing[0]}]
+    for session, result, t in zip(sessions[1:], results, timing[1:]):
+        gate = gate_for(session)
+        failures = gate.failures(result)
+        rows.append({"name": session.path.name, "runtime": f"{runtime} {precision}, {session.graph_precision} graph",
+                     **result.as_dict(), "gate": vars(gate), "passed": not failures, "failures": failures,
                      "images_per_s": images / t})
     return {"data": str(data), "images": images, "skipped": skipped, "artifacts": rows}
 
 
 __all__ = ["BoxAgreement", "BoxGate", "DetPreprocess", "DetectorSession", "Detections", "GATE_FP32", "GATE_REDUCED",
-           "agreement", "box_iou", "compare_detectors", "is_detector_onnx", "split_outputs"]
+           "agreement", "box_iou", "compare_detectors", "gate_for", "is_detector_onnx", "split_outputs"]

@@ -52,11 +52,21 @@ def eval_(
 
     def run_detectors() -> None:
         from vanilladeploy.detect import compare_detectors
+        from vanilladeploy.errors import UsageError, VerificationError
 
         if len(artifacts) < 2:
-            raise typer.BadParameter("give the reference detector and at least one to compare with it.")
-        emit(compare_detectors(artifacts, data, limit=limit, runtime=runtime, precision=precision),
-             _render_detectors)
+            raise UsageError("give the reference detector and at least one artifact to compare with it.")
+        given = {"--arch": arch, "--url": url, "--model": model, "--protocol": protocol,
+                 "--batch": None if batch == 32 else batch}
+        used = next((k for k, v in given.items() if v is not None), None)
+        if used:
+            raise UsageError(f"{used} is for classifiers: detectors are compared image by image, in ONNX files.")
+        info = compare_detectors(artifacts, data, limit=limit, runtime=runtime, precision=precision)
+        emit(info, _render_detectors)
+        failed = [r for r in info["artifacts"] if not r.get("reference") and not r["passed"]]
+        if failed:
+            raise VerificationError(f"{failed[0]['name']} ({failed[0]['runtime']}) misses its gate: "
+                                    f"{'; '.join(failed[0]['failures'])}.")
 
     def emit(info: dict[str, Any], render: Any) -> None:
         """The results as JSON on stdout or a table, and as the --json-out file."""

@@ -53,7 +53,8 @@ def export(
                                                   "calibrate int8 on; the images after the calibration ones are "
                                                   "held out to verify it. Required by --precision int8.",
                                                   show_default=False, rich_help_panel=INT8)] = None,
-    calib_count: Annotated[Optional[int], typer.Option("--calib-count", min=1, help="Images used to calibrate.",
+    calib_count: Annotated[Optional[int], typer.Option("--calib-count", min=1, help="Images used to calibrate "
+                                                       "(a detector: 32 by default, 16 more held out).",
                                                        show_default=str(Int8Options.calib_count),
                                                        rich_help_panel=INT8)] = None,
     calib_method: Annotated[Optional[Literal["minmax", "entropy", "percentile"]], typer.Option(
@@ -87,7 +88,7 @@ def export(
                                                      rich_help_panel=TRT)] = None,
     trt_profile: Annotated[Optional[str], typer.Option("--trt-profile", help="TensorRT batch optimization profile "
                                                        "MIN/OPT/MAX, or MAX (= 1/1/MAX) [default: 1/1/32, or the "
-                                                       "--static-batch]. Was --batch.",
+                                                       "--static-batch; a detector: 1/1/4]. Was --batch.",
                                                  show_default=False, rich_help_panel=TRT)] = None,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file, read if "
                                                          "present and updated after the build (faster rebuilds).",

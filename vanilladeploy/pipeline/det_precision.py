@@ -22,6 +22,7 @@ from vanilladeploy.detect import GATE_REDUCED, BoxAgreement, DetPreprocess, spli
 from vanilladeploy.errors import UsageError, VerificationError
 from vanilladeploy.exporters.detection_onnx import keeps_fp32
 from vanilladeploy.exporters.fp16 import fp16_export
+from vanilladeploy.exporters.onnx_export import set_metadata
 from vanilladeploy.runtimes.runners import ort_session
 from vanilladeploy.steps import StepTimer
 from vanilladeploy.verify import TOLERANCE_FP16, verify_outputs
@@ -133,6 +134,10 @@ def detector_int8(name: str, fp32_onnx: Path, writer: ArtifactWriter, timer: Ste
                               op_types=("Conv",))
     if result.problems:
         raise VerificationError(f"the int8 ONNX breaks the QDQ contract: {result.problems[0]}")
+    quantized = onnx.load(path)
+    meta = {p.key: p.value for p in quantized.metadata_props}
+    set_metadata(quantized, {**meta, "precision": "int8", "calibration": f"{len(calib)} images, {opts.calib_method}"})
+    onnx.save(quantized, path)
     with timer.step("int8_verify_s", f"Verifying int8 against fp32 on {len(held)} held-out images"):
         inputs = [pre(_open(p))[0] for p in held]
         fp32, int8 = run_onnx(fp32_onnx, inputs), run_onnx(path, inputs)

@@ -112,15 +112,17 @@ def detection_options(*, out_dir: Path | str | None = None, part: str | None = N
             raise UsageError(f"unknown export option {name!r}.")
         if value != _CLASSIFIER_DEFAULTS[name]:
             option = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
-            raise UsageError(f"{option} is not available for detection checkpoints yet: a detector exports in fp32 "
-                             "ONNX (--part backbone, neck or detector; --openvino); see docs/detection.md for what "
-                             "comes next.")
+            raise UsageError(f"{option} is not available for detection checkpoints yet: a detector takes --part, "
+                             "--det-config, --verify-sizes, --openvino, --precision fp32|fp16|int8 (--calib, "
+                             "--calib-count, --calib-method) and --trt (--trt-shapes …); see docs/detection.md.")
     if precision not in DETECTOR_PRECISIONS:
         raise UsageError(f"--precision {precision} is not available for detection checkpoints yet; they take "
                          f"{', '.join(DETECTOR_PRECISIONS)} (docs/detection.md).")
     if (precision == "int8") != (calib is not None):
         raise UsageError("--precision int8 needs --calib DIR (images to calibrate on and to hold out)." if calib is None
                          else "--calib has no effect without --precision int8.")
+    if calib_count is not None and calib_count < 1 or holdout_count is not None and holdout_count < 1:
+        raise UsageError("--calib-count (and the held-out count) must be at least 1.")
     int8 = None if calib is None else DetInt8Options(
         Path(calib), calib_count or DET_CALIB_COUNT, DET_HOLDOUT_COUNT if holdout_count is None else holdout_count,
         calib_method or "minmax")

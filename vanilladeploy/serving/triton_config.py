@@ -181,7 +181,7 @@ def check_servable(signature: ModelSignature, opts: RepoOptions, backend: str) -
         raise RepoError(f"the engine's optimization profile allows batches up to {signature.profile_max}, below "
                         f"--max-batch {opts.max_batch} (Triton refuses it: \"model maximum is "
                         f"{signature.profile_max}\"); pass --max-batch {signature.profile_max} or rebuild with "
-                        f"--batch 1/1/{opts.max_batch}")
+                        f"--trt-profile 1/1/{opts.max_batch}")
 
 
 def plan_filename(signature: ModelSignature) -> str:
