@@ -4,7 +4,8 @@ paper compares detectors, on this machine.
 Backbones (features at strides 8, 16, 32): VanillaNet-13 with act_num 4 fused (our deploy form), the same in its
 training form (the official detection code's network: it has no deploy path), torchvision's ResNet-50
 (layer2–layer4) and Swin-T (stages 2–4). Whole detectors: our fused VanillaNet-13 RetinaNet (FPN, head, decoding and
-NMS in the graph) and torchvision's ``retinanet_resnet50_fpn`` (torch only; it resizes 800×1344 to 793×1333 itself).
+NMS in the graph), the same with the training-form backbone in torch (``:train``: what the official code runs) and
+torchvision's ``retinanet_resnet50_fpn`` (torch only; it resizes 800×1344 to 793×1333 itself).
 Each in torch and ONNX Runtime fp32, and OpenVINO (fp32, and bf16 where the CPU has it) where installed, timed in
 interleaved rounds. Weights are random: latency does not depend on them, except the NMS step's, which depends on how
 many candidates pass the score threshold (stated in docs/detection.md).
@@ -30,7 +31,7 @@ from vanilladeploy.steps import Progress, Step, silent
 DET_STRIDES = (1, 2, 2, 1, 1, 1, 1, 1, 1, 2, 1)
 RETINA_OUT = (1, 8, 10)
 BACKBONES = ("vanillanet_13", "vanillanet_13:train", "resnet50", "swin_t")
-DETECTORS = ("retinanet_vanillanet_13", "retinanet_resnet50_fpn")
+DETECTORS = ("retinanet_vanillanet_13", "retinanet_vanillanet_13:train", "retinanet_resnet50_fpn")
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,9 @@ def build(name: str, cfg: DetBenchConfig) -> nn.Module:
     with torch.device("meta"):
         if name.startswith("vanillanet_13"):
             model: nn.Module = spec.build(deploy=not name.endswith(":train"))
-        elif name == "retinanet_vanillanet_13":
-            model = _Retina(spec.build(deploy=True), spec)
-    if name in BACKBONES[:2] or name == "retinanet_vanillanet_13":
+        elif name.startswith("retinanet_vanillanet_13"):
+            model = _Retina(spec.build(deploy=not name.endswith(":train")), spec)
+    if name in BACKBONES[:2] or name.startswith("retinanet_vanillanet_13"):
         model.load_state_dict({k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()},
                               assign=True)
         return randomize_(model, seed=0).eval()
@@ -172,7 +173,7 @@ def onnx_file(name: str, model: nn.Module, cfg: DetBenchConfig) -> Path:
 def _subject(name: str, runtime: str, model: nn.Module, cfg: DetBenchConfig, x: np.ndarray) -> Callable[[], float]:
     if runtime == "torch":
         t = torch.from_numpy(x)
-        if name == "retinanet_vanillanet_13":
+        if name.startswith("retinanet_vanillanet_13"):
             from vanilladeploy.models.retina_post import retina_detections
 
             step = lambda: retina_detections(*model(t), RetinaSpec(), (cfg.height, cfg.width))  # noqa: E731
@@ -183,6 +184,8 @@ def _subject(name: str, runtime: str, model: nn.Module, cfg: DetBenchConfig, x: 
         return timed_on_clock(torch.no_grad()(step))
     if name == "retinanet_resnet50_fpn":
         raise _Skip("torchvision's RetinaNet is timed in torch only (its ONNX export needs tracing its transforms)")
+    if name == "retinanet_vanillanet_13:train":
+        raise _Skip("the training form is the official detection code's network, timed in torch (what it runs)")
     path = onnx_file(name, model, cfg)
     if runtime == "onnxruntime":
         from vanilladeploy.runtimes.runners import ort_session

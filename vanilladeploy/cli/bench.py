@@ -190,15 +190,16 @@ def _render_detection(info: dict[str, Any]) -> None:
     out.print(f"[bold]{escape(info['cpu'])}[/]", soft_wrap=True)
     table = Table(title=f"batch 1 · {cfg['height']}x{cfg['width']} · VanillaNet widths ÷ {cfg['width_divisor']}",
                   header_style="bold")
-    for col in ("model", "kind", "runtime", "params M", "GFLOPs", "median ms", "p90", "GFLOP/s", "vs training form"):
+    for col in ("model", "kind", "runtime", "params M", "GFLOPs", "median ms", "p90", "GFLOP/s",
+                "vs training form (same runtime, else torch)"):
         table.add_column(col, justify="left" if col in ("model", "kind", "runtime") else "right", no_wrap=True)
     rows = info["rows"]
-    train = {r["runtime"]: r.get("median_ms") for r in rows if r["model"] == "vanillanet_13:train"}
+    train = {(r["model"], r["runtime"]): r.get("median_ms") for r in rows if r["model"].endswith(":train")}
     for r in rows:
         if r.get("skipped"):
             continue
-        speedup = (f"{train[r['runtime']] / r['median_ms']:.2f}×" if r["model"] == "vanillanet_13"
-                   and train.get(r["runtime"]) else "")
+        base = train.get((f"{r['model']}:train", r["runtime"])) or train.get((f"{r['model']}:train", "torch"))
+        speedup = f"{base / r['median_ms']:.2f}×" if base and not r["model"].endswith(":train") else ""
         table.add_row(r["model"], r["kind"], r["runtime"], f"{r['params_m']:.1f}",
                       "—" if r["gflops"] is None else f"{r['gflops']:.1f}", ms(r["median_ms"]), ms(r["p90_ms"]),
                       str(r.get("gflop_per_s", "—")), speedup)
