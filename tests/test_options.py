@@ -145,6 +145,7 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (EXPORT, "--part", ["backbone", ""]),  # detection checkpoints only
     (EXPORT, "--det-config", ["{file}"]),
     (EXPORT, "--verify-sizes", ["800x1344"]),
+    (EXPORT, "--trt-shapes", ["320x320/800x1344/1344x1344"]),  # no effect without --trt
     (("inspect", "vanillanet_5"), "--det-config", ["{file}"]),
     (("check", "{onnx}"), "--trt-shapes", ["a", "800x1344", "0x0/1x1/2x2", ""]),
     (BENCH, "--task", ["segmentation", ""]),
