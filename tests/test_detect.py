@@ -180,5 +180,5 @@ def test_repo_writes_a_triton_config_with_variable_height_and_width(exported, tm
     outputs = {o.name: (list(o.dims), o.data_type, o.HasField("reshape")) for o in cfg.output}
     assert outputs["boxes"][0] == [100, 4] and outputs["labels"][0] == [100]
     assert outputs["num_detections"][0] == [1] and outputs["num_detections"][2]
-    python = runner.invoke(app, ["repo", str(out), "--out", str(tmp_path / "r2"), "--backend", "python"])
-    assert python.exit_code == 2 and "native backends" in python.output and not (tmp_path / "r2").exists()
+    images = runner.invoke(app, ["repo", str(out), "--out", str(tmp_path / "r2"), "--images"])
+    assert images.exit_code == 2 and "--images is for classifiers" in images.output and not (tmp_path / "r2").exists()

@@ -121,15 +121,16 @@ def _serve(repository: Path, model: str, cfg: Any, ports: TritonPorts, *, stop: 
     """Serve ``model`` (loaded with what it is made of: an image ensemble's steps); ``cfg`` is the classifier's."""
     from tritonclient.grpc import model_config_pb2 as mc  # parse_config made ``cfg`` with it
 
-    dims = [max(int(d), 1) for d in cfg.input[0].dims]  # a dynamic dimension (-1) as 1
-    shape = [1, *dims] if cfg.max_batch_size > 0 else dims
+    detector = any(o.name == "boxes" for o in cfg.output)
+    dims = [int(d) if int(d) > 0 else 320 if detector else 1 for d in cfg.input[0].dims]  # a dynamic dimension: 1,
+    shape = [1, *dims] if cfg.max_batch_size > 0 else dims                               # a detector's H, W: 320
     kind = "gpu" if any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in cfg.instance_group) else "cpu"
     runtime = cfg.parameters["runtime"].string_value if "runtime" in cfg.parameters else "onnxruntime"
     try:
         with TritonServer(repository, ports, host=host, model=model, abort=stop) as server:
             watch = ModelWatch(server, model, on_event=on_event)  # lists the stubs now, before it is announced
             example = (example_image_command(server.http_url, model) if model != cfg.name else
-                       example_client_command(server.http_url, model, shape))
+                       example_client_command(server.http_url, model, shape, detector=detector))
             on_ready(ServingInfo(model, server_version(server), server.http_url, server.grpc_url, server.metrics_url,
                                  example, kind, runtime))
             while not stop.wait(WATCH_INTERVAL_S):
@@ -149,14 +150,15 @@ def example_image_command(http_url: str, model: str) -> str:
             ".as_numpy('logits'))\"")
 
 
-def example_client_command(http_url: str, model: str, shape: list[int]) -> str:
-    """A one-line tritonclient request (a random batch of ``shape``, batch included) that prints the top class,
-    run by this interpreter (it has tritonclient and numpy)."""
+def example_client_command(http_url: str, model: str, shape: list[int], *, detector: bool = False) -> str:
+    """A one-line tritonclient request (a random batch of ``shape``, batch included) that prints the top class (a
+    detector: its count of detections and first box), run by this interpreter (it has tritonclient and numpy)."""
     host = http_url.removeprefix("http://")
+    answer = ("r = c.infer('{m}', [x]); print(r.as_numpy('num_detections'), r.as_numpy('boxes')[0, :1])" if detector
+              else "print(c.infer('{m}', [x]).as_numpy('logits').argmax(1))").format(m=model)
     return (f"{shlex.quote(sys.executable)} -c \"import numpy as np, tritonclient.http as t; "
             f"c = t.InferenceServerClient('{host}'); x = t.InferInput('input', {shape}, 'FP32'); "
-            f"x.set_data_from_numpy(np.random.rand(*{shape}).astype('float32')); "
-            f"print(c.infer('{model}', [x]).as_numpy('logits').argmax(1))\"")
+            f"x.set_data_from_numpy(np.random.rand(*{shape}).astype('float32')); {answer}\"")
 
 
 __all__ = ["ServingInfo", "check_serve_options", "example_client_command", "serve_forever"]

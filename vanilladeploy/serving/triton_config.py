@@ -26,7 +26,7 @@ TRITON_DTYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8", "int64": "TYPE_I
 """A tensor's element type (numpy's name, as :class:`TensorSpec` holds it) → Triton's ``DataType``: float32, uint8
 for the pixel input of an ``export --input uint8`` graph, int64 for a detector's ``labels`` and ``num_detections``."""
 DETECTOR_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
-"""An exported detector's outputs (``export DET.pth``); its signature is served by the native backends only."""
+"""An exported detector's outputs (``export DET.pth``): int64 labels and counts beside the float32 boxes and scores."""
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 """A model name is one directory of the repository: letters, digits, ``_ . -``, not starting with ``.`` or ``-``."""
 
@@ -164,9 +164,6 @@ def check_servable(signature: ModelSignature, opts: RepoOptions, backend: str) -
         raise RepoError("--backend openvino runs on the CPU: pass --kind cpu")
     if not signature.inputs or not signature.outputs:
         raise RepoError("the model has no inputs or no outputs")
-    if signature.detector and backend == "python":
-        raise RepoError("an exported detector is served by the native backends (--backend onnxruntime, openvino or "
-                        "tensorrt) for now: the python backend's model.py answers one output (docs/detection.md)")
     bad = [t for t in signature.inputs if t.dtype not in ("float32", "uint8")]
     bad += [t for t in signature.outputs if t.dtype != "float32" and not (signature.detector and t.dtype == "int64")]
     if bad:

@@ -2,10 +2,11 @@
 ``vanilladeploy repo``).
 
 It loads ``model.onnx`` from its own version directory and runs the requests that Triton's dynamic batcher hands it,
-then answers each request with its own rows of the logits. A request whose input is malformed gets its own error
-response; the others still run. With ``max_batch_size`` 0 the config's ``dims`` are the whole shape (batch included)
-and each request runs alone. An instance of kind GPU runs on ONNX Runtime's CUDA provider where this onnxruntime has
-it, else on the CPU.
+then answers each request with its own rows of the logits. An exported detector (several outputs: boxes, scores,
+labels, num_detections) runs each request alone, since requests differ in height and width, and answers every
+output. A request whose input is malformed gets its own error response; the others still run. With
+``max_batch_size`` 0 the config's ``dims`` are the whole shape (batch included) and each request runs alone. An
+instance of kind GPU runs on ONNX Runtime's CUDA provider where this onnxruntime has it, else on the CPU.
 
 Who makes the session: where the stub's Python has vanilladeploy (``vanilladeploy serve``, ``serve-bench``,
 ``optimize``: the server runs this environment's Python), vanilladeploy's own factories,
@@ -140,6 +141,10 @@ class OnnxRuntimeSession:
     def __call__(self, name, xs):
         return split_rows(self.session.run(None, {name: np.concatenate(xs)})[0], xs)
 
+    def run_all(self, name, x):
+        """Every output of one run on ``x`` (a detector: boxes, scores, labels, num_detections)."""
+        return self.session.run(None, {name: x})
+
 
 def openvino_arguments(params):
     """The config's parameters as ``compile_openvino``'s: ``precision`` (bf16, else fp32: int8 is the QDQ graph's,
@@ -234,6 +239,13 @@ class OpenVinoSession:
         else:
             self.queue, self.request = None, self.compiled.create_infer_request()
 
+    def run_all(self, name, x):
+        """Every output of one synchronous inference on ``x`` (a detector's four), in the model's output order."""
+        if self.request is None:  # THROUGHPUT: one request of our own beside the queue's
+            self.request = self.compiled.create_infer_request()
+        self.request.infer({0: x})
+        return [np.array(t.data, copy=True) for t in self.request.output_tensors]
+
     def __call__(self, name, xs):
         if self.queue is None:  # one synchronous inference over the whole batch
             self.request.infer({0: np.concatenate(xs)})
@@ -277,6 +289,8 @@ class TritonPythonModel:
                                      f"{self.session.made_by}")
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
+        self.output_names = [o["name"] for o in config["output"]]
+        self.detector = len(self.output_names) > 1  # boxes, scores, labels, num_detections: every output answered
         max_batch_size = int(config.get("max_batch_size", 0))
         self.batched = max_batch_size > 0
         self.shape = expected_shape(config["input"][0]["dims"], max_batch_size)
@@ -293,13 +307,21 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(problem))
             else:
                 batches.append((i, x))
-        for group in [batches] if self.batched else [[b] for b in batches]:  # max_batch_size 0: one by one
+        alone = not self.batched or self.detector  # a detector's requests differ in height and width
+        for group in [[b] for b in batches] if alone else [batches]:  # max_batch_size 0: one by one
             if group:
                 self._run(group, responses)
         return responses
 
     def _run(self, group, responses):
-        """One inference for the requests of ``group``; each gets its own rows of the logits."""
+        """One inference for the requests of ``group``; each gets its own rows of the logits (a detector: one
+        request, every output)."""
+        if self.detector:
+            (i, x), = group
+            outputs = self.session.run_all(self.input_name, x)
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(name, np.ascontiguousarray(y)) for name, y in zip(self.output_names, outputs)])
+            return
         outputs = self.session(self.input_name, [x for _, x in group])
         for (i, _), logits in zip(group, outputs):
             responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, logits)])
