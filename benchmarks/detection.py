@@ -7,8 +7,9 @@ training form (the official detection code's network: it has no deploy path), to
 NMS in the graph), the same with the training-form backbone in torch (``:train``: what the official code runs) and
 torchvision's ``retinanet_resnet50_fpn`` (torch only; it resizes 800×1344 to 793×1333 itself).
 Each in torch and ONNX Runtime fp32, and OpenVINO (fp32, and bf16 where the CPU has it) where installed, timed in
-interleaved rounds. Weights are random: latency does not depend on them, except the NMS step's, which depends on how
-many candidates pass the score threshold (stated in docs/detection.md).
+interleaved rounds, with the peak kernels of :mod:`benchmarks.peaks` (fp32, and bf16 where OpenVINO bf16 runs) timed
+in the same rounds for each row's floor and efficiency (DESIGN §7). Weights are random: latency does not depend on
+them, except the NMS step's, which depends on how many candidates pass the score threshold (docs/detection.md).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vanilladeploy.benchmarks.floor import DevicePeak, NoPeakMeasured, device_peak, efficiency, floor_ms, rates
+from vanilladeploy.benchmarks.peaks import guard, peak_candidates
 from vanilladeploy.models.detection import FPN, BackboneSpec, FPNSpec, RetinaHead, RetinaSpec
 from vanilladeploy.models.vanillanet import VARIANTS, randomize_
 from vanilladeploy.runtimes.timing import measure_interleaved, summarize, timed_on_clock
@@ -57,6 +60,8 @@ class DetRow:
     params_m: float
     stats: dict[str, Any] | None = None
     skipped: str | None = None
+    floor_ms: float | None = None
+    efficiency: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in vars(self).items() if k != "stats"}
@@ -209,6 +214,8 @@ class _Skip(Exception):
 class DetBenchResult:
     config: DetBenchConfig
     rows: list[DetRow] = field(default_factory=list)
+    peaks: dict[str, DevicePeak] = field(default_factory=dict)
+    peaks_unavailable: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         from vanilladeploy.machine import describe_cpu, machine_info
@@ -216,6 +223,7 @@ class DetBenchResult:
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.config).items()}
         machine = machine_info("cpu")
         return {"task": "detection", "batch": 1, "config": cfg, "cpu": describe_cpu(machine), "machine": machine,
+                "peaks": {k: v.as_dict() for k, v in self.peaks.items()}, "peaks_unavailable": self.peaks_unavailable,
                 "rows": [r.as_dict() for r in self.rows]}
 
 
@@ -251,15 +259,49 @@ def run_detection_bench(cfg: DetBenchConfig, *, progress: Progress = silent) -> 
             except Exception as e:  # an exporter or runtime that cannot take this model: listed, not fatal
                 row.skipped = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             result.rows.append(row)
-    samples = measure_interleaved({f"{n}|{r}": s for (n, r), s in subjects.items()}, warmup=cfg.warmup,
-                                  iters=cfg.iters, budget_s=cfg.budget_s,
+    precisions = sorted({_precision(runtime) for _, runtime in subjects})
+    progress(Step("Preparing the peak kernels", 0, 1))
+    peaks = guard(peak_candidates("cpu", precisions, _conv_shapes(cfg), gemm_n=2048, copy_bytes=256 << 20))
+    timed = {f"{n}|{r}": s for (n, r), s in subjects.items()} | {f"peak|{g.name}": g for g in peaks if not g.error}
+    samples = measure_interleaved(timed, warmup=cfg.warmup, iters=cfg.iters, budget_s=cfg.budget_s,
                                   on_round=lambda i, n: progress(Step(f"Timing {len(subjects)} (model, runtime) "
-                                                                      "pairs in interleaved rounds", i, n)))
+                                                                      "pairs and the peak kernels in interleaved "
+                                                                      "rounds", i, n)))
+    measured = rates([g.candidate for g in peaks], {g.name: samples.get(f"peak|{g.name}", []) for g in peaks},
+                     {g.name: g.error for g in peaks if g.error})
+    for precision in precisions:
+        try:
+            result.peaks[precision] = device_peak("cpu", precision, measured)
+        except NoPeakMeasured as e:
+            result.peaks_unavailable[precision] = str(e)
     for row in result.rows:
         key = f"{row.model}|{row.runtime}"
         if key in samples:
             row.stats = summarize(samples[key], batch=1).as_dict()
+            _floor(row, result.peaks.get(_precision(row.runtime)))
     return result
+
+
+def _precision(runtime: str) -> str:
+    return "bf16" if runtime == "openvino-bf16" else "fp32"
+
+
+def _conv_shapes(cfg: DetBenchConfig) -> list[tuple[int, int, int]]:
+    """(in, out, pixels) of the fused backbone's largest 1×1 convolutions at this size: the peak candidates that
+    are the models' own kernels (DESIGN §7)."""
+    dims = vanillanet_spec(cfg.width_divisor).dims
+    return [(dims[4], dims[5], (cfg.height // 16) * (cfg.width // 16)),
+            (dims[2], dims[3], (cfg.height // 8) * (cfg.width // 8))]
+
+
+def _floor(row: DetRow, peak: DevicePeak | None) -> None:
+    """The physical floor max(FLOPs / peak, weight bytes / bandwidth) from the peak measured in the same rounds, and
+    efficiency = floor / median; none where the row has no FLOP count or its precision no peak."""
+    if peak is None or not row.gflops or row.stats is None:
+        return
+    weight_bytes = row.params_m * 1e6 * (2 if peak.precision == "bf16" else 4)
+    row.floor_ms = round(floor_ms(row.gflops * 1e9, weight_bytes, peak), 3)
+    row.efficiency = round(efficiency(row.floor_ms, row.stats["median_ms"]), 3)
 
 
 __all__ = ["BACKBONES", "DETECTORS", "DetBenchConfig", "DetBenchResult", "DetRow", "build", "count_gflops",

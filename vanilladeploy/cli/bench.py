@@ -190,7 +190,12 @@ def _render_detection(info: dict[str, Any]) -> None:
     out.print(f"[bold]{escape(info['cpu'])}[/]", soft_wrap=True)
     table = Table(title=f"batch 1 · {cfg['height']}x{cfg['width']} · VanillaNet widths ÷ {cfg['width_divisor']}",
                   header_style="bold")
-    for col in ("model", "kind", "runtime", "params M", "GFLOPs", "median ms", "p90", "GFLOP/s",
+    for peak in info.get("peaks", {}).values():
+        out.print(f"  {peak['precision']} peak measured in the same rounds: {peak['peak_flops'] / 1e9:.0f} GFLOP/s "
+                  f"({escape(peak['winner'])}), bandwidth {peak['bandwidth_bytes_s'] / 1e9:.0f} GB/s", soft_wrap=True)
+    for precision, reason in info.get("peaks_unavailable", {}).items():
+        out.print(f"  [yellow]{precision}: no peak measured[/] — {escape(reason)}", soft_wrap=True)
+    for col in ("model", "kind", "runtime", "params M", "GFLOPs", "median ms", "p90", "GFLOP/s", "floor ms", "eff.",
                 "vs training form (same runtime, else torch)"):
         table.add_column(col, justify="left" if col in ("model", "kind", "runtime") else "right", no_wrap=True)
     rows = info["rows"]
@@ -202,7 +207,8 @@ def _render_detection(info: dict[str, Any]) -> None:
         speedup = f"{base / r['median_ms']:.2f}×" if base and not r["model"].endswith(":train") else ""
         table.add_row(r["model"], r["kind"], r["runtime"], f"{r['params_m']:.1f}",
                       "—" if r["gflops"] is None else f"{r['gflops']:.1f}", ms(r["median_ms"]), ms(r["p90_ms"]),
-                      str(r.get("gflop_per_s", "—")), speedup)
+                      str(r.get("gflop_per_s", "—")), ms(r.get("floor_ms")),
+                      "—" if r.get("efficiency") is None else f"{r['efficiency']:.2f}", speedup)
     wide(170).print(table)
     for r in rows:
         if r.get("skipped"):
