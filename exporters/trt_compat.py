@@ -134,9 +134,9 @@ class CompatResult:
         return not self.errors
 
     def as_dict(self) -> dict[str, object]:
+        shapes = {"shapes": str(self.shapes)} if self.shapes else {}  # only where a height × width profile applies
         return {"passed": bool(self), "opset": self.opset, "nodes": self.nodes,
-                "profile": str(self.profile) if self.profile else None,
-                "shapes": str(self.shapes) if self.shapes else None,
+                "profile": str(self.profile) if self.profile else None, **shapes,
                 "errors": [f"{f.where}: {f.message}" for f in self.errors],
                 "warnings": [f"{f.where}: {f.message}" for f in self.warnings]}
 
