@@ -62,6 +62,8 @@ class DetRow:
     skipped: str | None = None
     floor_ms: float | None = None
     efficiency: float | None = None
+    floor_exceeded: bool | None = None
+    """Efficiency above 1: the peak was under-measured (the row beat every peak kernel timed beside it)."""
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in vars(self).items() if k != "stats"}
@@ -302,6 +304,7 @@ def _floor(row: DetRow, peak: DevicePeak | None) -> None:
     weight_bytes = row.params_m * 1e6 * (2 if peak.precision == "bf16" else 4)
     row.floor_ms = round(floor_ms(row.gflops * 1e9, weight_bytes, peak), 3)
     row.efficiency = round(efficiency(row.floor_ms, row.stats["median_ms"]), 3)
+    row.floor_exceeded = row.efficiency > 1
 
 
 __all__ = ["BACKBONES", "DETECTORS", "DetBenchConfig", "DetBenchResult", "DetRow", "build", "count_gflops",

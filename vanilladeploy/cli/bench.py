@@ -208,8 +208,11 @@ def _render_detection(info: dict[str, Any]) -> None:
         table.add_row(r["model"], r["kind"], r["runtime"], f"{r['params_m']:.1f}",
                       "—" if r["gflops"] is None else f"{r['gflops']:.1f}", ms(r["median_ms"]), ms(r["p90_ms"]),
                       str(r.get("gflop_per_s", "—")), ms(r.get("floor_ms")),
-                      "—" if r.get("efficiency") is None else f"{r['efficiency']:.2f}", speedup)
+                      "—" if r.get("efficiency") is None else
+                      f"{r['efficiency']:.2f}" + (" [yellow]![/]" if r.get("floor_exceeded") else ""), speedup)
     wide(170).print(table)
+    if any(r.get("floor_exceeded") for r in rows):
+        out.print(f"  [yellow]![/] efficiency above 1: {FLOOR_NOTE}", soft_wrap=True)
     for r in rows:
         if r.get("skipped"):
             out.print(f"  [yellow]skipped[/] {r['model']} on {r['runtime']}: {escape(r['skipped'])}", soft_wrap=True)
