@@ -23,7 +23,7 @@ def test_detection_bench_writes_its_table(tmp_path: Path) -> None:
     rows = {(r["model"], r["runtime"]): r for r in info["rows"]}
     fused, train = rows[("vanillanet_13", "onnxruntime")], rows[("vanillanet_13:train", "onnxruntime")]
     assert fused["median_ms"] > 0 and train["median_ms"] > 0
-    assert 0.5 < fused["gflops"] / train["gflops"] < 0.6  # each stage's conv1 gone: 521.6 / 944.4 at full widths
+    assert 0.5 < fused["gflops"] / train["gflops"] < 0.7  # each stage's conv1 gone (0.63 here; 0.55 at full widths)
     assert info["peaks"]["fp32"]["peak_flops"] > 0 and fused["floor_ms"] > 0 and fused["efficiency"] > 0
     assert "official detection code" in rows[("retinanet_vanillanet_13:train", "onnxruntime")]["skipped"]
     assert rows[("retinanet_vanillanet_13:train", "torch")]["median_ms"] > 0
