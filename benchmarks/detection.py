@@ -26,7 +26,7 @@ from torch import nn
 
 from vanilladeploy.benchmarks.floor import DevicePeak, NoPeakMeasured, device_peak, efficiency, floor_ms, rates
 from vanilladeploy.benchmarks.peaks import guard, peak_candidates
-from vanilladeploy.models.detection import FPN, BackboneSpec, FPNSpec, RetinaHead, RetinaSpec
+from vanilladeploy.models.detection import FPN, BackboneSpec, FPNSpec, RetinaHead, RetinaSpec, sub_state_dict
 from vanilladeploy.models.vanillanet import VARIANTS, randomize_
 from vanilladeploy.runtimes.timing import measure_interleaved, summarize, timed_on_clock
 from vanilladeploy.steps import Progress, Step, silent
@@ -162,7 +162,7 @@ def onnx_file(name: str, model: nn.Module, cfg: DetBenchConfig) -> Path:
 
         spec = vanillanet_spec(cfg.width_divisor)
         full = model.state_dict()
-        backbone = {k[len("backbone."):]: v for k, v in full.items() if k.startswith("backbone.")} or full
+        backbone = sub_state_dict(full, "backbone") or full
         rest = {k.replace("head.", "bbox_head.", 1): v for k, v in full.items() if not k.startswith("backbone.")}
         emitted = emit_detector(backbone, rest, backbone=spec, neck=FPNSpec(spec.feature_channels),
                                 head=RetinaSpec(), part="detector" if name.startswith("retinanet") else "backbone")

@@ -18,11 +18,7 @@ from vanilladeploy.exporters.detection_onnx import (
 )
 from vanilladeploy.exporters.nms import emit_retina_postprocess, output_specs
 from vanilladeploy.exporters.onnx_export import EmittedOnnx
-from vanilladeploy.models.detection import BackboneSpec, FPNSpec, RetinaSpec
-
-
-def _sub(sd: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix) + 1:]: v for k, v in sd.items() if k.startswith(f"{prefix}.")}
+from vanilladeploy.models.detection import BackboneSpec, FPNSpec, RetinaSpec, sub_state_dict
 
 
 def level_strides(backbone: BackboneSpec, neck: FPNSpec) -> list[int]:
@@ -62,10 +58,10 @@ def emit_detector(backbone_state: Mapping[str, Tensor], state_dict: Mapping[str,
     feats = emit_backbone(g, backbone_state, strides=backbone.strides, out_indices=backbone.out_indices,
                           act_num=backbone.act_num, names=names if part == "backbone" else None)
     if part != "backbone":
-        levels = emit_fpn(g, _sub(state_dict, "neck"), neck, feats, names=names if part == "neck" else None)
+        levels = emit_fpn(g, sub_state_dict(state_dict, "neck"), neck, feats, names=names if part == "neck" else None)
         if part == "detector":
             assert head is not None
-            cls, reg = emit_retina_head(g, _sub(state_dict, "bbox_head"), head, levels)
+            cls, reg = emit_retina_head(g, sub_state_dict(state_dict, "bbox_head"), head, levels)
             emit_retina_postprocess(g, head, cls, reg)
             if raw_head:
                 n = len(levels)

@@ -78,6 +78,11 @@ class BatchProfile:
         return f"{self.min}/{self.opt}/{self.max}"
 
 
+DETECTOR_BATCH_PROFILE = BatchProfile(1, 1, 4)
+"""A detector engine's batch profile unless told otherwise: images of up to 1344×1344 at batch 32 would ask TensorRT
+for buffers no GPU has."""
+
+
 @dataclass(frozen=True)
 class ShapeProfile:
     """The optimization profile of a dynamic height and width (a detector's input): (height, width) at least, tuned
@@ -289,4 +294,5 @@ def _check_restrictions(node: onnx.NodeProto, where: str, constants: set[str]) -
             yield Finding("error", where, "antialiasing is not supported")
 
 
-__all__ = ["BatchProfile", "CompatResult", "DEFAULT_MAX_BATCH", "Finding", "ShapeProfile", "check_trt_compat"]
+__all__ = ["BatchProfile", "CompatResult", "DEFAULT_MAX_BATCH", "DETECTOR_BATCH_PROFILE", "Finding", "ShapeProfile",
+           "check_trt_compat"]

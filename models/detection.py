@@ -14,12 +14,19 @@ and ``bbox_head.``:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vanilladeploy.models.vanillanet import VARIANTS, Block, SeriesActivation, _conv_bn
+
+
+def sub_state_dict(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries under ``prefix.`` (``backbone``, ``neck``, ``bbox_head``), with the prefix removed."""
+    cut = len(prefix) + 1
+    return {k[cut:]: v for k, v in state_dict.items() if k.startswith(f"{prefix}.")}
 
 
 class VanillaNetBackbone(nn.Module):
@@ -196,4 +203,4 @@ class RetinaHead(nn.Module):
         return cls_scores, bbox_preds
 
 
-__all__ = ["BackboneSpec", "FPN", "FPNSpec", "RetinaHead", "RetinaSpec", "VanillaNetBackbone"]
+__all__ = ["BackboneSpec", "FPN", "FPNSpec", "RetinaHead", "RetinaSpec", "VanillaNetBackbone", "sub_state_dict"]

@@ -16,9 +16,9 @@ from detection_fixtures import MASK_RCNN, RETINANET, save_detector
 from torch import nn
 
 from vanilladeploy.checkpoint import load_checkpoint
-from vanilladeploy.detector import recognize_detector, sub_state_dict
+from vanilladeploy.detector import recognize_detector
 from vanilladeploy.exporters.detector_graph import emit_detector
-from vanilladeploy.models.detection import RetinaSpec, VanillaNetBackbone
+from vanilladeploy.models.detection import RetinaSpec, VanillaNetBackbone, sub_state_dict
 from vanilladeploy.models.retina_post import retina_detections
 from vanilladeploy.pipeline.det_checks import pair_detections
 from vanilladeploy.pipeline.detection import DetectionExportOptions, export_detector

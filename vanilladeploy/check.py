@@ -7,7 +7,13 @@ from pathlib import Path
 import onnx
 
 from vanilladeploy.errors import CheckpointError, UsageError
-from vanilladeploy.exporters.trt_compat import BatchProfile, CompatResult, ShapeProfile, check_trt_compat
+from vanilladeploy.exporters.trt_compat import (
+    DETECTOR_BATCH_PROFILE,
+    BatchProfile,
+    CompatResult,
+    ShapeProfile,
+    check_trt_compat,
+)
 from vanilladeploy.validate import trt_profile
 
 
@@ -26,7 +32,7 @@ def check_onnx_file(path: Path, *, profile: str | None = None, shapes: str | Non
         raise CheckpointError(f"{path} is not an ONNX model (no graph).")
     detector = any(p.key == "detector" for p in model.metadata_props)
     if batches is None:  # a detector's engine defaults to 1/1/4 (export --trt), a classifier's to 1/1/32
-        batches = BatchProfile(1, 1, 4) if detector else BatchProfile()
+        batches = DETECTOR_BATCH_PROFILE if detector else BatchProfile()
     try:
         spatial = ShapeProfile.parse(shapes) if shapes is not None else ShapeProfile() if detector else None
     except ValueError as e:

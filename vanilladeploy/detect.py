@@ -262,17 +262,6 @@ scores within 0.02 on average. Our thresholds: set on random-weight detectors (O
 mean IoU 0.92 there), not yet on a trained one."""
 
 
-def agreement(sessions: Sequence[DetectorSession], inputs: Sequence[np.ndarray]) -> list[BoxAgreement]:
-    """Each session after the first against the first, on preprocessed ``inputs``."""
-    results = [BoxAgreement() for _ in sessions[1:]]
-    for x in inputs:
-        ref = sessions[0].infer(x)
-        for session, result in zip(sessions[1:], results):
-            for det, r in zip(session.infer(x), ref):
-                result.add(det, r)
-    return results
-
-
 def _open_image(path: Path) -> Any:
     from PIL import Image
 
@@ -333,4 +322,4 @@ def compare_detectors(artifacts: Sequence[str | Path], data: Path, *, limit: int
 
 
 __all__ = ["BoxAgreement", "BoxGate", "DetPreprocess", "DetectorSession", "Detections", "GATE_FP32", "GATE_REDUCED",
-           "agreement", "box_iou", "compare_detectors", "gate_for", "is_detector_onnx", "split_outputs"]
+           "box_iou", "compare_detectors", "gate_for", "is_detector_onnx", "split_outputs"]

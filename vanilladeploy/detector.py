@@ -23,7 +23,7 @@ from vanilladeploy.arch import read_dims
 from vanilladeploy.checkpoint import Checkpoint
 from vanilladeploy.det_config import parse_config
 from vanilladeploy.errors import ArchitectureError, UsageError
-from vanilladeploy.models.detection import FPN, BackboneSpec, FPNSpec, RetinaHead, RetinaSpec
+from vanilladeploy.models.detection import FPN, BackboneSpec, FPNSpec, RetinaHead, RetinaSpec, sub_state_dict
 
 OFFICIAL = "official config"
 RETINANET, MASK_RCNN = "RetinaNet", "MaskRCNN"
@@ -113,7 +113,7 @@ def _backbone(sd: Mapping[str, Tensor], r: _Reader, kind: str) -> BackboneSpec:
     if btype is not None and btype != "Vanillanet":
         raise ArchitectureError(f"{r.config_source}: backbone type {btype!r} is not a VanillaNet; vanilladeploy "
                                 "fuses the official 'Vanillanet' backbone only.")
-    sub = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    sub = sub_state_dict(sd, "backbone")
     dims, act_num, _ = read_dims({**sub, "cls2.0.weight": torch.empty(1, 1, 1, 1)}, "train")
     r.sources.update(dims="tensor shapes", act_num="tensor shapes")
     for name, found in (("dims", dims), ("act_num", act_num)):
@@ -308,12 +308,6 @@ def check_detector_keys(state_dict: Mapping[str, Tensor], spec: DetectorSpec) ->
                                     f"the config expects {list(expected[k])}.")
 
 
-def sub_state_dict(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """The entries under ``prefix.``, with the prefix removed."""
-    cut = len(prefix) + 1
-    return {k[cut:]: v for k, v in state_dict.items() if k.startswith(f"{prefix}.")}
-
-
 def load_detector_modules(state_dict: Mapping[str, Tensor], spec: DetectorSpec, *,
                           backbone_state: Mapping[str, Tensor] | None = None) -> dict[str, nn.Module]:
     """The training-form modules holding the checkpoint's weights (float32, strict, eval mode); with
@@ -330,5 +324,4 @@ def load_detector_modules(state_dict: Mapping[str, Tensor], spec: DetectorSpec, 
 
 
 __all__ = ["DetectorSpec", "MASK_RCNN", "PipelineSpec", "RETINANET", "check_detector_keys", "describe_detector",
-           "detector_modules", "load_detector_modules", "load_detector_spec", "read_det_config", "recognize_detector",
-           "sub_state_dict"]
+           "detector_modules", "load_detector_modules", "load_detector_spec", "read_det_config", "recognize_detector"]

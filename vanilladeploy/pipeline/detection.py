@@ -27,12 +27,13 @@ from vanilladeploy import __version__
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import Checkpoint, sha256_of
 from vanilladeploy.detect import DetPreprocess
-from vanilladeploy.detector import DetectorSpec, load_detector_modules, load_detector_spec, sub_state_dict
+from vanilladeploy.detector import DetectorSpec, load_detector_modules, load_detector_spec
 from vanilladeploy.errors import OutputError, UsageError, VanillaDeployError, VerificationError
 from vanilladeploy.exporters.detection_onnx import PARTS
 from vanilladeploy.exporters.detector_graph import emit_detector, graph_outputs
 from vanilladeploy.exporters.onnx_export import simplify_onnx_file
-from vanilladeploy.exporters.trt_compat import ShapeProfile
+from vanilladeploy.exporters.trt_compat import DETECTOR_BATCH_PROFILE, ShapeProfile
+from vanilladeploy.models.detection import sub_state_dict
 from vanilladeploy.pipeline.det_checks import check_detection_graph, match_detections
 from vanilladeploy.pipeline.det_precision import (
     DET_CALIB_COUNT,
@@ -91,9 +92,6 @@ _CLASSIFIER_DEFAULTS = {"arch": None, "key": None, "img_size": None, "opset": 17
                         "input_dtype": "float32", "allow_inexact": False, "num_inputs": 3, "verbose": False,
                         "min_agreement": None, "max_rel_l2": None, "fallback": None, "max_fallback": None}
 DETECTOR_PRECISIONS = ("fp32", "fp16", "int8")
-DETECTOR_MAX_BATCH = "4"
-"""A detector engine's default batch profile 1/1/4: images of up to 1344×1344 at batch 32 would ask TensorRT for
-buffers no GPU has."""
 _OPTION_NAMES = {"input_dtype": "--input", "simplify": "--no-simplify"}
 
 
@@ -149,7 +147,7 @@ def _trt_options(trt: bool, precision: str, workspace: str | int | None, profile
                          "(docs/detection.md).")
     from vanilladeploy.pipeline.tensorrt import trt_options
 
-    opts = trt_options("fp32", workspace=workspace, profile=profile or DETECTOR_MAX_BATCH, opt_level=opt_level,
+    opts = trt_options("fp32", workspace=workspace, profile=profile or str(DETECTOR_BATCH_PROFILE), opt_level=opt_level,
                        timing_cache=None if timing_cache is None else Path(timing_cache))
     try:
         hw = ShapeProfile.parse(shapes) if shapes is not None else ShapeProfile()
