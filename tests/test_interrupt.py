@@ -77,10 +77,10 @@ def test_two_concurrent_exports_do_not_mix(tmp_path: Path) -> None:
 
 
 def _interrupted_in_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    def export_checkpoint(*args: object, **kwargs: object) -> None:
+    def export(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("vanilladeploy.pipeline.export.export_checkpoint", export_checkpoint)
+    monkeypatch.setattr("vanilladeploy.api.export", export)  # what the export command calls
     monkeypatch.setattr(sys, "argv", ["vanilladeploy", "export", "vanillanet_5"])  # the real app from here
 
 

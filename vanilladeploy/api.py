@@ -19,11 +19,13 @@ from vanilladeploy.detect import DetectorSession, is_detector_onnx
 from vanilladeploy.evaluate import Artifact, EvalResult, choose_preprocess, open_artifact
 from vanilladeploy.evaluate import evaluate as _evaluate
 from vanilladeploy.images import Preprocess, load_image
+from vanilladeploy.pipeline.detection import DetectionExportResult
 from vanilladeploy.pipeline.export import ExportResult, export_checkpoint, export_options
 from vanilladeploy.steps import Progress, silent
 
 
-def export(source: str | Path, *, progress: Progress = silent, **options: Any) -> ExportResult:
+def export(source: str | Path, *, progress: Progress = silent, **options: Any
+           ) -> ExportResult | DetectionExportResult:
     """``vanilladeploy export`` as a function: ``source`` is a checkpoint file or a variant name; ``options`` are
     the command's options as keywords (``out_dir``, ``img_size``, ``precision``, ``calib``, ``trt``, …). Raises a
     :class:`~vanilladeploy.errors.VanillaDeployError` for what the command refuses; a failure after publishing
@@ -31,16 +33,14 @@ def export(source: str | Path, *, progress: Progress = silent, **options: Any) -
     A detection checkpoint gives a :class:`~vanilladeploy.pipeline.detection.DetectionExportResult` (the options
     of :func:`~vanilladeploy.pipeline.detection.detection_options`: ``part``, ``det_config``, ``verify_sizes``,
     ``openvino``, ``precision`` with ``calib``…, ``trt`` with ``trt_shapes``…, ``out_dir``)."""
+    from vanilladeploy.pipeline.detection import classifier_options, detection_options, export_detector
     from vanilladeploy.source import resolve_source
 
-    if Path(str(source)).is_file():
-        ckpt = resolve_source(str(source), key=options.get("key"))
-        if ckpt.form == "detector":
-            from vanilladeploy.pipeline.detection import detection_options, export_detector
-
-            return export_detector(ckpt, detection_options(**options), progress=progress)
-        return export_checkpoint(str(source), export_options(**options), progress=progress, checkpoint=ckpt)
-    return export_checkpoint(str(source), export_options(**options), progress=progress)
+    ckpt = resolve_source(str(source), key=options.get("key"), seed=options.get("seed") or 0)  # read once
+    if ckpt.form == "detector":
+        return export_detector(ckpt, detection_options(**options), progress=progress)
+    return export_checkpoint(str(source), export_options(**classifier_options(source, options)), progress=progress,
+                             checkpoint=ckpt)
 
 
 class Model:

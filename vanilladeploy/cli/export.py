@@ -123,9 +123,8 @@ def export(
     """
     import gc
 
-    from vanilladeploy.errors import UsageError
-    from vanilladeploy.pipeline import export as pipeline
-    from vanilladeploy.source import resolve_source as load_source
+    from vanilladeploy import api
+    from vanilladeploy.pipeline.detection import DetectionExportResult
     from vanilladeploy.validate import needs
 
     gc.freeze()  # the ~190k objects the imports made are never garbage: no collection walks them again
@@ -138,37 +137,19 @@ def export(
                                                         "--min-agreement": min_agreement, "--max-rel-l2": max_rel_l2,
                                                         "--fallback": fallback,
                                                         "--max-fallback": max_fallback})
-        opts = pipeline.export_options(
-            out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset, static_batch=static_batch,
-            simplify=not no_simplify, allow_inexact=allow_inexact, precision=precision, calib=calib, openvino=openvino,
-            input_dtype=input_dtype,
-            calib_count=calib_count, calib_method=calib_method, min_agreement=min_agreement, max_rel_l2=max_rel_l2,
-            fallback=fallback, max_fallback=max_fallback, trt=trt,
-            workspace=workspace, trt_profile=trt_profile, timing_cache=timing_cache, opt_level=opt_level,
-            verbose=verbose)
         with ProgressDisplay() as progress:  # the options are checked once the checkpoint says what it is
-            ckpt = load_source(source, key=key, seed=0)
-            if ckpt.form == "detector":
-                from vanilladeploy.pipeline import detection
-
-                det_opts = detection.detection_options(
-                    out_dir=out_dir, part=part, det_config=det_config, verify_sizes=verify_sizes, openvino=openvino,
-                    simplify=not no_simplify, arch=arch, img_size=img_size, opset=opset, static_batch=static_batch,
-                    input_dtype=input_dtype, precision=precision, trt=trt, allow_inexact=allow_inexact, calib=calib,
-                    holdout_count=None,
-                    calib_count=calib_count, calib_method=calib_method, min_agreement=min_agreement,
-                    max_rel_l2=max_rel_l2, fallback=fallback, max_fallback=max_fallback, workspace=workspace,
-                    trt_profile=trt_profile, trt_shapes=trt_shapes, timing_cache=timing_cache, opt_level=opt_level)
-                result = detection.export_detector(ckpt, det_opts, progress=progress)
-                _render_detector(result.report, result.artifacts)
-                if result.error is not None:
-                    raise result.error
-                return
-            if part is not None or det_config is not None or verify_sizes is not None:
-                raise UsageError("--part, --det-config and --verify-sizes are for detection checkpoints; "
-                                 f"{source} is a classifier.")
-            result = pipeline.export_checkpoint(source, opts, progress=progress, checkpoint=ckpt)
-        _render(result.typed_report, result.artifacts)
+            result = api.export(
+                source, progress=progress, out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset,
+                static_batch=static_batch, simplify=not no_simplify, allow_inexact=allow_inexact, precision=precision,
+                calib=calib, openvino=openvino, input_dtype=input_dtype, calib_count=calib_count,
+                calib_method=calib_method, min_agreement=min_agreement, max_rel_l2=max_rel_l2, fallback=fallback,
+                max_fallback=max_fallback, trt=trt, workspace=workspace, trt_profile=trt_profile,
+                timing_cache=timing_cache, opt_level=opt_level, verbose=verbose, part=part, det_config=det_config,
+                verify_sizes=verify_sizes, trt_shapes=trt_shapes)
+        if isinstance(result, DetectionExportResult):
+            _render_detector(result.report, result.artifacts)
+        else:
+            _render(result.typed_report, result.artifacts)
         if result.error is not None:
             raise result.error
 

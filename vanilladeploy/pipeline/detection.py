@@ -89,10 +89,21 @@ class DetectionExportResult:
 
 
 _CLASSIFIER_DEFAULTS = {"arch": None, "key": None, "img_size": None, "opset": 17, "static_batch": None,
-                        "input_dtype": "float32", "allow_inexact": False, "num_inputs": 3, "verbose": False,
+                        "input_dtype": "float32", "allow_inexact": False, "num_inputs": 3,
                         "min_agreement": None, "max_rel_l2": None, "fallback": None, "max_fallback": None}
 DETECTOR_PRECISIONS = ("fp32", "fp16", "int8")
 _OPTION_NAMES = {"input_dtype": "--input", "simplify": "--no-simplify"}
+DETECTOR_ONLY = ("part", "det_config", "verify_sizes", "trt_shapes")
+"""Export options only a detection checkpoint takes."""
+
+
+def classifier_options(source: object, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without :data:`DETECTOR_ONLY`, for a classifier's export: one of them given is refused, naming
+    it (a classifier has no parts, no mmdetection config, one image size and a batch-only TensorRT profile)."""
+    given = next((k for k in DETECTOR_ONLY if options.get(k) is not None), None)
+    if given:
+        raise UsageError(f"--{given.replace('_', '-')} is for detection checkpoints; {source} is a classifier.")
+    return {k: v for k, v in options.items() if k not in DETECTOR_ONLY}
 
 
 def detection_options(*, out_dir: Path | str | None = None, part: str | None = None,
@@ -101,8 +112,8 @@ def detection_options(*, out_dir: Path | str | None = None, part: str | None = N
                       calib_count: int | None = None, holdout_count: int | None = None,
                       calib_method: str | None = None, trt: bool = False, workspace: str | int | None = None,
                       trt_profile: str | None = None, trt_shapes: str | None = None,
-                      timing_cache: Path | str | None = None, opt_level: int | None = None, **classifier: Any
-                      ) -> DetectionExportOptions:
+                      timing_cache: Path | str | None = None, opt_level: int | None = None, verbose: bool = False,
+                      **classifier: Any) -> DetectionExportOptions:
     """:class:`DetectionExportOptions` from the keywords ``export`` takes (the CLI's and the API's): an option a
     detector does not take yet, given with a value other than its default, is refused naming the option."""
     for name, value in classifier.items():
@@ -126,14 +137,14 @@ def detection_options(*, out_dir: Path | str | None = None, part: str | None = N
         calib_method or "minmax")
     return DetectionExportOptions(out_dir=None if out_dir is None else Path(out_dir), part=part, precision=precision,
                                   int8=int8, trt=_trt_options(trt, precision, workspace, trt_profile, trt_shapes,
-                                                              timing_cache, opt_level),
+                                                              timing_cache, opt_level, verbose),
                                   det_config=None if det_config is None else Path(det_config),
                                   sizes=parse_sizes(verify_sizes) if verify_sizes else DEFAULT_SIZES,
                                   openvino=openvino, simplify=simplify, seed=seed)
 
 
 def _trt_options(trt: bool, precision: str, workspace: str | int | None, profile: str | None, shapes: str | None,
-                 timing_cache: Path | str | None, opt_level: int | None) -> TrtBuildOptions | None:
+                 timing_cache: Path | str | None, opt_level: int | None, verbose: bool) -> TrtBuildOptions | None:
     """``--trt``'s build options for a detector: fp32, the batch profile and the height × width one."""
     given = {"--workspace": workspace, "--trt-profile": profile, "--trt-shapes": shapes, "--timing-cache": timing_cache,
              "--opt-level": opt_level}
@@ -148,7 +159,7 @@ def _trt_options(trt: bool, precision: str, workspace: str | int | None, profile
     from vanilladeploy.pipeline.tensorrt import trt_options
 
     opts = trt_options("fp32", workspace=workspace, profile=profile or str(DETECTOR_BATCH_PROFILE), opt_level=opt_level,
-                       timing_cache=None if timing_cache is None else Path(timing_cache))
+                       timing_cache=None if timing_cache is None else Path(timing_cache), detailed_log=verbose)
     try:
         hw = ShapeProfile.parse(shapes) if shapes is not None else ShapeProfile()
     except ValueError as e:
@@ -374,5 +385,6 @@ def deploy_checkpoint(ckpt: Checkpoint, spec: DetectorSpec, fused: Mapping[str, 
     return {"meta": meta, "state_dict": {**{f"backbone.{k}": v for k, v in fused.items()}, **rest}}
 
 
-__all__ = ["DEFAULT_SIZES", "DetectionExportOptions", "DetectionExportResult", "check_sizes", "deploy_checkpoint",
-           "detection_options", "export_detector", "parse_sizes", "resolve_part"]
+__all__ = ["DEFAULT_SIZES", "DETECTOR_ONLY", "DetectionExportOptions", "DetectionExportResult", "check_sizes",
+           "classifier_options", "deploy_checkpoint", "detection_options", "export_detector", "parse_sizes",
+           "resolve_part"]
