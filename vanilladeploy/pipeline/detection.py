@@ -31,7 +31,7 @@ from vanilladeploy.detector import DetectorSpec, load_detector_modules, load_det
 from vanilladeploy.errors import OutputError, UsageError, VanillaDeployError, VerificationError
 from vanilladeploy.exporters.detection_onnx import PARTS
 from vanilladeploy.exporters.detector_graph import emit_detector, graph_outputs
-from vanilladeploy.exporters.onnx_export import simplify_onnx_file
+from vanilladeploy.exporters.onnx_export import EmittedOnnx
 from vanilladeploy.exporters.trt_compat import DETECTOR_BATCH_PROFILE, ShapeProfile
 from vanilladeploy.models.detection import sub_state_dict
 from vanilladeploy.pipeline.det_checks import check_detection_graph, match_detections
@@ -42,6 +42,7 @@ from vanilladeploy.pipeline.det_precision import (
     int8_images,
     run_onnx,
 )
+from vanilladeploy.pipeline.export import simplify_staged
 from vanilladeploy.reparam import reparameterize_backbone
 from vanilladeploy.runtimes.trt_plan import TrtBuildOptions
 from vanilladeploy.steps import Progress, StepTimer, silent
@@ -320,8 +321,9 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
                 emitted = emit_detector(fused, ckpt.state_dict, **nets, metadata=metadata)
                 raw = emit_detector(fused, ckpt.state_dict, **nets, raw_head=True).data if part == "detector" \
                     else None
-            _write_onnx(emitted.data, onnx_tmp, simplify=opts.simplify, timer=timer)
-            contract = check_detection_graph(onnx.load(onnx_tmp), spec.backbone)
+            model = _write_onnx(emitted, onnx_tmp, simplify=opts.simplify, timer=timer)
+            del emitted
+            contract = check_detection_graph(model, spec.backbone)
             report["onnx"] = {"nodes": contract.nodes, "simplified": opts.simplify, **contract.as_dict()}
             if not contract:
                 raise VerificationError(f"the ONNX graph breaks the contract: {'; '.join(contract.problems)}")
@@ -335,7 +337,7 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
             if opts.precision == "fp16":
                 from vanilladeploy.pipeline.det_precision import detector_fp16
 
-                detector_fp16(name, onnx.load(onnx_tmp), writer, timer, report, part=part, inputs=inputs,
+                detector_fp16(name, model, writer, timer, report, part=part, inputs=inputs,
                               references=expected)
             if opts.int8 is not None:
                 from vanilladeploy.pipeline.det_precision import detector_int8
@@ -360,19 +362,15 @@ def export_detector(ckpt: Checkpoint, opts: DetectionExportOptions, *, progress:
     return DetectionExportResult(writer.out_dir, {p.name: p for p in finals}, report, spec, error)
 
 
-def _write_onnx(data: bytes, path: Path, *, simplify: bool, timer: StepTimer) -> None:
+def _write_onnx(emitted: EmittedOnnx, path: Path, *, simplify: bool, timer: StepTimer) -> onnx.ModelProto:
+    """The emitted graph written to ``path``, simplified (:func:`~vanilladeploy.pipeline.export.simplify_staged`)
+    unless ``simplify`` is off; the model that was written."""
     if not simplify:
-        path.write_bytes(data)
-        return
-    emitted = path.with_name(f".{path.name}.emitted")
-    emitted.write_bytes(data)
-    with timer.step("onnx_simplify_s", "Simplifying with onnx-simplifier"):
-        try:
-            simplify_onnx_file(emitted, path)
-        except Exception as e:
-            raise VerificationError(f"onnx-simplifier failed: {e}. Re-run with --no-simplify.") from None
-        finally:
-            emitted.unlink(missing_ok=True)
+        path.write_bytes(emitted.data)
+        return emitted.model
+    scratch = path.with_name(f".{path.name}.emitted")
+    scratch.write_bytes(emitted.data)
+    return simplify_staged(scratch, path, timer)
 
 
 def deploy_checkpoint(ckpt: Checkpoint, spec: DetectorSpec, fused: Mapping[str, Tensor]) -> dict[str, Any]:

@@ -249,13 +249,7 @@ def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_p
         emitted_path = onnx_path.with_name(f".{onnx_path.name}.emitted")
         emitted_path.write_bytes(emitted.data)
         del emitted, model  # 230 MB each for VanillaNet-13: not held while the simplified copy is made
-        with run.timer.step("onnx_simplify_s", "Simplifying with onnx-simplifier"):
-            try:
-                model = simplify_onnx_file(emitted_path, onnx_path)
-            except Exception as e:
-                raise VerificationError(f"onnx-simplifier failed: {e}. Re-run with --no-simplify.") from None
-            finally:
-                emitted_path.unlink(missing_ok=True)
+        model = simplify_staged(emitted_path, onnx_path, run.timer)
     else:
         onnx_path.write_bytes(emitted.data)
     contract = check_graph_contract(model, arch.spec, input_dtype=run.preprocess.input_dtype)
@@ -270,6 +264,18 @@ def _export_onnx(run: _Run, deploy: VanillaNet, metadata: dict[str, str], onnx_p
     if not result:
         raise VerificationError(f"ONNX Runtime output differs from the reference: {result.summary()}")
     return model
+
+
+def simplify_staged(emitted_path: Path, onnx_path: Path, timer: StepTimer) -> onnx.ModelProto:
+    """onnx-simplifier from the scratch file ``emitted_path`` (removed afterwards, whatever happens) into
+    ``onnx_path``; the simplified model. Its failure is a VerificationError that suggests ``--no-simplify``."""
+    with timer.step("onnx_simplify_s", "Simplifying with onnx-simplifier"):
+        try:
+            return simplify_onnx_file(emitted_path, onnx_path)
+        except Exception as e:
+            raise VerificationError(f"onnx-simplifier failed: {e}. Re-run with --no-simplify.") from None
+        finally:
+            emitted_path.unlink(missing_ok=True)
 
 
 def export_checkpoint(source: str, opts: ExportOptions, *, progress: Progress = silent,
@@ -344,4 +350,4 @@ def _write_artifacts(run: _Run, writer: ArtifactWriter, deploy: VanillaNet, meta
 
 
 __all__ = ["EXPORT_PRECISIONS", "ExportOptions", "ExportResult", "TOLERANCE_FP32", "check_export_options",
-           "export_checkpoint", "export_options", "export_preprocess", "require_exact"]
+           "export_checkpoint", "export_options", "export_preprocess", "require_exact", "simplify_staged"]
