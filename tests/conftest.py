@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -42,6 +43,31 @@ def official_checkpoint(state_dict: dict, *, variant: str, epoch: int = 299, dec
     }
 
 
+SESSION_DIRS: set[Path] = set()
+"""Directories made by session fixtures (:func:`session_dir`): they outlive every module."""
+
+
+def session_dir(factory: pytest.TempPathFactory, name: str) -> Path:
+    """``factory.mktemp(name)`` for a session fixture: kept until the run ends (see :func:`module_dirs_deleted`)."""
+    path = factory.mktemp(name)
+    SESSION_DIRS.add(path)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_dirs_deleted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """When a module ends, delete the directories its fixtures made with ``tmp_path_factory.mktemp`` (exports of
+    hundreds of MB each). Kept: a failed test's ``tmp_path`` (its name starts with ``test_``; pyproject's retention
+    policy deletes a passing one's) and :func:`session_dir`'s. Autouse at module scope, so it ends after the module's
+    other fixtures (servers included) have stopped."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    for path in set(base.iterdir()) - before - SESSION_DIRS:
+        if path.is_dir() and not path.is_symlink() and not path.name.startswith("test_"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def small_train_model() -> VanillaNet:
     return random_model("vanillanet_5", seed=1)
@@ -50,7 +76,7 @@ def small_train_model() -> VanillaNet:
 @pytest.fixture(scope="session")
 def official_ckpt_path(tmp_path_factory: pytest.TempPathFactory, small_train_model: VanillaNet) -> Path:
     """An official-format vanillanet_5 training checkpoint saved after the last epoch (λ = 1)."""
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint-299.pth"
+    path = session_dir(tmp_path_factory, "ckpt") / "checkpoint-299.pth"
     torch.save(official_checkpoint(small_train_model.state_dict(), variant="vanillanet_5"), path)
     return path
 
@@ -68,7 +94,7 @@ def vanillanet_5_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[i
 
     def export(img_size: int) -> Path:
         if img_size not in made:
-            out = tmp_path_factory.mktemp(f"vanillanet_5_at_{img_size}") / "v5"
+            out = session_dir(tmp_path_factory, f"vanillanet_5_at_{img_size}") / "v5"
             export_checkpoint("vanillanet_5", ExportOptions(out_dir=out, img_size=img_size))
             made[img_size] = out
         return made[img_size]
