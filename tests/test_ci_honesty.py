@@ -14,13 +14,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def serving_modules() -> list[str]:
+    """Every test module that cannot be collected without tritonclient: it calls ``require_triton()`` or
+    ``require("tritonclient…", module_level=True)`` at module level. Read from the files, so a new one is covered."""
+    return [f"tests/{path.name}" for path in sorted((ROOT / "tests").glob("test_*.py"))
+            if any(line.startswith(("require_triton(", 'require("tritonclient'))
+                   for line in path.read_text(encoding="utf-8").splitlines())]
+
+
+def test_the_serving_modules_are_found() -> None:
+    assert {"tests/test_repo.py", "tests/test_serve.py", "tests/test_serve_url.py", "tests/test_deploy.py",
+            "tests/test_serve_watch.py"} <= set(serving_modules())
+
+
 @pytest.mark.parametrize("ci", ["true", ""])
 def test_serving_tests_fail_under_ci_when_tritonclient_is_unimportable(tmp_path: Path, ci: str) -> None:
     shadow = tmp_path / "tritonclient"
     shadow.mkdir()
     (shadow / "__init__.py").write_text("raise ImportError('tritonclient made unimportable for this test')\n")
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "CI": ci}
-    serving = ["tests/test_repo.py", "tests/test_serve.py", "tests/test_serve_cli.py", "tests/test_serve_soak.py"]
+    serving = serving_modules()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *serving, "-rs"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     if ci:

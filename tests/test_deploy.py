@@ -82,23 +82,37 @@ def k8s_object(path: Path, klass: str) -> Any:
 
 @pytest.fixture
 def inference_service() -> Any:
-    """path → ``V1beta1InferenceService``, read by the kserve SDK's deserializer, its two kubernetes subtrees
-    (``metadata``, the model's ``resources``) by kubernetes' own: the two generated clients spell container types
+    """path → ``V1beta1InferenceService``, read by the kserve SDK's deserializer, its kubernetes subtrees
+    (``metadata``; the model's ``resources``, ``securityContext``, ``volumeMounts``; the predictor's
+    ``securityContext`` and ``volumes``) by kubernetes' own: the two generated clients spell container types
     differently (``dict(str, str)`` / ``Dict[str, str]``) and cannot read each other's models."""
     try:
         _, api_client = kserve_sdk()
     except MissingDependencyError as e:
         missing_in_ci(f"the deploy extra (kserve) is not installed: {e}")
+    subtrees = {"model": {"resources": "V1ResourceRequirements", "security_context": "V1SecurityContext",
+                          "volume_mounts": "list[V1VolumeMount]"},
+                "predictor": {"security_context": "V1PodSecurityContext", "volumes": "list[V1Volume]"}}
 
     def read(path: Path) -> Any:
         doc = read_yaml(path)
-        metadata, resources = doc.pop("metadata"), doc["spec"]["predictor"]["model"].pop("resources")
+        metadata, predictor = doc.pop("metadata"), doc["spec"]["predictor"]
+        parts = {"model": predictor["model"], "predictor": predictor}
+        popped = {(owner, attr): parts[owner].pop(_camel(attr)) for owner, fields in subtrees.items()
+                  for attr in fields if _camel(attr) in parts[owner]}
         isvc = api_client().deserialize(FakeResponse(doc), "V1beta1InferenceService")
         isvc.metadata = k8s_deserialize(metadata, "V1ObjectMeta")
-        isvc.spec.predictor.model.resources = k8s_deserialize(resources, "V1ResourceRequirements")
+        owners = {"model": isvc.spec.predictor.model, "predictor": isvc.spec.predictor}
+        for (owner, attr), value in popped.items():
+            setattr(owners[owner], attr, k8s_deserialize(value, subtrees[owner][attr]))
         return isvc
 
     return read
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
 
 
 def model_config(out: Path) -> Any:
@@ -167,17 +181,22 @@ def test_the_kubernetes_manifests_round_trip_through_the_kubernetes_models(expor
             metric.resource.target.average_utilization) == ("Resource", "cpu", "Utilization", 80)
 
 
-@pytest.mark.parametrize(("backend", "platform", "native"), [(None, "onnxruntime_onnx", "onnxruntime"),
-                                                              ("openvino", "", "openvino")])
-def test_the_repository_is_for_the_stock_container(export_dir: Path, tmp_path: Path, backend: str | None,
-                                                   platform: str, native: str) -> None:
+def test_the_repository_is_for_the_stock_container(export_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run(export_dir, "--out", out, *(["--backend", backend] if backend else []))
+    result = run(export_dir, "--out", out)
     assert result.exit_code == 0, result.output
     cfg = model_config(out)  # Triton's own schema
-    assert (cfg.backend, cfg.platform) == (native, platform) and cfg.instance_group[0].kind == 2  # KIND_CPU
+    assert (cfg.backend, cfg.platform) == ("onnxruntime", "onnxruntime_onnx") and cfg.instance_group[0].kind == 2
     assert not (out / "repository" / "vanillanet_5" / "1" / "model.py").exists()
     assert "warning" not in result.output
+
+
+def test_the_native_openvino_backend_is_refused_for_an_fp32_export(export_dir: Path, tmp_path: Path) -> None:
+    """It cannot be told fp32, and computes bf16 on a native-bf16 CPU: exit 2 with the way out, nothing written."""
+    result = run(export_dir, "--out", tmp_path / "out", "--backend", "openvino")
+    assert result.exit_code == 2 and "HINT_BF16" in result.output and "--backend python --runtime openvino" in \
+        result.output.replace("\n", " "), result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_python_backend_is_written_with_a_warning(export_dir: Path, tmp_path: Path) -> None:
@@ -329,14 +348,25 @@ def test_a_missing_deploy_extra_exits_3_naming_it(export_dir: Path, tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
-def test_an_optimize_output_deploys_its_winner_on_the_native_backend(export_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("precision", "extra", "code", "backend", "parameters"), [
+    ("bf16", [], 0, "openvino", {"HINT_BF16": "YES", "PERFORMANCE_HINT": "THROUGHPUT", "precision": "bf16"}),
+    ("fp32", [], 2, None, None),  # the native backend cannot be told fp32
+    ("fp32", ["--backend", "python"], 0, "python", {"runtime": "openvino", "precision": "fp32"}),
+])
+def test_an_optimize_output_deploys_its_winner_told_its_precision(export_dir: Path, tmp_path: Path, precision: str,
+                                                                  extra: list[str], code: int, backend: str | None,
+                                                                  parameters: dict[str, str] | None) -> None:
     opt = tmp_path / "opt"
     shutil.copytree(export_dir, opt / "export")
-    chosen = {"runtime": "openvino", "precision": "fp32", "artifact": "elsewhere/export/vanillanet_5.onnx"}
+    chosen = {"runtime": "openvino", "precision": precision, "artifact": "elsewhere/export/vanillanet_5.onnx"}
     (opt / "optimize.json").write_text(json.dumps({"chosen": chosen, "candidates": [chosen]}))
-    result = run(opt, "--out", tmp_path / "out")
-    assert result.exit_code == 0, result.output
-    assert model_config(tmp_path / "out").backend == "openvino"
+    result = run(opt, "--out", tmp_path / "out", *extra)
+    assert result.exit_code == code, result.output
+    if code:
+        return
+    cfg = model_config(tmp_path / "out")
+    written = {k: v.string_value for k, v in cfg.parameters.items() if k != "artifact_sha256"}
+    assert cfg.backend == backend and parameters.items() <= written.items(), written
 
 
 def test_a_failed_write_leaves_the_previous_set(export_dir: Path, tmp_path: Path,

@@ -41,27 +41,55 @@ def _leftovers(parent: Path) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name.startswith(".")]
 
 
-def test_killed_exports_leave_previous_set_or_none(tmp_path: Path) -> None:
+def _files_staged_by(proc: subprocess.Popen, parent: Path, name: str) -> int:
+    """Files in ``proc``'s own staging directory beside ``parent/name`` now (0 before it writes, or after)."""
+    return sum(1 for d in parent.glob(f".{name}.staging-{proc.pid}-*") for p in d.rglob("*") if p.is_file())
+
+
+def _kill(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    code = proc.wait(timeout=300)
+    output = proc.stdout.read().decode()
+    assert code in (0, -signal.SIGKILL, -signal.SIGINT, 130), (code, output)  # -SIGINT: during shutdown
+    if code == 130:
+        assert "interrupted" in output and "Traceback" not in output
+
+
+def test_killed_exports_of_another_source_leave_the_old_set_or_the_new_never_a_mix(tmp_path: Path) -> None:
+    """The set on disk is from ``vanillanet_5``; each round starts an export of another checkpoint into it and kills
+    it (SIGKILL, SIGINT) either at a fraction of an export's time or the moment its staging directory holds a file.
+    After every kill the directory holds the old set or the new one, each file with the sha256 its report records
+    (the two sources' files differ, so a mix cannot pass), and at least one kill landed while files were written."""
+    ckpt = tmp_path / "other.pth"
+    torch.save(random_model("vanillanet_5", seed=21).state_dict(), ckpt)
     out = tmp_path / "out"
     start = time.perf_counter()
-    first = _start("vanillanet_5", out)
-    assert first.wait(timeout=300) == 0, first.stdout.read().decode()
+    assert _start("vanillanet_5", out).wait(timeout=300) == 0
     duration = time.perf_counter() - start
-    assert _assert_complete_or_absent(out) is not None
-    for i, fraction in enumerate([0.15, 0.35, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0]):
+    old = _assert_complete_or_absent(out)
+    assert old is not None and old != str(ckpt)
+    mid_write, outcomes = 0, []
+    for i, when in enumerate([0.3, 0.6, 0.9, "staged", "staged", "staged", "staged"]):
         sig = signal.SIGKILL if i % 2 == 0 else signal.SIGINT
-        proc = _start("vanillanet_5", out)
-        time.sleep(duration * fraction)
-        proc.send_signal(sig)
-        code = proc.wait(timeout=300)
-        output = proc.stdout.read().decode()
-        assert code in (0, -signal.SIGKILL, -signal.SIGINT, 130), (code, output)  # -SIGINT: during shutdown
-        if code == 130:
-            assert "interrupted" in output and "Traceback" not in output
-        assert _assert_complete_or_absent(out) is not None  # the earlier set survives every kill
-    final = _start("vanillanet_5", out)
+        proc = _start(ckpt, out)
+        if when == "staged":
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and not _files_staged_by(proc, tmp_path, out.name) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.002)
+        else:
+            time.sleep(duration * float(when))
+        mid_write += proc.poll() is None and _files_staged_by(proc, tmp_path, out.name) > 0
+        _kill(proc, sig)
+        outcomes.append(_assert_complete_or_absent(out))
+        assert outcomes[-1] in (old, str(ckpt)), outcomes  # the old set or the new, each self-consistent
+        if outcomes[-1] != old:  # the export finished before the kill: put the old set back for the next round
+            assert _start("vanillanet_5", out).wait(timeout=300) == 0
+    assert mid_write >= 1, f"no kill landed while files were being written ({outcomes})"
+    final = _start(ckpt, out)
     assert final.wait(timeout=300) == 0
-    assert _assert_complete_or_absent(out) is not None
+    assert _assert_complete_or_absent(out) == str(ckpt)
     assert _leftovers(tmp_path) == []  # staging directories of killed runs were cleaned up
 
 

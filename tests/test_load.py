@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from vanilladeploy.benchmarks.load import Send, measure_load, shared_sender_factory
+from vanilladeploy.benchmarks.load import Send, Wrong, measure_load, shared_sender_factory
 
 
 class _Occupancy:
@@ -66,9 +66,18 @@ def test_errors_and_wrong_answers_are_counted_not_raised() -> None:
 
     x = [np.zeros((1, 2), np.float32)]
     stats = measure_load(factory, x, concurrency=1, requests=20, warmup=0,
-                         check=lambda i, y: None if not y.any() else "wrong logits")
+                         check=lambda i, y: None if not y.any() else Wrong(float(y.sum()), "zeros"))
     assert stats.errors == 10 and stats.latency is not None and stats.latency.iterations == 10
-    assert stats.first_error in ("ConnectionError: server went away", "wrong logits")
+    assert stats.wrong == 5 and stats.worst == Wrong(2.0, "zeros")
+    assert stats.first_error in ("ConnectionError: server went away", "wrong answer: rel L2 2.00e+00 against zeros")
+    assert stats.as_dict()["wrong_answers"] == 5 and stats.as_dict()["worst_rel_l2"] == 2.0
+
+
+def test_a_nan_answer_is_the_worst() -> None:
+    answers = iter([0.5, float("nan"), 3.0])
+    stats = measure_load(lambda: lambda x: x, [np.zeros((1, 1), np.float32)], concurrency=1, requests=3, warmup=0,
+                         check=lambda i, y: Wrong(next(answers), "ref"))
+    assert stats.wrong == 3 and stats.worst is not None and np.isnan(stats.worst.rel_l2)
 
 
 def test_clients_really_run_concurrently() -> None:
@@ -102,3 +111,24 @@ def test_a_shared_runner_answers_one_request_at_a_time() -> None:
                          check=lambda i, y: None if np.array_equal(y, inputs[i] + 1) else "wrong")
     assert stats.errors == 0 and stats.latency is not None and stats.latency.iterations == 24
     assert occupancy.peak == 1  # four client threads, one inference at a time
+
+
+def _record(backend: str, level: int, errors: int = 0, wrong: int = 0, worst: float | None = None,
+            first: str | None = None) -> dict:
+    return {"backend": backend, "concurrency": level, "requests": 4, "errors": errors, "wrong_answers": wrong,
+            "worst_rel_l2": worst, "first_error": first}
+
+
+def test_a_run_fails_on_any_wrong_answer_or_failed_request_naming_counts_and_the_worst() -> None:
+    from vanilladeploy.serving.bench import LoadResult
+
+    config = {"tolerance": 1e-5}
+    assert LoadResult([_record("triton-grpc", 1), _record("onnxruntime-inprocess", 1)], {}, config).failure() is None
+    records = [_record("triton-grpc", 1, 4, 4, 0.8, "wrong answer: rel L2 8.00e-01 against x"),
+               _record("triton-grpc", 4, 3, 1, 1.3, "wrong answer: rel L2 1.30e+00 against x"),
+               _record("triton-http", 4, 2, 0, None, "TimeoutError: timed out"),
+               _record("onnxruntime-inprocess", 4)]
+    assert LoadResult(records, {}, config).failure() == (
+        "5 wrong answers (worst rel. L2 1.30e+00, tolerance 1e-05) and 4 failed requests (e.g. wrong answer: rel L2 "
+        "1.30e+00 against x) of 16 requests, in triton-grpc at concurrency 1; triton-grpc at concurrency 4; "
+        "triton-http at concurrency 4.")

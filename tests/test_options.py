@@ -104,9 +104,13 @@ CASES: list[tuple[tuple[str, ...], str, list[str]]] = [
     (EVAL, "--json-out", ["", "{tmp}"]),
     (EVAL, "--runtime", ["tvm", ""]),
     (EVAL, "--precision", ["fp8", "", "bf16"]),  # bf16 is OpenVINO's: refused with the default onnxruntime
+    (EVAL, "--min-agreement", ["x", "101", "-1", ""]),
+    (EVAL, "--max-rel-l2", ["x", "0", "-1", ""]),
     (REPO, "--runtime", ["tvm", ""]),
     (REPO + ("--backend", "onnxruntime"), "--runtime", ["openvino"]),  # runs inside the python backend only
     (SERVE, "--runtime", ["tvm", ""]),
+    (SERVE, "--health-interval", ["x", "-1", ""]),
+    (SERVE, "--health-timeout", ["x", "0", "-1", ""]),
     (SERVE_BENCH, "--runtime", ["tvm", ""]),
     (SERVE_BENCH, "--baseline", ["", "{tmp}/missing.onnx", "{tmp}"]),
     (("optimize", "vanillanet_5"), "--calib", ["", "{tmp}/missing", "{file}"]),

@@ -59,14 +59,27 @@ def test_config_parses_with_tritons_schema_and_matches_the_graph(export_dir: Pat
 
 
 def test_native_openvino_backend_config(export_dir: Path, tmp_path: Path) -> None:
-    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend="openvino", max_batch=8))
+    """Told the precision verified: bf16 (HINT_BF16, the backend's only precision parameter)."""
+    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend="openvino", max_batch=8,
+                                                                         parameters={"precision": "bf16"}))
     cfg = _config(result.model_dir)  # Triton's own schema
     assert (cfg.backend, cfg.default_model_filename) == ("openvino", "model.onnx")
     assert cfg.parameters["PERFORMANCE_HINT"].string_value == "THROUGHPUT"
+    assert cfg.parameters["HINT_BF16"].string_value == "YES"
     assert [(g.count, g.kind) for g in cfg.instance_group] == [(1, 2)]  # KIND_CPU
     assert (result.model_dir / "1" / "model.onnx").is_file() and not (result.model_dir / "1" / "model.py").exists()
     with pytest.raises(UsageError, match="--kind cpu"):
         write_repository(export_dir, tmp_path / "gpu", RepoOptions(backend="openvino", kind="gpu"))
+
+
+@pytest.mark.parametrize("precision", [None, "fp32", "int8"])
+def test_the_native_openvino_backend_is_refused_what_it_cannot_be_told(export_dir: Path, tmp_path: Path,
+                                                                       precision: str | None) -> None:
+    """It has no fp32 parameter, and on a native-bf16 CPU OpenVINO's default is bf16: refused, nothing written."""
+    parameters = {} if precision is None else {"precision": precision}
+    with pytest.raises(UsageError, match=f"can be told bf16 .* but not fp32.*this {precision or 'fp32'} artifact"):
+        write_repository(export_dir, tmp_path / "repo", RepoOptions(backend="openvino", parameters=parameters))
+    assert not (tmp_path / "repo").exists()
 
 
 def test_the_python_backend_records_its_runtime(export_dir: Path, tmp_path: Path) -> None:
@@ -87,6 +100,24 @@ def test_model_file_matches_the_export_sha256(export_dir: Path, tmp_path: Path) 
     assert manifest["source"]["sha256"] == exported
     for name, digest in manifest["files"].items():
         assert sha256_of(result.model_dir / name) == digest
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "python"])
+def test_every_config_records_the_sha256_of_the_file_it_serves(export_dir: Path, tmp_path: Path,
+                                                               backend: str) -> None:
+    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend=backend))
+    parameters = {k: v.string_value for k, v in _config(result.model_dir).parameters.items()}
+    assert parameters["artifact_sha256"] == sha256_of(result.model_dir / "1" / "model.onnx")
+    assert "onnx_sha256" not in parameters  # the served file is the ONNX
+
+
+def test_an_engine_config_records_the_engine_and_the_onnx_it_was_built_from(export_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    engine = _engine_beside(export_dir, tmp_path, profile_max=32)
+    result = write_repository(engine, tmp_path / "repo", RepoOptions(kind="gpu", max_batch=32))
+    parameters = {k: v.string_value for k, v in _config(result.model_dir).parameters.items()}
+    assert parameters == {"artifact_sha256": sha256_of(result.model_dir / "1" / "model.sm90.plan"),
+                          "onnx_sha256": sha256_of(export_dir / "vanillanet_5.onnx")}
 
 
 def test_zero_max_batch_keeps_the_batch_dimension(static_export: Path, tmp_path: Path) -> None:

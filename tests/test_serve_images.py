@@ -129,6 +129,57 @@ def test_a_truncated_jpeg_is_refused_alone(server: TritonServer, files: dict[str
             assert compare(answers[i], model.predict([str(bodies[i])]), tolerance=1e-5), answers[i]
 
 
+def _rss_mb(pids: list[int]) -> float:
+    return sum(int(line.split()[1]) for pid in pids for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS:")) / 1024
+
+
+def test_eight_clients_with_valid_and_truncated_jpegs(server: TritonServer, files: dict[str, Path]) -> None:
+    """8 concurrent clients, each sending valid images and a truncated JPEG in turn: every valid answer equals
+    predict in process, every truncated one is refused alone (400), and server + stubs' memory stays flat from a
+    first round to a three times longer second one (≤ 15 % or 32 MB more, as the soak test bounds it)."""
+    from tritonclient.utils import InferenceServerException
+
+    with vd.load(files["onnx"]) as model:
+        local = {p: model.predict([str(p)]) for p in files["images"]}
+    bodies = [*files["images"], files["root"] / "truncated.jpg"]
+    problems: list[str] = []
+    answered = {"right": 0, "refused": 0}
+    lock = threading.Lock()
+
+    def client(n: int, rounds: int) -> None:
+        for r in range(rounds):
+            path = bodies[(n + r) % len(bodies)]
+            try:
+                y = _send(server.http_url, [path])
+                ok = path in local and bool(compare(y, local[path], tolerance=1e-5))
+                problem = None if ok else f"{path.name}: answered {'wrong' if path in local else 'not refused'}"
+            except InferenceServerException as e:
+                ok = path not in local and e.status() == "400"
+                problem = None if ok else f"{path.name}: {e.status()} {e}"
+            with lock:
+                (problems.append(problem) if problem else None)
+                answered["right" if path in local else "refused"] += ok
+
+    def load(rounds: int) -> None:
+        threads = [threading.Thread(target=client, args=(n, rounds)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+
+    assert server.process is not None
+    pids = [server.process.pid, *stubs(server.shm_prefix)]
+    assert len(pids) >= 3, pids  # the server, the classifier's stub, the preprocess step's stub
+    load(4)
+    warm = _rss_mb(pids)
+    load(12)
+    after = _rss_mb(pids)
+    assert problems == [], problems[:5]
+    assert answered == {"right": 96, "refused": 32}, answered
+    assert after <= warm + max(0.15 * warm, 32.0), f"server + stubs RSS grew from {warm:.0f} MB to {after:.0f} MB"
+
+
 def test_images_need_a_batching_classifier_and_recorded_preprocessing(files: dict[str, Path],
                                                                        tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--max-batch 1 or more"):

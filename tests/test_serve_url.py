@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from conftest import official_checkpoint, random_model
 from PIL import Image
 from triton_helpers import require_triton
 from typer.testing import CliRunner
@@ -24,20 +26,26 @@ from vanilladeploy.serving.bench import IN_PROCESS, SERVED, free_ports, run_serv
 from vanilladeploy.serving.client import Endpoint, TritonRunner, describe_served, fitted_runner, parse_endpoint
 from vanilladeploy.serving.repository import write_repository
 from vanilladeploy.serving.server import ServerError, TritonServer
-from vanilladeploy.serving.triton_config import RepoOptions
+from vanilladeploy.serving.triton_config import IDENTITY_PARAMETERS, RepoOptions, config_text, parse_config
 from vanilladeploy.verify import compare
 
 require_triton()
 pytestmark = [pytest.mark.triton]
 MODEL, OTHER, PIXELS = "vanillanet_5", "vanillanet_5_at_48", "vanillanet_5_pixels"
+WRONG, UNSAID = "vanillanet_5_other_weights", "vanillanet_5_unsaid"
+"""VanillaNet-5 at 32 px with other weights (same shapes as MODEL): recording its own sha256, and with the record
+removed from its config (a server that does not say which file it serves)."""
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory, vanillanet_5_export: Callable[[int], Path]) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("url")
     export_checkpoint(MODEL, ExportOptions(out_dir=root / "pixels", img_size=48, input_dtype="uint8"))
+    other = root / "other-weights.pth"
+    torch.save(official_checkpoint(random_model(MODEL, seed=5, num_classes=1000).state_dict(), variant=MODEL), other)
+    export_checkpoint(str(other), ExportOptions(out_dir=root / "other", img_size=32))
     return {"v5": vanillanet_5_export(32), "v5_48": vanillanet_5_export(48), "pixels": root / "pixels",
-            "images": _images(root / "images")}
+            "other": root / "other", "images": _images(root / "images")}
 
 
 def _images(root: Path) -> Path:
@@ -58,6 +66,12 @@ def server(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     write_repository(exports["v5"], repo, RepoOptions(backend="python", max_batch=4))
     write_repository(exports["v5_48"], repo, RepoOptions(backend="python", max_batch=4, name=OTHER))
     write_repository(exports["pixels"], repo, RepoOptions(backend="python", max_batch=4, name=PIXELS), images=True)
+    write_repository(exports["other"], repo, RepoOptions(backend="python", max_batch=4, name=WRONG))
+    unsaid = write_repository(exports["other"], repo, RepoOptions(backend="python", max_batch=4, name=UNSAID))
+    cfg = parse_config(unsaid.config_text)
+    for key in IDENTITY_PARAMETERS:
+        del cfg.parameters[key]
+    (unsaid.model_dir / "config.pbtxt").write_text(config_text(cfg), encoding="utf-8")
     with TritonServer(repo, free_ports(), start_timeout_s=120) as s:
         yield s
 
@@ -101,7 +115,7 @@ def test_the_server_describes_its_model_and_answers_like_in_process(server: Trit
 
 
 def test_the_only_ready_model_is_the_default_and_two_need_a_name(server: TritonServer) -> None:
-    with pytest.raises(UsageError, match=rf"5 ready models \({MODEL}, {OTHER}, {PIXELS}, .*\).*--model"):
+    with pytest.raises(UsageError, match=rf"7 ready models \({MODEL}, {OTHER}, {PIXELS}, .*\).*--model"):
         describe_served(parse_endpoint(server.http_url), None, timeout_s=10)
     with pytest.raises(ServerError, match="'nope' is not ready"):
         describe_served(parse_endpoint(server.http_url), "nope", timeout_s=10)
@@ -166,6 +180,35 @@ def test_serve_bench_url_refusals_exit_2_with_one_line(server: TritonServer, exp
     assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1, result.output
 
 
+def test_serve_bench_url_refuses_a_model_made_from_another_file_before_any_load(server: TritonServer,
+                                                                               exports: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    out = tmp_path / "remote.json"
+    result = CliRunner().invoke(app, ["serve-bench", str(exports["v5"]), "--url", _address(server.grpc_url),
+                                      "--protocol", "grpc", "--model", WRONG, "--requests", "2",
+                                      "--json-out", str(out)])
+    mine, theirs = sha256_of(exports["v5"] / f"{MODEL}.onnx"), sha256_of(exports["other"] / f"{MODEL}.onnx")
+    assert result.exit_code == 2 and mine in result.output and theirs in result.output, result.output
+    assert "not the same artifact" in result.output and not out.exists()
+    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1, result.output
+
+
+def test_serve_bench_url_exits_1_when_every_answer_is_wrong(server: TritonServer, exports: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """Other weights behind a config that does not say which file it is: measured, every answer checked, and the
+    command fails naming the count and the worst error (the JSON and the table are still written)."""
+    out = tmp_path / "remote.json"
+    result = CliRunner().invoke(app, ["serve-bench", str(exports["v5"]), "--url", _address(server.grpc_url),
+                                      "--protocol", "grpc", "--model", UNSAID, "--concurrency", "1,2",
+                                      "--requests", "4", "--json-out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "8 wrong answers (worst rel. L2" in result.output and "of 16 requests" in result.output, result.output
+    assert "does not record which file it serves" in result.output, result.output
+    served = [r for r in json.loads(out.read_text())["records"] if SERVED in r["roles"]]
+    assert [(r["errors"], r["wrong_answers"]) for r in served] == [(4, 4), (4, 4)]
+    assert all(r["worst_rel_l2"] > 0.1 and r["throughput_img_s"] == 0 for r in served), served
+
+
 def test_model_without_url_is_refused(exports: dict[str, Path]) -> None:
     with pytest.raises(UsageError, match="--model names a model on the server at --url"):
         run_serve_bench(exports["v5"], model=MODEL, concurrency=(1,), requests=1)
@@ -187,6 +230,34 @@ def test_eval_through_the_server_equals_eval_in_process(server: TritonServer, ex
     assert remote["name"] == f"{OTHER} @ {url}" and remote["kind"] == f"served ({scheme[:-3]})"
     assert remote["agreement_top1"] == 100.0 and remote["mean_rel_l2"] <= 1e-5
     assert (remote["top1"], remote["top5"]) == (local["top1"], local["top5"])
+
+
+def test_eval_url_refuses_a_model_made_from_none_of_the_files_given(server: TritonServer,
+                                                                   exports: dict[str, Path]) -> None:
+    result = CliRunner().invoke(app, ["eval", str(exports["v5"] / f"{MODEL}.onnx"), "--data", str(exports["images"]),
+                                      "--url", _address(server.http_url), "--model", WRONG])
+    assert result.exit_code == 2 and sha256_of(exports["other"] / f"{MODEL}.onnx") in result.output, result.output
+
+
+@pytest.mark.parametrize(("model", "gates", "code"), [
+    (UNSAID, ["--min-agreement", "90"], 1),
+    (UNSAID, ["--max-rel-l2", "1e-2"], 1),
+    (UNSAID, [], 0),  # no gate asked for: reported, not judged
+    (MODEL, ["--min-agreement", "100", "--max-rel-l2", "1e-5"], 0),
+])
+def test_eval_url_gates_exit_1_when_the_served_model_disagrees(server: TritonServer, exports: dict[str, Path],
+                                                               tmp_path: Path, model: str, gates: list[str],
+                                                               code: int) -> None:
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["eval", str(exports["v5"] / f"{MODEL}.onnx"), "--data", str(exports["images"]),
+                                      "--url", _address(server.http_url), "--model", model, "--json-out", str(out),
+                                      *gates])
+    assert result.exit_code == code, result.output
+    local, remote = json.loads(out.read_text())["artifacts"]
+    said = "does not record which file" if model == UNSAID else f"the sha256 of {MODEL}.onnx"
+    assert said in remote["identity"] and said in result.output.replace("\n", " "), (remote, result.output)
+    if code:
+        assert f"{model} @ " in result.output and "gate" in result.output, result.output
 
 
 def test_eval_protocol_without_url_is_refused(exports: dict[str, Path]) -> None:

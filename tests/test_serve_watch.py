@@ -243,6 +243,77 @@ def test_a_stub_that_dies_as_its_reload_ends_is_reloaded_again(export_dir: Path)
     assert client.wrong == 0
 
 
+STOPS = 3
+
+
+class _Readiness:
+    """Polls the model's readiness in a thread; :meth:`went_false_after` says whether it answered not-ready after a
+    moment (a load balancer or readiness probe would have stopped sending traffic)."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.not_ready, self.stopping = port, [], threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self.stopping.wait(0.02):
+            if not _model_ready(self.port):
+                self.not_ready.append(time.monotonic())
+
+    def went_false_after(self, moment: float) -> bool:
+        return any(t > moment for t in self.not_ready)
+
+    def __enter__(self) -> _Readiness:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+
+
+def test_a_stopped_stub_is_found_by_a_health_inference_and_replaced_under_load(export_dir: Path) -> None:
+    """SIGSTOP the model's stub (alive, never answering: every listing still holds it, Triton still says ready),
+    three times under load: each time a health inference misses its deadline, readiness turns false, the stopped
+    stub is killed, the model reloaded and correct answers come back; no answer is ever wrong."""
+    ports = list(vars(free_ports()).values())
+    process, output, back_s = serve(export_dir, ports, "--health-interval", "1"), [], []
+    prefix = f"vanilladeploy-{process.pid}-"
+    try:
+        output.append(wait_for_line(process, READY, timeout_s=120))
+        with _Client(ports[0], export_dir / f"{MODEL}.onnx") as client, _Readiness(ports[0]) as readiness:
+            assert client.wait_correct(-1.0)
+            for n in range(1, STOPS + 1):
+                hung = _instance_stubs(prefix)
+                assert hung, "the model is ready but has no instance stub"
+                stopped_at = time.monotonic()
+                for pid in hung:
+                    os.kill(pid, signal.SIGSTOP)
+                output.append(wait_for_line(process, "did not answer a health inference", timeout_s=RELOAD_BOUND_S))
+                assert client.wait_correct(stopped_at), f"no correct answer after stop {n}: {''.join(output)}"
+                back_s.append(time.monotonic() - stopped_at)
+                assert readiness.went_false_after(stopped_at), f"readiness never turned false after stop {n}"
+                assert not any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in hung), hung
+                output.append(wait_for_line(process, "reloaded in", timeout_s=RELOAD_BOUND_S))
+        text = _finish(process, ports[0], output)
+    finally:
+        stop(process)
+        _kill_leftovers(ports[0], process.pid)
+    assert client.wrong == 0, f"{client.wrong} wrong answers"
+    hangs = [line for line in text.splitlines() if "did not answer a health inference" in line]
+    assert len(hangs) == STOPS and len(_deaths(text)) == STOPS, text  # each stop found once, no death imagined
+    print(f"\n[serve] stub stopped (SIGSTOP) {STOPS} times under load: {client.correct} correct answers, 0 wrong, "
+          f"{client.errors} errors meanwhile; correct again after {', '.join(f'{s:.1f}' for s in back_s)} s; "
+          f"first: {hangs[0]}")
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (``/proc/PID/stat``): Z for a zombie, T for stopped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
 def test_model_instances_counts_one_stub_per_instance() -> None:
     cpu = {"name": "m_0", "kind": "KIND_CPU", "count": 2, "gpus": []}
     gpu = {"name": "m_1", "kind": "KIND_GPU", "count": 2, "gpus": [0, 1, 2]}

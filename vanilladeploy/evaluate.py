@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vanilladeploy.errors import MissingDependencyError, UsageError
+from vanilladeploy.errors import MissingDependencyError, UsageError, VerificationError
 from vanilladeploy.exporters.contract import fixed_batch_of
 from vanilladeploy.extras import require
 from vanilladeploy.images import (
@@ -66,6 +66,7 @@ class Artifact:
     recorded: Preprocess | None = None  # the preprocessing an ONNX records in its metadata_props
     size_source: str = "ONNX graph input"
     input_dtype: str = "float32"  # "uint8": the graph takes pixels (export --input uint8)
+    identity: str | None = None  # a served model: which file it says it is (serving.client.check_identity)
 
 
 def open_artifact(path: str, *, arch: str | None = None, runtime: str = "onnxruntime",
@@ -161,18 +162,22 @@ def _torch_artifact(path: str, arch: str | None) -> Artifact:
     return Artifact(Path(path).name, f"torch train (λ={lam.value:.3g})", TorchRunner(model), None, ckpt.args)
 
 
-def served_artifact(url: str, *, model: str | None = None, protocol: str | None = None) -> Artifact:
+def served_artifact(url: str, *, model: str | None = None, protocol: str | None = None,
+                    against: Sequence[Path] = ()) -> Artifact:
     """``model`` (default: the only ready one) on the server at ``url``, sent batches it accepts; its image size is
-    its input's."""
-    from vanilladeploy.serving.client import describe_served, fitted_runner, parse_endpoint
+    its input's. When its config records which file it serves, that must be one of ``against`` (the ONNX and
+    engine files evaluated beside it), else it is refused before any image is sent."""
+    from vanilladeploy.serving.client import check_identity, describe_served, fitted_runner, parse_endpoint
 
     served = describe_served(parse_endpoint(url, protocol), model)
+    identity = (check_identity(served, against) if against else
+                "not compared: no ONNX or engine file was given beside it")
     if served.datatype not in ("FP32", "UINT8"):
         raise UsageError(f"{served.name} at {served.endpoint} takes {served.datatype}; eval --url evaluates models "
                          "that take FP32 (normalized) or UINT8 (pixels, export --input uint8) images.")
     return Artifact(f"{served.name} @ {served.endpoint}", f"served ({served.endpoint.protocol})",
                     fitted_runner(served), served.img_size, size_source="the served model's input",
-                    input_dtype="uint8" if served.datatype == "UINT8" else "float32")
+                    input_dtype="uint8" if served.datatype == "UINT8" else "float32", identity=identity)
 
 
 def choose_preprocess(artifacts: Sequence[Artifact]) -> Preprocess:
@@ -201,6 +206,7 @@ class _Tally:
 
     name: str
     kind: str
+    identity: str | None = None
     top1: int = 0
     top5: int = 0
     agree: int = 0
@@ -227,7 +233,8 @@ class _Tally:
                 "top5": pct(self.top5) if labelled and classes >= 5 else None, "agreement_top1": pct(self.agree),
                 "mean_rel_l2": self.rel_l2_sum / images if images else None,
                 "worst": {"path": self.worst[1], "rel_l2": self.worst[0]} if images else None,
-                "images_per_s": round(images / self.seconds, 2) if self.seconds > 0 else None}
+                "images_per_s": round(images / self.seconds, 2) if self.seconds > 0 else None,
+                **({"identity": self.identity} if self.identity else {})}
 
 
 @dataclass
@@ -239,6 +246,21 @@ class EvalResult:
     skipped: list[tuple[Path, str]]
     rows: list[dict[str, Any]]
 
+    def gate(self, *, min_agreement: float | None = None, max_rel_l2: float | None = None) -> None:
+        """Raise :class:`VerificationError` naming every artifact after the first (the reference) whose top-1
+        agreement with it is below ``min_agreement`` % or whose mean rel. L2 is above ``max_rel_l2`` (NaN misses
+        every bound)."""
+        misses = []
+        for row in self.rows[1:]:
+            agree, rel = row.get("agreement_top1"), row.get("mean_rel_l2")
+            if min_agreement is not None and not (agree is not None and agree >= min_agreement):
+                misses.append(f"{row['name']}: top-1 agreement {agree}% < {min_agreement:g}%")
+            if max_rel_l2 is not None and not (rel is not None and rel <= max_rel_l2):
+                misses.append(f"{row['name']}: mean rel L2 {rel:.2e} > {max_rel_l2:g}" if rel is not None else
+                              f"{row['name']}: no mean rel L2")
+        if misses:
+            raise VerificationError(f"{len(misses)} gate{'s' * (len(misses) != 1)} missed: {'; '.join(misses)}.")
+
     def as_dict(self) -> dict[str, Any]:
         return {"data": str(self.data), "images": self.images, "labelled": self.labelled,
                 "preprocessing": self.preprocessing, "artifacts": self.rows,
@@ -248,8 +270,11 @@ class EvalResult:
 
 def check_eval_options(data: Path, *, arch: str | None = None, json_path: Path | None = None,
                        runtime: str = "onnxruntime", precision: str = "fp32", url: str | None = None,
-                       protocol: str | None = None, model: str | None = None) -> None:
+                       protocol: str | None = None, model: str | None = None,
+                       max_rel_l2: float | None = None) -> None:
     """What ``eval`` refuses before opening any artifact."""
+    if max_rel_l2 is not None and not max_rel_l2 > 0:
+        raise UsageError(f"--max-rel-l2 {max_rel_l2:g}: give a bound above 0 (e.g. 1e-5 for fp32, 1e-2 for fp16).")
     if model is not None and url is None:
         raise UsageError("--model names a model on the server at --url; give --url HOST:PORT too.")
     if url is not None:
@@ -291,12 +316,13 @@ def evaluate(artifacts: Sequence[str | Artifact], data: Path, *, limit: int | No
     opened = [a if isinstance(a, Artifact) else open_artifact(a, arch=arch, runtime=runtime, precision=precision)
               for a in artifacts]
     if url is not None:
-        opened.append(served_artifact(url, model=model, protocol=protocol))
+        local = [Path(a) for a in artifacts if not isinstance(a, Artifact) and Path(a).suffix in (".onnx", ".engine")]
+        opened.append(served_artifact(url, model=model, protocol=protocol, against=local))
     pre = preprocess or choose_preprocess(opened)
     order = list(indices) if indices is not None else list(range(len(folder.files)))[:limit]
     skipped = folder.ignored_with_reasons() if indices is None else []
     batches = _readable(iter_batches(folder, pre, batch=batch, indices=order, skipped=skipped), data, skipped)
-    tallies = [_Tally(a.name, a.kind) for a in opened]
+    tallies = [_Tally(a.name, a.kind, a.identity) for a in opened]
     feeds = [replace(pre, input_dtype=a.input_dtype) for a in opened]
     images, classes = _run(opened, tallies, batches, folder,
                            lambda done: progress(Step("Evaluating", done, len(order))), feeds)

@@ -19,6 +19,14 @@ TOLERANCE_FP16 = 1e-2
 """DESIGN §5: anything computed in fp16 (TensorRT fp16 engine, the fp16-typed ONNX), plus top-1 agreement."""
 
 
+
+def tolerance_for(precision: str) -> float:
+    """The bound for an answer against the same file run again in the same runtime and precision (e.g. served
+    against in process, where the server batches requests its own way): fp32 ``TOLERANCE_FP32``; a reduced
+    precision (fp16, bf16, int8) ``TOLERANCE_FP16``, since its kernels may round differently per batch size."""
+    return TOLERANCE_FP32 if precision == "fp32" else TOLERANCE_FP16
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One output against its reference. Truthy when finite and ``rel_l2 <= tolerance``."""

@@ -39,11 +39,20 @@ def eval_(
     model: ServedName = None,
     protocol: Annotated[Optional[str], typer.Option("--protocol", help="With --url: http or grpc.",
                                                     show_default="the URL's scheme, else http")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(
+        "--min-agreement", min=0.0, max=100.0, help="Gate: every artifact after the first (the served one "
+        "included) must agree with the first on top-1 for at least this % of the images, else exit 1.",
+        show_default="no gate")] = None,
+    max_rel_l2: Annotated[Optional[float], typer.Option(
+        "--max-rel-l2", min=0.0, help="Gate: every artifact after the first must have a mean relative L2 of its "
+        "logits against the first's of at most this, else exit 1.", show_default="no gate")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Accuracy (top-1/top-5 with labels) and agreement with the first artifact, on real images preprocessed as
     the official evaluation does (resize, center crop, normalize; values from the checkpoint's args). With --url,
-    the model on that server is one more row, fed the same batches: accuracy and agreement through the server.
+    the model on that server is one more row, fed the same batches: accuracy and agreement through the server;
+    a served model whose config records the sha256 of none of the ONNX/engine files given is refused before any
+    image is sent (exit 2). --min-agreement and --max-rel-l2 make missed agreement exit 1.
 
     Exported detectors (.onnx with boxes out): box agreement of each artifact after the first (run in --runtime at
     --precision) with the first (ONNX Runtime fp32), boxes matched by label and IoU ≥ 0.5 (docs/detection.md)."""
@@ -57,7 +66,8 @@ def eval_(
         if len(artifacts) < 2:
             raise UsageError("give the reference detector and at least one artifact to compare with it.")
         given = {"--arch": arch, "--url": url, "--model": model, "--protocol": protocol,
-                 "--batch": None if batch == 32 else batch}
+                 "--batch": None if batch == 32 else batch, "--min-agreement": min_agreement,
+                 "--max-rel-l2": max_rel_l2}
         used = next((k for k, v in given.items() if v is not None), None)
         if used:
             raise UsageError(f"{used} is for classifiers: detectors are compared image by image, in ONNX files.")
@@ -82,11 +92,12 @@ def eval_(
             run_detectors()
             return
         check_eval_options(data, arch=arch, json_path=json_path, runtime=runtime, precision=precision, url=url,
-                           protocol=protocol, model=model)
+                           protocol=protocol, model=model, max_rel_l2=max_rel_l2)
         with ProgressDisplay() as progress:
             result = evaluate(artifacts, data, limit=limit, batch=batch, arch=arch, progress=progress,
                               runtime=runtime, precision=precision, url=url, model=model, protocol=protocol)
         emit(result.as_dict(), _render)
+        result.gate(min_agreement=min_agreement, max_rel_l2=max_rel_l2)
 
     run_command(verbose, run)
 
@@ -135,5 +146,8 @@ def _render(info: dict[str, Any]) -> None:
     if skipped.get("count"):
         out.print(f"[yellow]skipped {skipped['count']} unreadable file(s)[/], e.g. "
                   f"{escape(str(skipped['examples'][0]))}", soft_wrap=True)
+    for r in info["artifacts"]:
+        if r.get("identity"):
+            out.print(escape(f"{r['name']}: {r['identity']}."), soft_wrap=True)
     pre = info.get("preprocessing") or {}
     out.print(f"preprocessing: {escape(json.dumps(pre, ensure_ascii=False))}", soft_wrap=True)

@@ -99,15 +99,21 @@ def serve(
     runtime: Runtime = None,
     openvino_hint: OpenVinoHint = None,
     images: Images = False,
+    health_interval: Annotated[float, typer.Option(
+        "--health-interval", help="Seconds between health inferences (a real request, one image of zeros): a "
+        "backend stub that is alive but does not answer is killed and the model reloaded. 0: none.")] = 5.0,
+    health_timeout: Annotated[Optional[float], typer.Option(
+        "--health-timeout", help="Seconds a health inference may take.",
+        show_default="2 × max-batch × its latency measured at the start, at least 5")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Serve the model on a real Triton Inference Server (loopback) until Ctrl-C or SIGTERM.
 
     Needs the serve extra (vanilladeploy[serve]: the nvidia-pytriton wheel carries the tritonserver
     binary). The model runs in ONNX Runtime inside Triton's Python backend (on the GPU where one and
-    onnxruntime's CUDA provider exist, else the CPU). A backend stub that dies is noticed and the
-    model reloaded (not ready meanwhile). Exit 0 on SIGTERM, 130 on Ctrl-C, 2 when the server dies or
-    a reload fails (with the reason from its log).
+    onnxruntime's CUDA provider exist, else the CPU). A backend stub that dies, or does not answer a
+    health inference in time, is noticed and the model reloaded (not ready meanwhile). Exit 0 on
+    SIGTERM, 130 on Ctrl-C, 2 when the server dies or a reload fails (with the reason from its log).
     """
     from vanilladeploy.serving.serve import serve_forever
     from vanilladeploy.serving.server import TritonPorts
@@ -119,7 +125,8 @@ def serve(
                            max_queue_delay_us=max_queue_delay_us, labels=labels,
                            parameters=runtime_parameters(runtime, openvino_hint))
         serve_forever(source, ports, opts, on_ready=_render_serving, images=images,
-                      on_event=lambda message: err.print(escape(message), soft_wrap=True))
+                      on_event=lambda message: err.print(escape(message), soft_wrap=True),
+                      health_interval_s=health_interval, health_timeout_s=health_timeout)
 
     run_command(verbose, run)
 
@@ -159,7 +166,10 @@ def serve_bench(
     """What serving costs: per client concurrency, the artifact through a real Triton server (started here, on
     loopback; or the one at --url, e.g. a KServe endpoint, serving SOURCE), the same file in the same runtime in
     process, and in-process ONNX Runtime on --baseline; throughput, p50/p99 latency, errors, served ÷ in-process.
-    Every answer is checked against its own model in process."""
+    Every answer is checked against its own model in process: any wrong answer or failed request exits 1 (after
+    the table and the JSON), naming the count and the worst error. With --url, a model whose config records the
+    sha256 of another file than SOURCE is refused before any load (exit 2)."""
+    from vanilladeploy.errors import VerificationError
     from vanilladeploy.serving.bench import run_serve_bench
     from vanilladeploy.serving.triton_config import RepoOptions
     from vanilladeploy.validate import check_path, int_list
@@ -175,29 +185,38 @@ def serve_bench(
         if as_json:
             print_json(result.document())
         else:
-            _render_load(result.records)
+            _render_load(result.records, result.config.get("identity"))
         write_json(json_path, result.document(), quiet=as_json)
+        failure = result.failure()
+        if failure:
+            raise VerificationError(f"serve-bench: {failure}")
 
     run_command(verbose, run)
 
 
-def _render_load(records: list[dict[str, Any]]) -> None:
+def _render_load(records: list[dict[str, Any]], identity: str | None = None) -> None:
     table = Table(title="serve-bench: served through Triton vs the same artifact in process vs the baseline",
                   header_style="bold")
     for col in ("concurrency", "role", "run by", "errors", "img/s", "p50 ms", "p99 ms", "× in-process",
-                "× baseline"):  # "run by": the record's "backend" field (what served or ran the row)
+                "× baseline", "our CPU s"):  # "run by": the record's "backend" field (what served or ran the row)
         table.add_column(col, justify="left" if col in ("role", "run by") else "right", no_wrap=True)
     for r in sorted(records, key=lambda r: r["concurrency"]):  # stable: served, in-process, baseline per level
         s = r["stats"] or {}
         table.add_row(str(r["concurrency"]), " + ".join(r["roles"]), r["backend"], str(r["errors"]),
                       f"{r['throughput_img_s']:.1f}", ms(s.get("median_ms")), ms(s.get("p99_ms")),
-                      _ratio(r.get("vs_in_process")), _ratio(r.get("vs_baseline")),
+                      _ratio(r.get("vs_in_process")), _ratio(r.get("vs_baseline")), _cpu(r.get("process_cpu_s")),
                       end_section=r is _last_of_level(records, r["concurrency"]))
     wide().print(table)
     first = records[0] if records else {}
     out.print(f"{first.get('model', '')}, batch {first.get('batch', '')}, {first.get('requests', '')} requests per "
-              "row and level; × in-process = served img/s ÷ the same file in the same runtime in process.",
-              soft_wrap=True)
+              "row and level; × in-process = served img/s ÷ the same file in the same runtime in process; our CPU s = "
+              "this process's CPU time over the row (served rows: the clients' own cost).", soft_wrap=True)
+    if identity:
+        out.print(escape(f"{identity}."), soft_wrap=True)
+
+
+def _cpu(x: Any) -> str:
+    return "" if x is None else f"{x:.2f}"
 
 
 def _ratio(x: Any) -> str:

@@ -11,7 +11,8 @@
 Each served row carries ``vs_in_process`` (served ÷ in-process img/s: the serving overhead; 1.0 is free) and
 ``vs_baseline``. When in-process and baseline are the same file in the same runtime (ONNX Runtime serving its own
 file) they are one row with both roles. Every answer is checked against its own model run in process (rel. L2
-≤ 1e-5), so throughput never counts wrong answers.
+within :func:`~vanilladeploy.verify.tolerance_for` its precision), so throughput never counts wrong answers, and
+:meth:`LoadResult.failure` says why a run with any failed request or wrong answer fails (the command exits 1).
 """
 
 from __future__ import annotations
@@ -28,19 +29,26 @@ from typing import Any
 
 import numpy as np
 
-from vanilladeploy.benchmarks.load import Check, Send, SenderFactory, measure_load, shared_sender_factory
+from vanilladeploy.benchmarks.load import Check, Send, SenderFactory, Wrong, measure_load, shared_sender_factory
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import UsageError
 from vanilladeploy.machine import machine_info
 from vanilladeploy.runtimes.runners import onnx_runner
-from vanilladeploy.serving.client import DTYPES, ServedModel, TritonRunner, describe_served, parse_endpoint
+from vanilladeploy.serving.client import (
+    DTYPES,
+    ServedModel,
+    TritonRunner,
+    check_identity,
+    describe_served,
+    parse_endpoint,
+)
 from vanilladeploy.serving.repository import check_runtime, resolve_repo_source, write_repository
 from vanilladeploy.serving.server import TritonPorts, TritonServer, server_version
 from vanilladeploy.serving.triton_config import RepoOptions, parse_config, python_parameters
 from vanilladeploy.serving.triton_python_model import ort_arguments
 from vanilladeploy.steps import Progress, Step, silent
 from vanilladeploy.validate import check_path
-from vanilladeploy.verify import compare
+from vanilladeploy.verify import compare, tolerance_for
 
 DEFAULT_REQUESTS = 32
 """Per concurrency level and row: ~1 minute for VanillaNet-5 at 224 px on 2 cores, every level and row."""
@@ -56,6 +64,27 @@ class LoadResult:
     def document(self) -> dict[str, Any]:
         return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": self.config,
                 "machine": self.machine, "records": self.records}
+
+    def failure(self) -> str | None:
+        """Why this run fails, or None when every request of every row was answered right: the count of wrong
+        answers with the worst error, and of failed requests with the first one."""
+        bad = [r for r in self.records if r["errors"]]
+        if not bad:
+            return None
+        wrong = sum(r.get("wrong_answers", 0) for r in bad)
+        failed = sum(r["errors"] for r in bad) - wrong
+        total = sum(r["requests"] for r in self.records)
+        rows = sorted({f"{r['backend']} at concurrency {r['concurrency']}" for r in bad})
+        parts = []
+        if wrong:
+            worst = max((r["worst_rel_l2"] for r in bad if r.get("worst_rel_l2") is not None),
+                        key=lambda v: float("inf") if v != v else v)
+            parts.append(f"{wrong} wrong answer{'s' * (wrong != 1)} (worst rel. L2 {worst:.2e}, tolerance "
+                         f"{self.config.get('tolerance', 0):.0e})")
+        if failed:
+            first = next(r["first_error"] for r in bad if r["errors"] > r.get("wrong_answers", 0))
+            parts.append(f"{failed} failed request{'s' * (failed != 1)} (e.g. {first})")
+        return f"{' and '.join(parts)} of {total} requests, in {'; '.join(rows)}."
 
 
 @dataclass(frozen=True)
@@ -81,10 +110,10 @@ def free_ports(host: str = "127.0.0.1") -> TritonPorts:
             s.close()
 
 
-def _checker(references: Sequence[np.ndarray], what: str) -> Check:
-    def check(i: int, y: np.ndarray) -> str | None:
-        c = compare(y, references[i])
-        return None if c else f"wrong answer: rel L2 {c.rel_l2:.2e} against {what} in process"
+def _checker(references: Sequence[np.ndarray], what: str, tolerance: float) -> Check:
+    def check(i: int, y: np.ndarray) -> Wrong | None:
+        c = compare(y, references[i], tolerance=tolerance)
+        return None if c else Wrong(c.rel_l2, f"{what} in process")
 
     return check
 
@@ -135,7 +164,7 @@ def _in_process(onnx_path: Path, parameters: dict[str, str], inputs: Sequence[np
         references = [runner.infer(x) for x in inputs]
         factory = shared_sender_factory(runner.infer) if runtime == "openvino" else _shared_session(runner.session)
         yield Contender(f"{runtime}-inprocess ({precision})", (IN_PROCESS,), factory,
-                        _checker(references, f"{runtime} {precision}"))
+                        _checker(references, f"{runtime} {precision}", tolerance_for(precision)))
 
 
 def _baseline(path: Path, inputs: Sequence[np.ndarray], parameters: dict[str, str]) -> Contender:
@@ -143,7 +172,8 @@ def _baseline(path: Path, inputs: Sequence[np.ndarray], parameters: dict[str, st
     with onnx_runner(path, "onnxruntime", **_runner_options(_ort_settings(parameters))) as runner:
         references = [runner.infer(x) for x in feed]  # a model that cannot take them is refused here, by name
         factory = _shared_session(runner.session)  # keeps the session: deactivate only drops the runner's reference
-    return Contender("onnxruntime-inprocess", (BASELINE,), factory, _checker(references, "ONNX Runtime"), feed)
+    check = _checker(references, "ONNX Runtime", tolerance_for(onnx_precision_of(path)))
+    return Contender("onnxruntime-inprocess", (BASELINE,), factory, check, feed)
 
 
 def _as_taken_by(path: Path, inputs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
@@ -243,6 +273,7 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
     add_ratios(records)
     config = {"source": str(source), "source_sha256": digest, "concurrency": list(concurrency),
               "requests": requests, "batch": batch, "protocols": protocols, "triton": version,
+              "tolerance": tolerance_for(precision),
               **_rows_config(source, baseline, parameters, precision),
               "model_config": repo.config_text, "max_batch": opts.max_batch,
               "dynamic_batching_delay_us": opts.max_queue_delay_us,
@@ -264,6 +295,7 @@ def run_remote_bench(source: Path, url: str, *, model: str | None = None, protoc
     load_before = os.getloadavg()
     progress(Step(f"Asking {endpoint} what it serves"))
     served = describe_served(endpoint, model)
+    identity = check_identity(served, [onnx_path])
     taken = read_onnx_input(onnx_path)
     inputs = _inputs_for(served, taken, onnx_path.name, batch)
     parameters, precision = {"runtime": runtime}, taken.precision
@@ -275,7 +307,7 @@ def run_remote_bench(source: Path, url: str, *, model: str | None = None, protoc
     add_ratios(records)
     config = {"source": str(source), "source_sha256": sha256_of(onnx_path), "concurrency": list(concurrency),
               "requests": requests, "batch": batch, "protocols": [endpoint.protocol], "url": str(endpoint),
-              "served": served.as_dict(),
+              "served": served.as_dict(), "identity": identity, "tolerance": tolerance_for(precision),
               "triton": served.version, **_rows_config(source, baseline, parameters, precision),
               "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]}}
     config["triton_backend"] = "unknown (a server we did not start)"

@@ -4,19 +4,27 @@ both speak (HTTP or gRPC, through ``tritonclient``).
 
 The server is not ours: every call has a timeout, nothing is retried, and what we learn comes from its own answers
 (model metadata; the model config and repository index where the server offers those Triton extensions).
+
+Which file a model is: every repository vanilladeploy writes records its sha256 in the model config's parameters
+(:data:`~vanilladeploy.serving.triton_config.IDENTITY_PARAMETERS`); :func:`check_identity` refuses a served model
+that records another file than the one its answers are checked against, before any load.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.extras import install_hint
 from vanilladeploy.runtimes.runners import ChunkedRunner, Runner
 from vanilladeploy.serving.server import ServerError
+from vanilladeploy.serving.triton_config import IDENTITY_PARAMETERS
 
 PROTOCOLS = ("http", "grpc")
 DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
@@ -49,6 +57,7 @@ class ServedModel:
     min_batch: int
     max_batch: int | None
     version: str = ""  # the server's version (its /v2 metadata), for the record
+    recorded: dict[str, str] = field(default_factory=dict)  # its config's sha256 parameters (IDENTITY_PARAMETERS)
 
     @property
     def img_size(self) -> int | None:
@@ -58,7 +67,7 @@ class ServedModel:
         return {"url": str(self.endpoint), "model": self.name, "input": self.input_name, "datatype": self.datatype,
                 "shape": list(self.shape), "output": self.output_name,
                 "batch": {"min": self.min_batch, "max": self.max_batch},
-                "server_version": self.version}
+                "server_version": self.version, "recorded_sha256": dict(self.recorded)}
 
 
 def parse_endpoint(url: str, protocol: str | None = None) -> Endpoint:
@@ -114,9 +123,10 @@ def describe_served(endpoint: Endpoint, model: str | None = None, *, timeout_s: 
                          f"{[o.get('name') for o in outputs]}; a VanillaNet classifier takes one image batch "
                          f"({', '.join(DTYPES)}) and gives one logits tensor.")
     shape = tuple(int(d) for d in inputs[0].get("shape", []))
-    low, high = (1, _max_batch(endpoint, client, name, timeout_s)) if shape[:1] == (-1,) else (shape[0], shape[0])
+    config = _config(endpoint, client, name, timeout_s)
+    low, high = (1, _max_batch(config)) if shape[:1] == (-1,) else (shape[0], shape[0])
     return ServedModel(endpoint, name, inputs[0]["name"], inputs[0]["datatype"], shape, outputs[0]["name"], low, high,
-                       str(version.get("version", "?")))
+                       str(version.get("version", "?")), _recorded(config))
 
 
 def _t(endpoint: Endpoint, timeout_s: float) -> dict[str, float]:
@@ -153,14 +163,46 @@ def _only_model(endpoint: Endpoint, client: Any, timeout_s: float) -> str:
     return names[0]
 
 
-def _max_batch(endpoint: Endpoint, client: Any, name: str, timeout_s: float) -> int | None:
-    """For an input whose batch is -1: ``max_batch_size`` from the model config (a Triton extension), None when it
-    is 0 (no batching: the -1 is the model's own, any batch goes); 1 when the server does not say."""
+def _config(endpoint: Endpoint, client: Any, name: str, timeout_s: float) -> dict[str, Any] | None:
+    """The model config (a Triton extension), None when the server does not offer it."""
     try:
         config = _json(endpoint, client.get_model_config(name, **_t(endpoint, timeout_s)))
-    except Exception:  # not every KServe v2 server offers the config extension: send one image per request
+    except Exception:  # not every KServe v2 server offers the config extension
+        return None
+    return config.get("config", config)
+
+
+def _max_batch(config: dict[str, Any] | None) -> int | None:
+    """For an input whose batch is -1: ``max_batch_size`` from the model config, None when it is 0 (no batching:
+    the -1 is the model's own, any batch goes); 1 (one image per request) when the server gives no config."""
+    if config is None:
         return 1
-    return int(config.get("config", config).get("max_batch_size", 0) or 0) or None
+    return int(config.get("max_batch_size", 0) or 0) or None
+
+
+def _recorded(config: dict[str, Any] | None) -> dict[str, str]:
+    """The sha256 values the config's parameters record (HTTP and gRPC both give ``{"string_value": …}``)."""
+    parameters = (config or {}).get("parameters") or {}
+    found = {key: parameters.get(key) for key in IDENTITY_PARAMETERS}
+    return {key: str(value.get("string_value", "")) for key, value in found.items()
+            if isinstance(value, dict) and value.get("string_value")}
+
+
+def check_identity(served: ServedModel, files: Sequence[Path]) -> str:
+    """Refuse (exit 2, both hashes named) a served model whose config records the sha256 of a file that is none
+    of ``files`` (the artifacts its answers are checked against), before any request is timed. Returns what to
+    say about it: the file it matched, or that the server does not say (then only its answers can tell)."""
+    if not served.recorded:
+        return (f"{served.name} does not record which file it serves (no {IDENTITY_PARAMETERS[0]} in its model "
+                "config): it is measured, and every answer checked against the local artifact")
+    local = {sha256_of(f): f for f in files}
+    match = next(((digest, local[digest]) for digest in served.recorded.values() if digest in local), None)
+    if match is None:
+        said = ", ".join(f"{key} {digest}" for key, digest in served.recorded.items())
+        mine = ", ".join(f"{f.name} {digest}" for digest, f in local.items())
+        raise UsageError(f"{served.endpoint} serves {served.name} made from another file: its config records {said}, "
+                         f"but {mine}: not the same artifact (--model NAME picks another model there).")
+    return f"{served.name} records sha256 {match[0][:12]}…, the sha256 of {match[1].name}"
 
 
 class TritonRunner(Runner):
@@ -208,5 +250,5 @@ def fitted_runner(served: ServedModel, *, timeout_s: float = 60.0) -> Runner:
                          max_batch=served.max_batch)
 
 
-__all__ = ["DTYPES", "PROTOCOLS", "Endpoint", "ServedModel", "TritonRunner", "client_for", "describe_served",
-           "fitted_runner", "parse_endpoint"]
+__all__ = ["DTYPES", "PROTOCOLS", "Endpoint", "ServedModel", "TritonRunner", "check_identity", "client_for",
+           "describe_served", "fitted_runner", "parse_endpoint"]

@@ -24,7 +24,7 @@ from vanilladeploy.errors import OutputError, UsageError
 from vanilladeploy.extras import require
 from vanilladeploy.serving.manifests import KSERVE_MODES, ClusterSpec, manifests, to_yaml
 from vanilladeploy.serving.repository import RepoPlan, plan_repository, write_planned
-from vanilladeploy.serving.sizing import SCALE_TARGET_PERCENT, ArtifactIdentity, Sizing, size
+from vanilladeploy.serving.sizing import SCALE_TARGET_PERCENT, ArtifactIdentity, Sizing, shm_mib, size
 from vanilladeploy.serving.triton_config import RepoOptions, parse_config
 
 
@@ -191,38 +191,47 @@ def plan_deploy(source: Path, out: Path, opts: DeployOptions) -> DeployPlan:
     and what it would write; nothing written."""
     check_output_dir(out)
     check_options(opts)
-    model_file, backend = deploy_source(source, opts.backend)
-    repo = plan_repository(model_file, RepoOptions(backend=backend, labels=opts.labels), images=opts.images)
+    model_file, backend, parameters = deploy_source(source, opts.backend)
+    repo = plan_repository(model_file, RepoOptions(backend=backend, labels=opts.labels, parameters=parameters),
+                           images=opts.images)
     warnings = ((PYTHON_BACKEND_WARNING,) if repo.backend == "python" else ()) + \
         ((IMAGES_WARNING,) if opts.images else ())
     release = resolve_release(opts.triton_release, _engine_tensorrt(repo))
-    sizing = size(artifact=_identity(repo), model_bytes=repo.src.model_file.stat().st_size, bench=opts.bench,
+    identity = _identity(repo)
+    shm = shm_mib(max_batch=repo.opts.max_batch, instances=repo.opts.instances, input_dims=identity.input_dims) \
+        if repo.backend == "python" or opts.images else 0
+    sizing = size(artifact=identity, model_bytes=repo.src.model_file.stat().st_size, bench=opts.bench,
                   target_rps=opts.target_rps, p99_ms=opts.p99_ms, replicas=opts.replicas,
-                  engine=repo.backend == "tensorrt")
+                  engine=repo.backend == "tensorrt", shm=shm)
     name = k8s_name(repo.opts.name or repo.src.name, opts.name)
     spec = ClusterSpec(name=name, release=release.release, cpu=sizing.cpu, memory=sizing.memory,
                        gpu=repo.backend == "tensorrt", min_replicas=sizing.min_replicas,
                        max_replicas=sizing.max_replicas, scale_target=SCALE_TARGET_PERCENT,
                        storage_uri=opts.storage_uri, pvc=(opts.pvc or f"{name}-models") if opts.k8s else None,
-                       kserve_mode=opts.kserve_mode)
+                       kserve_mode=opts.kserve_mode, shm=f"{shm}Mi" if shm else None)
     return DeployPlan(repo, release, sizing, spec, manifests(spec, kserve=opts.kserve, k8s=opts.k8s), warnings)
 
 
-def deploy_source(source: Path, backend: str | None) -> tuple[Path, str | None]:
-    """The model file to deploy and the backend for it: an ``optimize`` output (``optimize.json``) gives its
-    winner from ``OUT/export/`` on the native backend of the winner's runtime; anything else is what ``repo``
-    takes (an export directory, a .onnx, an .engine with its sidecar)."""
+def deploy_source(source: Path, backend: str | None) -> tuple[Path, str | None, dict[str, str]]:
+    """The model file to deploy, the backend for it and what the config must say about how it runs: an
+    ``optimize`` output (``optimize.json``) gives its winner from ``OUT/export/`` on the native backend of the
+    winner's runtime (or ``backend``), told the runtime and precision it was verified in; anything else is what
+    ``repo`` takes (an export directory, a .onnx, an .engine with its sidecar)."""
     report = source / "optimize.json" if source.is_dir() else None
     if report is None or not report.is_file():
-        return source, backend
+        return source, backend, {}
     try:
         chosen = json.loads(report.read_text(encoding="utf-8"))["chosen"]
         artifact, runtime = source / "export" / Path(chosen["artifact"]).name, str(chosen["runtime"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        precision = str(chosen.get("precision") or "fp32")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"{report}: not a readable optimize result ({type(e).__name__}: {e}).") from None
     if not artifact.is_file():
         raise UsageError(f"{artifact}: the winner optimize.json names is missing; run optimize again.")
-    return artifact, backend or {"tensorrt": "tensorrt", "openvino": "openvino"}.get(runtime, "onnxruntime")
+    backend = backend or {"tensorrt": "tensorrt", "openvino": "openvino"}.get(runtime, "onnxruntime")
+    if backend == "python":
+        return artifact, backend, {"runtime": runtime, **({"precision": precision} if runtime == "openvino" else {})}
+    return artifact, backend, {"precision": precision} if backend == "openvino" else {}
 
 
 def write_deploy(plan: DeployPlan, out: Path) -> DeployResult:

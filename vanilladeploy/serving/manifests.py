@@ -36,6 +36,14 @@ is still read as a deprecated alias), and 0.15 knows only ``RawDeployment``. The
 (``validateAutoScalingCompExtension``) accepts ``scaleMetric: cpu`` only when the mode is the literal current name
 AND ``serving.kserve.io/autoscalerClass`` is ``hpa``: ``Standard`` on KServe ≥ 0.16, ``RawDeployment`` on 0.15;
 any other combination falls to the Knative validator, which answers "[cpu] is not a supported metric"."""
+TRITON_USER = 1000
+"""The non-root user of NVIDIA's Triton image (``triton-server``), the one KServe's own Triton runtime
+(``config/runtimes/kserve-tritonserver.yaml``) runs as."""
+SCRATCH = {"tmp": "/tmp"}
+"""What Triton may write on a read-only root filesystem: an ``emptyDir`` each (volume name → mount path)."""
+SHM_VOLUME, SHM_PATH = "dshm", "/dev/shm"
+"""The python backend's stubs exchange tensors with the server through shared memory: a memory-backed ``emptyDir``
+sized by :func:`vanilladeploy.serving.sizing.shm_size` replaces the runtime's 64 MiB default."""
 PROMETHEUS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORTS["metrics"]),
               "prometheus.io/path": "/metrics"}
 
@@ -55,6 +63,7 @@ class ClusterSpec:
     storage_uri: str | None = None  # KServe: where the repository was uploaded
     pvc: str | None = None  # plain Kubernetes: the PersistentVolumeClaim holding the repository
     kserve_mode: str = "Standard"
+    shm: str | None = None  # /dev/shm's size when a python-backend model is served (its stubs' shared memory)
 
     @property
     def image(self) -> str:
@@ -99,18 +108,55 @@ def _resources(spec: ClusterSpec) -> Any:
     return V1ResourceRequirements(requests=requests, limits=limits)
 
 
+def pod_security() -> Any:
+    """Pod Security "restricted", pod level: non-root as the image's own user, the runtime's default seccomp
+    profile."""
+    from kubernetes.client import V1PodSecurityContext, V1SeccompProfile
+
+    return V1PodSecurityContext(run_as_non_root=True, run_as_user=TRITON_USER, run_as_group=TRITON_USER,
+                                seccomp_profile=V1SeccompProfile(type="RuntimeDefault"))
+
+
+def container_security() -> Any:
+    """Pod Security "restricted", container level: no privilege escalation, every capability dropped; and a
+    read-only root filesystem (what Triton writes goes to :func:`scratch_volumes`)."""
+    from kubernetes.client import V1Capabilities, V1SecurityContext
+
+    return V1SecurityContext(allow_privilege_escalation=False, capabilities=V1Capabilities(drop=["ALL"]),
+                             read_only_root_filesystem=True, run_as_non_root=True)
+
+
+def scratch_volumes(spec: ClusterSpec) -> tuple[list[Any], list[Any]]:
+    """The writable places of a read-only root filesystem: volumes and their mounts (``/tmp``; ``/dev/shm`` in
+    memory, sized, when a python-backend model is served)."""
+    from kubernetes.client import V1EmptyDirVolumeSource, V1Volume, V1VolumeMount
+
+    volumes = [V1Volume(name=name, empty_dir=V1EmptyDirVolumeSource()) for name in SCRATCH]
+    mounts = [V1VolumeMount(name=name, mount_path=path) for name, path in SCRATCH.items()]
+    if spec.shm:
+        volumes.append(V1Volume(name=SHM_VOLUME, empty_dir=V1EmptyDirVolumeSource(medium="Memory",
+                                                                                  size_limit=spec.shm)))
+        mounts.append(V1VolumeMount(name=SHM_VOLUME, mount_path=SHM_PATH))
+    return volumes, mounts
+
+
 def inference_service(spec: ClusterSpec) -> dict[str, Any]:
     """A ``serving.kserve.io/v1beta1`` InferenceService: KServe's Triton runtime (``modelFormat: triton``, selected
     automatically) at ``runtimeVersion`` — the image TAG of ``nvcr.io/nvidia/tritonserver`` (KServe replaces the
-    whole tag with it), so ``24.10-py3`` — pulling the repository from ``storageUri``; HPA on CPU."""
+    whole tag with it), so ``24.10-py3`` — pulling the repository from ``storageUri``; HPA on CPU. The predictor
+    pod and its model container run restricted (:func:`pod_security`, :func:`container_security`); the storage
+    initializer KServe adds is KServe's to configure."""
     from kubernetes.client import V1ObjectMeta
 
     ks, api_client = kserve_sdk()
+    volumes, mounts = scratch_volumes(spec)
     model = ks.V1beta1ModelSpec(name=None, model_format=ks.V1beta1ModelFormat(name="triton"), protocol_version="v2",
                                 storage_uri=spec.storage_uri, runtime_version=f"{spec.release}-py3",
-                                resources=_resources(spec))
+                                resources=_resources(spec), security_context=container_security(),
+                                volume_mounts=mounts)
     predictor = ks.V1beta1PredictorSpec(model=model, min_replicas=spec.min_replicas, max_replicas=spec.max_replicas,
-                                        scale_metric="cpu", scale_target=spec.scale_target)
+                                        scale_metric="cpu", scale_target=spec.scale_target,
+                                        security_context=pod_security(), volumes=volumes)
     metadata = V1ObjectMeta(name=spec.name, labels=spec.labels,
                             annotations={DEPLOYMENT_MODE: spec.kserve_mode, AUTOSCALER_CLASS: "hpa"})
     isvc = ks.V1beta1InferenceService(api_version="serving.kserve.io/v1beta1", kind="InferenceService",
@@ -125,9 +171,10 @@ def _probe(path: str, *, period_s: int, failures: int) -> Any:
                    failure_threshold=failures)
 
 
-def _container(spec: ClusterSpec) -> Any:
+def _container(spec: ClusterSpec, scratch: list[Any]) -> Any:
     """Triton on the mounted repository: liveness ``/v2/health/live``; readiness ``/v2/health/ready`` (every model
-    loaded); a startup probe on readiness that allows 5 minutes for the first load (a plan or a large ONNX)."""
+    loaded); a startup probe on readiness that allows 5 minutes for the first load (a plan or a large ONNX);
+    restricted (:func:`container_security`), writing only to ``scratch``."""
     from kubernetes.client import V1Container, V1ContainerPort, V1VolumeMount
 
     return V1Container(
@@ -136,13 +183,14 @@ def _container(spec: ClusterSpec) -> Any:
         liveness_probe=_probe("/v2/health/live", period_s=10, failures=3),
         readiness_probe=_probe("/v2/health/ready", period_s=5, failures=3),
         startup_probe=_probe("/v2/health/ready", period_s=5, failures=60),
-        resources=_resources(spec),
-        volume_mounts=[V1VolumeMount(name=REPOSITORY_VOLUME, mount_path=MODEL_MOUNT, read_only=True)])
+        resources=_resources(spec), security_context=container_security(),
+        volume_mounts=[V1VolumeMount(name=REPOSITORY_VOLUME, mount_path=MODEL_MOUNT, read_only=True), *scratch])
 
 
 def deployment(spec: ClusterSpec) -> dict[str, Any]:
     """An ``apps/v1`` Deployment of the stock Triton image, the repository from the PersistentVolumeClaim
-    ``spec.pvc`` (read-only at ``/models``), Prometheus scrape annotations on the pods."""
+    ``spec.pvc`` (read-only at ``/models``), Prometheus scrape annotations on the pods; pods that pass Pod Security
+    "restricted"."""
     from kubernetes.client import (
         ApiClient,
         V1Deployment,
@@ -157,8 +205,10 @@ def deployment(spec: ClusterSpec) -> dict[str, Any]:
 
     volume = V1Volume(name=REPOSITORY_VOLUME, persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
         claim_name=spec.pvc, read_only=True))
+    scratch, mounts = scratch_volumes(spec)
     template = V1PodTemplateSpec(metadata=V1ObjectMeta(labels=spec.labels, annotations=PROMETHEUS),
-                                 spec=V1PodSpec(containers=[_container(spec)], volumes=[volume]))
+                                 spec=V1PodSpec(containers=[_container(spec, mounts)], volumes=[volume, *scratch],
+                                                security_context=pod_security()))
     obj = V1Deployment(api_version="apps/v1", kind="Deployment", metadata=V1ObjectMeta(name=spec.name,
                                                                                         labels=spec.labels),
                        spec=V1DeploymentSpec(replicas=spec.min_replicas, template=template,
@@ -216,5 +266,6 @@ def to_yaml(doc: dict[str, Any], *, comment: str = "") -> str:
     return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
-__all__ = ["AUTOSCALER_CLASS", "DEPLOYMENT_MODE", "KSERVE_MODES", "PORTS", "TRITON_IMAGE", "ClusterSpec", "autoscaler",
-           "deployment", "inference_service", "kserve_sdk", "manifests", "service", "to_yaml"]
+__all__ = ["AUTOSCALER_CLASS", "DEPLOYMENT_MODE", "KSERVE_MODES", "PORTS", "TRITON_IMAGE", "TRITON_USER", "ClusterSpec",
+           "autoscaler", "container_security", "deployment", "inference_service", "kserve_sdk", "manifests",
+           "pod_security", "scratch_volumes", "service", "to_yaml"]

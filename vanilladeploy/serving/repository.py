@@ -23,6 +23,7 @@ from vanilladeploy.extras import install_hint
 from vanilladeploy.runtimes import ONNX_RUNTIMES
 from vanilladeploy.serving.ensemble import ImagePlan, plan_image_ensemble, recorded_preprocess, write_image_ensemble
 from vanilladeploy.serving.triton_config import (
+    IDENTITY_PARAMETERS,
     LABELS_FILE,
     MODEL_FILES,
     ModelSignature,
@@ -287,7 +288,10 @@ def plan_repository(source: Path, opts: RepoOptions, *, images: bool = False) ->
         raise UsageError(f"{'--labels' if opts.labels else '--images'} is for classifiers: a detector's class names "
                          "are in its ONNX metadata, and its image ensemble is not built yet (docs/detection.md).")
     labels = _labels(opts.labels, classes=signature.outputs[0].shape[-1])
-    cfg = build_config(signature, opts, name=name, backend=backend, labels_file=LABELS_FILE if labels else None)
+    identity = dict(zip(IDENTITY_PARAMETERS, (digest, *(() if src.onnx_file == src.model_file
+                                                          else (sha256_of(src.onnx_file),)))))
+    cfg = build_config(signature, opts, name=name, backend=backend, labels_file=LABELS_FILE if labels else None,
+                       identity=identity)
     text = config_text(cfg)
     parse_config(text)  # what Triton does first on load
     model_file = plan_filename(signature) if backend == "tensorrt" else MODEL_FILES["onnxruntime"]

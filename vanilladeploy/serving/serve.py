@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vanilladeploy.errors import UsageError
+from vanilladeploy.serving.health import HEALTH_INTERVAL_S
 from vanilladeploy.serving.repository import (
     RepoPlan,
     check_labels,
@@ -87,13 +88,21 @@ def check_serve_options(source: Path, ports: TritonPorts, opts: RepoOptions,
 
 def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
                   on_ready: Callable[[ServingInfo], None], on_event: Callable[[str], None] = lambda _: None,
-                  host: str = "127.0.0.1", images: bool = False) -> None:
+                  host: str = "127.0.0.1", images: bool = False, health_interval_s: float = HEALTH_INTERVAL_S,
+                  health_timeout_s: float | None = None) -> None:
     """Check everything (:func:`check_serve_options`), write a repository for ``source`` in a scratch directory,
     serve it until SIGTERM (returns) or SIGINT (``KeyboardInterrupt``); the server is stopped and the scratch
     directory removed either way. SIGTERM is handled from the first line on: during start-up it aborts the start
     (and returns) at the next check. While it serves, a backend stub that dies is noticed and the model reloaded
-    (``on_event`` hears of it, and of the start); a server that dies, or a reload that fails, raises
-    :class:`ServerError` with the reason."""
+    (``on_event`` hears of it, and of the start), and so is one that does not answer a health inference every
+    ``health_interval_s`` (0: none) within ``health_timeout_s`` (None: derived from its latency,
+    :mod:`vanilladeploy.serving.health`); a server that dies, or a reload that fails, raises :class:`ServerError`
+    with the reason."""
+    if not health_interval_s >= 0:
+        raise UsageError(f"--health-interval {health_interval_s:g}: give seconds ≥ 0 (0: no health inferences).")
+    if health_timeout_s is not None and not health_timeout_s > 0:
+        raise UsageError(f"--health-timeout {health_timeout_s:g}: give seconds above 0, or leave it out (derived "
+                         "from the model's latency).")
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -111,13 +120,14 @@ def serve_forever(source: Path, ports: TritonPorts, opts: RepoOptions, *,
             served = plan.served_model if plan else model_dir.name
             if not stop.is_set():
                 _serve(Path(scratch), served, parse_config(config_text), ports, stop=stop, on_ready=on_ready,
-                       on_event=on_event, host=host)
+                       on_event=on_event, host=host, health=(health_interval_s, health_timeout_s))
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 def _serve(repository: Path, model: str, cfg: Any, ports: TritonPorts, *, stop: threading.Event,
-           on_ready: Callable[[ServingInfo], None], on_event: Callable[[str], None], host: str) -> None:
+           on_ready: Callable[[ServingInfo], None], on_event: Callable[[str], None], host: str,
+           health: tuple[float, float | None]) -> None:
     """Serve ``model`` (loaded with what it is made of: an image ensemble's steps); ``cfg`` is the classifier's."""
     from tritonclient.grpc import model_config_pb2 as mc  # parse_config made ``cfg`` with it
 
@@ -128,7 +138,8 @@ def _serve(repository: Path, model: str, cfg: Any, ports: TritonPorts, *, stop: 
     runtime = cfg.parameters["runtime"].string_value if "runtime" in cfg.parameters else "onnxruntime"
     try:
         with TritonServer(repository, ports, host=host, model=model, abort=stop) as server:
-            watch = ModelWatch(server, model, on_event=on_event)  # lists the stubs now, before it is announced
+            watch = ModelWatch(server, model, on_event=on_event, health_interval_s=health[0],
+                               health_timeout_s=health[1])  # lists the stubs now, before it is announced
             example = (example_image_command(server.http_url, model) if model != cfg.name else
                        example_client_command(server.http_url, model, shape, detector=detector))
             on_ready(ServingInfo(model, server_version(server), server.http_url, server.grpc_url, server.metrics_url,

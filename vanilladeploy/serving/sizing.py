@@ -91,13 +91,27 @@ def parse_replicas(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def memory_request(model_bytes: int) -> str:
-    """``BASE_MEMORY_MIB`` + 3 × the model file, rounded up to 256 MiB: the weights once in the file cache, once in
-    the runtime's session, once more for its arena and the batch's activations. An estimate: ``serve-bench``
-    records no memory; the only figure measured here (docs/serving.md, soak test) is 237 MB RSS for server and
-    Python-backend stub with VanillaNet-5 at 32 px, about a fifth of what this gives for it (1280 MiB)."""
-    mib = BASE_MEMORY_MIB + 3 * model_bytes / 2**20
+def memory_request(model_bytes: int, shm_mib: int = 0) -> str:
+    """``BASE_MEMORY_MIB`` + 3 × the model file + ``shm_mib`` (a memory-backed ``/dev/shm`` counts against the
+    pod's limit), rounded up to 256 MiB: the weights once in the file cache, once in the runtime's session, once
+    more for its arena and the batch's activations. An estimate: ``serve-bench`` records no memory; the only figure
+    measured here (docs/serving.md, soak test) is 237 MB RSS for server and Python-backend stub with VanillaNet-5 at
+    32 px, about a fifth of what this gives for it (1280 MiB)."""
+    mib = BASE_MEMORY_MIB + 3 * model_bytes / 2**20 + shm_mib
     return f"{math.ceil(mib / 256) * 256}Mi"
+
+
+SHM_BASE_MIB = 64
+"""The container runtime's default ``/dev/shm``: what a python-backend stub gets without one of its own."""
+
+
+def shm_mib(*, max_batch: int, instances: int, input_dims: tuple[int, ...]) -> int:
+    """``/dev/shm`` for python-backend models (their stubs exchange every tensor with the server through it):
+    ``SHM_BASE_MIB`` + per instance a full batch of float32 input twice over (the request's tensor and the model's
+    own; an image ensemble's encoded bytes are smaller than their float32 pixels), rounded up to 64 MiB."""
+    per_image = 4 * math.prod(max(d, 1) for d in input_dims)
+    mib = SHM_BASE_MIB + instances * max(max_batch, 1) * per_image * 2 / 2**20
+    return math.ceil(mib / 64) * 64
 
 
 def read_bench(path: Path) -> dict[str, Any]:
@@ -188,9 +202,10 @@ def replicas_for(target_rps: float, capacity: Capacity) -> tuple[int, int]:
 
 
 def size(*, artifact: ArtifactIdentity, model_bytes: int, bench: Path | None = None, target_rps: float | None = None,
-         p99_ms: float | None = None, replicas: str | None = None, engine: bool = False) -> Sizing:
-    """The replicas and resources for this artifact (every option check first; see the module docstring)."""
-    memory = memory_request(model_bytes)
+         p99_ms: float | None = None, replicas: str | None = None, engine: bool = False, shm: int = 0) -> Sizing:
+    """The replicas and resources for this artifact, ``shm`` MiB of memory-backed ``/dev/shm`` included (every
+    option check first; see the module docstring)."""
+    memory = memory_request(model_bytes, shm)
     given = [name for name, v in (("--target-rps", target_rps), ("--p99-ms", p99_ms), ("--bench", bench))
              if v is not None]
     if not given:
@@ -218,4 +233,4 @@ def size(*, artifact: ArtifactIdentity, model_bytes: int, bench: Path | None = N
 
 __all__ = ["BURST", "DEFAULT_REPLICAS", "HEADROOM", "SCALE_TARGET_PERCENT", "ArtifactIdentity", "Capacity", "Sizing",
            "check_bench_artifact", "memory_request", "parse_replicas", "pick_capacity", "read_bench",
-           "replicas_for", "size"]
+           "replicas_for", "shm_mib", "size"]

@@ -27,8 +27,23 @@ TRITON_DTYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8", "int64": "TYPE_I
 for the pixel input of an ``export --input uint8`` graph, int64 for a detector's ``labels`` and ``num_detections``."""
 DETECTOR_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 """An exported detector's outputs (``export DET.pth``): int64 labels and counts beside the float32 boxes and scores."""
+IDENTITY_PARAMETERS = ("artifact_sha256", "onnx_sha256")
+"""Config parameters that say which file a model is: the sha256 of the file served, and (for an engine) of the ONNX
+it was built from. Every backend ignores parameters it does not read; ``serve-bench``/``eval --url`` read these
+back through the server (:func:`vanilladeploy.serving.client.check_identity`)."""
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 """A model name is one directory of the repository: letters, digits, ``_ . -``, not starting with ``.`` or ``-``."""
+
+
+OPENVINO_BACKEND_PRECISION = (
+    "Triton's native OpenVINO backend can be told bf16 (its parameter HINT_BF16) but not fp32, and on a CPU with "
+    "native bf16 (avx512_bf16, amx_bf16) OpenVINO computes in bf16 unless told otherwise: this {precision} artifact "
+    "would be served in a precision nobody verified. Serve it with --backend python --runtime openvino (model.py "
+    "tells OpenVINO the precision), or --backend onnxruntime; the native OpenVINO backend takes an artifact verified "
+    "in OpenVINO bf16 (an optimize output whose winner is openvino bf16)")
+"""Why ``--backend openvino`` is refused for anything but a bf16-verified artifact (openvino_backend's
+``ParseParameterHelper`` knows INFERENCE_NUM_THREADS, COMPILATION_NUM_THREADS, HINT_BF16=YES, NUM_STREAMS and
+PERFORMANCE_HINT, from 2022 through its 2026 main branch: nothing sets f32)."""
 
 
 class RepoError(ValueError):
@@ -162,6 +177,8 @@ def check_servable(signature: ModelSignature, opts: RepoOptions, backend: str) -
         raise RepoError("--backend tensorrt runs on the GPU: pass --kind gpu")
     if backend == "openvino" and resolve_kind(opts, backend) != "cpu":
         raise RepoError("--backend openvino runs on the CPU: pass --kind cpu")
+    if backend == "openvino" and opts.parameters.get("precision") != "bf16":
+        raise RepoError(OPENVINO_BACKEND_PRECISION.format(precision=opts.parameters.get("precision") or "fp32"))
     if not signature.inputs or not signature.outputs:
         raise RepoError("the model has no inputs or no outputs")
     bad = [t for t in signature.inputs if t.dtype not in ("float32", "uint8")]
@@ -190,8 +207,9 @@ def plan_filename(signature: ModelSignature) -> str:
 
 
 def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, backend: str,
-                 labels_file: str | None = None) -> Any:
-    """The ``ModelConfig`` message for ``signature`` served by ``backend``."""
+                 labels_file: str | None = None, identity: dict[str, str] | None = None) -> Any:
+    """The ``ModelConfig`` message for ``signature`` served by ``backend``; ``identity``: the
+    :data:`IDENTITY_PARAMETERS` to record."""
     from tritonclient.grpc import model_config_pb2 as mc
 
     cfg = mc.ModelConfig(name=name, max_batch_size=opts.max_batch)
@@ -204,6 +222,7 @@ def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, bac
     elif backend == "openvino":  # Triton's native OpenVINO backend reads the ONNX as is
         cfg.backend, cfg.default_model_filename = "openvino", MODEL_FILES["openvino"]
         cfg.parameters["PERFORMANCE_HINT"].string_value = "THROUGHPUT"
+        cfg.parameters["HINT_BF16"].string_value = "YES"  # the precision verified (check_servable: bf16 only)
     else:
         cfg.backend = "python"
         for key, value in python_parameters(opts.parameters).items():
@@ -224,7 +243,7 @@ def build_config(signature: ModelSignature, opts: RepoOptions, *, name: str, bac
         cfg.dynamic_batching.SetInParent()  # present even with a delay of 0 and no preferred sizes
         cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
         cfg.dynamic_batching.preferred_batch_size.extend(opts.preferred_batch_sizes)
-    for key, value in opts.parameters.items():
+    for key, value in {**opts.parameters, **(identity or {})}.items():
         cfg.parameters[key].string_value = value
     return cfg
 
@@ -243,7 +262,8 @@ def parse_config(text: str) -> Any:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-__all__ = ["BACKENDS", "DETECTOR_OUTPUTS", "LABELS_FILE", "MODEL_FILES", "PYTHON_PARAMETERS", "TRITON_DTYPES",
-           "ModelSignature", "RepoError", "RepoOptions", "TensorSpec", "build_config", "check_model_name",
-           "check_servable", "config_text", "parse_config", "plan_filename", "python_parameters", "resolve_backend",
-           "resolve_kind", "signature_from_onnx", "signature_from_sidecar"]
+__all__ = ["BACKENDS", "DETECTOR_OUTPUTS", "IDENTITY_PARAMETERS", "LABELS_FILE", "MODEL_FILES",
+           "OPENVINO_BACKEND_PRECISION", "PYTHON_PARAMETERS", "TRITON_DTYPES", "ModelSignature", "RepoError",
+           "RepoOptions", "TensorSpec", "build_config", "check_model_name", "check_servable", "config_text",
+           "parse_config", "plan_filename", "python_parameters", "resolve_backend", "resolve_kind",
+           "signature_from_onnx", "signature_from_sidecar"]

@@ -19,6 +19,11 @@ listing that finds fewer means a stub died between the load and the listing — 
 can see: it is handled like any other dead stub, so the watch never holds an empty or short set for a model meant to
 be ready, and never sits silent while a model without its stub says ready.
 
+A stub that is alive but does not answer (stopped, deadlocked) is in every listing, and Triton's readiness still
+says ready: the watch also sends a health inference (:class:`~vanilladeploy.serving.health.HealthProbe`) every
+``health_interval_s``; one not answered within its deadline, while every stub is alive, gets the model's stubs
+SIGKILLed and the model reloaded as for a dead stub.
+
 A stub killed *while* Triton loads the model (the auto-complete stub, or an instance's stub before it has answered
 its initialization) is Triton's own limit: its Python backend waits for that stub's answer without a timeout, so the
 load does not return (measured: not within 300 s); readiness answers 400 meanwhile, and the watch gives up after
@@ -28,6 +33,8 @@ load does not return (measured: not within 300 s); readiness answers 400 meanwhi
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vanilladeploy.serving.health import HEALTH_INTERVAL_S, HealthProbe
 from vanilladeploy.serving.server import ServerError, TritonServer
 
 STUB = "triton_python_backend_stub"
@@ -74,10 +82,13 @@ class ModelWatch:
     server has died or a reload failed, and reloads the model when one of its stubs has died. Make it right after
     the server's start: it lists the stubs then (see the module's invariant).
 
-    ``stubs``: the stubs listed right after the model's last load; ``instances``: how many it must hold."""
+    ``stubs``: the stubs listed right after the model's last load; ``instances``: how many it must hold.
+    ``health_interval_s``: seconds between health inferences (0: none); ``health_timeout_s``: their deadline (None:
+    derived from their latency, measured here)."""
 
     def __init__(self, server: TritonServer, model: str, *, on_event: Callable[[str], None] = lambda _: None,
-                 load_timeout_s: float = LOAD_TIMEOUT_S) -> None:
+                 load_timeout_s: float = LOAD_TIMEOUT_S, health_interval_s: float = HEALTH_INTERVAL_S,
+                 health_timeout_s: float | None = None) -> None:
         self.server, self.model, self.on_event, self.load_timeout_s = server, model, on_event, load_timeout_s
         config = self._config(model)
         self.steps = [step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])]
@@ -85,14 +96,39 @@ class ModelWatch:
         self.instances = (sum(model_instances(self._config(m)) for m in self.steps) if self.steps else
                           model_instances(config))
         self.stubs = stub_pids(server.shm_prefix)  # the model is loaded: every instance's stub is up, or died
+        self.health_interval_s, self.last_probe = health_interval_s, time.monotonic()
+        self.probe = HealthProbe(server.http_url.removeprefix("http://"), model, config,
+                                 timeout_s=health_timeout_s) if health_interval_s > 0 else None
+        if self.probe is not None:
+            self.probe.measure()
 
     def check(self) -> None:
         if not self.server.alive():
             raise ServerError(f"Triton Inference Server exited ({self.server.exit_description()}): "
                               f"{self.server.failure_reason()}")
-        lost = self._lost()
+        lost = self._lost() or self._unanswered()
         if lost:
             self.reload(lost)
+
+    def _unanswered(self) -> str:
+        """A health inference, when one is due: "" when answered in time; else, every stub being alive, the
+        stubs are SIGKILLed (a stopped process cannot be asked to stop) and what happened is returned."""
+        if self.probe is None or time.monotonic() - self.last_probe < self.health_interval_s:
+            return ""
+        problem, self.last_probe = self.probe.probe(), time.monotonic()
+        if not problem:
+            return ""
+        dead = self._lost()
+        if dead:  # it died meanwhile: said as such, and reloaded as such
+            return dead
+        hung = sorted(self.stubs & stub_pids(self.server.shm_prefix))
+        for pid in hung:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return (f"(pid {', '.join(map(str, hung))}) did not answer a health inference within "
+                f"{self.probe.timeout_s:.1f} s ({problem}): killed it")
 
     def _lost(self) -> str:
         """What the model has lost since its stubs were listed, as the event says it ("(pid 123) died"); "" while
