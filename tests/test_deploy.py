@@ -91,8 +91,8 @@ def inference_service() -> Any:
     except MissingDependencyError as e:
         missing_in_ci(f"the deploy extra (kserve) is not installed: {e}")
     subtrees = {"model": {"resources": "V1ResourceRequirements", "security_context": "V1SecurityContext",
-                          "volume_mounts": "list[V1VolumeMount]"},
-                "predictor": {"security_context": "V1PodSecurityContext", "volumes": "list[V1Volume]"}}
+                          "volume_mounts": "List[V1VolumeMount]"},
+                "predictor": {"security_context": "V1PodSecurityContext", "volumes": "List[V1Volume]"}}
 
     def read(path: Path) -> Any:
         doc = read_yaml(path)
@@ -164,9 +164,14 @@ def test_the_kubernetes_manifests_round_trip_through_the_kubernetes_models(expor
             c.startup_probe.http_get.path) == ("/v2/health/live", "/v2/health/ready", "/v2/health/ready")
     assert c.startup_probe.failure_threshold * c.startup_probe.period_seconds == 300
     assert c.resources.requests == c.resources.limits and "nvidia.com/gpu" not in c.resources.limits
-    (mount,), (volume,) = c.volume_mounts, pod.spec.volumes
-    assert (mount.name, mount.mount_path, mount.read_only) == (volume.name, "/models", True)
-    assert volume.persistent_volume_claim.claim_name == "models-pvc"
+    mounts, volumes = {m.mount_path: m for m in c.volume_mounts}, {v.name: v for v in pod.spec.volumes}
+    assert set(mounts) == {"/models", "/tmp"} and mounts["/models"].read_only  # no /dev/shm: no python backend
+    volume = volumes[mounts["/models"].name]
+    assert volume.persistent_volume_claim.claim_name == "models-pvc" and volumes[mounts["/tmp"].name].empty_dir
+    assert (pod.spec.security_context.run_as_user, pod.spec.security_context.seccomp_profile.type) == \
+        (1000, "RuntimeDefault")
+    assert (c.security_context.allow_privilege_escalation, c.security_context.capabilities.drop,
+            c.security_context.read_only_root_filesystem) == (False, ["ALL"], True)
     svc = k8s_object(out / "service.yaml", "V1Service")
     assert svc.spec.selector == pod.metadata.labels and svc.spec.type == "ClusterIP"
     assert {(p.name, p.port, p.target_port) for p in svc.spec.ports} == {("http", 8000, "http"),

@@ -169,10 +169,13 @@ def test_the_restricted_check_can_fail(written: dict[str, Path]) -> None:
 
 
 def test_the_memory_limit_holds_the_shared_memory(written: dict[str, Path]) -> None:
-    """A memory-backed /dev/shm counts against the container's memory limit: the python-backend pods get more."""
-    def memory(setup: str) -> str:
-        return deployment_pod(written[setup])["containers"][0]["resources"]["limits"]["memory"]
+    """A memory-backed /dev/shm counts against the container's memory limit: the python-backend pods get it on top
+    of the estimate (sizing.memory_request)."""
+    from vanilladeploy.serving.sizing import memory_request
 
-    native, python = memory("onnxruntime"), memory("python backend")
-    assert int(python.removesuffix("Mi")) >= int(native.removesuffix("Mi")) + 128 - 256, (native, python)
-    assert json.loads((written["python backend"] / "deploy.json").read_text())["sizing"]["memory"] == python
+    for setup, shm in (("onnxruntime", 0), ("python backend", 128), ("image ensemble", 128)):
+        record = json.loads((written[setup] / "deploy.json").read_text())
+        expected = memory_request(Path(record["source"]["path"]).stat().st_size, shm)
+        resources = deployment_pod(written[setup])["containers"][0]["resources"]
+        assert resources["limits"]["memory"] == resources["requests"]["memory"] == expected, (setup, resources)
+        assert record["sizing"]["memory"] == expected

@@ -105,7 +105,8 @@ def test_model_file_matches_the_export_sha256(export_dir: Path, tmp_path: Path) 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "python"])
 def test_every_config_records_the_sha256_of_the_file_it_serves(export_dir: Path, tmp_path: Path,
                                                                backend: str) -> None:
-    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend=backend))
+    told = {"precision": "bf16"} if backend == "openvino" else {}  # the only precision it can be told
+    result = write_repository(export_dir, tmp_path / "repo", RepoOptions(backend=backend, parameters=told))
     parameters = {k: v.string_value for k, v in _config(result.model_dir).parameters.items()}
     assert parameters["artifact_sha256"] == sha256_of(result.model_dir / "1" / "model.onnx")
     assert "onnx_sha256" not in parameters  # the served file is the ONNX
@@ -357,7 +358,8 @@ def test_the_config_records_instances_threads_and_batching(export_dir: Path, tmp
         assert cfg.dynamic_batching.max_queue_delay_microseconds == chosen.max_queue_delay_us
         assert tuple(cfg.dynamic_batching.preferred_batch_size) == chosen.preferred_batch_sizes
         params = {k: v.string_value for k, v in cfg.parameters.items()}
-        assert params == {"runtime": runtime, **PYTHON_PARAMETERS[runtime]}
+        assert params == {"runtime": runtime, **PYTHON_PARAMETERS[runtime],
+                          "artifact_sha256": sha256_of(result.model_dir / "1" / "model.onnx")}
     assert PYTHON_PARAMETERS["onnxruntime"]["ort_spinning"] == "0"  # idle ORT threads leave the cores to Triton
     assert PYTHON_PARAMETERS["openvino"]["openvino_hint"] in python_model.OPENVINO_HINTS
 

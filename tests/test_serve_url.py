@@ -33,7 +33,7 @@ require_triton()
 pytestmark = [pytest.mark.triton]
 MODEL, OTHER, PIXELS = "vanillanet_5", "vanillanet_5_at_48", "vanillanet_5_pixels"
 WRONG, UNSAID = "vanillanet_5_other_weights", "vanillanet_5_unsaid"
-"""VanillaNet-5 at 32 px with other weights (same shapes as MODEL): recording its own sha256, and with the record
+"""VanillaNet-5 at 48 px with other weights (same shapes as OTHER): recording its own sha256, and with the record
 removed from its config (a server that does not say which file it serves)."""
 
 
@@ -43,7 +43,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory, vanillanet_5_export: Calla
     export_checkpoint(MODEL, ExportOptions(out_dir=root / "pixels", img_size=48, input_dtype="uint8"))
     other = root / "other-weights.pth"
     torch.save(official_checkpoint(random_model(MODEL, seed=5, num_classes=1000).state_dict(), variant=MODEL), other)
-    export_checkpoint(str(other), ExportOptions(out_dir=root / "other", img_size=32))
+    export_checkpoint(str(other), ExportOptions(out_dir=root / "other", img_size=48))
     return {"v5": vanillanet_5_export(32), "v5_48": vanillanet_5_export(48), "pixels": root / "pixels",
             "other": root / "other", "images": _images(root / "images")}
 
@@ -70,7 +70,9 @@ def server(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     unsaid = write_repository(exports["other"], repo, RepoOptions(backend="python", max_batch=4, name=UNSAID))
     cfg = parse_config(unsaid.config_text)
     for key in IDENTITY_PARAMETERS:
-        del cfg.parameters[key]
+        if key in cfg.parameters:
+            del cfg.parameters[key]
+    assert "artifact_sha256" not in config_text(cfg)
     (unsaid.model_dir / "config.pbtxt").write_text(config_text(cfg), encoding="utf-8")
     with TritonServer(repo, free_ports(), start_timeout_s=120) as s:
         yield s
@@ -115,7 +117,7 @@ def test_the_server_describes_its_model_and_answers_like_in_process(server: Trit
 
 
 def test_the_only_ready_model_is_the_default_and_two_need_a_name(server: TritonServer) -> None:
-    with pytest.raises(UsageError, match=rf"7 ready models \({MODEL}, {OTHER}, {PIXELS}, .*\).*--model"):
+    with pytest.raises(UsageError, match=rf"7 ready models \({MODEL}, {OTHER}, {WRONG}, {PIXELS}, .*\).*--model"):
         describe_served(parse_endpoint(server.http_url), None, timeout_s=10)
     with pytest.raises(ServerError, match="'nope' is not ready"):
         describe_served(parse_endpoint(server.http_url), "nope", timeout_s=10)
@@ -158,11 +160,14 @@ def test_serve_bench_url_measures_the_server_and_checks_every_answer(server: Tri
 
 def test_serve_bench_url_over_grpc_counts_a_wrong_artifact_as_errors(server: TritonServer,
                                                                      exports: dict[str, Path]) -> None:
-    """The server's answers are checked against SOURCE: the same model at 48 px answering a 32 px export is
-    refused before any load; over gRPC the right one passes."""
+    """The server's answers are checked against SOURCE: a model at 48 px answering for a 32 px export is refused
+    before any load, by the file its config records, or by its shape where it records none; over gRPC the right one
+    passes."""
     url = "grpc://" + server.grpc_url.removeprefix("grpc://")
-    with pytest.raises(UsageError, match=f"serves {OTHER} taking FP32 \\[-1, 3, 48, 48\\].*not the same artifact"):
+    with pytest.raises(UsageError, match=f"serves {OTHER} made from another file.*not the same artifact"):
         run_serve_bench(exports["v5"], url=url, model=OTHER, concurrency=(1,), requests=2)
+    with pytest.raises(UsageError, match=f"serves {UNSAID} taking FP32 \\[-1, 3, 48, 48\\].*not the same artifact"):
+        run_serve_bench(exports["v5"], url=url, model=UNSAID, concurrency=(1,), requests=2)
     result = run_serve_bench(exports["v5_48"], url=url, model=OTHER, concurrency=(2,), requests=4)
     (served,) = [r for r in result.records if SERVED in r["roles"]]
     assert served["backend"] == "remote-grpc" and served["errors"] == 0 and served["batch"] == 1
@@ -184,10 +189,10 @@ def test_serve_bench_url_refuses_a_model_made_from_another_file_before_any_load(
                                                                                exports: dict[str, Path],
                                                                                tmp_path: Path) -> None:
     out = tmp_path / "remote.json"
-    result = CliRunner().invoke(app, ["serve-bench", str(exports["v5"]), "--url", _address(server.grpc_url),
+    result = CliRunner().invoke(app, ["serve-bench", str(exports["v5_48"]), "--url", _address(server.grpc_url),
                                       "--protocol", "grpc", "--model", WRONG, "--requests", "2",
                                       "--json-out", str(out)])
-    mine, theirs = sha256_of(exports["v5"] / f"{MODEL}.onnx"), sha256_of(exports["other"] / f"{MODEL}.onnx")
+    mine, theirs = sha256_of(exports["v5_48"] / f"{MODEL}.onnx"), sha256_of(exports["other"] / f"{MODEL}.onnx")
     assert result.exit_code == 2 and mine in result.output and theirs in result.output, result.output
     assert "not the same artifact" in result.output and not out.exists()
     assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1, result.output
@@ -198,9 +203,11 @@ def test_serve_bench_url_exits_1_when_every_answer_is_wrong(server: TritonServer
     """Other weights behind a config that does not say which file it is: measured, every answer checked, and the
     command fails naming the count and the worst error (the JSON and the table are still written)."""
     out = tmp_path / "remote.json"
-    result = CliRunner().invoke(app, ["serve-bench", str(exports["v5"]), "--url", _address(server.grpc_url),
+    result = CliRunner().invoke(app, ["serve-bench", str(exports["v5_48"]), "--url", _address(server.grpc_url),
                                       "--protocol", "grpc", "--model", UNSAID, "--concurrency", "1,2",
                                       "--requests", "4", "--json-out", str(out)])
+    print(f"\n[serve-bench --url, other weights behind a config that does not say] exit {result.exit_code}:\n"
+          f"{result.output}")
     assert result.exit_code == 1, result.output
     assert "8 wrong answers (worst rel. L2" in result.output and "of 16 requests" in result.output, result.output
     assert "does not record which file it serves" in result.output, result.output
@@ -234,8 +241,8 @@ def test_eval_through_the_server_equals_eval_in_process(server: TritonServer, ex
 
 def test_eval_url_refuses_a_model_made_from_none_of_the_files_given(server: TritonServer,
                                                                    exports: dict[str, Path]) -> None:
-    result = CliRunner().invoke(app, ["eval", str(exports["v5"] / f"{MODEL}.onnx"), "--data", str(exports["images"]),
-                                      "--url", _address(server.http_url), "--model", WRONG])
+    result = CliRunner().invoke(app, ["eval", str(exports["v5_48"] / f"{MODEL}.onnx"), "--data",
+                                      str(exports["images"]), "--url", _address(server.http_url), "--model", WRONG])
     assert result.exit_code == 2 and sha256_of(exports["other"] / f"{MODEL}.onnx") in result.output, result.output
 
 
@@ -243,15 +250,15 @@ def test_eval_url_refuses_a_model_made_from_none_of_the_files_given(server: Trit
     (UNSAID, ["--min-agreement", "90"], 1),
     (UNSAID, ["--max-rel-l2", "1e-2"], 1),
     (UNSAID, [], 0),  # no gate asked for: reported, not judged
-    (MODEL, ["--min-agreement", "100", "--max-rel-l2", "1e-5"], 0),
+    (OTHER, ["--min-agreement", "100", "--max-rel-l2", "1e-5"], 0),
 ])
 def test_eval_url_gates_exit_1_when_the_served_model_disagrees(server: TritonServer, exports: dict[str, Path],
                                                                tmp_path: Path, model: str, gates: list[str],
                                                                code: int) -> None:
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(app, ["eval", str(exports["v5"] / f"{MODEL}.onnx"), "--data", str(exports["images"]),
-                                      "--url", _address(server.http_url), "--model", model, "--json-out", str(out),
-                                      *gates])
+    result = CliRunner().invoke(app, ["eval", str(exports["v5_48"] / f"{MODEL}.onnx"), "--data",
+                                      str(exports["images"]), "--url", _address(server.http_url), "--model", model,
+                                      "--json-out", str(out), *gates])
     assert result.exit_code == code, result.output
     local, remote = json.loads(out.read_text())["artifacts"]
     said = "does not record which file" if model == UNSAID else f"the sha256 of {MODEL}.onnx"
@@ -270,13 +277,14 @@ def test_eval_protocol_without_url_is_refused(exports: dict[str, Path]) -> None:
 
 def test_eval_url_of_a_pixels_model_equals_the_float_model_in_process(server: TritonServer, exports: dict[str, Path],
                                                                       tmp_path: Path) -> None:
-    """The served UINT8 model gets the pixels, the local float model the normalized batch: the same answers."""
+    """The served UINT8 model gets the pixels, the local float model the normalized batch: the same answers. The
+    pixels ONNX is given too: the file the server says it serves must be one of those evaluated."""
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(app, ["eval", str(exports["v5_48"] / f"{MODEL}.onnx"), "--data",
-                                      str(exports["images"]), "--url", _address(server.http_url), "--model", PIXELS,
-                                      "--json-out", str(out)])
+    result = CliRunner().invoke(app, ["eval", str(exports["v5_48"] / f"{MODEL}.onnx"),
+                                      str(exports["pixels"] / f"{MODEL}.onnx"), "--data", str(exports["images"]),
+                                      "--url", _address(server.http_url), "--model", PIXELS, "--json-out", str(out)])
     assert result.exit_code == 0, result.output
-    local, remote = json.loads(out.read_text())["artifacts"]
+    local, _, remote = json.loads(out.read_text())["artifacts"]
     assert remote["agreement_top1"] == 100.0 and remote["mean_rel_l2"] <= 1e-5, remote
 
 

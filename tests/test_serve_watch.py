@@ -288,7 +288,7 @@ def test_a_stopped_stub_is_found_by_a_health_inference_and_replaced_under_load(e
                 stopped_at = time.monotonic()
                 for pid in hung:
                     os.kill(pid, signal.SIGSTOP)
-                output.append(wait_for_line(process, "did not answer a health inference", timeout_s=RELOAD_BOUND_S))
+                output.append(wait_for_line(process, "failed a health inference", timeout_s=RELOAD_BOUND_S))
                 assert client.wait_correct(stopped_at), f"no correct answer after stop {n}: {''.join(output)}"
                 back_s.append(time.monotonic() - stopped_at)
                 assert readiness.went_false_after(stopped_at), f"readiness never turned false after stop {n}"
@@ -299,11 +299,33 @@ def test_a_stopped_stub_is_found_by_a_health_inference_and_replaced_under_load(e
         stop(process)
         _kill_leftovers(ports[0], process.pid)
     assert client.wrong == 0, f"{client.wrong} wrong answers"
-    hangs = [line for line in text.splitlines() if "did not answer a health inference" in line]
+    hangs = [line for line in text.splitlines() if "failed a health inference" in line]
     assert len(hangs) == STOPS and len(_deaths(text)) == STOPS, text  # each stop found once, no death imagined
     print(f"\n[serve] stub stopped (SIGSTOP) {STOPS} times under load: {client.correct} correct answers, 0 wrong, "
           f"{client.errors} errors meanwhile; correct again after {', '.join(f'{s:.1f}' for s in back_s)} s; "
           f"first: {hangs[0]}")
+
+
+def test_a_health_inference_that_gets_no_answer_fails_at_its_deadline() -> None:
+    """A listener that accepts and never answers (a server whose model waits forever): the probe returns what went
+    wrong at its deadline instead of waiting."""
+    import socket
+
+    from vanilladeploy.serving.health import HealthProbe
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    config = {"max_batch_size": 4, "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, IMG, IMG]}]}
+    probe = HealthProbe(f"127.0.0.1:{listener.getsockname()[1]}", MODEL, config, timeout_s=0.5)
+    try:
+        started = time.monotonic()
+        problem = probe.probe()
+        waited = time.monotonic() - started
+    finally:
+        listener.close()
+    assert problem and 0.4 <= waited < 5.0, (problem, waited)
+    assert probe.request.data.shape == (1, 3, IMG, IMG) and not probe.request.data.any()
 
 
 def _state(pid: int) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 from vanilladeploy.benchmarks.load import Check, Send, SenderFactory, Wrong, measure_load, shared_sender_factory
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import UsageError
+from vanilladeploy.exporters.onnx_header import OnnxInput, onnx_precision_of, read_onnx_input
 from vanilladeploy.machine import machine_info
 from vanilladeploy.runtimes.runners import onnx_runner
 from vanilladeploy.serving.client import (
@@ -385,39 +386,5 @@ def _measure(contenders: Sequence[Contender], inputs: Sequence[np.ndarray], conc
     return records
 
 
-@dataclass(frozen=True)
-class OnnxInput:
-    """What an ONNX file takes and records, read in one load (our exports embed their weights, so a load reads the
-    whole file): its input's element type and dims (-1: dynamic), its ``metadata_props``."""
-
-    dtype: np.dtype
-    dims: list[int]
-    meta: dict[str, str]
-
-    @property
-    def pixels(self) -> bool:
-        return self.dtype == np.uint8
-
-    @property
-    def precision(self) -> str:
-        """The ``precision`` an exported ONNX records (fp32 when it records none)."""
-        return self.meta.get("precision", "fp32")
-
-
-def read_onnx_input(path: Path) -> OnnxInput:
-    import onnx
-
-    model = onnx.load(path, load_external_data=False)
-    tensor_type = model.graph.input[0].type.tensor_type
-    return OnnxInput(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)),
-                     [d.dim_value or -1 for d in tensor_type.shape.dim], {p.key: p.value for p in model.metadata_props})
-
-
-def onnx_precision_of(path: Path) -> str:
-    """The ``precision`` an exported ONNX records (fp32 when it records none)."""
-    return read_onnx_input(path).precision
-
-
 __all__ = ["BASELINE", "DEFAULT_REQUESTS", "IN_PROCESS", "SERVED", "LoadResult", "add_ratios", "free_ports",
-           "in_process_precision", "in_process_settings", "onnx_precision_of", "read_onnx_input", "run_remote_bench",
-           "run_serve_bench"]
+           "in_process_precision", "in_process_settings", "run_remote_bench", "run_serve_bench"]

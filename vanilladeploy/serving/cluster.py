@@ -169,7 +169,7 @@ def check_options(opts: DeployOptions) -> None:
 
 
 def _identity(plan: RepoPlan) -> ArtifactIdentity:
-    from vanilladeploy.serving.bench import onnx_precision_of
+    from vanilladeploy.exporters.onnx_header import onnx_precision_of
 
     dims = tuple(parse_config(plan.config_text).input[0].dims)
     return ArtifactIdentity(plan.opts.name or plan.src.name, plan.digest, onnx_precision_of(plan.src.onnx_file), dims)

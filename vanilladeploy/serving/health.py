@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from vanilladeploy.serving.server import ServerError
-
 HEALTH_INTERVAL_S = 5.0
 """Seconds between health inferences (``serve --health-interval``)."""
 HEALTH_MIN_TIMEOUT_S = 5.0
@@ -62,9 +60,9 @@ def _png() -> bytes:
 
 
 class HealthProbe:
-    """Health inferences to ``model`` on the HTTP endpoint ``address`` (``host:port``). :meth:`measure` once, idle,
-    right after the model loaded; then :meth:`probe` answers None when the model answered within the deadline,
-    else what went wrong."""
+    """Health inferences to ``model`` on the HTTP endpoint ``address`` (``host:port``): :meth:`probe` answers None
+    when the model answered within the deadline, else what went wrong; its first call measures the latency the
+    deadline is derived from (:meth:`measure`)."""
 
     def __init__(self, address: str, model: str, config: dict[str, Any], *, timeout_s: float | None = None) -> None:
         self.address, self.model, self.request = address, model, probe_request(config)
@@ -72,22 +70,26 @@ class HealthProbe:
         self.given_timeout_s, self.timeout_s = timeout_s, timeout_s or HEALTH_MIN_TIMEOUT_S
         self.idle_s: float | None = None
 
-    def measure(self, runs: int = 3) -> float:
+    def measure(self, runs: int = 3) -> str | None:
         """Time ``runs`` health inferences (the slowest counts) and derive the deadline from it, unless one was
-        given; returns the deadline."""
+        given. None when all were answered; else what went wrong (nothing measured: the next call measures)."""
         seconds = []
         for _ in range(runs):
             started = time.perf_counter()
-            problem = self._send(timeout_s=60.0)
+            problem = self._send(timeout_s=max(self.timeout_s, 60.0))
             if problem:
-                raise ServerError(f"{self.model} did not answer its first health inference: {problem}")
+                return problem
             seconds.append(time.perf_counter() - started)
         self.idle_s = max(seconds)
         if self.given_timeout_s is None:
             self.timeout_s = max(HEALTH_MIN_TIMEOUT_S, HEALTH_QUEUE_FACTOR * self.max_batch * self.idle_s)
-        return self.timeout_s
+        return None
 
     def probe(self) -> str | None:
+        """One health inference within the deadline (without a given deadline, the first call measures the latency
+        it is derived from: :meth:`measure`)."""
+        if self.idle_s is None and self.given_timeout_s is None:
+            return self.measure()
         return self._send(timeout_s=self.timeout_s)
 
     def _send(self, *, timeout_s: float) -> str | None:

@@ -96,11 +96,9 @@ class ModelWatch:
         self.instances = (sum(model_instances(self._config(m)) for m in self.steps) if self.steps else
                           model_instances(config))
         self.stubs = stub_pids(server.shm_prefix)  # the model is loaded: every instance's stub is up, or died
-        self.health_interval_s, self.last_probe = health_interval_s, time.monotonic()
+        self.health_interval_s, self.last_probe = health_interval_s, -float("inf")  # the first check probes
         self.probe = HealthProbe(server.http_url.removeprefix("http://"), model, config,
                                  timeout_s=health_timeout_s) if health_interval_s > 0 else None
-        if self.probe is not None:
-            self.probe.measure()
 
     def check(self) -> None:
         if not self.server.alive():
@@ -127,8 +125,8 @@ class ModelWatch:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        return (f"(pid {', '.join(map(str, hung))}) did not answer a health inference within "
-                f"{self.probe.timeout_s:.1f} s ({problem}): killed it")
+        return (f"(pid {', '.join(map(str, hung))}) failed a health inference (deadline "
+                f"{self.probe.timeout_s:.1f} s: {problem}): killed it")
 
     def _lost(self) -> str:
         """What the model has lost since its stubs were listed, as the event says it ("(pid 123) died"); "" while
