@@ -140,13 +140,15 @@ def test_bench_runtimes_openvino_records_an_ok_fp32_run(tmp_path: Path, monkeypa
 
 # --- 4. repo --backend onnxruntime|openvino: configs for Triton's native backends --------------------------------
 
-@pytest.mark.parametrize(("backend", "platform"), [("onnxruntime", "onnxruntime_onnx"), ("openvino", "")])
+@pytest.mark.parametrize(("backend", "platform"), [("onnxruntime", "onnxruntime_onnx")])
 def test_repo_native_backend_config_parses_with_tritons_schema(exported: Path, tmp_path: Path, backend: str,
                                                                platform: str) -> None:
     require("tritonclient.grpc", "the serve extra (tritonclient) is not installed")
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
+    refused = run("repo", exported, "--out", tmp_path / "ov", "--backend", "openvino")  # cannot be told fp32
+    assert refused.exit_code == 2 and "HINT_BF16" in refused.output and not (tmp_path / "ov").exists()
     result = run("repo", exported, "--out", tmp_path / "repo", "--backend", backend, "--max-batch", 8)
     assert result.exit_code == 0, result.output
     model_dir = tmp_path / "repo" / MODEL

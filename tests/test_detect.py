@@ -171,12 +171,12 @@ def test_int8_is_published_only_when_its_gate_passes(exported, tmp_path: Path) -
 
 def test_repo_writes_a_triton_config_with_variable_height_and_width(exported, tmp_path: Path) -> None:
     _, out = exported
-    result = runner.invoke(app, ["repo", str(out), "--out", str(tmp_path / "repo"), "--backend", "openvino"])
+    result = runner.invoke(app, ["repo", str(out), "--out", str(tmp_path / "repo"), "--backend", "onnxruntime"])
     assert result.exit_code == 0, result.output
     from vanilladeploy.serving.triton_config import parse_config
 
     cfg = parse_config((tmp_path / "repo" / "retinanet_custom" / "config.pbtxt").read_text())
-    assert list(cfg.input[0].dims) == [3, -1, -1] and cfg.backend == "openvino"
+    assert list(cfg.input[0].dims) == [3, -1, -1] and cfg.backend == "onnxruntime"
     outputs = {o.name: (list(o.dims), o.data_type, o.HasField("reshape")) for o in cfg.output}
     assert outputs["boxes"][0] == [100, 4] and outputs["labels"][0] == [100]
     assert outputs["num_detections"][0] == [1] and outputs["num_detections"][2]
