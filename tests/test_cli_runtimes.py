@@ -71,7 +71,7 @@ def _inputs(batch: int, seed: int) -> np.ndarray:
 def _served_logits(source: Path, x: np.ndarray, scratch: Path, *extra: str) -> tuple[str, np.ndarray]:
     """``vanilladeploy serve SOURCE *extra`` on free loopback ports: what it printed until ready, and its answer
     to ``x`` over HTTP (30 s timeout). Stopped with SIGTERM on every path; exit 0 and nothing left behind."""
-    from vanilladeploy.serving.bench import free_ports
+    from vanilladeploy.serving.serve_bench import free_ports
 
     ports = free_ports()
     scratch.mkdir(exist_ok=True)

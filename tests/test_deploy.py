@@ -1,4 +1,4 @@
-"""vanilladeploy/serving/cluster.py, sizing.py, manifests.py and vanilladeploy/cli/deploy.py: the files a cluster
+"""vanilladeploy/cluster/plan.py, sizing.py, manifests.py and vanilladeploy/cli/deploy.py: the files a cluster
 needs, through the real CLI. Every YAML written is read back into the libraries' own models (the kserve SDK's
 ``V1beta1InferenceService``, kubernetes' ``V1Deployment``, ``V1Service``, ``V2HorizontalPodAutoscaler``) and each
 field we set is checked there; the repository's ``config.pbtxt`` is parsed with Triton's schema. No cluster exists
@@ -19,15 +19,15 @@ from typer.testing import CliRunner, Result
 
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.cli import app
+from vanilladeploy.cluster.manifests import kserve_sdk
 from vanilladeploy.errors import MissingDependencyError
-from vanilladeploy.serving.manifests import kserve_sdk
-from vanilladeploy.serving.triton_config import parse_config
+from vanilladeploy.triton.config import parse_config
 
 require("tritonclient.grpc", "the serve extra (tritonclient) is not installed", module_level=True)
 kubernetes = require("kubernetes", "the deploy extra (kubernetes) is not installed", module_level=True)
 yaml = require("yaml", "the deploy extra (pyyaml) is not installed", module_level=True)
 # kserve is loaded as deploy loads it (kserve_sdk): `import kserve` would also load its gRPC protocol, whose protobuf
-# symbols clash with tritonclient's in this process (see vanilladeploy/serving/manifests.py).
+# symbols clash with tritonclient's in this process (see vanilladeploy/cluster/manifests.py).
 
 IMAGE = "nvcr.io/nvidia/tritonserver"
 runner = CliRunner()
@@ -383,7 +383,7 @@ def test_a_failed_write_leaves_the_previous_set(export_dir: Path, tmp_path: Path
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("vanilladeploy.serving.cluster.write_planned", disk_full)
+    monkeypatch.setattr("vanilladeploy.cluster.plan.write_planned", disk_full)
     result = run(export_dir, "--out", out, "--k8s", "--replicas", "2:4")
     errors = [line for line in error_lines(result) if "error" in line]
     assert result.exit_code == 2 and errors == [f"error: cannot write to {out}: No space left on device. Choose "

@@ -173,7 +173,7 @@ def test_repo_writes_a_triton_config_with_variable_height_and_width(exported, tm
     _, out = exported
     result = runner.invoke(app, ["repo", str(out), "--out", str(tmp_path / "repo"), "--backend", "onnxruntime"])
     assert result.exit_code == 0, result.output
-    from vanilladeploy.serving.triton_config import parse_config
+    from vanilladeploy.triton.config import parse_config
 
     cfg = parse_config((tmp_path / "repo" / "retinanet_custom" / "config.pbtxt").read_text())
     assert list(cfg.input[0].dims) == [3, -1, -1] and cfg.backend == "onnxruntime"

@@ -1,4 +1,4 @@
-"""benchmarks/load.py on fake senders (no server): counts, checks, errors and real concurrency."""
+"""vanilladeploy/serving/load.py on fake senders (no server): counts, checks, errors and real concurrency."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from vanilladeploy.benchmarks.load import Send, Wrong, measure_load, shared_sender_factory
+from vanilladeploy.serving.load import Send, Wrong, measure_load, shared_sender_factory
 
 
 class _Occupancy:
@@ -120,7 +120,7 @@ def _record(backend: str, level: int, errors: int = 0, wrong: int = 0, worst: fl
 
 
 def test_a_run_fails_on_any_wrong_answer_or_failed_request_naming_counts_and_the_worst() -> None:
-    from vanilladeploy.serving.bench import LoadResult
+    from vanilladeploy.serving.serve_bench import LoadResult
 
     config = {"tolerance": 1e-5}
     assert LoadResult([_record("triton-grpc", 1), _record("onnxruntime-inprocess", 1)], {}, config).failure() is None

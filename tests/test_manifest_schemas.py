@@ -171,7 +171,7 @@ def test_the_restricted_check_can_fail(written: dict[str, Path]) -> None:
 def test_the_memory_limit_holds_the_shared_memory(written: dict[str, Path]) -> None:
     """A memory-backed /dev/shm counts against the container's memory limit: the python-backend pods get it on top
     of the estimate (sizing.memory_request)."""
-    from vanilladeploy.serving.sizing import memory_request
+    from vanilladeploy.cluster.sizing import memory_request
 
     for setup, shm in (("onnxruntime", 0), ("python backend", 128), ("image ensemble", 128)):
         record = json.loads((written[setup] / "deploy.json").read_text())

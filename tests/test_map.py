@@ -3,8 +3,8 @@ module name resolves (a module, or an attribute of one), and docs/design.md §9 
 adding or removing a room without updating its mentions fails here.
 
 A name may start at the package (``vanilladeploy.runtimes.trt_plan``), at a folder of the repository's top that
-installs under it (``exporters.contract``, ``benchmarks.floor``), or at a folder inside it (``serving.bench``,
-``serving/bench.py``); a docstring's ``:mod:`.name``` is resolved from its own package."""
+installs under it (``exporters.contract``, ``benchmarks.floor``), or at a folder inside it (``serving.serve_bench``,
+``serving/serve_bench.py``); a docstring's ``:mod:`.name``` is resolved from its own package."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLED = ("models", "exporters", "benchmarks")
 """Folders at the repository's top that install as ``vanilladeploy.<folder>``."""
-INNER = ("runtimes", "pipeline", "serving", "cli")
-"""Folders inside ``vanilladeploy/``, often named without it (``serving/bench.py``, ``runtimes.runners``)."""
+INNER = ("runtimes", "pipeline", "triton", "serving", "cluster", "cli")
+"""Folders inside ``vanilladeploy/``, often named without it (``serving/serve_bench.py``, ``runtimes.runners``)."""
 ROOMS = ("vanilladeploy", *INSTALLED, *INNER, "tests", "docs", ".ci")
 PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./-]*[\w/])" % "|".join(re.escape(r) for r in ROOMS))
 DOTTED = re.compile(r"(?<![\w./-])((?:%s)(?:\.\w+)+)(?![\w.]*/)" % "|".join(("vanilladeploy", *INSTALLED, *INNER)))
@@ -37,8 +37,8 @@ SOURCES = [p for room in ("vanilladeploy", "models", "exporters", "benchmarks", 
 
 def _in_package(name: str, sep: str) -> str:
     """``name`` (dotted, or a path with ``sep="/"``) as spelled inside the installed package or the repository:
-    ``exporters.contract`` → ``vanilladeploy.exporters.contract``, ``serving/bench.py`` →
-    ``vanilladeploy/serving/bench.py``."""
+    ``exporters.contract`` → ``vanilladeploy.exporters.contract``, ``serving/serve_bench.py`` →
+    ``vanilladeploy/serving/serve_bench.py``."""
     first = name.split(sep)[0]
     if first in INNER or (sep == "." and first in INSTALLED):
         return f"vanilladeploy{sep}{name}"
@@ -142,7 +142,7 @@ def test_every_relative_module_reference_resolves() -> None:
 
 @pytest.mark.parametrize("text, found", [("see exporters/gone.py.", ["exporters/gone.py"]),
                                          ("`vanilladeploy/serving/` holds", ["vanilladeploy/serving/"]),
-                                         ("`serving/bench.py` runs", ["serving/bench.py"]),
+                                         ("`serving/serve_bench.py` runs", ["serving/serve_bench.py"]),
                                          ("my_exporters/x.py", []), ("docs/serving.md", ["docs/serving.md"])])
 def test_the_path_pattern_finds_what_a_reader_would(text: str, found: list[str]) -> None:
     assert PATH.findall(text) == found
@@ -151,7 +151,7 @@ def test_the_path_pattern_finds_what_a_reader_would(text: str, found: list[str])
 @pytest.mark.parametrize("text, found", [
     (":mod:`exporters.trt_plan` calls", ["exporters.trt_plan"]),
     ("``vanilladeploy.runtimes.trt_plan.engine_sidecar``", ["vanilladeploy.runtimes.trt_plan.engine_sidecar"]),
-    ("see runtimes.runners, serving.bench and benchmarks.floor.", ["runtimes.runners", "serving.bench",
+    ("see runtimes.runners, serving.serve_bench and benchmarks.floor.", ["runtimes.runners", "serving.serve_bench",
                                                                    "benchmarks.floor"]),
     ("a `serving.kserve.io/v1beta1` InferenceService", []),  # KServe's API group, not a module
     ("the models. Then", []), ("torch.onnx.export, self.models.x", []), ("docs/serving.md", [])])
@@ -160,7 +160,7 @@ def test_the_dotted_pattern_finds_what_a_reader_would(text: str, found: list[str
 
 
 @pytest.mark.parametrize("name, resolves", [("exporters.contract.check_graph_contract", True),
-                                            ("runtimes.trt_plan", True), ("serving.bench", True),
+                                            ("runtimes.trt_plan", True), ("serving.serve_bench", True),
                                             ("exporters.trt_plan", False), ("exporters.tensorrt_engine", False),
                                             ("vanilladeploy.runtimes.RUNTIMES", True)])
 def test_names_resolve_inside_the_installed_package(name: str, resolves: bool) -> None:

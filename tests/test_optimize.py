@@ -253,10 +253,10 @@ def test_the_winner_and_openvino_are_served_for_real_and_answer_like_in_process(
     import shutil
 
     from vanilladeploy.errors import MissingDependencyError
-    from vanilladeploy.serving.bench import free_ports
-    from vanilladeploy.serving.repository import write_repository
+    from vanilladeploy.serving.serve_bench import free_ports
     from vanilladeploy.serving.server import TritonServer, find_tritonserver
-    from vanilladeploy.serving.triton_config import RepoOptions
+    from vanilladeploy.triton.config import RepoOptions
+    from vanilladeploy.triton.repository import write_repository
     from vanilladeploy.verify import compare
 
     try:

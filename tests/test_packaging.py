@@ -75,5 +75,5 @@ def test_the_wheel_holds_vanilladeploy_and_nothing_else_at_top_level(tmp_path: P
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"vanilladeploy"}, tops
-    for inside in ("models/vanillanet.py", "serving/triton_python_model.py", "benchmarks/run.py"):
+    for inside in ("models/vanillanet.py", "triton/python_model.py", "benchmarks/run.py"):
         assert f"vanilladeploy/{inside}" in names, inside

@@ -1,4 +1,4 @@
-"""vanilladeploy/serving/triton_config.py + vanilladeploy/serving/repository.py: Triton model repositories from an
+"""vanilladeploy/triton/config.py + vanilladeploy/triton/repository.py: Triton model repositories from an
 export, checked against Triton's own config schema (``ModelConfig``) and refused where Triton would refuse them at
 load time."""
 
@@ -16,9 +16,9 @@ from conftest import require
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import CheckpointError, UsageError
 from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
-from vanilladeploy.serving import triton_python_model as python_model
-from vanilladeploy.serving.repository import write_repository
-from vanilladeploy.serving.triton_config import RepoOptions, parse_config
+from vanilladeploy.triton import python_model
+from vanilladeploy.triton.config import RepoOptions, parse_config
+from vanilladeploy.triton.repository import write_repository
 
 require("tritonclient.grpc", "the serve extra (tritonclient) is not installed", module_level=True)
 
@@ -346,7 +346,7 @@ def test_repo_through_the_cli_writes_what_it_prints(export_dir: Path, tmp_path: 
 # --- how the python backend runs the model: recorded in the config, read by model.py -------------------------------
 
 def test_the_config_records_instances_threads_and_batching(export_dir: Path, tmp_path: Path) -> None:
-    from vanilladeploy.serving.triton_config import PYTHON_PARAMETERS
+    from vanilladeploy.triton.config import PYTHON_PARAMETERS
 
     chosen = RepoOptions()
     for runtime in ("onnxruntime", "openvino"):

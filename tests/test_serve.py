@@ -28,17 +28,15 @@ import pytest
 from conftest import require
 from triton_helpers import require_triton, serve, server_processes, shm_of, stubs, triton_sender, wait_for_line
 
-import vanilladeploy.serving.bench as bench_module
 import vanilladeploy.serving.process as process_module
+import vanilladeploy.serving.serve_bench as bench_module
 import vanilladeploy.serving.server as serve_module
-from vanilladeploy.benchmarks.load import measure_load
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner, onnx_runner
-from vanilladeploy.serving import triton_python_model as python_model
-from vanilladeploy.serving.bench import BASELINE, IN_PROCESS, SERVED, add_ratios, free_ports, run_serve_bench
+from vanilladeploy.serving.load import measure_load
 from vanilladeploy.serving.process import group_members, parent_death_signal
-from vanilladeploy.serving.repository import write_repository
+from vanilladeploy.serving.serve_bench import BASELINE, IN_PROCESS, SERVED, add_ratios, free_ports, run_serve_bench
 from vanilladeploy.serving.server import (
     ServerError,
     TritonPorts,
@@ -47,7 +45,9 @@ from vanilladeploy.serving.server import (
     default_kind,
     find_tritonserver,
 )
-from vanilladeploy.serving.triton_config import PYTHON_PARAMETERS, RepoOptions, parse_config, python_parameters
+from vanilladeploy.triton import python_model
+from vanilladeploy.triton.config import PYTHON_PARAMETERS, RepoOptions, parse_config, python_parameters
+from vanilladeploy.triton.repository import write_repository
 from vanilladeploy.verify import compare
 
 require_triton()

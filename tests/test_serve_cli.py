@@ -39,7 +39,7 @@ from triton_helpers import (
 from vanilladeploy.errors import UsageError
 from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
-from vanilladeploy.serving.bench import free_ports
+from vanilladeploy.serving.serve_bench import free_ports
 from vanilladeploy.serving.server import TritonPorts, check_ports_free
 from vanilladeploy.verify import compare
 

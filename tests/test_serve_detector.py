@@ -15,10 +15,10 @@ from triton_helpers import require_triton
 from vanilladeploy.checkpoint import load_checkpoint
 from vanilladeploy.pipeline.detection import DetectionExportOptions, export_detector
 from vanilladeploy.runtimes.runners import ort_session
-from vanilladeploy.serving.bench import free_ports
-from vanilladeploy.serving.repository import write_repository
+from vanilladeploy.serving.serve_bench import free_ports
 from vanilladeploy.serving.server import TritonServer
-from vanilladeploy.serving.triton_config import RepoOptions
+from vanilladeploy.triton.config import RepoOptions
+from vanilladeploy.triton.repository import write_repository
 
 require_triton()
 pytestmark = [pytest.mark.triton]

@@ -1,4 +1,4 @@
-"""vanilladeploy/serving/ensemble.py and triton_image_model.py: images in, labels out, on a REAL Triton. Real JPEG and
+"""vanilladeploy/triton/ensemble.py and image_model.py: images in, labels out, on a REAL Triton. Real JPEG and
 PNG files sent as BYTES give the logits ``vd.load(onnx).predict(path)`` gives in process (rel. L2 ≤ 1e-5); with
 labels, Triton's classification answers equal the in-process top-k; a truncated JPEG is refused alone (400) while the
 requests batched with it are answered; ``serve --images`` through the CLI, including a preprocess stub killed and
@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 import vanilladeploy as vd
 from vanilladeploy.cli import app
 from vanilladeploy.errors import UsageError
-from vanilladeploy.serving.bench import free_ports
-from vanilladeploy.serving.repository import write_repository
+from vanilladeploy.serving.serve_bench import free_ports
 from vanilladeploy.serving.server import TritonServer
-from vanilladeploy.serving.triton_config import RepoOptions, parse_config
+from vanilladeploy.triton.config import RepoOptions, parse_config
+from vanilladeploy.triton.repository import write_repository
 from vanilladeploy.verify import compare
 
 require_triton()

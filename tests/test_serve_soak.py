@@ -33,7 +33,7 @@ from triton_helpers import (
 
 from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
-from vanilladeploy.serving.bench import free_ports
+from vanilladeploy.serving.serve_bench import free_ports
 from vanilladeploy.verify import compare
 
 require_triton()

@@ -22,11 +22,11 @@ from vanilladeploy.cli import app
 from vanilladeploy.errors import UsageError
 from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
-from vanilladeploy.serving.bench import IN_PROCESS, SERVED, free_ports, run_serve_bench
 from vanilladeploy.serving.client import Endpoint, TritonRunner, describe_served, fitted_runner, parse_endpoint
-from vanilladeploy.serving.repository import write_repository
+from vanilladeploy.serving.serve_bench import IN_PROCESS, SERVED, free_ports, run_serve_bench
 from vanilladeploy.serving.server import ServerError, TritonServer
-from vanilladeploy.serving.triton_config import IDENTITY_PARAMETERS, RepoOptions, config_text, parse_config
+from vanilladeploy.triton.config import IDENTITY_PARAMETERS, RepoOptions, config_text, parse_config
+from vanilladeploy.triton.repository import write_repository
 from vanilladeploy.verify import compare
 
 require_triton()

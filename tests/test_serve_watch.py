@@ -40,7 +40,7 @@ from triton_helpers import (
 )
 
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
-from vanilladeploy.serving.bench import free_ports
+from vanilladeploy.serving.serve_bench import free_ports
 from vanilladeploy.serving.watch import model_instances
 from vanilladeploy.verify import compare
 

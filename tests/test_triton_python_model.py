@@ -1,4 +1,4 @@
-"""vanilladeploy/serving/triton_python_model.py (the Triton Python-backend ``model.py``) makes its ONNX Runtime session
+"""vanilladeploy/triton/python_model.py (the Triton Python-backend ``model.py``) makes its ONNX Runtime session
 and its OpenVINO compile with vanilladeploy's factories (:mod:`vanilladeploy.runtimes.runners`) where the stub's
 Python has vanilladeploy, and with its own copies where it has not (a stock Triton container). These tests fail when
 the copies and the factories disagree on anything a session or a compile is given: the ``SessionOptions`` (threads,
@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 
 from vanilladeploy import machine
 from vanilladeploy.runtimes import runners
-from vanilladeploy.serving import triton_python_model as python_model
+from vanilladeploy.triton import python_model
 
 SPINNING = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 ORT_PARAMETERS = [{}, {"ort_threads": "0", "ort_spinning": "0"}, {"ort_threads": "2", "ort_spinning": "0"},
@@ -146,3 +146,18 @@ print(session.made_by, options.intra_op_num_threads, options.get_session_config_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "model.py 1 0 [(1, 4), (2, 4)] 8.0"
+
+
+@pytest.mark.parametrize(("given", "threads", "precision"), [
+    ({"openvino_threads": "-3", "precision": "bf16"}, 0, "bf16"),  # a negative count: every core, in both
+    ({"openvino_threads": "2", "precision": "int8"}, 2, "fp32"),  # int8 is the QDQ graph's, computed in f32
+])
+def test_serve_bench_reads_the_served_openvino_settings_as_model_py_does(given: dict[str, str], threads: int,
+                                                                         precision: str) -> None:
+    from vanilladeploy.serving.serve_bench import in_process_settings
+
+    parameters = {"runtime": "openvino", **given}
+    served = python_model.openvino_arguments(parameters)
+    settings = in_process_settings(parameters)
+    assert (settings["threads"], settings["precision"]) == (served["threads"] or 0, served["precision"]) == \
+        (threads, precision)

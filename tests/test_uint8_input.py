@@ -252,9 +252,9 @@ def test_the_repository_config_takes_uint8(exports: dict[str, Path], tmp_path: P
     require("tritonclient.grpc", "the serve extra (tritonclient) is not installed")
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from vanilladeploy.serving import triton_python_model as python_model
-    from vanilladeploy.serving.repository import write_repository
-    from vanilladeploy.serving.triton_config import RepoOptions, parse_config
+    from vanilladeploy.triton import python_model
+    from vanilladeploy.triton.config import RepoOptions, parse_config
+    from vanilladeploy.triton.repository import write_repository
 
     for backend in ("onnxruntime", "python"):
         result = write_repository(exports["uint8"], tmp_path / backend, RepoOptions(backend=backend))

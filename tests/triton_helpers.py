@@ -13,9 +13,9 @@ from pathlib import Path
 
 from conftest import missing_in_ci
 
-from vanilladeploy.benchmarks.load import SenderFactory
 from vanilladeploy.errors import MissingDependencyError
 from vanilladeploy.serving.client import TritonRunner, describe_served, parse_endpoint
+from vanilladeploy.serving.load import SenderFactory
 from vanilladeploy.serving.server import find_tritonserver
 from vanilladeploy.serving.watch import STUB, stub_pids
 

@@ -123,11 +123,11 @@ def _tritonserver() -> Component:
 
 def _kserve() -> Component:
     """The kserve SDK as ``deploy`` loads it: ``import kserve`` would also load its gRPC protocol, which clashes
-    with tritonclient's in one process (vanilladeploy/serving/manifests.py)."""
+    with tritonclient's in one process (vanilladeploy/cluster/manifests.py)."""
     try:
         from importlib.metadata import version
 
-        from vanilladeploy.serving.manifests import kserve_sdk
+        from vanilladeploy.cluster.manifests import kserve_sdk
 
         kserve_sdk()
         return Component("kserve", version("kserve"), True, "SDK models (InferenceService)")

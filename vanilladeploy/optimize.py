@@ -43,8 +43,8 @@ from vanilladeploy.runtimes.runners import (
     onnx_runner,
 )
 from vanilladeploy.runtimes.timing import measure_interleaved, summarize
-from vanilladeploy.serving.triton_config import RepoOptions
 from vanilladeploy.steps import Progress, Step, silent
+from vanilladeploy.triton.config import RepoOptions
 from vanilladeploy.validate import check_path
 from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_FP32, TOLERANCE_TRT_FP32
 
@@ -289,7 +289,7 @@ def _choose(candidates: list[Candidate]) -> Candidate:
 
 def _triton(chosen: Candidate, files: dict[str, Path], work: Path, name: str) -> None:
     """A Triton model repository for the winner: the python backend running its runtime and precision."""
-    from vanilladeploy.serving.repository import write_repository
+    from vanilladeploy.triton.repository import write_repository
 
     if chosen.runtime == "tensorrt":  # Triton's native TensorRT backend, on the GPU the engine was built for
         write_repository(Path(chosen.artifact), work / "triton", RepoOptions(name=name, backend="tensorrt",

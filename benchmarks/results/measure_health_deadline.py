@@ -14,11 +14,11 @@ import numpy as np
 import tritonclient.http as http
 
 from vanilladeploy.pipeline.export import ExportOptions, export_checkpoint
-from vanilladeploy.serving.bench import free_ports
 from vanilladeploy.serving.health import HealthProbe
-from vanilladeploy.serving.repository import write_repository
+from vanilladeploy.serving.serve_bench import free_ports
 from vanilladeploy.serving.server import TritonServer
-from vanilladeploy.serving.triton_config import RepoOptions
+from vanilladeploy.triton.config import RepoOptions
+from vanilladeploy.triton.repository import write_repository
 
 
 def main(variant: str, img: int) -> None:

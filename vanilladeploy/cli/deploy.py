@@ -1,6 +1,6 @@
 """``vanilladeploy deploy``: the files a cluster needs (a Triton model repository for the stock container, a KServe
 InferenceService, or a Deployment + Service + HPA), sized from a ``serve-bench`` measurement when given. Parse, call
-:mod:`vanilladeploy.serving.cluster`, render."""
+:mod:`vanilladeploy.cluster.plan`, render."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from rich.table import Table
 
 from vanilladeploy.cli.console import err, out, run_command, wide, wrote
 from vanilladeploy.cli.options import Images, Labels, Verbose
-from vanilladeploy.serving.sizing import BURST, DEFAULT_REPLICAS, HEADROOM
+from vanilladeploy.cluster.sizing import BURST, DEFAULT_REPLICAS, HEADROOM
 
 if TYPE_CHECKING:
-    from vanilladeploy.serving.cluster import DeployPlan
+    from vanilladeploy.cluster.plan import DeployPlan
 
 
 def deploy(
@@ -67,7 +67,7 @@ def deploy(
     runs at 80 % at the target, the HPA's CPU target), maxReplicas = 2 × minReplicas, CPU = the measured machine's
     cores. Memory is an estimate. A bench file of another artifact is refused. Nothing is applied to a cluster.
     """
-    from vanilladeploy.serving.cluster import DeployOptions, plan_deploy, write_deploy
+    from vanilladeploy.cluster.plan import DeployOptions, plan_deploy, write_deploy
 
     def run() -> None:
         opts = DeployOptions(kserve=kserve, k8s=k8s, storage_uri=storage_uri, pvc=pvc, name=name,

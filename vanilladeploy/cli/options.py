@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from vanilladeploy.runtimes import ONNX_RUNTIMES
-from vanilladeploy.serving.triton_config import RepoOptions
+from vanilladeploy.triton.config import RepoOptions
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok · 1 verification failed (an artifact does not match the reference, or `check` found "

@@ -65,8 +65,8 @@ def repo(
 ) -> None:
     """Write a Triton Inference Server model repository: REPO/<name>/config.pbtxt and REPO/<name>/1/<model> (with
     --images also <name>_preprocess and the ensemble <name>_image)."""
-    from vanilladeploy.serving.repository import write_repository
-    from vanilladeploy.serving.triton_config import RepoOptions
+    from vanilladeploy.triton.config import RepoOptions
+    from vanilladeploy.triton.repository import write_repository
 
     def run() -> None:
         opts = RepoOptions(name=name, backend=backend, max_batch=max_batch, instances=instances, kind=kind,
@@ -117,7 +117,7 @@ def serve(
     """
     from vanilladeploy.serving.serve import serve_forever
     from vanilladeploy.serving.server import TritonPorts
-    from vanilladeploy.serving.triton_config import RepoOptions
+    from vanilladeploy.triton.config import RepoOptions
 
     def run() -> None:
         ports = TritonPorts(http=http_port, grpc=grpc_port, metrics=metrics_port)
@@ -170,8 +170,8 @@ def serve_bench(
     the table and the JSON), naming the count and the worst error. With --url, a model whose config records the
     sha256 of another file than SOURCE is refused before any load (exit 2)."""
     from vanilladeploy.errors import VerificationError
-    from vanilladeploy.serving.bench import run_serve_bench
-    from vanilladeploy.serving.triton_config import RepoOptions
+    from vanilladeploy.serving.serve_bench import run_serve_bench
+    from vanilladeploy.triton.config import RepoOptions
     from vanilladeploy.validate import check_path, int_list
 
     def run() -> None:

@@ -6,7 +6,7 @@ The server is not ours: every call has a timeout, nothing is retried, and what w
 (model metadata; the model config and repository index where the server offers those Triton extensions).
 
 Which file a model is: every repository vanilladeploy writes records its sha256 in the model config's parameters
-(:data:`~vanilladeploy.serving.triton_config.IDENTITY_PARAMETERS`); :func:`check_identity` refuses a served model
+(:data:`~vanilladeploy.triton.config.IDENTITY_PARAMETERS`); :func:`check_identity` refuses a served model
 that records another file than the one its answers are checked against, before any load.
 """
 
@@ -24,7 +24,7 @@ from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.extras import install_hint
 from vanilladeploy.runtimes.runners import ChunkedRunner, Runner
 from vanilladeploy.serving.server import ServerError
-from vanilladeploy.serving.triton_config import IDENTITY_PARAMETERS
+from vanilladeploy.triton.config import IDENTITY_PARAMETERS
 
 PROTOCOLS = ("http", "grpc")
 DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}

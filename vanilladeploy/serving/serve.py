@@ -20,14 +20,6 @@ from typing import Any
 
 from vanilladeploy.errors import UsageError
 from vanilladeploy.serving.health import HEALTH_INTERVAL_S
-from vanilladeploy.serving.repository import (
-    RepoPlan,
-    check_labels,
-    check_runtime,
-    model_repository_of,
-    plan_repository,
-    write_planned,
-)
 from vanilladeploy.serving.server import (
     StartAborted,
     TritonPorts,
@@ -37,8 +29,16 @@ from vanilladeploy.serving.server import (
     find_tritonserver,
     server_version,
 )
-from vanilladeploy.serving.triton_config import RepoOptions, parse_config
 from vanilladeploy.serving.watch import ModelWatch
+from vanilladeploy.triton.config import RepoOptions, parse_config
+from vanilladeploy.triton.repository import (
+    RepoPlan,
+    check_labels,
+    check_runtime,
+    model_repository_of,
+    plan_repository,
+    write_planned,
+)
 
 WATCH_INTERVAL_S = 0.5
 

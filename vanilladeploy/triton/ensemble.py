@@ -1,7 +1,7 @@
 """Images in, labels out: a Triton ensemble ``<model>_image`` beside a classifier ``<model>`` in a repository.
 
 ``<model>_image`` takes ``image``: BYTES, one encoded JPEG/PNG/WebP per batch element. Its first step,
-``<model>_preprocess`` (the python backend running :mod:`vanilladeploy.serving.triton_image_model`), decodes each
+``<model>_preprocess`` (the python backend running :mod:`vanilladeploy.triton.image_model`), decodes each
 image and applies exactly the preprocessing the artifact records in its ONNX metadata
 (:class:`vanilladeploy.images.Preprocess`, the code ``eval`` and ``vd.load(...).predict`` run); its second step is
 the classifier, fed the tensor its input takes (float32 normalized, or uint8 pixels for an ``--input uint8``
@@ -25,9 +25,9 @@ from typing import Any
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.errors import UsageError
 from vanilladeploy.images import Preprocess
-from vanilladeploy.serving.triton_config import LABELS_FILE, RepoOptions, TensorSpec, config_text, parse_config
+from vanilladeploy.triton.config import LABELS_FILE, RepoOptions, TensorSpec, config_text, parse_config
 
-IMAGE_MODEL = importlib.resources.files("vanilladeploy.serving") / "triton_image_model.py"
+IMAGE_MODEL = importlib.resources.files("vanilladeploy.triton") / "image_model.py"
 """The preprocess step's Python-backend model, found as a resource of the installed package."""
 IMAGE_INPUT = "image"
 TRITON_TYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8", "float16": "TYPE_FP16"}

@@ -160,7 +160,7 @@ def _source_sha256(source: object) -> str | None:
     if not isinstance(source, str) or not Path(source).exists():
         return None
     from vanilladeploy.checkpoint import sha256_of
-    from vanilladeploy.serving.repository import resolve_repo_source
+    from vanilladeploy.triton.repository import resolve_repo_source
 
     try:
         return sha256_of(resolve_repo_source(Path(source)).model_file)
@@ -172,7 +172,7 @@ def _bench_input_dims(config: dict[str, Any]) -> tuple[int, ...] | None:
     text = config.get("model_config")
     if not isinstance(text, str):
         return None
-    from vanilladeploy.serving.triton_config import parse_config
+    from vanilladeploy.triton.config import parse_config
 
     try:
         return tuple(parse_config(text).input[0].dims)

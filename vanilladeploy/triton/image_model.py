@@ -1,5 +1,5 @@
 """Triton Python-backend model: the preprocess step of an image ensemble (copied as ``<model>_preprocess/1/model.py``
-by :mod:`vanilladeploy.serving.ensemble`).
+by :mod:`vanilladeploy.triton.ensemble`).
 
 Input ``image``: BYTES, one encoded image per batch element (``[N, 1]``). Output: the classifier's input, ``[N, 3,
 H, W]``, made by :class:`vanilladeploy.images.Preprocess` from the preprocessing the config's ``preprocessing``

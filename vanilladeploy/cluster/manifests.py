@@ -43,7 +43,7 @@ SCRATCH = {"tmp": "/tmp"}
 """What Triton may write on a read-only root filesystem: an ``emptyDir`` each (volume name → mount path)."""
 SHM_VOLUME, SHM_PATH = "dshm", "/dev/shm"
 """The python backend's stubs exchange tensors with the server through shared memory: a memory-backed ``emptyDir``
-sized by :func:`vanilladeploy.serving.sizing.shm_mib` replaces the runtime's 64 MiB default."""
+sized by :func:`vanilladeploy.cluster.sizing.shm_mib` replaces the runtime's 64 MiB default."""
 PROMETHEUS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORTS["metrics"]),
               "prometheus.io/path": "/metrics"}
 

@@ -21,8 +21,7 @@ from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import CheckpointError, MissingDependencyError, UsageError
 from vanilladeploy.extras import install_hint
 from vanilladeploy.runtimes import ONNX_RUNTIMES
-from vanilladeploy.serving.ensemble import ImagePlan, plan_image_ensemble, recorded_preprocess, write_image_ensemble
-from vanilladeploy.serving.triton_config import (
+from vanilladeploy.triton.config import (
     IDENTITY_PARAMETERS,
     LABELS_FILE,
     MODEL_FILES,
@@ -40,9 +39,10 @@ from vanilladeploy.serving.triton_config import (
     signature_from_onnx,
     signature_from_sidecar,
 )
+from vanilladeploy.triton.ensemble import ImagePlan, plan_image_ensemble, recorded_preprocess, write_image_ensemble
 from vanilladeploy.validate import check_path
 
-PYTHON_MODEL = importlib.resources.files("vanilladeploy.serving") / "triton_python_model.py"
+PYTHON_MODEL = importlib.resources.files("vanilladeploy.triton") / "python_model.py"
 """The Triton Python-backend model, found as a resource of the installed package (wherever it lives)."""
 EXPORT_AGAIN = "export again with `vanilladeploy export` (add --trt for an engine)"
 
@@ -231,7 +231,7 @@ def check_runtime(parameters: dict[str, str], backend: str) -> None:
         raise UsageError(f"--runtime {runtime} runs inside Triton's python backend, not the {backend} backend: add "
                          "--backend python.")
     if runtime == "openvino":
-        from vanilladeploy.serving.triton_python_model import OPENVINO_HINTS, openvino_config
+        from vanilladeploy.triton.python_model import OPENVINO_HINTS, openvino_config
 
         if hint is not None and hint not in OPENVINO_HINTS:
             raise UsageError(f"--openvino-hint {hint!r} (the config's openvino_hint): choose "
@@ -269,7 +269,7 @@ class RepoPlan:
 
 def plan_repository(source: Path, opts: RepoOptions, *, images: bool = False) -> RepoPlan:
     """Every check :func:`write_repository` makes (source, labels, backend, batch, runtime, name), nothing written;
-    with ``images``, the image ensemble's too (:mod:`vanilladeploy.serving.ensemble`)."""
+    with ``images``, the image ensemble's too (:mod:`vanilladeploy.triton.ensemble`)."""
     check_labels(opts.labels)
     _require_serve_extra()
     src = resolve_repo_source(source, backend=opts.backend)

@@ -2,9 +2,9 @@
 
 ``OUT/repository/`` is a model repository for the STOCK Triton container (``nvcr.io/nvidia/tritonserver:<release>-
 py3``): native backends only by default (onnxruntime for an ONNX, tensorrt for an engine, openvino when asked), as
-:func:`vanilladeploy.serving.repository.plan_repository` checks it. With ``kserve`` an ``inferenceservice.yaml``; with
-``k8s`` a ``deployment.yaml``, ``service.yaml`` and ``hpa.yaml`` (:mod:`vanilladeploy.serving.manifests`); replicas and
-resources from :mod:`vanilladeploy.serving.sizing`; ``deploy.json`` records what was decided and from what.
+:func:`vanilladeploy.triton.repository.plan_repository` checks it. With ``kserve`` an ``inferenceservice.yaml``; with
+``k8s`` a ``deployment.yaml``, ``service.yaml`` and ``hpa.yaml`` (:mod:`vanilladeploy.cluster.manifests`); replicas and
+resources from :mod:`vanilladeploy.cluster.sizing`; ``deploy.json`` records what was decided and from what.
 
 Every refusal comes from :func:`plan_deploy`, before anything is written; :func:`write_deploy` publishes ``OUT`` as
 one set (:class:`vanilladeploy.atomic.ArtifactWriter`: the previous set, none, or the new one, never a mix).
@@ -20,12 +20,12 @@ from typing import Any
 
 from vanilladeploy import __version__
 from vanilladeploy.atomic import ArtifactWriter, check_output_dir
+from vanilladeploy.cluster.manifests import KSERVE_MODES, ClusterSpec, manifests, to_yaml
+from vanilladeploy.cluster.sizing import SCALE_TARGET_PERCENT, ArtifactIdentity, Sizing, shm_mib, size
 from vanilladeploy.errors import OutputError, UsageError
 from vanilladeploy.extras import require
-from vanilladeploy.serving.manifests import KSERVE_MODES, ClusterSpec, manifests, to_yaml
-from vanilladeploy.serving.repository import RepoPlan, plan_repository, write_planned
-from vanilladeploy.serving.sizing import SCALE_TARGET_PERCENT, ArtifactIdentity, Sizing, shm_mib, size
-from vanilladeploy.serving.triton_config import RepoOptions, parse_config
+from vanilladeploy.triton.config import RepoOptions, parse_config
+from vanilladeploy.triton.repository import RepoPlan, plan_repository, write_planned
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class DeployOptions:
     target_rps: float | None = None
     p99_ms: float | None = None
     bench: Path | None = None
-    images: bool = False  # the image ensemble beside the classifier (serving/ensemble.py)
+    images: bool = False  # the image ensemble beside the classifier (triton/ensemble.py)
 
 
 @dataclass(frozen=True)

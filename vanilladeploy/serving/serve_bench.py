@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from vanilladeploy.benchmarks.load import Check, Send, SenderFactory, Wrong, measure_load, shared_sender_factory
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import UsageError
 from vanilladeploy.exporters.onnx_header import OnnxInput, onnx_precision_of, read_onnx_input
@@ -43,11 +42,12 @@ from vanilladeploy.serving.client import (
     describe_served,
     parse_endpoint,
 )
-from vanilladeploy.serving.repository import check_runtime, resolve_repo_source, write_repository
+from vanilladeploy.serving.load import Check, Send, SenderFactory, Wrong, measure_load, shared_sender_factory
 from vanilladeploy.serving.server import TritonPorts, TritonServer, server_version
-from vanilladeploy.serving.triton_config import RepoOptions, parse_config, python_parameters
-from vanilladeploy.serving.triton_python_model import ort_arguments
 from vanilladeploy.steps import Progress, Step, silent
+from vanilladeploy.triton.config import RepoOptions, parse_config, python_parameters
+from vanilladeploy.triton.python_model import openvino_arguments, ort_arguments
+from vanilladeploy.triton.repository import check_runtime, resolve_repo_source, write_repository
 from vanilladeploy.validate import check_path
 from vanilladeploy.verify import compare, tolerance_for
 
@@ -120,18 +120,19 @@ def _checker(references: Sequence[np.ndarray], what: str, tolerance: float) -> C
 
 
 def in_process_precision(parameters: dict[str, str]) -> str:
-    """The OpenVINO runner precision the served config computes in: bf16 when asked, else fp32 (int8 is the graph)."""
-    return "bf16" if parameters.get("precision") == "bf16" else "fp32"
+    """The OpenVINO runner precision the served config computes in: bf16 when asked, else fp32 (int8 is the graph);
+    read by ``model.py``'s own reader (:func:`vanilladeploy.triton.python_model.openvino_arguments`)."""
+    return str(openvino_arguments(parameters)["precision"])
 
 
 def in_process_settings(parameters: dict[str, str]) -> dict[str, Any]:
-    """How the in-process row runs the served config's runtime: ONNX Runtime with the threads (0: one per physical
-    core; ``VANILLADEPLOY_ORT_THREADS`` wins, as in ``model.py``) and spinning ``model.py`` gives its session;
-    OpenVINO with its precision and threads (0: every core), hint LATENCY (one request at a time over every core:
-    what one instance does with its batches)."""
+    """How the in-process row runs the served config's runtime, read as ``model.py`` reads it (one reader each):
+    ONNX Runtime with the threads (0: one per physical core; ``VANILLADEPLOY_ORT_THREADS`` wins) and spinning it
+    gives its session; OpenVINO with its precision and threads (0: every core; a negative count is every core there
+    too), hint LATENCY (one request at a time over every core: what one instance does with its batches)."""
     if parameters["runtime"] == "openvino":
-        return {"precision": in_process_precision(parameters), "hint": "LATENCY",
-                "threads": int(parameters.get("openvino_threads") or 0)}
+        served = openvino_arguments(parameters)
+        return {"precision": served["precision"], "hint": "LATENCY", "threads": served["threads"] or 0}
     return _ort_settings(parameters)
 
 
