@@ -70,6 +70,9 @@ def test_result_is_truthy_and_names_its_files(exported: vd.ExportResult) -> None
     ({"trt": True, "workspace": "lots"}, "--workspace"),
     ({"calib": "x", "precision": "fp32"}, "--calib"),
     ({"no_such_option": 1}, "no_such_option"),
+    ({"workspace": "4GiB"}, "--workspace has no effect without --trt"),  # was silently ignored by the API
+    ({"trt_profile": "1/1/8"}, "--trt-profile has no effect without --trt"),
+    ({"max_fallback": 2}, "--max-fallback has no effect without --precision int8"),
 ])
 def test_the_api_refuses_what_the_cli_refuses(options: dict, names: str, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=re.escape(names)):

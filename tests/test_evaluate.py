@@ -153,7 +153,7 @@ def test_a_folder_of_only_unreadable_images_is_refused_before_any_inference(
     def no_session(self: OnnxRuntimeRunner) -> None:
         raise AssertionError("a session was started although no image is readable")
 
-    monkeypatch.setattr(OnnxRuntimeRunner, "activate", no_session)
+    monkeypatch.setattr(OnnxRuntimeRunner, "activate_impl", no_session)
     with pytest.raises(NoReadableImagesError, match="4 skipped"):
         evaluate([str(setup["onnx"])], data)
 
@@ -164,7 +164,7 @@ class _FixedBatch(Runner):
     def __init__(self, n: int | None) -> None:
         self.n, self.seen = n, []
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
         assert self.n is None or len(x) == self.n, f"fed {len(x)}, accepts {self.n}"
         self.seen.append(len(x))
         return x.reshape(len(x), -1).sum(1, keepdims=True)

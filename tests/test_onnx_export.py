@@ -105,8 +105,8 @@ def test_simplifier_keeps_outputs(tmp_path: Path) -> None:
     simplified = simplify_onnx(model)
     onnx.save(simplified, tmp_path / "s.onnx")
     x = random_inputs(1, batch=1, img_size=SMALL_IMG)[0]
-    with OnnxRuntimeRunner(tmp_path / "s.onnx") as runner:
-        result = verify_outputs("simplified", [runner.infer(x)], [TorchRunner(deploy).infer(x)])
+    with OnnxRuntimeRunner(tmp_path / "s.onnx") as runner, TorchRunner(deploy) as reference:
+        result = verify_outputs("simplified", [runner.infer(x)], [reference.infer(x)])
     assert result, result.summary()
 
 

@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -68,7 +69,25 @@ def busy_cpu() -> Iterator[None]:
         busy.wait(timeout=10)
 
 
-class _Client:
+class _Background:
+    """A thread running ``_run`` from ``with`` until its end (``stopping`` set, the thread joined)."""
+
+    def __init__(self) -> None:
+        self.stopping, self.thread = threading.Event(), threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:  # the subclass itself
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=60)
+
+
+class _Client(_Background):
     """One client thread sending valid requests back to back until stopped; every answer is checked against
     in-process ONNX Runtime (rel. L2 ≤ 1e-5). :meth:`wait_correct` waits for a correct answer to a request *sent*
     after a moment — after a kill, only a reloaded model can give one."""
@@ -78,9 +97,9 @@ class _Client:
         self.x = np.random.default_rng(5).standard_normal((1, 3, IMG, IMG), dtype=np.float32)
         with OnnxRuntimeRunner(onnx_file) as runner:
             self.reference = runner.infer(self.x)
-        self.stopping, self.answered = threading.Event(), threading.Condition()
+        super().__init__()
+        self.answered = threading.Condition()
         self.last_correct_sent, self.correct, self.wrong, self.errors = -1.0, 0, 0, 0
-        self.thread = threading.Thread(target=self._run)
 
     def _run(self) -> None:
         import tritonclient.http as httpclient
@@ -106,14 +125,6 @@ class _Client:
     def wait_correct(self, sent_after: float, timeout_s: float = RELOAD_BOUND_S) -> bool:
         with self.answered:
             return self.answered.wait_for(lambda: self.last_correct_sent > sent_after, timeout_s)
-
-    def __enter__(self) -> _Client:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=60)
 
 
 def _model_ready(port: int) -> bool:
@@ -246,13 +257,13 @@ def test_a_stub_that_dies_as_its_reload_ends_is_reloaded_again(export_dir: Path)
 STOPS = 3
 
 
-class _Readiness:
+class _Readiness(_Background):
     """Polls the model's readiness in a thread; :meth:`went_false_after` says whether it answered not-ready after a
     moment (a load balancer or readiness probe would have stopped sending traffic)."""
 
     def __init__(self, port: int) -> None:
-        self.port, self.not_ready, self.stopping = port, [], threading.Event()
-        self.thread = threading.Thread(target=self._run)
+        super().__init__()
+        self.port, self.not_ready = port, []
 
     def _run(self) -> None:
         while not self.stopping.wait(0.02):
@@ -261,14 +272,6 @@ class _Readiness:
 
     def went_false_after(self, moment: float) -> bool:
         return any(t > moment for t in self.not_ready)
-
-    def __enter__(self) -> _Readiness:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=30)
 
 
 def test_a_stopped_stub_is_found_by_a_health_inference_and_replaced_under_load(export_dir: Path) -> None:

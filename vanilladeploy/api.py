@@ -23,6 +23,22 @@ from vanilladeploy.pipeline.detection import DetectionExportResult
 from vanilladeploy.pipeline.export import ExportResult, export_checkpoint, export_options
 from vanilladeploy.steps import Progress, silent
 
+DEPENDENT_OPTIONS = (
+    ("--trt", lambda o: bool(o.get("trt")), ("workspace", "trt_profile", "timing_cache", "opt_level", "trt_shapes")),
+    ("--precision int8", lambda o: o.get("precision") == "int8",
+     ("calib", "calib_count", "calib_method", "min_agreement", "max_rel_l2", "fallback", "max_fallback")),
+)
+"""Options that do nothing without another (named as the command spells it): refused by :func:`export`, for the
+command and the API alike, before the checkpoint is read."""
+
+
+def check_dependent_options(options: dict[str, Any]) -> None:
+    """Refuse an option given (not None) without the one it depends on (:data:`DEPENDENT_OPTIONS`)."""
+    from vanilladeploy.validate import needs
+
+    for requirement, present, names in DEPENDENT_OPTIONS:
+        needs(requirement, present(options), {f"--{n.replace('_', '-')}": options.get(n) for n in names})
+
 
 def export(source: str | Path, *, progress: Progress = silent, **options: Any
            ) -> ExportResult | DetectionExportResult:
@@ -36,6 +52,7 @@ def export(source: str | Path, *, progress: Progress = silent, **options: Any
     from vanilladeploy.pipeline.detection import classifier_options, detection_options, export_detector
     from vanilladeploy.source import resolve_source
 
+    check_dependent_options(options)
     ckpt = resolve_source(str(source), key=options.get("key"), seed=options.get("seed") or 0)  # read once
     if ckpt.form == "detector":
         return export_detector(ckpt, detection_options(**options), progress=progress)
@@ -44,13 +61,12 @@ def export(source: str | Path, *, progress: Progress = silent, **options: Any
 
 
 class Model:
-    """A loaded artifact and the preprocessing it carries; ``predict`` maps images to logits. Close it (or use
-    ``with``) to release its runtime session."""
+    """A loaded artifact and the preprocessing it carries; ``predict`` maps images to logits (its runner is activated
+    on the first call: the runner owns that state). Close it (or use ``with``) to release its runtime session."""
 
     def __init__(self, artifact: Artifact) -> None:
         self.artifact = artifact
         self.preprocess: Preprocess = choose_preprocess([artifact])
-        self._active = False
 
     @property
     def kind(self) -> str:
@@ -65,9 +81,7 @@ class Model:
             x = self.preprocess.model_input(images)
         else:
             x = np.stack([self._prepare(image) for image in images])
-        if not self._active:
-            self.artifact.runner.activate()
-            self._active = True
+        self.artifact.runner.activate()  # once: a no-op while active
         return self.artifact.runner.infer(x)
 
     def _prepare(self, image: Any) -> np.ndarray:
@@ -76,9 +90,7 @@ class Model:
         return self.preprocess(image)
 
     def close(self) -> None:
-        if self._active:
-            self.artifact.runner.deactivate()
-            self._active = False
+        self.artifact.runner.deactivate()  # a no-op unless active
 
     def __enter__(self) -> Model:
         return self

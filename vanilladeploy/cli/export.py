@@ -125,19 +125,12 @@ def export(
 
     from vanilladeploy import api
     from vanilladeploy.pipeline.detection import DetectionExportResult
-    from vanilladeploy.validate import needs
 
     gc.freeze()  # the ~190k objects the imports made are never garbage: no collection walks them again
 
     def run() -> None:
-        needs("--trt", trt, {"--workspace": workspace, "--trt-profile": trt_profile, "--timing-cache": timing_cache,
-                             "--opt-level": opt_level, "--trt-shapes": trt_shapes})
-        needs("--precision int8", precision == "int8", {"--calib": calib, "--calib-count": calib_count,
-                                                        "--calib-method": calib_method,
-                                                        "--min-agreement": min_agreement, "--max-rel-l2": max_rel_l2,
-                                                        "--fallback": fallback,
-                                                        "--max-fallback": max_fallback})
-        with ProgressDisplay() as progress:  # the options are checked once the checkpoint says what it is
+        with ProgressDisplay() as progress:  # api.export checks the options (dependent ones first, then once the
+            # checkpoint says what it is)
             result = api.export(
                 source, progress=progress, out_dir=out_dir, arch=arch, key=key, img_size=img_size, opset=opset,
                 static_batch=static_batch, simplify=not no_simplify, allow_inexact=allow_inexact, precision=precision,

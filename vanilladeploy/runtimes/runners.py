@@ -42,19 +42,46 @@ def as_model_input(x: np.ndarray, dtype: type, model: object) -> np.ndarray:
 
 
 class Runner(ABC):
-    """A model in one runtime: maps an NCHW batch (float32, or uint8 pixels for a uint8-input graph) to logits."""
+    """A model in one runtime: maps an NCHW batch (float32, or uint8 pixels for a uint8-input graph) to logits.
+
+    The base class owns the lifecycle (as Polygraphy's base runner does): :meth:`activate` and :meth:`deactivate`
+    (or ``with runner:``) run a runtime's :meth:`activate_impl` and :meth:`deactivate_impl` once each,
+    :attr:`is_active` says which, and :meth:`infer` outside it is one clear error. A runtime implements only the
+    ``*_impl`` hooks."""
 
     name: str = "runner"
+    is_active: bool = False
 
     def activate(self) -> None:
-        """Prepare the runtime (load a session, move weights); called by ``__enter__``."""
+        """Prepare the runtime (:meth:`activate_impl`: load a session, move weights), unless active already."""
+        if not self.is_active:
+            self.activate_impl()
+            self.is_active = True
 
     def deactivate(self) -> None:
-        """Release what ``activate`` took; called by ``__exit__``."""
+        """Release what :meth:`activate` took (:meth:`deactivate_impl`), if anything."""
+        if self.is_active:
+            try:
+                self.deactivate_impl()
+            finally:
+                self.is_active = False
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Outputs for one input batch, from an active runner."""
+        if not self.is_active:
+            raise RuntimeError(f"{type(self).__name__}.infer before activate (use it as a context manager: "
+                               "'with runner:')")
+        return self.infer_impl(x)
+
+    def activate_impl(self) -> None:
+        """The runtime's own set-up (nothing by default)."""
+
+    def deactivate_impl(self) -> None:
+        """The runtime's own release (nothing by default)."""
 
     @abstractmethod
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        """Outputs for one input batch."""
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        """Outputs for one input batch (the runner is active)."""
 
     def subject(self, inputs: Sequence[np.ndarray], *, include_copies: bool = False) -> Subject:
         """A timing subject for an active runner: each call runs the next of ``inputs`` (in rotation) and returns
@@ -86,7 +113,7 @@ class TorchRunner(Runner):
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module.eval()
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.no_grad():
@@ -165,19 +192,17 @@ class OnnxRuntimeRunner(Runner):
         self.threads, self.spinning = threads, spinning
         self.session = None
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         self.session = ort_session(self.model_path, threads=self.threads, spinning=self.spinning,
                                    providers=self.providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.input_dtype = np.uint8 if self.session.get_inputs()[0].type == "tensor(uint8)" else np.float32
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         self.session = None
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        if self.session is None:
-            raise RuntimeError("OnnxRuntimeRunner.infer called outside 'with runner:'")
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
         model = self.model_path if isinstance(self.model_path, (str, Path)) else "this ONNX"
         return self.session.run(None, {self.input_name: as_model_input(x, self.input_dtype, model)})[0]
 
@@ -215,13 +240,13 @@ class ChunkedRunner(Runner):
         self.inner, self.min_batch, self.max_batch = inner, min_batch, max_batch
         self.name = inner.name
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         self.inner.activate()
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         self.inner.deactivate()
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
             raise ValueError("ChunkedRunner.infer: an empty batch")
         step = self.max_batch or len(x)
@@ -309,19 +334,17 @@ class OpenVinoRunner(Runner):
         self.model_path, self.precision, self.hint, self.threads = Path(model_path), precision, hint, threads
         self.request = self.compiled = self.compiled_precision = None
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         self.compiled = compile_openvino(self.model_path, self.precision, hint=self.hint, threads=self.threads)
         self.compiled_precision = openvino_precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.request = self.compiled.create_infer_request()
         uint8 = self.compiled.input(0).get_element_type().get_type_name() == "u8"
         self.input_dtype = np.uint8 if uint8 else np.float32
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         self.request = self.compiled = None
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        if self.request is None:
-            raise RuntimeError("OpenVinoRunner.infer called outside 'with runner:'")
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
         self.request.infer({0: as_model_input(x, self.input_dtype, self.model_path)})
         return np.array(self.request.get_output_tensor(0).data, copy=True)
 

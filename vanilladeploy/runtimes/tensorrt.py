@@ -166,7 +166,7 @@ class TensorRTRunner(Runner):
         self.engine_source, self.sidecar, self.cuda_graph = engine, sidecar, cuda_graph
         self.context: Any = None
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         trt = import_tensorrt()
         label = self.engine_source if isinstance(self.engine_source, Path) else Path("<engine bytes>")
         if self.sidecar is not None:
@@ -189,14 +189,14 @@ class TensorRTRunner(Runner):
         self.stream = torch.cuda.Stream()
         self._shape: tuple[int, ...] | None = None
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         self.graph = None
         self.context = self.engine = self.runtime = None
 
     def prepare(self, shape: tuple[int, ...]) -> torch.Tensor:
         """Allocate input/output buffers for ``shape`` (and capture the CUDA graph); returns the input buffer."""
-        if self.context is None:
-            raise RuntimeError("TensorRTRunner used outside 'with runner:'")
+        if not self.is_active:
+            raise RuntimeError("TensorRTRunner used before activate (use it as a context manager: 'with runner:')")
         if shape != self._shape:
             self.context.set_input_shape(self.input_name, shape)
             self.input = torch.zeros(shape, dtype=self._dtypes[self.input_name], device="cuda")
@@ -252,7 +252,7 @@ class TensorRTRunner(Runner):
 
         return cuda_subject(step, before=None if include_copies else before, stream=self.stream)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
         buffer = self.prepare(tuple(x.shape))
         self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.stream):

@@ -214,17 +214,14 @@ class TritonRunner(Runner):
     def __init__(self, served: ServedModel, *, timeout_s: float = 60.0) -> None:
         self.served, self.timeout_s, self.client = served, timeout_s, None
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         self.client = client_for(self.served.endpoint, self.timeout_s)
 
-    def deactivate(self) -> None:
-        if self.client is not None:
-            self.client.close()
+    def deactivate_impl(self) -> None:
+        self.client.close()
         self.client = None
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        if self.client is None:
-            raise RuntimeError("TritonRunner.infer before activate (use it as a context manager)")
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
         module = _module(self.served.endpoint)
         tensor = module.InferInput(self.served.input_name, list(x.shape), self.served.datatype)
         tensor.set_data_from_numpy(np.ascontiguousarray(x, dtype=DTYPES[self.served.datatype]))
