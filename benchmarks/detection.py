@@ -2,15 +2,14 @@
 paper compares detectors, on this machine.
 
 Backbones (features at strides 8, 16, 32): VanillaNet-13 with act_num 4 fused (our deploy form), the same in its
-training form (the official detection code's network: it has no deploy path), torchvision's ResNet-50
-(layer2–layer4) and Swin-T (stages 2–4). Whole detectors: our fused VanillaNet-13 RetinaNet (FPN, head, decoding and
-NMS in the graph), the same with the training-form backbone in torch (``:train``: what the official code runs) and
-torchvision's ``retinanet_resnet50_fpn`` (torch only; it resizes 800×1344 to 793×1333 itself).
-Each in torch and ONNX Runtime fp32, and OpenVINO (fp32, and bf16 where the CPU has it) where installed, timed in
-interleaved rounds, with the peak kernels of :mod:`benchmarks.peaks` (fp32, and bf16 where OpenVINO bf16 runs) timed
-in the same rounds for each row's floor and efficiency (DESIGN §7). Weights are random: latency does not depend on
-them, except the NMS step's, which depends on how many candidates pass the score threshold (docs/detection.md).
-"""
+training form (the official detection code's network: it has no deploy path), torchvision's ResNet-50 (layer2–layer4)
+and Swin-T (stages 2–4). Whole detectors: our fused VanillaNet-13 RetinaNet (FPN, head, decoding and NMS in the graph),
+the same with the training-form backbone in torch (``:train``: what the official code runs) and torchvision's
+``retinanet_resnet50_fpn`` (torch only; it resizes 800×1344 to 793×1333 itself). Each in torch and ONNX Runtime fp32,
+and OpenVINO (fp32, and bf16 where the CPU has it) where installed, timed in interleaved rounds, with the peak kernels
+of :mod:`vanilladeploy.benchmarks.peaks` (fp32, and bf16 where OpenVINO bf16 runs) timed in the same rounds for each
+row's floor and efficiency (DESIGN §7). Weights are random: latency does not depend on them, except the NMS step's,
+which depends on how many candidates pass the score threshold (docs/detection.md)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def export_onnx(entry: ModelEntry, model: nn.Module, *, img_size: int, cache_dir
 def fp16_onnx(path: Path) -> Path:
     import onnx
 
-    from vanilladeploy.exporters.fp16 import convert_to_fp16
+    from vanilladeploy.exporters.fp16_graph import convert_to_fp16
 
     target = path.with_name(path.stem + ".fp16.onnx")
     if not target.exists():

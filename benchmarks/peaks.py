@@ -1,10 +1,9 @@
 """Peak subjects: the kernels whose best rate, timed INSIDE the interleaved rounds beside the models, is each
-precision's peak (see :mod:`benchmarks.floor`). On the CPU: ``torch.mm`` and ONNX Runtime ``MatMul`` at a few large
-shapes and the models' own largest 1×1 convolutions (fp32), ``MatMulInteger`` and the QDQ conv (int8), and the same
-1×1 convolutions compiled by OpenVINO in fp32, bf16 and int8 (its AMX/VNNI kernels go beyond ONNX Runtime's, so a
+precision's peak (see :mod:`vanilladeploy.benchmarks.floor`). On the CPU: ``torch.mm`` and ONNX Runtime ``MatMul`` at a
+few large shapes and the models' own largest 1×1 convolutions (fp32), ``MatMulInteger`` and the QDQ conv (int8), and the
+same 1×1 convolutions compiled by OpenVINO in fp32, bf16 and int8 (its AMX/VNNI kernels go beyond ONNX Runtime's, so a
 floor without them would be exceeded by OpenVINO's rows). On CUDA: ``torch.mm``/conv (fp32/fp16), ``torch._int_mm``
-(int8). Plus a large copy for bandwidth. A candidate that fails is recorded with its reason, never ends the run.
-"""
+(int8). Plus a large copy for bandwidth. A candidate that fails is recorded with its reason, never ends the run."""
 
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from vanilladeploy.benchmarks.backends import BENCH_RUNTIMES, CACHE_DIR, BenchConfig, Prepared, RuntimeBench
 from vanilladeploy.benchmarks.floor import (
     FLOOR_EXCEEDED,
     DevicePeak,
@@ -37,6 +36,7 @@ from vanilladeploy.benchmarks.floor import (
 )
 from vanilladeploy.benchmarks.onnx_files import SkipModel
 from vanilladeploy.benchmarks.peaks import GuardedPeak, PeakCandidate, guard, peak_candidates
+from vanilladeploy.benchmarks.subjects import BENCH_RUNTIMES, CACHE_DIR, BenchConfig, Prepared, RuntimeBench
 from vanilladeploy.benchmarks.zoo import ModelEntry, model_cost, resolve_models
 from vanilladeploy.errors import MissingDependencyError, UsageError
 from vanilladeploy.extras import available, install_hint
@@ -152,7 +152,7 @@ def check_bench_options(opts: BenchOptions, outputs: dict[str, Path] | None = No
 
 def write_results(result: BenchResult, *, json_path: Path, csv_path: Path, plot_path: Path) -> list[Path]:
     """The results as JSON, CSV and the plot; JSON and CSV are written even when the plot cannot be."""
-    from vanilladeploy.benchmarks.report import write_csv, write_json, write_plot
+    from vanilladeploy.benchmarks.results import write_csv, write_json, write_plot
 
     written = [write_json(json_path, result.document()), write_csv(csv_path, result.records)]
     where = result.machine.get("gpu") or result.machine["cpu"]

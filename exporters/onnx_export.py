@@ -2,10 +2,10 @@
 
 The deployed net is a fixed chain (Conv → [pool] → Relu → depthwise Conv per layer, then GlobalAveragePool → Conv →
 Flatten), so it is written directly with ``onnx.helper`` rather than traced: no tracer, no exporter version quirks,
-initializers named after the state-dict keys, and ``AdaptiveMaxPool2d`` (which torch.onnx cannot export for 75 → 38)
-as the exact Gather/Gather/MaxPool chain of :mod:`models.pooling`. The graph is then checked numerically against the
-torch model in ONNX Runtime, so it is an independent second implementation rather than a trusted translation.
-"""
+initializers named after the state-dict keys, and ``AdaptiveMaxPool2d`` (which torch.onnx cannot export for 75 → 38) as
+the exact Gather/Gather/MaxPool chain of :mod:`vanilladeploy.models.pooling`. The graph is then checked numerically
+against the torch model in ONNX Runtime, so it is an independent second implementation rather than a trusted
+translation."""
 
 from __future__ import annotations
 

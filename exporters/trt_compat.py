@@ -1,6 +1,6 @@
 """Will TensorRT's ONNX parser take this graph? A check that needs neither TensorRT nor a GPU.
 
-It looks at what the parser documents (:mod:`exporters.trt_ops`) and at what a build needs from the graph:
+It looks at what the parser documents (:mod:`vanilladeploy.exporters.trt_ops`) and at what a build needs from the graph:
 operators and the type of their data input, the attribute and input restrictions the parser states, the opset,
 graph inputs of static rank whose dynamic dimensions the optimization profile covers. Findings are errors (the parse
 or build would fail) or warnings (it may work, or work with a change the user should know about).

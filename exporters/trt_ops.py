@@ -2,7 +2,7 @@
 
 Data transcribed from onnx-tensorrt's operator support matrix (``docs/operators.md`` at commit 96e7811, June 2024,
 the TensorRT 10.x parser: opsets 9 to 20). Restrictions on attributes and inputs are checked in code, in
-:mod:`exporters.trt_compat`. Type names: FP32 FP16 BF16 INT32 INT64 INT8 UINT8 BOOL FP8 INT4 DOUBLE.
+:mod:`vanilladeploy.exporters.trt_compat`. Type names: FP32 FP16 BF16 INT32 INT64 INT8 UINT8 BOOL FP8 INT4 DOUBLE.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""benchmarks/run.py and benchmarks/report.py: one tiny CPU run through the real CLI; its JSON, CSV and plot;
+"""benchmarks/run.py and benchmarks/results.py: one tiny CPU run through the real CLI; its JSON, CSV and plot;
 runtimes that cannot run here are listed as skipped with the reason. No timing thresholds."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from conftest import assert_precision_stated, require
 from test_cli import run
 
-from vanilladeploy.benchmarks.report import CSV_FIELDS, SCHEMA_VERSION
+from vanilladeploy.benchmarks.results import CSV_FIELDS, SCHEMA_VERSION
 from vanilladeploy.benchmarks.run import BenchOptions
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -37,7 +37,7 @@ def test_bench_runs_and_prints_the_table(bench_run: tuple) -> None:
 
 
 def test_the_help_names_what_bench_runs() -> None:
-    from vanilladeploy.benchmarks.backends import BENCH_RUNTIMES
+    from vanilladeploy.benchmarks.subjects import BENCH_RUNTIMES
     from vanilladeploy.cli.bench import runtime_names
 
     assert runtime_names() == list(BENCH_RUNTIMES)  # --help reads the names without importing torch
@@ -181,7 +181,7 @@ def test_depth_axis_has_plain_integer_ticks(tmp_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vanilladeploy.benchmarks import report
+    from vanilladeploy.benchmarks import results as report
 
     records = [{"status": "ok", "backend": "onnxruntime", "precision": "fp32", "family": f, "model": m, "depth": d,
                 "stats": {"median_ms": ms}, "published": {"top1": t}}

@@ -205,7 +205,8 @@ def test_detector_boxes_equal_mmdetection_predict_by_feat(mmdet, retinanet, tmp_
 
 
 def test_reference_postprocess_equals_mmdetection(mmdet) -> None:
-    """models.retina_post (the export-time reference) is mmdet's predict_by_feat, bit for bit, on random heads."""
+    """vanilladeploy.models.retina_post (the export-time reference) is mmdet's predict_by_feat, bit for bit, on
+    random heads."""
     from mmdet.models.dense_heads import RetinaHead
     from mmengine.config import ConfigDict
 

@@ -1,4 +1,4 @@
-"""vanilladeploy/pipeline/tensorrt.py through the real CLI: ``export --trt`` where TensorRT or a GPU is missing still
+"""vanilladeploy/pipeline/trt_export.py through the real CLI: ``export --trt`` where TensorRT or a GPU is missing still
 exports and verifies the ONNX (and the fp16 copy), writes the trtexec lines, then exits 3 with one line naming
 the fix."""
 

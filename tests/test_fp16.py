@@ -1,4 +1,4 @@
-"""exporters/fp16.py: the fp16-typed ONNX copy keeps float32 I/O, stores float16 weights, keeps the reductions in
+"""exporters/fp16_graph.py: the fp16-typed ONNX copy keeps float32 I/O, stores float16 weights, keeps the reductions in
 float32, and matches the fp32 graph within the fp16 tolerance (1e-2 rel L2) in ONNX Runtime."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from conftest import SMALL_IMG, random_model
 from onnx import TensorProto, helper
 
-from vanilladeploy.exporters.fp16 import convert_to_fp16
+from vanilladeploy.exporters.fp16_graph import convert_to_fp16
 from vanilladeploy.exporters.onnx_export import build_onnx
 from vanilladeploy.exporters.trt_compat import check_trt_compat
 from vanilladeploy.models.vanillanet import get_variant

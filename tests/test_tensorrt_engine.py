@@ -17,12 +17,12 @@ from conftest import SMALL_IMG, random_model
 from test_cli import export
 from test_evaluate import make_folder
 
-from vanilladeploy.exporters.fp16 import convert_to_fp16
+from vanilladeploy.exporters.fp16_graph import convert_to_fp16
 from vanilladeploy.exporters.onnx_export import build_onnx
 from vanilladeploy.exporters.qdq import quantize_qdq
 from vanilladeploy.exporters.trt_compat import BatchProfile
 from vanilladeploy.models.vanillanet import get_variant
-from vanilladeploy.pipeline.tensorrt import TOLERANCE_INT8_ENGINE
+from vanilladeploy.pipeline.trt_export import TOLERANCE_INT8_ENGINE
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
 from vanilladeploy.runtimes.trt_plan import EngineMismatchError, TrtBuildOptions, engine_sidecar, tensorrt_missing
 from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_TRT_FP32, random_inputs, top1_agreement, verify_outputs

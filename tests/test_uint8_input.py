@@ -26,7 +26,7 @@ from vanilladeploy.cli import app
 from vanilladeploy.errors import UsageError
 from vanilladeploy.evaluate import evaluate
 from vanilladeploy.exporters.contract import check_graph_contract
-from vanilladeploy.exporters.fp16 import convert_to_fp16
+from vanilladeploy.exporters.fp16_graph import convert_to_fp16
 from vanilladeploy.exporters.onnx_export import PixelInput, build_onnx, simplify_onnx
 from vanilladeploy.exporters.qdq import quantize_qdq
 from vanilladeploy.images import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Preprocess

@@ -226,7 +226,7 @@ def _bench(ok: dict[str, Component]) -> list[Capability]:
     try:
         import torch
 
-        from vanilladeploy.benchmarks.backends import BENCH_RUNTIMES, BenchConfig
+        from vanilladeploy.benchmarks.subjects import BENCH_RUNTIMES, BenchConfig
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         for name, runtime in BENCH_RUNTIMES.items():

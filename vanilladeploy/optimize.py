@@ -26,7 +26,7 @@ from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import UsageError, VerificationError
 from vanilladeploy.evaluate import Artifact, evaluate
-from vanilladeploy.exporters.fp16 import fp16_export
+from vanilladeploy.exporters.fp16_graph import fp16_export
 from vanilladeploy.exporters.onnx_export import input_shape
 from vanilladeploy.extras import available, install_hint
 from vanilladeploy.images import Preprocess, scan_folder

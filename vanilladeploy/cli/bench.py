@@ -19,7 +19,7 @@ from vanilladeploy.validate import name_list
 
 
 def runtime_names() -> list[str]:
-    """What ``--runtimes`` takes, the names of :data:`vanilladeploy.benchmarks.backends.BENCH_RUNTIMES`, read from
+    """What ``--runtimes`` takes, the names of :data:`vanilladeploy.benchmarks.subjects.BENCH_RUNTIMES`, read from
     :data:`~vanilladeploy.runtimes.RUNTIMES` so that ``--help`` imports no torch: every runtime, and torch also
     replayed as a CUDA graph (torch-cudagraph)."""
     return [n for name in RUNTIMES for n in ((name, "torch-cudagraph") if name == "torch" else (name,))]

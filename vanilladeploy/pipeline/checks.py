@@ -1,5 +1,5 @@
 """A runtime's outputs against the export's reference, as the report records them: what the fp16-typed ONNX
-(:mod:`.fp16`) and the TensorRT engine (:mod:`.tensorrt`) share, and the record of every runtime in the report's
+(:mod:`.fp16`) and the TensorRT engine (:mod:`.trt_export`) share, and the record of every runtime in the report's
 ``verification`` section (:class:`RuntimeCheck`)."""
 
 from __future__ import annotations

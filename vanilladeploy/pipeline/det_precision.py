@@ -21,7 +21,7 @@ from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.detect import GATE_REDUCED, BoxAgreement, DetPreprocess, split_outputs
 from vanilladeploy.errors import UsageError, VerificationError
 from vanilladeploy.exporters.detection_onnx import keeps_fp32
-from vanilladeploy.exporters.fp16 import fp16_export
+from vanilladeploy.exporters.fp16_graph import fp16_export
 from vanilladeploy.exporters.onnx_export import set_metadata
 from vanilladeploy.runtimes.runners import ort_session
 from vanilladeploy.steps import StepTimer

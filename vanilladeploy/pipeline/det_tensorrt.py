@@ -1,7 +1,7 @@
 """``export DET.pth --trt``: the verified detector ONNX as a TensorRT engine, its optimization profile over the
 batch and over height × width (default 320×320 … 1344×1344, tuned for 800×1344; ``--trt-shapes``).
 
-Steps as the classifier's (:mod:`vanilladeploy.pipeline.tensorrt`): the compatibility check with that profile
+Steps as the classifier's (:mod:`vanilladeploy.pipeline.trt_export`): the compatibility check with that profile
 (anywhere) → the ``trtexec`` lines for the report → with TensorRT and a GPU, build, write ``<name>.fp32.engine`` and
 its JSON sidecar, run it and verify it: features and levels ≤ 1e-4 rel. L2 against the training form (TF32 off), boxes
 against ONNX Runtime's by :data:`~vanilladeploy.detect.GATE_FP32`. NMS is ONNX's ``NonMaxSuppression``, which

@@ -157,7 +157,7 @@ def _trt_options(trt: bool, precision: str, workspace: str | int | None, profile
     if precision != "fp32":
         raise UsageError(f"--trt with --precision {precision}: a detector's engine is fp32 for now "
                          "(docs/detection.md).")
-    from vanilladeploy.pipeline.tensorrt import trt_options
+    from vanilladeploy.pipeline.trt_export import trt_options
 
     opts = trt_options("fp32", workspace=workspace, profile=profile or str(DETECTOR_BATCH_PROFILE), opt_level=opt_level,
                        timing_cache=None if timing_cache is None else Path(timing_cache), detailed_log=verbose)

@@ -41,7 +41,7 @@ from vanilladeploy.pipeline.report import (
     VerificationInputs,
     VerificationSection,
 )
-from vanilladeploy.pipeline.tensorrt import EngineJob, export_engine, trt_options
+from vanilladeploy.pipeline.trt_export import EngineJob, export_engine, trt_options
 from vanilladeploy.reparam import ReparamResult, reparameterize_state_dict
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner, TorchRunner
 from vanilladeploy.runtimes.trt_plan import TrtBuildOptions

@@ -1,5 +1,5 @@
 """The fp16-typed ONNX step of ``vanilladeploy export`` (``--precision fp16``, with or without ``--trt``):
-``<name>.fp16.onnx``, every tensor fp16 (:func:`vanilladeploy.exporters.fp16.fp16_export`), run in ONNX Runtime
+``<name>.fp16.onnx``, every tensor fp16 (:func:`vanilladeploy.exporters.fp16_graph.fp16_export`), run in ONNX Runtime
 against the export's reference and recorded as the report's ``verification.onnxruntime_fp16``: rel. L2 ≤ 1e-2 and
 top-1 agreement, both required. A copy that misses either is refused (exit 1), nothing published.
 """
@@ -14,7 +14,7 @@ import onnx
 
 from vanilladeploy.atomic import ArtifactWriter
 from vanilladeploy.errors import VerificationError
-from vanilladeploy.exporters.fp16 import fp16_export
+from vanilladeploy.exporters.fp16_graph import fp16_export
 from vanilladeploy.pipeline.checks import verify_against
 from vanilladeploy.pipeline.report import ExportReport
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner

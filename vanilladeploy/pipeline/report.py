@@ -1,5 +1,5 @@
 """The export report: one typed section per part of ``<name>.report.json``, filled by the pipeline's steps
-(:mod:`.export`, :mod:`.openvino`, :mod:`.int8`, :mod:`.fp16`, :mod:`.tensorrt`) and rendered by the CLI.
+(:mod:`.export`, :mod:`.openvino`, :mod:`.int8`, :mod:`.fp16`, :mod:`.trt_export`) and rendered by the CLI.
 
 ``as_dict`` is the JSON form: a section's fields in declaration order (those in ``OPTIONAL`` only when set), values
 with an ``as_dict`` of their own through it, other dataclasses field by field, tuples as lists. The field order IS
@@ -232,7 +232,7 @@ class Int8Section(Section):
     """Only when some Convs stay float."""
 
 
-# --trt (vanilladeploy/pipeline/tensorrt.py).
+# --trt (vanilladeploy/pipeline/trt_export.py).
 @dataclass(frozen=True)
 class TrtexecLines(Section):
     """The equivalent trtexec builds, for TensorRT 10 and 11."""

@@ -1,12 +1,12 @@
 """The thin layer over TensorRT (10.x and 11.x Python API): build an engine from ONNX, run it on torch CUDA tensors.
 
 Everything decidable without TensorRT (options, sidecar, trtexec line, compatibility) lives in
-:mod:`.trt_plan` and :mod:`exporters.trt_compat` and is tested in CI; this module only calls TensorRT and
+:mod:`.trt_plan` and :mod:`vanilladeploy.exporters.trt_compat` and is tested in CI; this module only calls TensorRT and
 is tested where TensorRT and a GPU exist (``pytest -m gpu``). ``tensorrt`` is imported inside the functions.
 
 Precision: TensorRT 10 builds a weakly typed network from the fp32 ONNX, with ``BuilderFlag.FP16`` for fp16 and
 ``BuilderFlag.TF32`` cleared for fp32. TensorRT 11 only builds strongly typed networks and has no FP16 flag, so fp16
-comes from the fp16-typed ONNX copy (:func:`exporters.fp16.convert_to_fp16`).
+comes from the fp16-typed ONNX copy (:func:`vanilladeploy.exporters.fp16_graph.convert_to_fp16`).
 """
 
 from __future__ import annotations
