@@ -299,3 +299,20 @@ def test_tensorrt_candidates_are_built_verified_and_timed(images: Path, tmp_path
     assert trt["fp32"]["verified"] and trt["fp32"]["rel_l2"] <= 1e-4 and trt["fp32"]["median_ms"] > 0
     assert trt["fp32"]["artifact"].endswith(".fp32.engine") and Path(trt["fp32"]["artifact"]).is_file()
     assert Path(trt["fp32"]["artifact"] + ".json").is_file()  # the sidecar repo and eval read
+
+
+def test_an_engines_sidecar_is_written_with_its_gates_verdict(tmp_path: Path) -> None:
+    """The sidecar optimize writes beside an engine says whether it passed (no TensorRT runs here: this is the
+    bookkeeping after the gate, on a sidecar as a build makes it)."""
+    from vanilladeploy.optimize import ENGINE_SIDECARS, Candidate, record_verified
+
+    engine = tmp_path / "vanillanet_5.fp16.engine"
+    c = Candidate("tensorrt", "fp16", artifact=str(engine), verified=False, agreement=97.5, rel_l2=3e-3,
+                  reason="top-1 agreement 97.5% < --min-agreement 99%")
+    ENGINE_SIDECARS[c.name] = {"tensorrt_version": "11.4.0", "precision": "fp16"}
+    record_verified(c)
+    written = json.loads((tmp_path / "vanillanet_5.fp16.engine.json").read_text())
+    assert written["verified"] is False and written["verification"]["agreement_top1"] == 97.5
+    assert written["tensorrt_version"] == "11.4.0" and c.name not in ENGINE_SIDECARS
+    record_verified(Candidate("onnxruntime", "fp32", artifact=str(tmp_path / "x.onnx")))  # not an engine: nothing
+    assert not (tmp_path / "x.onnx.json").exists()

@@ -23,7 +23,6 @@ import numpy as np
 import onnx
 
 from vanilladeploy.atomic import ArtifactWriter
-from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import UsageError, VerificationError
 from vanilladeploy.evaluate import Artifact, evaluate
 from vanilladeploy.exporters.fp16_graph import fp16_export
@@ -70,6 +69,11 @@ class OptimizeOptions:
     warmup: int = 3
     iters: int = 20
     budget_s: float | None = None
+
+
+ENGINE_SIDECARS: dict[str, dict[str, Any]] = {}
+"""A built engine's sidecar (candidate name → it), from its build until :func:`record_verified` writes it with the
+gate's verdict (kept out of :class:`Candidate`: optimize.json's rows stay as they were)."""
 
 
 @dataclass
@@ -193,6 +197,7 @@ def _verify(candidates: list[Candidate], fp32: Path, opts: OptimizeOptions, pre:
     for c, row in zip(runnable, rows):
         c.agreement, c.rel_l2 = row["agreement_top1"], row["mean_rel_l2"]
         c.verified, c.reason = _gate(c, opts.min_agreement)
+        record_verified(c)
     return {c.name: runners[c.name] for c in runnable if c.verified}
 
 
@@ -220,23 +225,29 @@ def _runner(c: Candidate, opts: OptimizeOptions, progress: Progress) -> Runner:
     if c.runtime != "tensorrt":
         return onnx_runner(Path(c.artifact), c.runtime, precision="bf16" if c.precision == "bf16" else "fp32")
     from vanilladeploy.exporters.trt_compat import BatchProfile
-    from vanilladeploy.runtimes.tensorrt import TensorRTRunner, build_engine, gpu_identity
-    from vanilladeploy.runtimes.trt_plan import TrtBuildOptions, engine_name, engine_sidecar
+    from vanilladeploy.runtimes.tensorrt import TensorRTRunner, build_with_sidecar
+    from vanilladeploy.runtimes.trt_plan import TrtBuildOptions, engine_name
 
     progress(Step(f"Building the TensorRT {c.precision} engine (minutes)"))
     onnx_file = Path(c.artifact)
     trt_opts = TrtBuildOptions(precision=c.precision, profile=BatchProfile(1, opts.batch, max(opts.batch, EVAL_BATCH)))
-    built = build_engine(onnx_file, trt_opts)
+    built, sidecar = build_with_sidecar(onnx_file, trt_opts, input_shape=input_shape(onnx_file))
     engine = onnx_file.with_name(engine_name(onnx_file.name.split(".")[0], c.precision))
     engine.write_bytes(built.plan)
-    gpu_name, cc = gpu_identity()
-    shape = input_shape(onnx_file)
-    sidecar = engine_sidecar(trt_version=built.tensorrt_version, gpu_name=gpu_name, compute_capability=cc,
-                             opts=trt_opts, onnx_sha256=sha256_of(onnx_file), onnx_name=onnx_file.name,
-                             input_shape=shape, build_s=built.build_s, strongly_typed=built.strongly_typed)
-    engine.with_name(engine.name + ".json").write_text(json.dumps(sidecar, indent=2) + "\n")  # what repo reads
     c.artifact = str(engine)
+    ENGINE_SIDECARS[c.name] = sidecar  # written beside the engine once its gate has run: record_verified
     return TensorRTRunner(built.plan)
+
+
+def record_verified(c: Candidate) -> None:
+    """An engine's sidecar, written beside it with its gate's verdict (``verified``, and what was measured): what
+    ``repo`` and ``deploy`` read. Nothing for a candidate that is not an engine."""
+    if c.name not in ENGINE_SIDECARS:
+        return
+    sidecar = {**ENGINE_SIDECARS.pop(c.name), "verified": c.verified,
+               "verification": {"agreement_top1": c.agreement, "mean_rel_l2": c.rel_l2, "reason": c.reason}}
+    engine = Path(c.artifact)
+    engine.with_name(engine.name + ".json").write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
 def _gate(c: Candidate, min_agreement: float) -> tuple[bool, str | None]:

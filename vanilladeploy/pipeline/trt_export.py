@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 
 from vanilladeploy.atomic import ArtifactWriter
-from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.errors import MissingDependencyError, UsageError, VanillaDeployError, VerificationError
 from vanilladeploy.exporters.onnx_export import INPUT_NAME
 from vanilladeploy.exporters.trt_compat import BatchProfile, check_trt_compat
@@ -32,7 +31,6 @@ from vanilladeploy.runtimes.trt_plan import (
     EngineMismatchError,
     TrtBuildOptions,
     engine_name,
-    engine_sidecar,
     parse_size,
     tensorrt_missing,
     trtexec_command,
@@ -97,20 +95,15 @@ def _trtexec_lines(job: EngineJob, typed: Path | None) -> TrtexecLines:
 
 def _build_and_verify(job: EngineJob, writer: ArtifactWriter, timer: StepTimer, section: TensorRTSection,
                       typed: Path | None) -> VanillaDeployError | None:
-    from vanilladeploy.runtimes.tensorrt import TensorRTRunner, build_engine, gpu_identity, strongly_typed_only
+    from vanilladeploy.runtimes.tensorrt import TensorRTRunner, build_with_sidecar, strongly_typed_only
 
     int8 = job.opts.precision == "int8"
     source = typed if typed is not None and (int8 or strongly_typed_only()) else job.onnx_path
     with timer.step("tensorrt_build_s", f"Building the TensorRT {job.opts.precision} engine (minutes)"):
         try:
-            built = build_engine(source, job.opts)
+            built, sidecar = build_with_sidecar(source, job.opts, input_shape=job.inputs[0].shape)
         except EngineBuildError as e:
             raise VerificationError(str(e)) from None
-    gpu_name, cc = gpu_identity()
-    sidecar = engine_sidecar(trt_version=built.tensorrt_version, gpu_name=gpu_name, compute_capability=cc,
-                             opts=job.opts, onnx_sha256=sha256_of(source), onnx_name=source.name,
-                             input_shape=tuple(job.inputs[0].shape), build_s=built.build_s,
-                             strongly_typed=built.strongly_typed)
     engine_file = engine_name(job.name, job.opts.precision)
     writer.stage(engine_file).write_bytes(built.plan)
     if built.layer_info is not None:

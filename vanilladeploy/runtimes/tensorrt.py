@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vanilladeploy.atomic import write_atomically
+from vanilladeploy.checkpoint import sha256_of
 from vanilladeploy.runtimes.runners import Runner
 from vanilladeploy.runtimes.timing import Subject, cuda_subject
 from vanilladeploy.runtimes.trt_plan import (
@@ -31,6 +32,7 @@ from vanilladeploy.runtimes.trt_plan import (
     TensorRTUnavailable,
     TrtBuildOptions,
     check_engine_sidecar,
+    engine_sidecar,
     profile_shapes,
     tensorrt_missing,
 )
@@ -150,6 +152,20 @@ def gpu_identity() -> tuple[str, tuple[int, int]]:
     """Name and compute capability of the current CUDA device (what engines are tied to)."""
     index = torch.cuda.current_device()
     return torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
+
+
+def build_with_sidecar(onnx_path: Path, opts: TrtBuildOptions, *, input_shape: Sequence[int]
+                       ) -> tuple[BuiltEngine, dict[str, Any]]:
+    """The one engine build: :func:`build_engine`, then the sidecar that goes beside the plan (this TensorRT, this
+    GPU, the profile, the ONNX it was built from). Its ``verified`` and ``verification`` are the caller's to add once
+    it has run the engine against its reference: a sidecar without them was never checked."""
+    built = build_engine(onnx_path, opts)
+    gpu_name, cc = gpu_identity()
+    sidecar = engine_sidecar(trt_version=built.tensorrt_version, gpu_name=gpu_name, compute_capability=cc, opts=opts,
+                             onnx_sha256=sha256_of(onnx_path), onnx_name=onnx_path.name,
+                             input_shape=tuple(input_shape), build_s=built.build_s,
+                             strongly_typed=built.strongly_typed)
+    return built, sidecar
 
 
 class TensorRTRunner(Runner):
