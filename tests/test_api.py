@@ -73,6 +73,7 @@ def test_result_is_truthy_and_names_its_files(exported: vd.ExportResult) -> None
     ({"workspace": "4GiB"}, "--workspace has no effect without --trt"),  # was silently ignored by the API
     ({"trt_profile": "1/1/8"}, "--trt-profile has no effect without --trt"),
     ({"max_fallback": 2}, "--max-fallback has no effect without --precision int8"),
+    ({"holdout_count": 8}, "--holdout-count has no effect without --precision int8"),
 ])
 def test_the_api_refuses_what_the_cli_refuses(options: dict, names: str, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=re.escape(names)):

@@ -355,8 +355,9 @@ def test_a_missing_deploy_extra_exits_3_naming_it(export_dir: Path, tmp_path: Pa
 
 @pytest.mark.parametrize(("precision", "extra", "code", "backend", "parameters"), [
     ("bf16", [], 0, "openvino", {"HINT_BF16": "YES", "PERFORMANCE_HINT": "THROUGHPUT", "precision": "bf16"}),
-    ("fp32", [], 2, None, None),  # the native backend cannot be told fp32
-    ("fp32", ["--backend", "python"], 0, "python", {"runtime": "openvino", "precision": "fp32"}),
+    ("fp32", [], 0, "python", {"runtime": "openvino", "precision": "fp32"}),  # the native one cannot be told fp32
+    ("int8", ["--backend", "python"], 0, "python", {"runtime": "openvino", "precision": "int8"}),
+    ("fp32", ["--backend", "openvino"], 2, None, None),  # asked for by name: refused, with the way out
 ])
 def test_an_optimize_output_deploys_its_winner_told_its_precision(export_dir: Path, tmp_path: Path, precision: str,
                                                                   extra: list[str], code: int, backend: str | None,

@@ -78,6 +78,12 @@ def test_a_nan_answer_is_the_worst() -> None:
     stats = measure_load(lambda: lambda x: x, [np.zeros((1, 1), np.float32)], concurrency=1, requests=3, warmup=0,
                          check=lambda i, y: Wrong(next(answers), "ref"))
     assert stats.wrong == 3 and stats.worst is not None and np.isnan(stats.worst.rel_l2)
+    assert stats.as_dict()["worst_rel_l2"] == "nan"  # JSON has no NaN
+    from vanilladeploy.serving.serve_bench import LoadResult
+
+    record = {"backend": "triton-grpc", "concurrency": 1, **stats.as_dict()}
+    failure = LoadResult([record], {}, {"tolerance": 1e-5}).failure() or ""
+    assert "3 wrong answers (worst rel. L2 not finite" in failure
 
 
 def test_clients_really_run_concurrently() -> None:

@@ -242,3 +242,11 @@ def test_serve_without_the_serve_extra_exits_3(tmp_path: Path, monkeypatch: pyte
     result = runner.invoke(app, ["serve", places["onnx"]])
     assert result.exit_code == 3 and "pip install 'vanilladeploy[serve]'" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("gate", [["--min-agreement", "90"], ["--max-rel-l2", "1e-3"]])
+def test_an_eval_gate_with_nothing_to_compare_is_refused(places: dict[str, str], gate: list[str]) -> None:
+    """One artifact and no --url: the gate would pass having compared nothing."""
+    result = runner.invoke(app, ["eval", places["onnx"], "--data", places["images"], *gate])
+    assert result.exit_code == 2 and f"{gate[0]} holds the artifacts after the first" in result.output, \
+        result.output

@@ -41,8 +41,9 @@ from triton_helpers import (
 )
 
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
+from vanilladeploy.serving.health import TIMEOUT
 from vanilladeploy.serving.serve_bench import free_ports
-from vanilladeploy.serving.watch import model_instances
+from vanilladeploy.serving.watch import cpu_ticks, model_instances, stopped
 from vanilladeploy.verify import compare
 
 require_triton()
@@ -323,12 +324,32 @@ def test_a_health_inference_that_gets_no_answer_fails_at_its_deadline() -> None:
     probe = HealthProbe(f"127.0.0.1:{listener.getsockname()[1]}", MODEL, config, timeout_s=0.5)
     try:
         started = time.monotonic()
-        problem = probe.probe()
+        outcome = probe.probe()
         waited = time.monotonic() - started
     finally:
         listener.close()
-    assert problem and 0.4 <= waited < 5.0, (problem, waited)
+    assert outcome.kind == TIMEOUT and 0.4 <= waited < 5.0, (outcome, waited)
     assert probe.request.data.shape == (1, 3, IMG, IMG) and not probe.request.data.any()
+
+
+def test_a_stuck_stub_is_told_from_a_busy_one_by_its_cpu_time_and_state() -> None:
+    """What the watch reads before it kills a stub whose health inference timed out: a process that computes gains
+    CPU ticks; one stopped by SIGSTOP gains none and is in state T."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        before = cpu_ticks([busy.pid])
+        time.sleep(0.5)
+        assert cpu_ticks([busy.pid]) > before and not stopped(busy.pid)
+        os.kill(busy.pid, signal.SIGSTOP)
+        time.sleep(0.1)
+        before = cpu_ticks([busy.pid])
+        time.sleep(0.5)
+        assert cpu_ticks([busy.pid]) == before and stopped(busy.pid)
+    finally:
+        busy.kill()
+        busy.wait(timeout=10)
+    assert cpu_ticks([busy.pid]) == 0 and not stopped(busy.pid)  # gone: nothing to count, nothing stopped
 
 
 def _state(pid: int) -> str:

@@ -22,10 +22,16 @@ from vanilladeploy.exporters.onnx_export import build_onnx
 from vanilladeploy.exporters.qdq import quantize_qdq
 from vanilladeploy.exporters.trt_compat import BatchProfile
 from vanilladeploy.models.vanillanet import get_variant
-from vanilladeploy.pipeline.trt_export import TOLERANCE_INT8_ENGINE
 from vanilladeploy.runtimes.runners import OnnxRuntimeRunner
 from vanilladeploy.runtimes.trt_plan import EngineMismatchError, TrtBuildOptions, engine_sidecar, tensorrt_missing
-from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_TRT_FP32, random_inputs, top1_agreement, verify_outputs
+from vanilladeploy.verify import (
+    TOLERANCE_FP16,
+    TOLERANCE_INT8_ENGINE,
+    TOLERANCE_TRT_FP32,
+    random_inputs,
+    top1_agreement,
+    verify_outputs,
+)
 
 MISSING = tensorrt_missing()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(MISSING is not None, reason=f"needs TensorRT and a CUDA GPU: "

@@ -24,9 +24,11 @@ from vanilladeploy.pipeline.export import ExportResult, export_checkpoint, expor
 from vanilladeploy.steps import Progress, silent
 
 DEPENDENT_OPTIONS = (
-    ("--trt", lambda o: bool(o.get("trt")), ("workspace", "trt_profile", "timing_cache", "opt_level", "trt_shapes")),
+    ("--trt", lambda o: bool(o.get("trt")),
+     ("workspace", "trt_profile", "batch", "timing_cache", "opt_level", "trt_shapes")),  # batch: trt_profile's old name
     ("--precision int8", lambda o: o.get("precision") == "int8",
-     ("calib", "calib_count", "calib_method", "min_agreement", "max_rel_l2", "fallback", "max_fallback")),
+     ("calib", "calib_count", "calib_method", "min_agreement", "max_rel_l2", "fallback", "max_fallback",
+      "holdout_count")),
 )
 """Options that do nothing without another (named as the command spells it): refused by :func:`export`, for the
 command and the API alike, before the checkpoint is read."""

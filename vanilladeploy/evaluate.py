@@ -249,7 +249,8 @@ class EvalResult:
     def gate(self, *, min_agreement: float | None = None, max_rel_l2: float | None = None) -> None:
         """Raise :class:`VerificationError` naming every artifact after the first (the reference) whose top-1
         agreement with it is below ``min_agreement`` % or whose mean rel. L2 is above ``max_rel_l2`` (NaN misses
-        every bound)."""
+        every bound); a gate with nothing to compare is refused (:func:`check_gates`)."""
+        check_gates(len(self.rows), min_agreement=min_agreement, max_rel_l2=max_rel_l2)
         misses = []
         for row in self.rows[1:]:
             agree, rel = row.get("agreement_top1"), row.get("mean_rel_l2")
@@ -266,6 +267,16 @@ class EvalResult:
                 "preprocessing": self.preprocessing, "artifacts": self.rows,
                 "skipped": {"count": len(self.skipped),
                             "examples": [f"{p.name}: {why}" for p, why in self.skipped[:5]]}}
+
+
+def check_gates(compared: int, *, min_agreement: float | None = None, max_rel_l2: float | None = None) -> None:
+    """A gate holds the artifacts after the first to it: refused where ``compared`` (rows, the served one
+    included) is fewer than two — it would pass having compared nothing."""
+    given = next((name for name, v in (("--min-agreement", min_agreement), ("--max-rel-l2", max_rel_l2))
+                  if v is not None), None)
+    if given and compared < 2:
+        raise UsageError(f"{given} holds the artifacts after the first to the first: give at least two artifacts, "
+                         "or one and --url.")
 
 
 def check_eval_options(data: Path, *, arch: str | None = None, json_path: Path | None = None,

@@ -189,6 +189,8 @@ def _verify(candidates: list[Candidate], fp32: Path, opts: OptimizeOptions, pre:
         runner = _try_runner(c, lambda: _runner(c, opts, progress), probe)
         if runner is not None:
             runners[c.name] = runner
+        else:
+            record_verified(c)  # an engine built but unable to run here: its sidecar says unverified, and why
     runnable = [c for c in candidates if c.name in runners]
     reference = Artifact("reference", "onnx fp32", OnnxRuntimeRunner(fp32), pre.img_size)
     opened = [reference, *(Artifact(c.name, c.name, runners[c.name], pre.img_size) for c in runnable)]

@@ -17,6 +17,9 @@ TOLERANCE_TRT_FP32 = 1e-4
 """DESIGN §5: a TensorRT fp32 engine (TF32 off)."""
 TOLERANCE_FP16 = 1e-2
 """DESIGN §5: anything computed in fp16 (TensorRT fp16 engine, the fp16-typed ONNX), plus top-1 agreement."""
+TOLERANCE_INT8_ENGINE = 5e-2
+"""A TensorRT int8 engine against the int8 QDQ ONNX in ONNX Runtime (two int8 kernels' rounding), plus top-1; and
+the bound of an engine whose precision is not known (the loosest an engine is held to)."""
 
 
 

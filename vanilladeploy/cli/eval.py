@@ -57,7 +57,7 @@ def eval_(
     Exported detectors (.onnx with boxes out): box agreement of each artifact after the first (run in --runtime at
     --precision) with the first (ONNX Runtime fp32), boxes matched by label and IoU ≥ 0.5 (docs/detection.md)."""
     from vanilladeploy.detect import is_detector_onnx
-    from vanilladeploy.evaluate import check_eval_options, evaluate
+    from vanilladeploy.evaluate import check_eval_options, check_gates, evaluate
 
     def run_detectors() -> None:
         from vanilladeploy.detect import compare_detectors
@@ -93,6 +93,7 @@ def eval_(
             return
         check_eval_options(data, arch=arch, json_path=json_path, runtime=runtime, precision=precision, url=url,
                            protocol=protocol, model=model, max_rel_l2=max_rel_l2)
+        check_gates(len(artifacts) + (url is not None), min_agreement=min_agreement, max_rel_l2=max_rel_l2)
         with ProgressDisplay() as progress:
             result = evaluate(artifacts, data, limit=limit, batch=batch, arch=arch, progress=progress,
                               runtime=runtime, precision=precision, url=url, model=model, protocol=protocol)

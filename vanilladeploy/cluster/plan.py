@@ -215,8 +215,9 @@ def plan_deploy(source: Path, out: Path, opts: DeployOptions) -> DeployPlan:
 def deploy_source(source: Path, backend: str | None) -> tuple[Path, str | None, dict[str, str]]:
     """The model file to deploy, the backend for it and what the config must say about how it runs: an
     ``optimize`` output (``optimize.json``) gives its winner from ``OUT/export/`` on the native backend of the
-    winner's runtime (or ``backend``), told the runtime and precision it was verified in; anything else is what
-    ``repo`` takes (an export directory, a .onnx, an .engine with its sidecar)."""
+    winner's runtime (or ``backend``), told the runtime and precision it was verified in — an OpenVINO winner
+    verified in fp32 or int8 on the python backend running OpenVINO, since the native one cannot be told that
+    precision; anything else is what ``repo`` takes (an export directory, a .onnx, an .engine with its sidecar)."""
     report = source / "optimize.json" if source.is_dir() else None
     if report is None or not report.is_file():
         return source, backend, {}
@@ -228,7 +229,9 @@ def deploy_source(source: Path, backend: str | None) -> tuple[Path, str | None, 
         raise UsageError(f"{report}: not a readable optimize result ({type(e).__name__}: {e}).") from None
     if not artifact.is_file():
         raise UsageError(f"{artifact}: the winner optimize.json names is missing; run optimize again.")
-    backend = backend or {"tensorrt": "tensorrt", "openvino": "openvino"}.get(runtime, "onnxruntime")
+    if backend is None:  # the winner runtime's native backend; OpenVINO's only where it can be told the precision
+        backend = {"tensorrt": "tensorrt", "openvino": "openvino" if precision == "bf16" else "python"}.get(
+            runtime, "onnxruntime")
     if backend == "python":
         return artifact, backend, {"runtime": runtime, **({"precision": precision} if runtime == "openvino" else {})}
     return artifact, backend, {"precision": precision} if backend == "openvino" else {}

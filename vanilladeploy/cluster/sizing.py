@@ -101,6 +101,8 @@ def memory_request(model_bytes: int, shm_mib: int = 0) -> str:
     return f"{math.ceil(mib / 256) * 256}Mi"
 
 
+DYNAMIC_SIDE = 1344
+"""A dynamic height or width (a detector's) counts as the largest side a detector is verified and profiled at."""
 SHM_BASE_MIB = 64
 """The container runtime's default ``/dev/shm``: what a python-backend stub gets without one of its own."""
 
@@ -108,8 +110,9 @@ SHM_BASE_MIB = 64
 def shm_mib(*, max_batch: int, instances: int, input_dims: tuple[int, ...]) -> int:
     """``/dev/shm`` for python-backend models (their stubs exchange every tensor with the server through it):
     ``SHM_BASE_MIB`` + per instance a full batch of float32 input twice over (the request's tensor and the model's
-    own; an image ensemble's encoded bytes are smaller than their float32 pixels), rounded up to 64 MiB."""
-    per_image = 4 * math.prod(max(d, 1) for d in input_dims)
+    own; an image ensemble's encoded bytes are smaller than their float32 pixels; a dynamic side counts as
+    :data:`DYNAMIC_SIDE`), rounded up to 64 MiB."""
+    per_image = 4 * math.prod(d if d > 0 else DYNAMIC_SIDE for d in input_dims)
     mib = SHM_BASE_MIB + instances * max(max_batch, 1) * per_image * 2 / 2**20
     return math.ceil(mib / 64) * 64
 

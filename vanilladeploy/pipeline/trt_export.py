@@ -37,10 +37,7 @@ from vanilladeploy.runtimes.trt_plan import (
 )
 from vanilladeploy.steps import StepTimer
 from vanilladeploy.validate import trt_profile
-from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_TRT_FP32
-
-TOLERANCE_INT8_ENGINE = 5e-2
-"""A TensorRT int8 engine against the int8 QDQ ONNX in ONNX Runtime (two int8 kernels' rounding), plus top-1."""
+from vanilladeploy.verify import TOLERANCE_FP16, TOLERANCE_INT8_ENGINE, TOLERANCE_TRT_FP32
 
 
 @dataclass

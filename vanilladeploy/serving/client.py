@@ -25,6 +25,7 @@ from vanilladeploy.extras import install_hint
 from vanilladeploy.runtimes.runners import ChunkedRunner, Runner
 from vanilladeploy.serving.server import ServerError
 from vanilladeploy.triton.config import IDENTITY_PARAMETERS
+from vanilladeploy.verify import TOLERANCE_INT8_ENGINE, tolerance_for
 
 PROTOCOLS = ("http", "grpc")
 DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
@@ -58,6 +59,8 @@ class ServedModel:
     max_batch: int | None
     version: str = ""  # the server's version (its /v2 metadata), for the record
     recorded: dict[str, str] = field(default_factory=dict)  # its config's sha256 parameters (IDENTITY_PARAMETERS)
+    engine: bool = False  # its config says a TensorRT plan
+    bf16: bool = False  # its config asks for bf16 (precision bf16, or the native OpenVINO backend's HINT_BF16)
 
     @property
     def img_size(self) -> int | None:
@@ -67,7 +70,8 @@ class ServedModel:
         return {"url": str(self.endpoint), "model": self.name, "input": self.input_name, "datatype": self.datatype,
                 "shape": list(self.shape), "output": self.output_name,
                 "batch": {"min": self.min_batch, "max": self.max_batch},
-                "server_version": self.version, "recorded_sha256": dict(self.recorded)}
+                "server_version": self.version, "recorded_sha256": dict(self.recorded), "engine": self.engine,
+                "bf16": self.bf16}
 
 
 def parse_endpoint(url: str, protocol: str | None = None) -> Endpoint:
@@ -126,7 +130,7 @@ def describe_served(endpoint: Endpoint, model: str | None = None, *, timeout_s: 
     config = _config(endpoint, client, name, timeout_s)
     low, high = (1, _max_batch(config)) if shape[:1] == (-1,) else (shape[0], shape[0])
     return ServedModel(endpoint, name, inputs[0]["name"], inputs[0]["datatype"], shape, outputs[0]["name"], low, high,
-                       str(version.get("version", "?")), _recorded(config))
+                       str(version.get("version", "?")), _recorded(config), *_computes(config))
 
 
 def _t(endpoint: Endpoint, timeout_s: float) -> dict[str, float]:
@@ -186,6 +190,23 @@ def _recorded(config: dict[str, Any] | None) -> dict[str, str]:
     found = {key: parameters.get(key) for key in IDENTITY_PARAMETERS}
     return {key: str(value.get("string_value", "")) for key, value in found.items()
             if isinstance(value, dict) and value.get("string_value")}
+
+
+def _computes(config: dict[str, Any] | None) -> tuple[bool, bool]:
+    """(a TensorRT plan, asks for bf16), as the config says."""
+    config = config or {}
+    parameters = {k: (v or {}).get("string_value", "") if isinstance(v, dict) else "" for k, v in
+                  (config.get("parameters") or {}).items()}
+    engine = config.get("platform") == "tensorrt_plan" or config.get("backend") == "tensorrt"
+    return engine, parameters.get("precision") == "bf16" or parameters.get("HINT_BF16", "").lower() == "yes"
+
+
+def served_tolerance(served: ServedModel, precision: str) -> float:
+    """The bound a served answer is held to against the local ONNX (of ``precision``) run in process: an engine's
+    loosest (its own precision is not in its config), bf16's where the config asks for bf16, else the file's."""
+    if served.engine:
+        return TOLERANCE_INT8_ENGINE
+    return tolerance_for("bf16" if served.bf16 else precision)
 
 
 def check_identity(served: ServedModel, files: Sequence[Path]) -> str:
@@ -248,4 +269,4 @@ def fitted_runner(served: ServedModel, *, timeout_s: float = 60.0) -> Runner:
 
 
 __all__ = ["DTYPES", "PROTOCOLS", "Endpoint", "ServedModel", "TritonRunner", "check_identity", "client_for",
-           "describe_served", "fitted_runner", "parse_endpoint"]
+           "describe_served", "fitted_runner", "parse_endpoint", "served_tolerance"]

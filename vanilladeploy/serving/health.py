@@ -23,12 +23,25 @@ HEALTH_INTERVAL_S = 5.0
 """Seconds between health inferences (``serve --health-interval``)."""
 HEALTH_MIN_TIMEOUT_S = 5.0
 """The shortest deadline a health inference gets (``serve --health-timeout`` sets it outright)."""
+MEASURE_TIMEOUT_S = 30.0
+"""How long a measuring health inference may take (a large model's first inference, idle)."""
 HEALTH_QUEUE_FACTOR = 2.0
 """A full batch ahead of the probe and one running: ``HEALTH_QUEUE_FACTOR × max_batch`` images' latency."""
 TRITON_DTYPES = {"TYPE_FP32": ("FP32", np.float32), "TYPE_UINT8": ("UINT8", np.uint8),
                  "TYPE_STRING": ("BYTES", np.object_)}
 DYNAMIC_SIZE = 64
 """The image size a probe sends where the model's input size is dynamic (a detector's H and W)."""
+
+
+OK, TIMEOUT, UNHEALTHY, REFUSED = "ok", "timeout", "unhealthy", "refused"
+"""What a health inference came to: answered; no answer within the deadline; Triton's own "Stub process … is not
+healthy" (its answer for a stub that does not respond); any other error (the request itself was refused)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # OK, TIMEOUT, UNHEALTHY or REFUSED
+    text: str = ""  # what went wrong, as the client said it
 
 
 @dataclass(frozen=True)
@@ -60,9 +73,8 @@ def _png() -> bytes:
 
 
 class HealthProbe:
-    """Health inferences to ``model`` on the HTTP endpoint ``address`` (``host:port``): :meth:`probe` answers None
-    when the model answered within the deadline, else what went wrong; its first call measures the latency the
-    deadline is derived from (:meth:`measure`)."""
+    """Health inferences to ``model`` on the HTTP endpoint ``address`` (``host:port``): :meth:`probe` says what one
+    came to (:class:`Outcome`); its first call measures the latency the deadline is derived from (:meth:`measure`)."""
 
     def __init__(self, address: str, model: str, config: dict[str, Any], *, timeout_s: float | None = None) -> None:
         self.address, self.model, self.request = address, model, probe_request(config)
@@ -70,29 +82,29 @@ class HealthProbe:
         self.given_timeout_s, self.timeout_s = timeout_s, timeout_s or HEALTH_MIN_TIMEOUT_S
         self.idle_s: float | None = None
 
-    def measure(self, runs: int = 3) -> str | None:
+    def measure(self, runs: int = 3) -> Outcome:
         """Time ``runs`` health inferences (the slowest counts) and derive the deadline from it, unless one was
-        given. None when all were answered; else what went wrong (nothing measured: the next call measures)."""
+        given. OK when all were answered; else the first that was not (nothing measured: the next call measures)."""
         seconds = []
         for _ in range(runs):
             started = time.perf_counter()
-            problem = self._send(timeout_s=max(self.timeout_s, 60.0))
-            if problem:
-                return problem
+            outcome = self._send(timeout_s=max(self.timeout_s, MEASURE_TIMEOUT_S))
+            if outcome.kind != OK:
+                return outcome
             seconds.append(time.perf_counter() - started)
         self.idle_s = max(seconds)
         if self.given_timeout_s is None:
             self.timeout_s = max(HEALTH_MIN_TIMEOUT_S, HEALTH_QUEUE_FACTOR * self.max_batch * self.idle_s)
-        return None
+        return Outcome(OK)
 
-    def probe(self) -> str | None:
+    def probe(self) -> Outcome:
         """One health inference within the deadline (without a given deadline, the first call measures the latency
         it is derived from: :meth:`measure`)."""
         if self.idle_s is None and self.given_timeout_s is None:
             return self.measure()
         return self._send(timeout_s=self.timeout_s)
 
-    def _send(self, *, timeout_s: float) -> str | None:
+    def _send(self, *, timeout_s: float) -> Outcome:
         import tritonclient.http as http
 
         client = http.InferenceServerClient(self.address, network_timeout=timeout_s, connection_timeout=timeout_s)
@@ -100,13 +112,15 @@ class HealthProbe:
             tensor = http.InferInput(self.request.input, list(self.request.data.shape), self.request.datatype)
             tensor.set_data_from_numpy(self.request.data)
             client.infer(self.model, [tensor])
-            return None
-        except Exception as e:  # a timeout, a refusal, a dropped connection: the model did not answer
-            text = str(e).splitlines()[0] if str(e) else type(e).__name__
-            return f"{type(e).__name__}: {text}"
+            return Outcome(OK)
+        except Exception as e:  # a timeout, Triton's answer for a stub that does not respond, anything else
+            text = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+            if isinstance(e, TimeoutError) or "timed out" in text.lower():
+                return Outcome(TIMEOUT, text)
+            return Outcome(UNHEALTHY if "is not healthy" in text else REFUSED, text)
         finally:
             client.close()
 
 
-__all__ = ["HEALTH_INTERVAL_S", "HEALTH_MIN_TIMEOUT_S", "HEALTH_QUEUE_FACTOR", "HealthProbe", "ProbeRequest",
-           "probe_request"]
+__all__ = ["HEALTH_INTERVAL_S", "HEALTH_MIN_TIMEOUT_S", "HEALTH_QUEUE_FACTOR", "OK", "REFUSED", "TIMEOUT", "UNHEALTHY",
+           "HealthProbe", "Outcome", "ProbeRequest", "probe_request"]

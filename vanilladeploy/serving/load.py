@@ -58,7 +58,8 @@ class LoadStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"concurrency": self.concurrency, "requests": self.requests, "errors": self.errors,
-                "wrong_answers": self.wrong, "worst_rel_l2": None if self.worst is None else self.worst.rel_l2,
+                "wrong_answers": self.wrong,
+                "worst_rel_l2": None if self.worst is None else _json_number(self.worst.rel_l2),
                 "process_cpu_s": None if self.process_cpu_s is None else round(self.process_cpu_s, 4),
                 "first_error": self.first_error, "wall_s": round(self.wall_s, 4),
                 "throughput_img_s": round(self.throughput_img_s, 3),
@@ -117,6 +118,11 @@ def measure_load(factory: SenderFactory, inputs: Sequence[np.ndarray], *, concur
     return LoadStats(concurrency, requests, len(errors), errors[0] if errors else None, wall,
                      len(latencies) * batch / wall if wall > 0 else 0.0,
                      summarize(latencies, batch=batch) if latencies else None, len(wrong), _worst(wrong), cpu)
+
+
+def _json_number(x: float) -> float | str:
+    """``x``, or ``"nan"`` (an answer that was not finite or misshapen): JSON has no NaN."""
+    return x if math.isfinite(x) else "nan"
 
 
 def _worst(wrong: list[Wrong]) -> Wrong | None:

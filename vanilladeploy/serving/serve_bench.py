@@ -41,6 +41,7 @@ from vanilladeploy.serving.client import (
     check_identity,
     describe_served,
     parse_endpoint,
+    served_tolerance,
 )
 from vanilladeploy.serving.load import Check, Send, SenderFactory, Wrong, measure_load, shared_sender_factory
 from vanilladeploy.serving.server import TritonPorts, TritonServer, server_version
@@ -79,8 +80,9 @@ class LoadResult:
         parts = []
         if wrong:
             worst = max((r["worst_rel_l2"] for r in bad if r.get("worst_rel_l2") is not None),
-                        key=lambda v: float("inf") if v != v else v)
-            parts.append(f"{wrong} wrong answer{'s' * (wrong != 1)} (worst rel. L2 {worst:.2e}, tolerance "
+                        key=lambda v: v if isinstance(v, float) else float("inf"))  # "nan": not finite
+            shown = f"{worst:.2e}" if isinstance(worst, float) else "not finite"
+            parts.append(f"{wrong} wrong answer{'s' * (wrong != 1)} (worst rel. L2 {shown}, tolerance "
                          f"{self.config.get('tolerance', 0):.0e})")
         if failed:
             first = next(r["first_error"] for r in bad if r["errors"] > r.get("wrong_answers", 0))
@@ -158,7 +160,7 @@ def _shared_session(session: Any) -> SenderFactory:
 
 @contextmanager
 def _in_process(onnx_path: Path, parameters: dict[str, str], inputs: Sequence[np.ndarray],
-                precision: str) -> Iterator[Contender]:
+                precision: str, tolerance: float) -> Iterator[Contender]:
     """The served file in the served runtime, precision and settings, in this process; its answers are every served
     answer's reference."""
     runtime = parameters["runtime"]
@@ -166,7 +168,7 @@ def _in_process(onnx_path: Path, parameters: dict[str, str], inputs: Sequence[np
         references = [runner.infer(x) for x in inputs]
         factory = shared_sender_factory(runner.infer) if runtime == "openvino" else _shared_session(runner.session)
         yield Contender(f"{runtime}-inprocess ({precision})", (IN_PROCESS,), factory,
-                        _checker(references, f"{runtime} {precision}", tolerance_for(precision)))
+                        _checker(references, f"{runtime} {precision}", tolerance))
 
 
 def _baseline(path: Path, inputs: Sequence[np.ndarray], parameters: dict[str, str]) -> Contender:
@@ -263,8 +265,10 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
         parameters = {k: v.string_value for k, v in cfg.parameters.items()}
         taken, digest = read_onnx_input(onnx_path), sha256_of(onnx_path)
         precision = taken.precision
+        tolerance = tolerance_for("bf16" if parameters["runtime"] == "openvino"
+                                  and in_process_precision(parameters) == "bf16" else precision)
         inputs = _request_batches((batch, *cfg.input[0].dims), pixels=taken.pixels)
-        local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision))
+        local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision, tolerance))
         progress(Step("Starting Triton Inference Server"))
         server = stack.enter_context(TritonServer(Path(scratch), free_ports(), model=model))
         label = "" if parameters["runtime"] == "onnxruntime" else f" ({parameters['runtime']} {precision})"
@@ -275,7 +279,7 @@ def run_serve_bench(source: Path, *, concurrency: Sequence[int] = (1, 4, 16), re
     add_ratios(records)
     config = {"source": str(source), "source_sha256": digest, "concurrency": list(concurrency),
               "requests": requests, "batch": batch, "protocols": protocols, "triton": version,
-              "tolerance": tolerance_for(precision),
+              "tolerance": tolerance,
               **_rows_config(source, baseline, parameters, precision),
               "model_config": repo.config_text, "max_batch": opts.max_batch,
               "dynamic_batching_delay_us": opts.max_queue_delay_us,
@@ -301,15 +305,16 @@ def run_remote_bench(source: Path, url: str, *, model: str | None = None, protoc
     taken = read_onnx_input(onnx_path)
     inputs = _inputs_for(served, taken, onnx_path.name, batch)
     parameters, precision = {"runtime": runtime}, taken.precision
+    tolerance = served_tolerance(served, precision)  # an engine's, or bf16's where the served config asks for it
     with ExitStack() as stack:
-        local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision))
+        local = stack.enter_context(_in_process(onnx_path, parameters, inputs, precision, tolerance))
         remote = Contender(f"remote-{endpoint.protocol}", (SERVED,), _remote_factory(served, stack), local.check)
         contenders = [remote, *_local_rows(local, baseline, onnx_path, parameters, inputs)]
         records = _measure(contenders, inputs, concurrency, requests, served.name, progress)
     add_ratios(records)
     config = {"source": str(source), "source_sha256": sha256_of(onnx_path), "concurrency": list(concurrency),
               "requests": requests, "batch": batch, "protocols": [endpoint.protocol], "url": str(endpoint),
-              "served": served.as_dict(), "identity": identity, "tolerance": tolerance_for(precision),
+              "served": served.as_dict(), "identity": identity, "tolerance": tolerance,
               "triton": served.version, **_rows_config(source, baseline, parameters, precision),
               "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]}}
     config["triton_backend"] = "unknown (a server we did not start)"

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vanilladeploy.serving.health import HEALTH_INTERVAL_S, HealthProbe
+from vanilladeploy.serving.health import HEALTH_INTERVAL_S, OK, REFUSED, TIMEOUT, HealthProbe
 from vanilladeploy.serving.server import ServerError, TritonServer
 
 STUB = "triton_python_backend_stub"
@@ -64,6 +64,25 @@ def stub_pids(shm_prefix: str) -> frozenset[int]:
         if STUB.encode() in cmdline and f"\0{shm_prefix}".encode() in cmdline:
             found.add(int(entry.name))
     return frozenset(found)
+
+
+def _stat(pid: int) -> list[str]:
+    """``/proc/PID/stat``'s fields after the command name (state first); empty for a process that is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    """The CPU time (user + system, clock ticks) the processes have used so far."""
+    return sum(int(f[11]) + int(f[12]) for f in map(_stat, pids) if len(f) > 12)
+
+
+def stopped(pid: int) -> bool:
+    """Stopped by a signal (state T) or by a tracer (t)."""
+    fields = _stat(pid)
+    return bool(fields) and fields[0] in ("T", "t")
 
 
 def model_instances(config: dict[str, Any]) -> int:
@@ -109,24 +128,37 @@ class ModelWatch:
             self.reload(lost)
 
     def _unanswered(self) -> str:
-        """A health inference, when one is due: "" when answered in time; else, every stub being alive, the
-        stubs are SIGKILLed (a stopped process cannot be asked to stop) and what happened is returned."""
+        """A health inference, when one is due: "" when answered in time. A stub is killed (SIGKILL: a stopped
+        process cannot be asked to stop) and what happened returned only when the stub is found stuck: Triton
+        answers that it is not healthy, or no answer came within the deadline while no stub of the model used any
+        CPU (or one is stopped). A stub busy past the deadline is left alone (said once per miss); a request the
+        model refuses turns the health inferences off (said once): neither is a hung stub."""
         if self.probe is None or time.monotonic() - self.last_probe < self.health_interval_s:
             return ""
-        problem, self.last_probe = self.probe.probe(), time.monotonic()
-        if not problem:
+        alive = sorted(self.stubs & stub_pids(self.server.shm_prefix))
+        before = cpu_ticks(alive)
+        outcome, self.last_probe = self.probe.probe(), time.monotonic()
+        if outcome.kind == OK:
             return ""
         dead = self._lost()
         if dead:  # it died meanwhile: said as such, and reloaded as such
             return dead
-        hung = sorted(self.stubs & stub_pids(self.server.shm_prefix))
-        for pid in hung:
+        if outcome.kind == REFUSED:
+            self.on_event(f"{self.model} refused its health inference ({outcome.text}): no more health inferences; "
+                          "its stubs are still watched")
+            self.probe = None
+            return ""
+        if outcome.kind == TIMEOUT and cpu_ticks(alive) > before and not any(stopped(p) for p in alive):
+            self.on_event(f"{self.model} answered no health inference within {self.probe.timeout_s:.1f} s, its "
+                          "stub busy meanwhile: left alone")
+            return ""
+        for pid in alive:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        return (f"(pid {', '.join(map(str, hung))}) failed a health inference (deadline "
-                f"{self.probe.timeout_s:.1f} s: {problem}): killed it")
+        return (f"(pid {', '.join(map(str, alive))}) failed a health inference (deadline "
+                f"{self.probe.timeout_s:.1f} s: {outcome.text}): killed it")
 
     def _lost(self) -> str:
         """What the model has lost since its stubs were listed, as the event says it ("(pid 123) died"); "" while
