@@ -304,7 +304,7 @@ def test_the_in_process_row_runs_the_served_onnxruntime_settings(export_dir: Pat
     monkeypatch.setattr(bench_module, "onnx_runner", recording)
     onnx_path, parameters = export_dir / f"{MODEL}.onnx", python_parameters(asked)  # as serve-bench writes them
     served = python_model.onnxruntime_session(str(onnx_path), parameters, {}).session  # what model.py runs
-    with bench_module._in_process(onnx_path, parameters, [_inputs(1)], "fp32"):
+    with bench_module._in_process(onnx_path, parameters, [_inputs(1)], "fp32", 1e-5):
         (runner,) = runners
         assert _threads_and_spinning(runner.session) == _threads_and_spinning(served)
     assert _threads_and_spinning(served)[2] == parameters["ort_spinning"]  # "0" unless asked: idle threads sleep
