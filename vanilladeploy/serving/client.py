@@ -184,19 +184,21 @@ def _max_batch(config: dict[str, Any] | None) -> int | None:
     return int(config.get("max_batch_size", 0) or 0) or None
 
 
+def _parameters(config: dict[str, Any] | None) -> dict[str, str]:
+    """The config's parameters as strings (HTTP and gRPC both give ``{"string_value": …}``; "" where it is not)."""
+    return {str(k): str(v.get("string_value", "")) if isinstance(v, dict) else ""
+            for k, v in ((config or {}).get("parameters") or {}).items()}
+
+
 def _recorded(config: dict[str, Any] | None) -> dict[str, str]:
-    """The sha256 values the config's parameters record (HTTP and gRPC both give ``{"string_value": …}``)."""
-    parameters = (config or {}).get("parameters") or {}
-    found = {key: parameters.get(key) for key in IDENTITY_PARAMETERS}
-    return {key: str(value.get("string_value", "")) for key, value in found.items()
-            if isinstance(value, dict) and value.get("string_value")}
+    """The sha256 values the config's parameters record."""
+    parameters = _parameters(config)
+    return {key: parameters[key] for key in IDENTITY_PARAMETERS if parameters.get(key)}
 
 
 def _computes(config: dict[str, Any] | None) -> tuple[bool, bool]:
     """(a TensorRT plan, asks for bf16), as the config says."""
-    config = config or {}
-    parameters = {k: (v or {}).get("string_value", "") if isinstance(v, dict) else "" for k, v in
-                  (config.get("parameters") or {}).items()}
+    config, parameters = config or {}, _parameters(config)
     engine = config.get("platform") == "tensorrt_plan" or config.get("backend") == "tensorrt"
     return engine, parameters.get("precision") == "bf16" or parameters.get("HINT_BF16", "").lower() == "yes"
 
